@@ -1,0 +1,200 @@
+//! `POST /v1/certificates`: open a task and get its first certificate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::{ApiError, AppState, bearer_token, request_context};
+use crate::audit::{AuditEntry, Outcome, event};
+use crate::identity::Identity;
+use crate::task::{Issued, NewTask, RequestContext};
+
+/// Request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// OpenSSH public key line.
+    pub public_key: String,
+    /// The task.
+    pub task: TaskBody,
+    /// Certificate lifetime in seconds.
+    pub ttl_seconds: Option<u64>,
+}
+
+/// The `task` object.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskBody {
+    /// Logins.
+    pub logins: Vec<String>,
+    /// Host patterns.
+    pub hosts: Vec<String>,
+    /// Task lifetime in seconds.
+    pub ttl_seconds: Option<u64>,
+    /// What the task is for.
+    #[serde(default)]
+    pub purpose: String,
+}
+
+/// Response body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CertificateResponse {
+    /// Task id.
+    pub task_id: String,
+    /// Serial, decimal.
+    pub serial: String,
+    /// The certificate, OpenSSH format.
+    pub certificate: String,
+    /// Principals in the certificate.
+    pub principals: Vec<String>,
+    /// RFC 3339.
+    pub valid_after: String,
+    /// RFC 3339.
+    pub valid_before: String,
+    /// RFC 3339.
+    pub task_expires_at: String,
+    /// `SHA256:…`
+    pub ca_fingerprint: String,
+}
+
+/// Handler.
+pub async fn create(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
+    let context = request_context(peer);
+    let identity = authenticate(&state, &headers, &context).await?;
+    let request = match decode_body(body) {
+        Ok(request) => request,
+        Err(error) => {
+            deny_input(&state, &identity, &context, &error).await?;
+            return Err(error);
+        }
+    };
+    let now = OffsetDateTime::now_utc();
+    let new_task = NewTask {
+        public_key: request.public_key,
+        logins: request.task.logins,
+        hosts: request.task.hosts,
+        task_ttl_seconds: request.task.ttl_seconds,
+        purpose: request.task.purpose,
+        cert_ttl_seconds: request.ttl_seconds,
+    };
+    let issued = state
+        .issuer
+        .open_task(&identity, &new_task, &context, now)
+        .await
+        .map_err(|e| ApiError::from(&e))?;
+    Ok((StatusCode::CREATED, Json(render(issued))))
+}
+
+/// Verify the bearer token, auditing a refusal as `token.rejected`.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    context: &RequestContext,
+) -> Result<Identity, ApiError> {
+    let token = bearer_token(headers);
+    let result = match &token {
+        Ok(token) => state.verifier.verify(token).await,
+        Err(e) => Err(e.clone()),
+    };
+    match result {
+        Ok(identity) => Ok(identity),
+        Err(error) => {
+            let mut entry = AuditEntry::new(event::TOKEN_REJECTED, Outcome::Failure);
+            entry.issuer = token.ok().and_then(|t| state.verifier.claimed_issuer(t));
+            entry.reason = Some(format!("{}: {error}", error.reason_code()));
+            entry.source_ip = context.source_ip.clone();
+            entry.request_id = context.request_id.clone();
+            tracing::info!(reason = error.reason_code(), source_ip = ?context.source_ip, "token rejected");
+            if let Err(e) = state.store.append_audit(&entry).await {
+                tracing::error!(error = %e, "could not record token.rejected");
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    "the audit store is unavailable",
+                ));
+            }
+            Err(ApiError::from(&error))
+        }
+    }
+}
+
+fn decode_body(body: Result<Bytes, BytesRejection>) -> Result<CreateRequest, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds {} bytes", super::MAX_BODY_BYTES),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "could not read the request body",
+            )
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid request body: {e}"),
+        )
+    })
+}
+
+/// Audit a request refused for its input.
+async fn deny_input(
+    state: &AppState,
+    identity: &Identity,
+    context: &RequestContext,
+    error: &ApiError,
+) -> Result<(), ApiError> {
+    let mut entry = AuditEntry::new(event::CERT_DENIED, Outcome::Failure);
+    entry.issuer = Some(identity.issuer_name.clone());
+    entry.subject = Some(identity.subject.clone());
+    entry.reason = Some(error.code.to_owned());
+    entry.source_ip = context.source_ip.clone();
+    entry.request_id = context.request_id.clone();
+    state.store.append_audit(&entry).await.map_err(|e| {
+        tracing::error!(error = %e, "could not record cert.denied");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit store is unavailable",
+        )
+    })
+}
+
+fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+fn render(issued: Issued) -> CertificateResponse {
+    CertificateResponse {
+        task_id: issued.task_id,
+        serial: issued.serial.to_string(),
+        certificate: issued.certificate,
+        principals: issued.principals,
+        valid_after: rfc3339(issued.valid_after),
+        valid_before: rfc3339(issued.valid_before),
+        task_expires_at: rfc3339(issued.task_expires_at),
+        ca_fingerprint: issued.ca_fingerprint,
+    }
+}

@@ -1,0 +1,92 @@
+//! The one error envelope every endpoint uses: `{"error": {"code", "message"}}` with the
+//! right status. 5xx responses never carry internals; 401 carries `WWW-Authenticate`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::identity::TokenError;
+use crate::task::IssueError;
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// snake_case code.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Build an error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 404 for unknown paths.
+    pub fn not_found() -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+    }
+}
+
+impl From<&TokenError> for ApiError {
+    fn from(e: &TokenError) -> ApiError {
+        match e {
+            TokenError::IssuerUnavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "issuer_unavailable",
+                "the token issuer's keys could not be fetched; try again later",
+            ),
+            other => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                other.reason_code(),
+                other.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<&IssueError> for ApiError {
+    fn from(e: &IssueError) -> ApiError {
+        let status = match e {
+            IssueError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            IssueError::Unacceptable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            IssueError::Denied(_) => StatusCode::FORBIDDEN,
+            IssueError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IssueError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message =
+            if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
+                "internal error".to_owned()
+            } else {
+                self.message
+            };
+        let body = json!({"error": {"code": self.code, "message": message}});
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            let value = format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                self.code
+            );
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        response
+    }
+}

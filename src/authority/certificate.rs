@@ -1,0 +1,77 @@
+//! Building and signing one writ user certificate from a [`CertificateSpec`], following
+//! the profile in [`crate::profile`]. Time and randomness are inputs.
+
+use std::collections::BTreeMap;
+
+use rand_core::CryptoRngCore;
+use ssh_key::certificate::{Builder, CertType};
+use ssh_key::{Certificate, PublicKey};
+
+use super::signer::{Signer, SshKeySigner};
+use crate::profile;
+
+/// Everything that goes into a certificate.
+#[derive(Debug, Clone)]
+pub struct CertificateSpec {
+    /// The key being certified.
+    pub public_key: PublicKey,
+    /// CA-generated, random, non-zero.
+    pub serial: u64,
+    /// CA-generated key id (shown in sshd's logs).
+    pub key_id: String,
+    /// Task the certificate is bound to.
+    pub task_id: String,
+    /// Logins the task names; each becomes a `writ:<task>:<login>` principal.
+    pub logins: Vec<String>,
+    /// Host patterns the task names.
+    pub hosts: Vec<String>,
+    /// Unix seconds.
+    pub valid_after: u64,
+    /// Unix seconds.
+    pub valid_before: u64,
+    /// Standard extensions such as `permit-pty`.
+    pub extensions: Vec<String>,
+    /// `force-command` critical option.
+    pub force_command: Option<String>,
+    /// `source-address` critical option entries.
+    pub source_address: Option<Vec<String>>,
+}
+
+/// Sign `spec` with `signer`.
+pub fn sign_certificate(
+    spec: &CertificateSpec,
+    signer: &dyn Signer,
+    rng: &mut impl CryptoRngCore,
+) -> Result<Certificate, ssh_key::Error> {
+    let mut builder = Builder::new_with_random_nonce(
+        rng,
+        spec.public_key.key_data().clone(),
+        spec.valid_after,
+        spec.valid_before,
+    )?;
+    builder
+        .serial(spec.serial)?
+        .key_id(spec.key_id.as_str())?
+        .cert_type(CertType::User)?;
+    for login in &spec.logins {
+        builder.valid_principal(profile::principal(&spec.task_id, login))?;
+    }
+    // Extensions must be sorted by name in the encoding; a BTreeMap keeps them so.
+    let mut extensions: BTreeMap<&str, String> = spec
+        .extensions
+        .iter()
+        .map(|e| (e.as_str(), String::new()))
+        .collect();
+    extensions.insert(profile::EXT_TASK, spec.task_id.clone());
+    extensions.insert(profile::EXT_HOSTS, profile::encode_hosts(&spec.hosts));
+    for (name, value) in extensions {
+        builder.extension(name, value)?;
+    }
+    if let Some(command) = &spec.force_command {
+        builder.critical_option("force-command", command.as_str())?;
+    }
+    if let Some(addresses) = &spec.source_address {
+        builder.critical_option("source-address", addresses.join(","))?;
+    }
+    builder.sign(&SshKeySigner(signer))
+}

@@ -1,0 +1,191 @@
+//! `writ`: the CA server (`writ serve`) and the development helpers (`writ dev …`).
+//! Parses arguments and calls the library; nothing else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use time::OffsetDateTime;
+use writ::config::Config;
+use writ::{dev, duration, server};
+
+/// writ — an SSH certificate authority for AI agents and other workloads.
+///
+/// Agents prove who they are with a workload identity token (OIDC JWT), name the task
+/// they are about to do, and get a minute-scale SSH certificate bound to that task.
+#[derive(Parser)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    /// CA configuration file (TOML).
+    #[arg(long, global = true, env = "WRIT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the CA.
+    ///
+    /// With --config, serves that configuration. With --dev, runs like `vault server -dev`:
+    /// state under ./writ-data (SQLite, a generated CA key and passphrase), a built-in
+    /// development token issuer and a permissive policy. Never use --dev in production.
+    Serve {
+        /// Development mode (see above).
+        #[arg(long, conflicts_with = "config")]
+        dev: bool,
+        /// Data directory for --dev.
+        #[arg(long, default_value = dev::DEFAULT_DATA_DIR, requires = "dev")]
+        data_dir: PathBuf,
+        /// Listen address for --dev.
+        #[arg(long, default_value = "127.0.0.1:8422", requires = "dev")]
+        listen: SocketAddr,
+    },
+    /// Development helpers.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Print a workload token from the development issuer of `writ serve --dev`.
+    Token {
+        /// Subject (`sub`) of the token, e.g. agent-1.
+        #[arg(long)]
+        sub: String,
+        /// Audience (`aud`).
+        #[arg(long, default_value = "writ")]
+        aud: String,
+        /// Lifetime, e.g. 5m.
+        #[arg(long, default_value = "5m", value_parser = duration::parse)]
+        ttl: Duration,
+        /// Data directory of `writ serve --dev`.
+        #[arg(long, default_value = dev::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    let filter: Targets = std::env::var("WRIT_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Dev {
+            command:
+                DevCommand::Token {
+                    sub,
+                    aud,
+                    ttl,
+                    data_dir,
+                },
+        } => {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            match dev::mint_token(&data_dir, &sub, &aud, ttl, now) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Serve {
+            dev,
+            data_dir,
+            listen,
+        } => {
+            init_logging();
+            let prepared = if dev {
+                dev::prepare(&data_dir, listen)
+                    .map(|(config, jwks)| (config, data_dir.join("(dev)"), Some(jwks)))
+                    .map_err(|e| e.to_string())
+            } else {
+                match cli.config {
+                    Some(path) => Config::load(&path)
+                        .map(|c| (c, path, None))
+                        .map_err(|e| e.to_string()),
+                    None => Err(
+                        "give --config FILE (or WRIT_CONFIG), or --dev for a local development CA"
+                            .into(),
+                    ),
+                }
+            };
+            let (config, config_path, dev_jwks) = match prepared {
+                Ok(p) => p,
+                Err(e) => return fail(&e),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return fail(&e),
+            };
+            runtime.block_on(async move {
+                let is_dev = dev_jwks.is_some();
+                let state = match server::build(&config, &config_path, dev_jwks).await {
+                    Ok(state) => state,
+                    Err(e) => return fail(&e),
+                };
+                let listener = match server::bind(&config).await {
+                    Ok(l) => l,
+                    Err(e) => return fail(&e),
+                };
+                let addr = listener
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                tracing::info!(%addr, "listening");
+                if is_dev {
+                    print_dev_banner(&addr, &data_dir);
+                }
+                match server::serve(listener, state, server::shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(&e),
+                }
+            })
+        }
+    }
+}
+
+fn fail(error: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("writ: error: {error}");
+    ExitCode::FAILURE
+}
+
+fn print_dev_banner(addr: &str, data_dir: &std::path::Path) {
+    let dir = data_dir.display();
+    eprintln!(
+        r#"
+==> writ is running in DEVELOPMENT mode on http://{addr}
+    State lives in {dir}/ (SQLite database, CA passphrase, dev issuer key).
+    The dev policy grants ANY login on ANY host: never use --dev in production.
+
+    Get a certificate for a task (in another shell, same directory):
+
+      ssh-keygen -q -t ed25519 -N '' -f agent_key
+      TOKEN=$(writ dev token --sub agent-1)
+      curl -s http://{addr}/v1/certificates \
+        -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        -d "{{\"public_key\": \"$(cat agent_key.pub)\",
+             \"task\": {{\"logins\": [\"deploy\"], \"hosts\": [\"*.example.com\"],
+                       \"ttl_seconds\": 900, \"purpose\": \"try writ\"}}}}"
+
+    Hosts trust this CA with:  curl -s http://{addr}/v1/ca/trusted-keys
+"#
+    );
+}

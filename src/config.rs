@@ -1,0 +1,650 @@
+//! The CA's configuration (`writ.toml`, SPEC §4): parsed with serde + TOML, unknown keys
+//! rejected, and validated at start-up with errors that name the file and the key.
+//!
+//! Secrets never live in this file: the CA passphrase comes from `passphrase_file` or the
+//! `WRIT_CA_PASSPHRASE` environment variable, so `Debug` of a [`Config`] is safe to log.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::{duration, profile};
+
+/// Environment variable that carries the CA passphrase when `passphrase_file` is not set.
+pub const PASSPHRASE_ENV: &str = "WRIT_CA_PASSPHRASE";
+
+/// The whole CA configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where state lives.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Certificate lifetimes and key protection.
+    #[serde(default)]
+    pub ca: CaConfig,
+    /// Trusted workload identity issuers.
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<IssuerConfig>,
+    /// Who may get what.
+    #[serde(default, rename = "policy")]
+    pub policies: Vec<PolicyConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; plain HTTP is only allowed on loopback.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain for TLS (not yet supported; see README).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (not yet supported; see README).
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8422))
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sqlite://PATH` (the default, embedded) or `postgres://…`.
+    #[serde(default = "default_storage_url")]
+    pub url: String,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            url: default_storage_url(),
+        }
+    }
+}
+
+fn default_storage_url() -> String {
+    "sqlite://writ-data/writ.db".to_owned()
+}
+
+/// `[ca]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaConfig {
+    /// File holding the passphrase that encrypts CA private keys at rest.
+    pub passphrase_file: Option<PathBuf>,
+    /// Certificate lifetime when a request names none.
+    #[serde(
+        default = "default_cert_ttl",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub default_cert_ttl: Duration,
+    /// Longest certificate any policy may grant.
+    #[serde(
+        default = "default_max_cert_ttl",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub max_cert_ttl: Duration,
+    /// Task lifetime when a request names none.
+    #[serde(
+        default = "default_task_ttl",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub default_task_ttl: Duration,
+    /// Longest task any policy may grant.
+    #[serde(
+        default = "default_max_task_ttl",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub max_task_ttl: Duration,
+    /// How far before issuance a certificate becomes valid, for hosts whose clocks lag.
+    #[serde(
+        default = "default_clock_skew",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub clock_skew: Duration,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        CaConfig {
+            passphrase_file: None,
+            default_cert_ttl: default_cert_ttl(),
+            max_cert_ttl: default_max_cert_ttl(),
+            default_task_ttl: default_task_ttl(),
+            max_task_ttl: default_max_task_ttl(),
+            clock_skew: default_clock_skew(),
+        }
+    }
+}
+
+fn default_cert_ttl() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_max_cert_ttl() -> Duration {
+    Duration::from_secs(10 * 60)
+}
+fn default_task_ttl() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+fn default_max_task_ttl() -> Duration {
+    Duration::from_secs(8 * 60 * 60)
+}
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Longest accepted `clock_skew`: more would let certificates predate issuance by a lot.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
+
+/// `[[issuer]]`: a workload identity provider whose tokens writ accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Name policies refer to.
+    pub name: String,
+    /// Must equal the token's `iss` exactly.
+    pub issuer: String,
+    /// JWKS over HTTP(S).
+    pub jwks_url: Option<String>,
+    /// JWKS from a local file.
+    pub jwks_file: Option<PathBuf>,
+    /// Find the JWKS through `{issuer}/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Accepted `aud` values; a token must carry one of them.
+    pub audiences: Vec<String>,
+    /// Accepted signature algorithms.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Allowed clock difference for `exp`/`nbf`/`iat`, at most 60 s.
+    #[serde(default = "default_leeway", deserialize_with = "duration::deserialize")]
+    pub leeway: Duration,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into(), "EdDSA".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// Longest accepted token leeway (RFC 8725 practice: keep it small).
+const MAX_LEEWAY: Duration = Duration::from_secs(60);
+
+/// Algorithms an issuer may be configured with. HMAC and `none` are never accepted.
+pub const SUPPORTED_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// What a policy's identities are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Agents get certificates for tasks.
+    Agent,
+    /// Admins manage tasks of others.
+    Admin,
+    /// Hosts ask the CA about certificates.
+    Host,
+}
+
+/// `[[policy]]`: which identities may get which logins, hosts and lifetimes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Name shown in audit records and errors.
+    pub name: String,
+    /// The `[[issuer]]` name this policy applies to.
+    pub issuer: String,
+    /// Glob on the token's `sub`.
+    #[serde(default = "star")]
+    pub subject: String,
+    /// Dotted claim paths → glob values; all must match.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+    /// Role of matching identities.
+    #[serde(default = "default_role")]
+    pub role: Role,
+    /// Login patterns, possibly templated (`{sub}`, `{claims.NAME}`).
+    #[serde(default)]
+    pub logins: Vec<String>,
+    /// Host patterns tasks may name.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Longest certificate for this policy (capped by `[ca] max_cert_ttl`).
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub max_cert_ttl: Option<Duration>,
+    /// Longest task for this policy (capped by `[ca] max_task_ttl`).
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub max_task_ttl: Option<Duration>,
+    /// Certificate extensions granted (e.g. `permit-pty`).
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// `force-command` critical option put in every certificate.
+    pub force_command: Option<String>,
+    /// `source-address` critical option (CIDR list).
+    pub source_address: Option<Vec<String>>,
+}
+
+fn star() -> String {
+    "*".to_owned()
+}
+fn default_role() -> Role {
+    Role::Agent
+}
+
+/// Extensions OpenSSH understands and writ may grant.
+pub const KNOWN_EXTENSIONS: &[&str] = &[
+    "permit-X11-forwarding",
+    "permit-agent-forwarding",
+    "permit-port-forwarding",
+    "permit-pty",
+    "permit-user-rc",
+    "no-touch-required",
+];
+
+/// A configuration that could not be read or is not acceptable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or has unknown/mistyped keys.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A value is not acceptable.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    /// No passphrase for the CA keys.
+    #[error(
+        "no CA passphrase: set [ca] passphrase_file in {path} or the {PASSPHRASE_ENV} environment variable"
+    )]
+    NoPassphrase { path: PathBuf },
+    /// The passphrase file could not be read.
+    #[error("cannot read CA passphrase file {path}: {source}")]
+    PassphraseRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    /// Read, parse and validate a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate configuration text; `path` is used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Check every value that serde cannot check by type alone.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: String, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        let listen = self.server.listen;
+        if !listen.ip().is_loopback() {
+            return Err(invalid(
+                "server.listen".into(),
+                format!(
+                    "{listen} is not a loopback address; plain HTTP is only allowed on loopback \
+                     (put writ behind a TLS-terminating proxy on the same host)"
+                ),
+            ));
+        }
+        if self.server.tls_cert.is_some() || self.server.tls_key.is_some() {
+            return Err(invalid(
+                "server.tls_cert".into(),
+                "built-in TLS is not available in this release; terminate TLS in a proxy on \
+                 the same host and keep writ on loopback"
+                    .into(),
+            ));
+        }
+        let ca = &self.ca;
+        if ca.clock_skew > MAX_CLOCK_SKEW {
+            return Err(invalid("ca.clock_skew".into(), "must be at most 5m".into()));
+        }
+        for (key, ttl) in [
+            ("ca.max_cert_ttl", ca.max_cert_ttl),
+            ("ca.max_task_ttl", ca.max_task_ttl),
+        ] {
+            if ttl < Duration::from_secs(1) {
+                return Err(invalid(key.into(), "must be at least 1s".into()));
+            }
+        }
+        if ca.max_cert_ttl > ca.max_task_ttl {
+            return Err(invalid(
+                "ca.max_cert_ttl".into(),
+                "must not exceed ca.max_task_ttl (a certificate never outlives its task)".into(),
+            ));
+        }
+
+        let mut issuer_names = HashSet::new();
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let key = |field: &str| format!("issuer[{i}] ({:?}).{field}", issuer.name);
+            if issuer.name.is_empty() || !issuer_names.insert(issuer.name.as_str()) {
+                return Err(invalid(key("name"), "must be non-empty and unique".into()));
+            }
+            if issuer.issuer.is_empty() {
+                return Err(invalid(key("issuer"), "must be non-empty".into()));
+            }
+            let sources = usize::from(issuer.jwks_url.is_some())
+                + usize::from(issuer.jwks_file.is_some())
+                + usize::from(issuer.discovery);
+            if sources != 1 {
+                return Err(invalid(
+                    key("jwks_url"),
+                    "set exactly one of jwks_url, jwks_file or discovery = true".into(),
+                ));
+            }
+            if let Some(url) = &issuer.jwks_url {
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    return Err(invalid(key("jwks_url"), "must be an http(s) URL".into()));
+                }
+            }
+            if issuer.audiences.is_empty() || issuer.audiences.iter().any(String::is_empty) {
+                return Err(invalid(
+                    key("audiences"),
+                    "list at least one non-empty audience".into(),
+                ));
+            }
+            if issuer.algorithms.is_empty() {
+                return Err(invalid(
+                    key("algorithms"),
+                    "list at least one algorithm".into(),
+                ));
+            }
+            for alg in &issuer.algorithms {
+                if !SUPPORTED_ALGORITHMS.contains(&alg.as_str()) {
+                    return Err(invalid(
+                        key("algorithms"),
+                        format!(
+                            "{alg:?} is not accepted (HMAC and none never are); use one of {}",
+                            SUPPORTED_ALGORITHMS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if issuer.leeway > MAX_LEEWAY {
+                return Err(invalid(key("leeway"), "must be at most 60s".into()));
+            }
+        }
+
+        let mut policy_names = HashSet::new();
+        for (i, policy) in self.policies.iter().enumerate() {
+            let key = |field: &str| format!("policy[{i}] ({:?}).{field}", policy.name);
+            if policy.name.is_empty() || !policy_names.insert(policy.name.as_str()) {
+                return Err(invalid(key("name"), "must be non-empty and unique".into()));
+            }
+            if !issuer_names.contains(policy.issuer.as_str()) {
+                return Err(invalid(
+                    key("issuer"),
+                    format!("no [[issuer]] is named {:?}", policy.issuer),
+                ));
+            }
+            for (j, login) in policy.logins.iter().enumerate() {
+                if !is_valid_login_pattern(login) {
+                    return Err(invalid(
+                        format!("{}[{j}]", key("logins")),
+                        format!(
+                            "{login:?} is not a login pattern (lowercase POSIX login characters, \
+                             '*', or a template such as {{sub}} or {{claims.NAME}})"
+                        ),
+                    ));
+                }
+            }
+            for (j, host) in policy.hosts.iter().enumerate() {
+                if !profile::is_valid_host_pattern(host) {
+                    return Err(invalid(
+                        format!("{}[{j}]", key("hosts")),
+                        format!(
+                            "{host:?} is not a host pattern (lowercase DNS characters and '*')"
+                        ),
+                    ));
+                }
+            }
+            for (j, ext) in policy.extensions.iter().enumerate() {
+                if !KNOWN_EXTENSIONS.contains(&ext.as_str()) {
+                    return Err(invalid(
+                        format!("{}[{j}]", key("extensions")),
+                        format!("{ext:?} is not one of {}", KNOWN_EXTENSIONS.join(", ")),
+                    ));
+                }
+            }
+            if policy.max_cert_ttl.is_some_and(|t| t > ca.max_cert_ttl) {
+                return Err(invalid(
+                    key("max_cert_ttl"),
+                    "exceeds ca.max_cert_ttl".into(),
+                ));
+            }
+            if policy.max_task_ttl.is_some_and(|t| t > ca.max_task_ttl) {
+                return Err(invalid(
+                    key("max_task_ttl"),
+                    "exceeds ca.max_task_ttl".into(),
+                ));
+            }
+            if policy
+                .force_command
+                .as_deref()
+                .is_some_and(|c| c.is_empty() || c.contains('\0'))
+            {
+                return Err(invalid(
+                    key("force_command"),
+                    "must be a non-empty command".into(),
+                ));
+            }
+            if let Some(addresses) = &policy.source_address {
+                if addresses.is_empty() || addresses.iter().any(|a| !is_cidr(a)) {
+                    return Err(invalid(
+                        key("source_address"),
+                        "must list addresses or CIDR blocks such as 10.0.0.0/8".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The CA passphrase: `passphrase_file` if set, else `WRIT_CA_PASSPHRASE`.
+    pub fn ca_passphrase(&self, config_path: &Path) -> Result<Zeroizing<String>, ConfigError> {
+        if let Some(file) = &self.ca.passphrase_file {
+            let text =
+                std::fs::read_to_string(file).map_err(|source| ConfigError::PassphraseRead {
+                    path: file.clone(),
+                    source,
+                })?;
+            let pass = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned());
+            if pass.is_empty() {
+                return Err(ConfigError::NoPassphrase {
+                    path: config_path.to_owned(),
+                });
+            }
+            return Ok(pass);
+        }
+        match std::env::var(PASSPHRASE_ENV) {
+            Ok(pass) if !pass.is_empty() => Ok(Zeroizing::new(pass)),
+            _ => Err(ConfigError::NoPassphrase {
+                path: config_path.to_owned(),
+            }),
+        }
+    }
+}
+
+/// A login pattern in a policy: a template placeholder, or login characters and `*`.
+fn is_valid_login_pattern(pattern: &str) -> bool {
+    if pattern.is_empty() || pattern.len() > 128 {
+        return false;
+    }
+    let mut rest = pattern;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}') else {
+            return false;
+        };
+        let name = &rest[open + 1..open + close];
+        if !(name == "sub" || name.strip_prefix("claims.").is_some_and(|n| !n.is_empty())) {
+            return false;
+        }
+        if !literal_login_chars(&rest[..open]) {
+            return false;
+        }
+        rest = &rest[open + close + 1..];
+    }
+    literal_login_chars(rest)
+}
+
+fn literal_login_chars(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-*".contains(&b))
+}
+
+fn is_cidr(text: &str) -> bool {
+    let (addr, bits) = match text.split_once('/') {
+        Some((a, b)) => (a, Some(b)),
+        None => (text, None),
+    };
+    let Ok(ip) = addr.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    bits.is_none_or(|b| b.parse::<u8>().is_ok_and(|n| n <= max))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[ca]
+passphrase_file = "/etc/writ/ca.pass"
+max_cert_ttl = "10m"
+
+[[issuer]]
+name = "k8s"
+issuer = "https://kubernetes.default.svc"
+jwks_url = "https://example.com/jwks"
+audiences = ["writ"]
+
+[[policy]]
+name = "ci"
+issuer = "k8s"
+subject = "system:serviceaccount:ci:*"
+claims = { "kubernetes.io.namespace" = "ci" }
+logins = ["deploy", "{claims.repository_owner}"]
+hosts = ["*.prod.example.com"]
+max_cert_ttl = "5m"
+extensions = ["permit-pty"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("writ.toml"))
+    }
+
+    #[test]
+    fn parses_the_spec_example() {
+        let config = parse(GOOD).expect("valid");
+        assert_eq!(
+            config.policies[0].max_cert_ttl,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(config.issuers[0].algorithms, default_algorithms());
+        assert_eq!(config.server.listen, default_listen());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse("[ca]\nmax_cert_tl = \"5m\"\n")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(err.contains("max_cert_tl"), "{err}");
+        assert!(err.contains("writ.toml"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let bad = GOOD.replace("\"*.prod.example.com\"", "\"*.PROD,x\"");
+        let err = parse(&bad).expect_err("bad host").to_string();
+        assert!(err.contains("policy[0] (\"ci\").hosts[0]"), "{err}");
+        let bad = GOOD.replace("\"deploy\"", "\"{claims}\"");
+        assert!(
+            parse(&bad)
+                .expect_err("bad login")
+                .to_string()
+                .contains("logins[0]")
+        );
+        let bad = GOOD.replace("issuer = \"k8s\"", "issuer = \"nope\"");
+        assert!(
+            parse(&bad)
+                .expect_err("bad issuer")
+                .to_string()
+                .contains("no [[issuer]]")
+        );
+        let bad = GOOD.replace("max_cert_ttl = \"5m\"", "max_cert_ttl = \"11m\"");
+        assert!(
+            parse(&bad)
+                .expect_err("ttl")
+                .to_string()
+                .contains("max_cert_ttl")
+        );
+        let bad = GOOD.replace(
+            "audiences = [\"writ\"]",
+            "audiences = [\"writ\"]\nalgorithms = [\"HS256\"]",
+        );
+        assert!(parse(&bad).expect_err("hmac").to_string().contains("HS256"));
+    }
+
+    #[test]
+    fn login_patterns() {
+        for ok in [
+            "deploy",
+            "*",
+            "ci-*",
+            "{sub}",
+            "gh-{claims.repository_owner}",
+        ] {
+            assert!(is_valid_login_pattern(ok), "{ok}");
+        }
+        for bad in ["", "Deploy", "a,b", "{x}", "{claims.}", "{sub", "a b"] {
+            assert!(!is_valid_login_pattern(bad), "{bad}");
+        }
+    }
+}

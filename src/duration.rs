@@ -1,0 +1,45 @@
+//! Human-readable durations in configuration files ("30s", "5m", "8h", "30d"), parsed with
+//! `humantime`, shared by the CA and host configurations.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Serde `deserialize_with` helper for a required duration such as `"5m"`.
+pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse(&text).map_err(serde::de::Error::custom)
+}
+
+/// Serde `deserialize_with` helper for an optional duration.
+pub fn deserialize_option<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    let text = Option::<String>::deserialize(deserializer)?;
+    text.map(|t| parse(&t).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
+/// Parse a duration such as `"90s"`, `"5m"` or `"1h 30m"`.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("invalid duration {text:?} ({e}); use e.g. \"30s\", \"5m\", \"8h\""))
+}
+
+/// Render a duration the way configuration files write it.
+pub fn format(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_config_forms() {
+        assert_eq!(parse("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse("8h"), Ok(Duration::from_secs(8 * 3600)));
+        assert!(parse("five minutes").is_err());
+    }
+}

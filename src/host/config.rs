@@ -1,0 +1,344 @@
+//! The host configuration of `writ-principals` (`/etc/writ/host.toml`): where the CA is,
+//! what this host is called, where synced state lives and how long network calls may take.
+//!
+//! Loading validates everything up front and every error names the file and the key, so a
+//! broken host configuration is found by `writ-principals sync` (or a test `check`) rather
+//! than by a refused login. This module holds no secrets: `token_file` is only a path.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default location of synced state (`trusted_user_ca_keys`, …).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/writ";
+/// Name of the `TrustedUserCAKeys` file inside `state_dir`.
+pub const TRUSTED_KEYS_FILE: &str = "trusted_user_ca_keys";
+/// Default for `max_staleness`: how old revocation data may be before hosts deny.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(120);
+/// Default for `timeout`. `check` runs while sshd holds a pre-authentication slot, so any
+/// network call it makes must give up quickly; two seconds is far above a healthy CA's
+/// latency and well below sshd's `LoginGraceTime`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Files the system hostname is read from, in order.
+const HOSTNAME_FILES: [&str; 2] = ["/proc/sys/kernel/hostname", "/etc/hostname"];
+
+/// How `writ-principals check` decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Decide from local state only (the certificate, the synced trust bundle).
+    #[default]
+    Offline,
+    /// Also ask the CA (`POST /v1/authorize`). The value is accepted so configurations can
+    /// be written ahead of time, but `check` currently behaves exactly as in offline mode:
+    /// online mode arrives with the revocation feed.
+    Online,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Offline => "offline",
+            Mode::Online => "online",
+        })
+    }
+}
+
+/// The host configuration, as read from TOML and completed by [`HostConfig::load`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Base URL of the CA, e.g. `https://ca.example.com:8422`. Must be `https://`, or
+    /// `http://` to a loopback address (the trust bundle is this host's root of trust).
+    pub ca_url: String,
+    /// This host's name as matched against a task's host patterns, in lowercase.
+    /// [`HostConfig::load`] fills it from the system hostname when the file omits it; it
+    /// stays `None` only if that cannot be read, and then every `check` is denied.
+    #[serde(default)]
+    pub host_name: Option<String>,
+    /// Directory of synced state (`trusted_user_ca_keys`, …).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Offline or online checking.
+    #[serde(default)]
+    pub mode: Mode,
+    /// How old revocation data may be before `check` denies.
+    #[serde(
+        default = "default_max_staleness",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub max_staleness: Duration,
+    /// This host's own workload token, for online mode.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Hard timeout for every network call, from DNS lookup to the last body byte.
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::duration::deserialize"
+    )]
+    pub timeout: Duration,
+}
+
+/// Why a host configuration could not be loaded. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read host config {}: {source}", path.display())]
+    Read {
+        /// The configuration file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: io::Error,
+    },
+    /// The file is not valid TOML or does not fit the schema (unknown key, wrong type,
+    /// bad duration, missing `ca_url`); the message names the key.
+    #[error("invalid host config {}: {message}", path.display())]
+    Parse {
+        /// The configuration file.
+        path: PathBuf,
+        /// toml's message, which names the offending key and position.
+        message: String,
+    },
+    /// A key parsed but its value is not acceptable.
+    #[error("invalid host config {}: key `{key}`: {message}", path.display())]
+    Invalid {
+        /// The configuration file.
+        path: PathBuf,
+        /// The offending key.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl HostConfig {
+    /// Read, parse and validate the configuration at `path`, filling in the system
+    /// hostname when `host_name` is not set.
+    pub fn load(path: &Path) -> Result<HostConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text, path)?;
+        if config.host_name.is_none() {
+            config.host_name = system_host_name();
+        }
+        Ok(config)
+    }
+
+    /// Parse and validate configuration text; `path` is used only in error messages.
+    /// Unlike [`HostConfig::load`], this does not fill in the system hostname.
+    pub fn from_toml(text: &str, path: &Path) -> Result<HostConfig, ConfigError> {
+        let mut config: HostConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        check_ca_url(&config.ca_url).map_err(|m| invalid("ca_url", m))?;
+        if let Some(name) = &config.host_name {
+            let name = name.trim().to_ascii_lowercase();
+            if !is_valid_host_name(&name) {
+                return Err(invalid(
+                    "host_name",
+                    format!("{name:?} is not a host name (letters, digits, '-', '.', '_')"),
+                ));
+            }
+            config.host_name = Some(name);
+        }
+        if config.state_dir.as_os_str().is_empty() || !config.state_dir.is_absolute() {
+            return Err(invalid("state_dir", "must be an absolute path".to_owned()));
+        }
+        if config.timeout.is_zero() {
+            return Err(invalid("timeout", "must be greater than zero".to_owned()));
+        }
+        if config.max_staleness.is_zero() {
+            return Err(invalid(
+                "max_staleness",
+                "must be greater than zero".to_owned(),
+            ));
+        }
+        Ok(config)
+    }
+
+    /// The `TrustedUserCAKeys` file that `sync` writes and `check` reads.
+    pub fn trusted_keys_path(&self) -> PathBuf {
+        self.state_dir.join(TRUSTED_KEYS_FILE)
+    }
+
+    /// `ca_url` without a trailing slash, ready for appending `/v1/…`.
+    pub fn ca_base_url(&self) -> &str {
+        self.ca_url.trim_end_matches('/')
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+fn default_max_staleness() -> Duration {
+    DEFAULT_MAX_STALENESS
+}
+
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+
+/// `https://` anywhere, `http://` only to a loopback address: whoever answers `sync`
+/// decides which CA keys this host trusts, so the bundle must not travel in clear text.
+fn check_ca_url(url: &str) -> Result<(), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{url:?} is not a URL (expected https://host[:port])"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.rsplit_once('@') {
+        Some(_) => return Err("must not contain credentials".to_owned()),
+        None if authority.starts_with('[') => authority
+            .split_once(']')
+            .map(|(h, _)| &h[1..])
+            .unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    if host.is_empty() {
+        return Err(format!("{url:?} has no host"));
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" if matches!(host, "127.0.0.1" | "localhost" | "::1") => Ok(()),
+        "http" => Err(format!(
+            "{url:?} uses plain http to a non-loopback host; use https://"
+        )),
+        other => Err(format!("unsupported scheme {other:?}; use https://")),
+    }
+}
+
+fn is_valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= crate::profile::MAX_HOST_PATTERN_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
+}
+
+/// The system hostname in lowercase, from the first of [`HOSTNAME_FILES`] that holds a
+/// valid one. This is usually the short name; set `host_name` when tasks name hosts by
+/// their fully qualified names.
+pub fn system_host_name() -> Option<String> {
+    HOSTNAME_FILES.iter().find_map(|file| {
+        let text = std::fs::read_to_string(file).ok()?;
+        let name = text.trim().to_ascii_lowercase();
+        is_valid_host_name(&name).then_some(name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<HostConfig, ConfigError> {
+        HostConfig::from_toml(text, Path::new("/etc/writ/host.toml"))
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse("ca_url = \"https://ca.example.com:8422/\"\n").expect("valid config");
+        assert_eq!(config.host_name, None);
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/writ"));
+        assert_eq!(config.mode, Mode::Offline);
+        assert_eq!(config.max_staleness, Duration::from_secs(120));
+        assert_eq!(config.timeout, Duration::from_secs(2));
+        assert_eq!(config.token_file, None);
+        assert_eq!(
+            config.trusted_keys_path(),
+            PathBuf::from("/var/lib/writ/trusted_user_ca_keys")
+        );
+        assert_eq!(config.ca_base_url(), "https://ca.example.com:8422");
+    }
+
+    #[test]
+    fn full_file() {
+        let config = parse(
+            r#"
+            ca_url = "http://127.0.0.1:8422"
+            host_name = "Web-01.Prod.Example.com"
+            state_dir = "/srv/writ"
+            mode = "online"
+            max_staleness = "5m"
+            token_file = "/var/run/secrets/writ/token"
+            timeout = "500ms"
+            "#,
+        )
+        .expect("valid config");
+        assert_eq!(config.host_name.as_deref(), Some("web-01.prod.example.com"));
+        assert_eq!(config.mode, Mode::Online);
+        assert_eq!(config.max_staleness, Duration::from_secs(300));
+        assert_eq!(config.timeout, Duration::from_millis(500));
+        assert_eq!(
+            config.token_file,
+            Some(PathBuf::from("/var/run/secrets/writ/token"))
+        );
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let cases = [
+            ("ca_url = \"https://ca\"\nhostname = \"x\"\n", "hostname"),
+            ("ca_url = \"https://ca\"\ntimeout = \"soon\"\n", "timeout"),
+            ("ca_url = \"https://ca\"\nmode = \"sometimes\"\n", "mode"),
+            ("host_name = \"x\"\n", "ca_url"),
+            ("ca_url = \"http://ca.example.com\"\n", "ca_url"),
+            ("ca_url = \"ftp://ca.example.com\"\n", "ca_url"),
+            (
+                "ca_url = \"https://ca\"\nhost_name = \"a b\"\n",
+                "host_name",
+            ),
+            (
+                "ca_url = \"https://ca\"\nstate_dir = \"rel\"\n",
+                "state_dir",
+            ),
+            ("ca_url = \"https://ca\"\ntimeout = \"0s\"\n", "timeout"),
+        ];
+        for (text, key) in cases {
+            let message = parse(text).expect_err(text).to_string();
+            assert!(message.contains("/etc/writ/host.toml"), "{message}");
+            assert!(message.contains(key), "{key}: {message}");
+        }
+    }
+
+    #[test]
+    fn ca_url_schemes() {
+        for ok in [
+            "https://ca.example.com",
+            "https://10.0.0.1:8422/",
+            "http://127.0.0.1:8422",
+            "http://localhost:8422",
+            "http://[::1]:8422",
+        ] {
+            assert_eq!(check_ca_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "ca.example.com",
+            "http://10.0.0.1",
+            "http://127.0.0.1.evil.com",
+            "https://",
+            "https://user:pw@ca.example.com",
+        ] {
+            assert!(check_ca_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn missing_file_names_path() {
+        let message = HostConfig::load(Path::new("/nonexistent/writ/host.toml"))
+            .expect_err("missing file")
+            .to_string();
+        assert!(message.contains("/nonexistent/writ/host.toml"), "{message}");
+    }
+}

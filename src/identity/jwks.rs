@@ -1,0 +1,201 @@
+//! One issuer's signing keys: fetched from `jwks_url`, read from `jwks_file`, or found
+//! through OIDC discovery, then cached. An unknown `kid` triggers at most one refetch per
+//! [`MIN_REFETCH_INTERVAL`]; concurrent misses share one fetch.
+//!
+//! Fetches use the blocking `ureq` client on a blocking thread, with a hard timeout and a
+//! size limit, so a slow issuer cannot stall the server.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::DecodingKey;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+
+use super::TokenError;
+use crate::config::IssuerConfig;
+
+/// Minimum time between two fetches triggered by unknown `kid`s, so a stream of tokens with
+/// random `kid`s cannot make writ hammer the issuer.
+pub const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
+/// Hard timeout on one JWKS or discovery fetch.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest accepted JWKS or discovery document.
+const MAX_DOCUMENT_BYTES: u64 = 512 * 1024;
+
+/// Where the keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    /// A JWKS URL.
+    Url(String),
+    /// A local JWKS file.
+    File(PathBuf),
+    /// `{issuer}/.well-known/openid-configuration` → `jwks_uri`.
+    Discovery(String),
+}
+
+impl JwksSource {
+    /// The source an issuer configuration names.
+    pub fn from_config(config: &IssuerConfig) -> JwksSource {
+        if let Some(url) = &config.jwks_url {
+            JwksSource::Url(url.clone())
+        } else if let Some(file) = &config.jwks_file {
+            JwksSource::File(file.clone())
+        } else {
+            JwksSource::Discovery(config.issuer.clone())
+        }
+    }
+
+    /// Read the key set (blocking).
+    pub fn load(&self) -> Result<JwkSet, String> {
+        match self {
+            JwksSource::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                serde_json::from_str(&text)
+                    .map_err(|e| format!("{} is not a JWKS: {e}", path.display()))
+            }
+            JwksSource::Url(url) => fetch_json(url),
+            JwksSource::Discovery(issuer) => {
+                let url = format!(
+                    "{}/.well-known/openid-configuration",
+                    issuer.trim_end_matches('/')
+                );
+                let doc: serde_json::Value = fetch_json(&url)?;
+                let jwks_uri = doc
+                    .get("jwks_uri")
+                    .and_then(|v| v.as_str())
+                    .ok_or_else(|| format!("{url} has no jwks_uri"))?;
+                fetch_json(jwks_uri)
+            }
+        }
+    }
+}
+
+fn fetch_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(FETCH_TIMEOUT))
+        .max_redirects(0)
+        .build()
+        .into();
+    let mut response = agent
+        .get(url)
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    response
+        .body_mut()
+        .with_config()
+        .limit(MAX_DOCUMENT_BYTES)
+        .read_json()
+        .map_err(|e| format!("GET {url}: bad JSON: {e}"))
+}
+
+/// A usable key: its JWK (for type and algorithm checks) and the parsed verification key.
+#[derive(Clone)]
+pub struct CachedKey {
+    /// The JWK as published.
+    pub jwk: Jwk,
+    /// Parsed once, reused per token.
+    pub key: DecodingKey,
+}
+
+#[derive(Default)]
+struct CacheState {
+    keys: Option<Arc<Vec<CachedKey>>>,
+    last_attempt: Option<Instant>,
+    last_error: Option<String>,
+}
+
+/// The cached keys of one issuer.
+pub struct KeyCache {
+    source: JwksSource,
+    state: RwLock<CacheState>,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl KeyCache {
+    /// An empty cache; keys are fetched on first use (or by [`KeyCache::refresh`]).
+    pub fn new(source: JwksSource) -> KeyCache {
+        KeyCache {
+            source,
+            state: RwLock::new(CacheState::default()),
+            refresh: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn snapshot(&self) -> (Option<Arc<Vec<CachedKey>>>, Option<Instant>) {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        (state.keys.clone(), state.last_attempt)
+    }
+
+    /// Fetch the keys now, replacing the cache on success.
+    pub async fn refresh(&self) -> Result<(), String> {
+        let source = self.source.clone();
+        let result = tokio::task::spawn_blocking(move || source.load())
+            .await
+            .map_err(|e| format!("JWKS fetch task failed: {e}"))
+            .and_then(|r| r);
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state.last_attempt = Some(Instant::now());
+        match result {
+            Ok(set) => {
+                let keys = set
+                    .keys
+                    .into_iter()
+                    .filter_map(|jwk| {
+                        DecodingKey::from_jwk(&jwk)
+                            .ok()
+                            .map(|key| CachedKey { jwk, key })
+                    })
+                    .collect();
+                state.keys = Some(Arc::new(keys));
+                state.last_error = None;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(source = ?self.source, error = %e, "JWKS fetch failed");
+                state.last_error = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// The key for `kid` (or the only key when the token has no `kid`), refetching once if
+    /// it is unknown and the last fetch is old enough.
+    pub async fn find(&self, kid: Option<&str>) -> Result<CachedKey, TokenError> {
+        let (keys, last_attempt) = self.snapshot();
+        if let Some(found) = keys.as_deref().and_then(|k| pick(k, kid)) {
+            return Ok(found);
+        }
+        let stale = last_attempt.is_none_or(|t| t.elapsed() >= MIN_REFETCH_INTERVAL);
+        if keys.is_none() || stale {
+            let _guard = self.refresh.lock().await;
+            // Another request may have refreshed while we waited.
+            let (_, after_wait) = self.snapshot();
+            if after_wait == last_attempt {
+                let _ = self.refresh().await;
+            }
+        }
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        match &state.keys {
+            None => Err(TokenError::IssuerUnavailable(
+                state
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "keys not fetched yet".into()),
+            )),
+            Some(keys) => pick(keys, kid).ok_or(TokenError::UnknownKey),
+        }
+    }
+}
+
+fn pick(keys: &[CachedKey], kid: Option<&str>) -> Option<CachedKey> {
+    match kid {
+        Some(kid) => keys
+            .iter()
+            .find(|k| k.jwk.common.key_id.as_deref() == Some(kid))
+            .cloned(),
+        None if keys.len() == 1 => keys.first().cloned(),
+        None => None,
+    }
+}

@@ -1,0 +1,199 @@
+//! Token verification (RFC 8725 practice): pick the issuer by the unverified `iss`, find
+//! the key by `kid` in that issuer's JWKS only, tie the algorithm to the key type and the
+//! issuer's allow-list (never to the header alone), then check signature, `iss`, `aud`,
+//! `exp`, `nbf` with a small leeway.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::jwks::{JwksSource, KeyCache};
+use super::{Identity, MAX_TOKEN_BYTES, TokenError};
+use crate::config::IssuerConfig;
+
+/// One configured issuer with its key cache.
+pub struct TrustedIssuer {
+    /// Its configuration.
+    pub config: IssuerConfig,
+    algorithms: Vec<Algorithm>,
+    keys: KeyCache,
+}
+
+impl TrustedIssuer {
+    /// The issuer's key cache.
+    pub fn keys(&self) -> &KeyCache {
+        &self.keys
+    }
+}
+
+/// Verifies workload tokens against every configured issuer.
+#[derive(Clone)]
+pub struct Verifier {
+    by_iss: Arc<HashMap<String, Arc<TrustedIssuer>>>,
+}
+
+impl Verifier {
+    /// Build from `[[issuer]]` configuration (validated already).
+    pub fn new(issuers: &[IssuerConfig]) -> Verifier {
+        let by_iss = issuers
+            .iter()
+            .map(|config| {
+                let algorithms = config
+                    .algorithms
+                    .iter()
+                    .filter_map(|a| Algorithm::from_str(a).ok())
+                    .collect();
+                let issuer = TrustedIssuer {
+                    config: config.clone(),
+                    algorithms,
+                    keys: KeyCache::new(JwksSource::from_config(config)),
+                };
+                (config.issuer.clone(), Arc::new(issuer))
+            })
+            .collect();
+        Verifier {
+            by_iss: Arc::new(by_iss),
+        }
+    }
+
+    /// Every issuer.
+    pub fn issuers(&self) -> impl Iterator<Item = &Arc<TrustedIssuer>> {
+        self.by_iss.values()
+    }
+
+    /// Fetch every issuer's keys once (at start-up); failures are logged, not fatal.
+    pub async fn prefetch(&self) {
+        for issuer in self.by_iss.values() {
+            if let Err(e) = issuer.keys.refresh().await {
+                tracing::warn!(issuer = %issuer.config.name, error = %e, "could not fetch issuer keys at start-up");
+            }
+        }
+    }
+
+    /// The configured issuer name a token claims to come from (unverified), for audit
+    /// records of refused tokens.
+    pub fn claimed_issuer(&self, token: &str) -> Option<String> {
+        let iss = unverified_iss(token).ok()?;
+        self.by_iss.get(&iss).map(|i| i.config.name.clone())
+    }
+
+    /// Verify `token` and return the identity it proves.
+    pub async fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        if token.is_empty() {
+            return Err(TokenError::Missing);
+        }
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        if token.split('.').count() != 3 {
+            return Err(TokenError::Malformed(
+                "expected three dot-separated parts (JWE is not accepted)".into(),
+            ));
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| TokenError::Malformed(format!("header: {e}")))?;
+        let iss = unverified_iss(token)?;
+        let issuer = self.by_iss.get(&iss).ok_or(TokenError::UnknownIssuer)?;
+        let alg = header.alg;
+        if !issuer.algorithms.contains(&alg) {
+            return Err(TokenError::AlgorithmNotAllowed(format!("{alg:?}")));
+        }
+        let cached = issuer.keys.find(header.kid.as_deref()).await?;
+        check_key_fits(&cached.jwk, alg)?;
+
+        let config = &issuer.config;
+        let mut validation = Validation::new(alg);
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.validate_aud = true;
+        validation.set_audience(&config.audiences);
+        validation.set_issuer(&[&config.issuer]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+
+        let data = jsonwebtoken::decode::<Map<String, Value>>(token, &cached.key, &validation)
+            .map_err(map_error)?;
+        let claims = data.claims;
+        let subject = match claims.get("sub") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => return Err(TokenError::BadClaim("sub".into())),
+        };
+        let expires_at = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| TokenError::BadClaim("exp".into()))?;
+        let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
+        Ok(Identity {
+            issuer_name: config.name.clone(),
+            issuer: config.issuer.clone(),
+            subject,
+            claims,
+            jti,
+            expires_at,
+        })
+    }
+}
+
+fn unverified_iss(token: &str) -> Result<String, TokenError> {
+    let claims: Map<String, Value> = jsonwebtoken::dangerous::insecure_decode_claims(token)
+        .map_err(|e| TokenError::Malformed(format!("claims: {e}")))?;
+    match claims.get("iss") {
+        Some(Value::String(iss)) => Ok(iss.clone()),
+        _ => Err(TokenError::BadClaim("iss".into())),
+    }
+}
+
+/// The key's type (and declared `alg`, `use`) must fit the algorithm.
+fn check_key_fits(jwk: &Jwk, alg: Algorithm) -> Result<(), TokenError> {
+    let mismatch = || TokenError::KeyMismatch(format!("{alg:?}"));
+    if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        return Err(mismatch());
+    }
+    if let Some(declared) = jwk.common.key_algorithm {
+        if declared.to_string() != format!("{alg:?}") {
+            return Err(mismatch());
+        }
+    }
+    let fits = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => matches!(
+            alg,
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        ),
+        AlgorithmParameters::EllipticCurve(ec) => matches!(
+            (&ec.curve, alg),
+            (EllipticCurve::P256, Algorithm::ES256) | (EllipticCurve::P384, Algorithm::ES384)
+        ),
+        AlgorithmParameters::OctetKeyPair(okp) => {
+            okp.curve == EllipticCurve::Ed25519 && alg == Algorithm::EdDSA
+        }
+        // Symmetric and unknown keys never verify workload tokens.
+        _ => false,
+    };
+    if fits { Ok(()) } else { Err(mismatch()) }
+}
+
+fn map_error(e: jsonwebtoken::errors::Error) -> TokenError {
+    match e.kind() {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(c) | ErrorKind::InvalidClaimFormat(c) => {
+            TokenError::BadClaim(c.clone())
+        }
+        ErrorKind::InvalidAlgorithm => TokenError::AlgorithmNotAllowed("header".into()),
+        other => TokenError::Malformed(format!("{other:?}")),
+    }
+}

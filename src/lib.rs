@@ -1,0 +1,34 @@
+//! writ: an SSH certificate authority that turns workload identity into task-scoped,
+//! minute-scale SSH user certificates.
+//!
+//! # Layout
+//! Dependencies run one way, top to bottom.
+//! - [`api`] — the HTTP API (axum): one file per endpoint group, errors → JSON envelope.
+//! - [`server`] — builds the running CA from a [`config::Config`] and serves [`api`].
+//! - [`dev`] — `writ serve --dev` and `writ dev token`: a local development issuer.
+//! - [`task`] — issuing certificates for tasks: identity → policy → sign → store.
+//! - [`policy`] — which identities may get which logins, hosts and TTLs.
+//! - [`identity`] — JWKS fetching and workload-token (JWT) verification.
+//! - [`authority`] — the CA keyring (encrypted at rest) and certificate signing.
+//! - [`audit`] — audit records and their hash chain.
+//! - [`store`] — the storage trait and its SQLite implementation.
+//! - [`config`] — the CA's TOML configuration.
+//! - [`host`] — `writ-principals`: admitting certificates on SSH hosts. It uses only the
+//!   pure format modules below (never `store`, `api` or an async runtime).
+//! - [`profile`], [`glob`], [`duration`] — pure formats shared by CA and hosts: how a task
+//!   is written into a certificate, pattern matching, durations in config files.
+
+pub mod api;
+pub mod audit;
+pub mod authority;
+pub mod config;
+pub mod dev;
+pub mod duration;
+pub mod glob;
+pub mod host;
+pub mod identity;
+pub mod policy;
+pub mod profile;
+pub mod server;
+pub mod store;
+pub mod task;

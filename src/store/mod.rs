@@ -1,0 +1,154 @@
+//! Storage: one small [`Store`] trait that every caller uses, and one implementation per
+//! backend (SQLite now, chosen by the `sqlite://` URL prefix). Queries are runtime
+//! `query`/`query_as`; migrations live in `migrations/<backend>/` and are append-only.
+//!
+//! Every write that the audit log must record takes the [`AuditEntry`]s with it and
+//! commits them in the same transaction, chained by the single writer (see
+//! [`crate::audit`]).
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::audit::{AuditEntry, AuditRecord};
+
+/// A CA key as stored.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaKeyRecord {
+    /// Short random id.
+    pub id: String,
+    /// SSH algorithm name, e.g. `ssh-ed25519`.
+    pub algorithm: String,
+    /// `next`, `active`, `retiring`, `retired`, `revoked`.
+    pub state: String,
+    /// `SHA256:…`
+    pub fingerprint: String,
+    /// OpenSSH public key line.
+    pub public_key: String,
+    /// Encrypted OpenSSH private key.
+    pub private_key: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub activated_at: Option<i64>,
+    /// Unix seconds.
+    pub retired_at: Option<i64>,
+}
+
+impl std::fmt::Debug for CaKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaKeyRecord")
+            .field("id", &self.id)
+            .field("state", &self.state)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A task as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRecord {
+    /// 32 hex characters.
+    pub id: String,
+    /// Configured issuer name of the owner.
+    pub issuer: String,
+    /// Token subject of the owner.
+    pub subject: String,
+    /// Policy that granted the task.
+    pub policy: String,
+    /// Logins the task names.
+    pub logins: Vec<String>,
+    /// Host patterns the task names.
+    pub hosts: Vec<String>,
+    /// Free text from the agent.
+    pub purpose: String,
+    /// `active`, `completed`, `revoked`.
+    pub state: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+/// A certificate as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRecord {
+    /// Non-zero, 63-bit.
+    pub serial: i64,
+    /// Task it is bound to.
+    pub task_id: String,
+    /// CA key that signed it.
+    pub ca_key_id: String,
+    /// Fingerprint of the certified key.
+    pub key_fingerprint: String,
+    /// Principals in the certificate.
+    pub principals: Vec<String>,
+    /// Unix seconds.
+    pub valid_after: i64,
+    /// Unix seconds.
+    pub valid_before: i64,
+    /// Unix seconds.
+    pub issued_at: i64,
+}
+
+/// One issuance: an optional new task, the certificate, and their audit entries, committed
+/// together or not at all.
+#[derive(Debug, Clone)]
+pub struct Issuance {
+    /// A task to create in the same transaction.
+    pub new_task: Option<TaskRecord>,
+    /// The certificate.
+    pub certificate: CertificateRecord,
+    /// Audit entries, in order.
+    pub audit: Vec<AuditEntry>,
+}
+
+/// Storage failures, in domain words.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The serial (or another unique value) is already taken.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached or written.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data does not decode.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The URL names no supported backend.
+    #[error("unsupported storage URL {0:?}: use sqlite://PATH")]
+    UnsupportedUrl(String),
+}
+
+/// What the CA needs from storage.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Every CA key, oldest first.
+    async fn ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError>;
+    /// Insert a CA key with its audit entry. `Conflict` if it would make a second
+    /// active key.
+    async fn insert_ca_key(&self, key: &CaKeyRecord, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Commit an issuance. `Conflict` if the serial is taken (nothing is written).
+    async fn record_issuance(&self, issuance: &Issuance) -> Result<(), StoreError>;
+    /// Append one audit entry on its own.
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    /// Audit records with `seq > after`, in order, at most `limit`.
+    async fn audit_records(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>, StoreError>;
+    /// A task by id.
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    /// Certificates of a task, oldest first.
+    async fn task_certificates(&self, task_id: &str) -> Result<Vec<CertificateRecord>, StoreError>;
+}
+
+/// Open (creating and migrating if needed) the store a URL names.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(sqlite::SqliteStore::open(path).await?))
+    } else {
+        Err(StoreError::UnsupportedUrl(url.to_owned()))
+    }
+}

@@ -1,0 +1,327 @@
+//! The SQLite backend (embedded, the default): WAL journal, `synchronous = FULL` so a
+//! commit is on disk before a certificate leaves, and one writer at a time (a process-wide
+//! lock plus `BEGIN IMMEDIATE` against other processes such as `writ admin`), which also
+//! keeps the audit hash chain from forking.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use time::OffsetDateTime;
+use tokio::sync::Mutex;
+
+use super::{CaKeyRecord, CertificateRecord, Issuance, Store, StoreError, TaskRecord};
+use crate::audit::{self, AuditEntry, AuditRecord, Outcome};
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    pool: SqlitePool,
+    write_lock: Mutex<()>,
+}
+
+impl SqliteStore {
+    /// Open or create the database file at `path` and run migrations.
+    pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
+        if let Some(parent) = Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
+            .map_err(unavailable)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
+        Ok(SqliteStore {
+            pool,
+            write_lock: Mutex::new(()),
+        })
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(unavailable)
+    }
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(db.message().to_owned())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn to_json(values: &[String]) -> String {
+    serde_json::to_string(values).expect("a list of strings always serialises")
+}
+
+fn from_json(text: &str) -> Result<Vec<String>, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("bad JSON list: {e}")))
+}
+
+/// Append `entry` to the chain inside `tx`.
+async fn append(
+    tx: &mut Transaction<'static, Sqlite>,
+    entry: &AuditEntry,
+) -> Result<(), StoreError> {
+    let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+    let (prev_seq, prev_hash) = match last {
+        Some(row) => (row.get::<i64, _>(0), row.get::<String, _>(1)),
+        None => (0, audit::GENESIS_HASH.to_owned()),
+    };
+    let seq = prev_seq + 1;
+    let time = audit::format_time(OffsetDateTime::now_utc());
+    let hash = audit::chain_hash(seq, &time, entry, &prev_hash);
+    sqlx::query(
+        "INSERT INTO audit_events (seq, time, event, outcome, issuer, subject, policy, task_id, \
+         serial, key_fingerprint, logins, hosts, host, ca_fingerprint, source_ip, reason, \
+         request_id, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+    )
+    .bind(seq)
+    .bind(&time)
+    .bind(&entry.event)
+    .bind(entry.outcome.unwrap_or(Outcome::Success).as_str())
+    .bind(&entry.issuer)
+    .bind(&entry.subject)
+    .bind(&entry.policy)
+    .bind(&entry.task_id)
+    .bind(&entry.serial)
+    .bind(&entry.key_fingerprint)
+    .bind(to_json(&entry.logins))
+    .bind(to_json(&entry.hosts))
+    .bind(&entry.host)
+    .bind(&entry.ca_fingerprint)
+    .bind(&entry.source_ip)
+    .bind(&entry.reason)
+    .bind(&entry.request_id)
+    .bind(&prev_hash)
+    .bind(&hash)
+    .execute(&mut **tx)
+    .await
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+fn audit_record(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
+    let outcome: String = row.get("outcome");
+    Ok(AuditRecord {
+        seq: row.get("seq"),
+        time: row.get("time"),
+        entry: AuditEntry {
+            event: row.get("event"),
+            outcome: Some(
+                Outcome::parse(&outcome)
+                    .ok_or_else(|| StoreError::Corrupt(format!("bad outcome {outcome:?}")))?,
+            ),
+            issuer: row.get("issuer"),
+            subject: row.get("subject"),
+            policy: row.get("policy"),
+            task_id: row.get("task_id"),
+            serial: row.get("serial"),
+            key_fingerprint: row.get("key_fingerprint"),
+            logins: from_json(row.get("logins"))?,
+            hosts: from_json(row.get("hosts"))?,
+            host: row.get("host"),
+            ca_fingerprint: row.get("ca_fingerprint"),
+            source_ip: row.get("source_ip"),
+            reason: row.get("reason"),
+            request_id: row.get("request_id"),
+        },
+        prev_hash: row.get("prev_hash"),
+        hash: row.get("hash"),
+    })
+}
+
+fn task_record(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
+    Ok(TaskRecord {
+        id: row.get("id"),
+        issuer: row.get("issuer"),
+        subject: row.get("subject"),
+        policy: row.get("policy"),
+        logins: from_json(row.get("logins"))?,
+        hosts: from_json(row.get("hosts"))?,
+        purpose: row.get("purpose"),
+        state: row.get("state"),
+        created_at: row.get("created_at"),
+        expires_at: row.get("expires_at"),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, algorithm, state, fingerprint, public_key, private_key, created_at, \
+             activated_at, retired_at FROM ca_keys ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .iter()
+            .map(|row| CaKeyRecord {
+                id: row.get("id"),
+                algorithm: row.get("algorithm"),
+                state: row.get("state"),
+                fingerprint: row.get("fingerprint"),
+                public_key: row.get("public_key"),
+                private_key: row.get("private_key"),
+                created_at: row.get("created_at"),
+                activated_at: row.get("activated_at"),
+                retired_at: row.get("retired_at"),
+            })
+            .collect())
+    }
+
+    async fn insert_ca_key(&self, key: &CaKeyRecord, audit: &AuditEntry) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO ca_keys (id, algorithm, state, fingerprint, public_key, private_key, \
+             created_at, activated_at, retired_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&key.id)
+        .bind(&key.algorithm)
+        .bind(&key.state)
+        .bind(&key.fingerprint)
+        .bind(&key.public_key)
+        .bind(&key.private_key)
+        .bind(key.created_at)
+        .bind(key.activated_at)
+        .bind(key.retired_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn record_issuance(&self, issuance: &Issuance) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        if let Some(task) = &issuance.new_task {
+            sqlx::query(
+                "INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, purpose, state, \
+                 created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .bind(&task.id)
+            .bind(&task.issuer)
+            .bind(&task.subject)
+            .bind(&task.policy)
+            .bind(to_json(&task.logins))
+            .bind(to_json(&task.hosts))
+            .bind(&task.purpose)
+            .bind(&task.state)
+            .bind(task.created_at)
+            .bind(task.expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        let cert = &issuance.certificate;
+        sqlx::query(
+            "INSERT INTO certificates (serial, task_id, ca_key_id, key_fingerprint, principals, \
+             valid_after, valid_before, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(cert.serial)
+        .bind(&cert.task_id)
+        .bind(&cert.ca_key_id)
+        .bind(&cert.key_fingerprint)
+        .bind(to_json(&cert.principals))
+        .bind(cert.valid_after)
+        .bind(cert.valid_before)
+        .bind(cert.issued_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        for entry in &issuance.audit {
+            append(&mut tx, entry).await?;
+        }
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        append(&mut tx, entry).await?;
+        tx.commit().await.map_err(unavailable)
+    }
+
+    async fn audit_records(&self, after: i64, limit: i64) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        rows.iter().map(audit_record).collect()
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(task_record).transpose()
+    }
+
+    async fn task_certificates(&self, task_id: &str) -> Result<Vec<CertificateRecord>, StoreError> {
+        let rows =
+            sqlx::query("SELECT * FROM certificates WHERE task_id = $1 ORDER BY issued_at, serial")
+                .bind(task_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(unavailable)?;
+        rows.iter()
+            .map(|row| {
+                Ok(CertificateRecord {
+                    serial: row.get("serial"),
+                    task_id: row.get("task_id"),
+                    ca_key_id: row.get("ca_key_id"),
+                    key_fingerprint: row.get("key_fingerprint"),
+                    principals: from_json(row.get("principals"))?,
+                    valid_after: row.get("valid_after"),
+                    valid_before: row.get("valid_before"),
+                    issued_at: row.get("issued_at"),
+                })
+            })
+            .collect()
+    }
+}

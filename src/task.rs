@@ -1,0 +1,500 @@
+//! Tasks and issuance: turns a verified identity and a task request into a signed,
+//! recorded certificate. Order is fixed: validate input → policy → sign → commit task,
+//! certificate and audit records in one transaction → only then hand out the certificate.
+//! Every refusal is audited and changes nothing else.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::{OsRng, RngCore};
+use ssh_key::{Algorithm, HashAlg, PublicKey};
+use time::OffsetDateTime;
+
+use crate::audit::{self, AuditEntry, Outcome, event};
+use crate::authority::keyring::random_serial;
+use crate::authority::{CertificateSpec, Keyring, sign_certificate};
+use crate::config::CaConfig;
+use crate::identity::Identity;
+use crate::policy::{Grant, Policies, PolicyError, Request};
+use crate::profile;
+use crate::store::{CertificateRecord, Issuance, Store, StoreError, TaskRecord};
+
+/// Most logins one task may name.
+pub const MAX_LOGINS: usize = 16;
+/// Most host patterns one task may name.
+pub const MAX_HOSTS: usize = 32;
+/// Longest task purpose, in bytes.
+pub const MAX_PURPOSE_BYTES: usize = 512;
+/// Smallest accepted RSA key.
+pub const MIN_RSA_BITS: u32 = 2048;
+/// Tries to find an unused serial before giving up (collisions are ~2^-63 each).
+const SERIAL_ATTEMPTS: usize = 4;
+
+/// A request for a new task and its first certificate (already decoded from JSON).
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    /// OpenSSH public key line.
+    pub public_key: String,
+    /// Logins.
+    pub logins: Vec<String>,
+    /// Host patterns.
+    pub hosts: Vec<String>,
+    /// Task lifetime in seconds.
+    pub task_ttl_seconds: Option<u64>,
+    /// Free text.
+    pub purpose: String,
+    /// Certificate lifetime in seconds.
+    pub cert_ttl_seconds: Option<u64>,
+}
+
+/// Who is asking, for audit.
+#[derive(Debug, Clone, Default)]
+pub struct RequestContext {
+    /// Client IP.
+    pub source_ip: Option<String>,
+    /// Request id.
+    pub request_id: Option<String>,
+}
+
+/// A certificate that was signed and recorded.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// Task id.
+    pub task_id: String,
+    /// Serial.
+    pub serial: u64,
+    /// `ssh-…-cert-v01@openssh.com AAAA…`
+    pub certificate: String,
+    /// Principals.
+    pub principals: Vec<String>,
+    /// Unix seconds.
+    pub valid_after: i64,
+    /// Unix seconds.
+    pub valid_before: i64,
+    /// Unix seconds.
+    pub task_expires_at: i64,
+    /// CA fingerprint.
+    pub ca_fingerprint: String,
+}
+
+/// Why issuance failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// Malformed request (400).
+    #[error("{message}")]
+    BadRequest {
+        /// Code.
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// Well-formed but unacceptable, e.g. a weak key (422).
+    #[error("{message}")]
+    Unacceptable {
+        /// Code.
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
+    /// Policy refused (403).
+    #[error(transparent)]
+    Denied(#[from] PolicyError),
+    /// Storage failed: nothing was issued (503).
+    #[error("the audit store is unavailable; no certificate was issued")]
+    StoreUnavailable(#[source] StoreError),
+    /// Signing failed (500).
+    #[error("signing failed")]
+    Signing(String),
+}
+
+impl IssueError {
+    fn bad(code: &'static str, message: impl Into<String>) -> IssueError {
+        IssueError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+    fn unacceptable(code: &'static str, message: impl Into<String>) -> IssueError {
+        IssueError::Unacceptable {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Reason code for audit records.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IssueError::BadRequest { code, .. } | IssueError::Unacceptable { code, .. } => code,
+            IssueError::Denied(e) => e.code(),
+            IssueError::StoreUnavailable(_) => "audit_unavailable",
+            IssueError::Signing(_) => "signing_failed",
+        }
+    }
+}
+
+/// Issues certificates for tasks.
+pub struct Issuer {
+    store: Arc<dyn Store>,
+    keyring: Arc<Keyring>,
+    policies: Policies,
+    limits: CaConfig,
+}
+
+impl Issuer {
+    /// Build the issuance service.
+    pub fn new(
+        store: Arc<dyn Store>,
+        keyring: Arc<Keyring>,
+        policies: Policies,
+        limits: CaConfig,
+    ) -> Issuer {
+        Issuer {
+            store,
+            keyring,
+            policies,
+            limits,
+        }
+    }
+
+    /// The store, for audit records of requests refused before issuance.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Open a task for `identity` and issue its first certificate, at time `now`.
+    pub async fn open_task(
+        &self,
+        identity: &Identity,
+        request: &NewTask,
+        context: &RequestContext,
+        now: OffsetDateTime,
+    ) -> Result<Issued, IssueError> {
+        let mut denied = AuditEntry::new(event::CERT_DENIED, Outcome::Failure);
+        denied.issuer = Some(identity.issuer_name.clone());
+        denied.subject = Some(identity.subject.clone());
+        denied.logins = request.logins.iter().take(MAX_LOGINS).cloned().collect();
+        denied.hosts = request.hosts.iter().take(MAX_HOSTS).cloned().collect();
+        denied.source_ip = context.source_ip.clone();
+        denied.request_id = context.request_id.clone();
+        match self.try_open_task(identity, request, context, now).await {
+            Ok(issued) => Ok(issued),
+            Err(IssueError::StoreUnavailable(e)) => Err(IssueError::StoreUnavailable(e)),
+            Err(error) => {
+                denied.reason = Some(format!("{}: {error}", error.code()));
+                if let Err(e) = self.store.append_audit(&denied).await {
+                    tracing::error!(error = %e, "could not record cert.denied");
+                    return Err(IssueError::StoreUnavailable(e));
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn try_open_task(
+        &self,
+        identity: &Identity,
+        request: &NewTask,
+        context: &RequestContext,
+        now: OffsetDateTime,
+    ) -> Result<Issued, IssueError> {
+        let public_key = parse_public_key(&request.public_key)?;
+        validate_task_shape(request)?;
+        let policy_request = Request {
+            logins: request.logins.clone(),
+            hosts: request.hosts.clone(),
+            task_ttl: request.task_ttl_seconds.map(Duration::from_secs),
+            cert_ttl: request.cert_ttl_seconds.map(Duration::from_secs),
+        };
+        let grant = self.policies.evaluate(identity, &policy_request)?;
+
+        let now_unix = now.unix_timestamp();
+        let task_id = new_task_id();
+        let task = TaskRecord {
+            id: task_id.clone(),
+            issuer: identity.issuer_name.clone(),
+            subject: identity.subject.clone(),
+            policy: grant.policy.clone(),
+            logins: grant.logins.clone(),
+            hosts: grant.hosts.clone(),
+            purpose: request.purpose.clone(),
+            state: "active".into(),
+            created_at: now_unix,
+            expires_at: now_unix + secs(grant.task_ttl),
+        };
+        self.issue(identity, Some(task), &grant, public_key, context, now)
+            .await
+    }
+
+    /// Sign and record one certificate for `task` (creating it when `new_task` is given).
+    async fn issue(
+        &self,
+        identity: &Identity,
+        new_task: Option<TaskRecord>,
+        grant: &Grant,
+        public_key: PublicKey,
+        context: &RequestContext,
+        now: OffsetDateTime,
+    ) -> Result<Issued, IssueError> {
+        let task = new_task
+            .as_ref()
+            .ok_or_else(|| IssueError::Signing("no task".into()))?;
+        let now_unix = now.unix_timestamp();
+        let valid_after = now_unix - secs(self.limits.clock_skew);
+        let valid_before = (now_unix + secs(grant.cert_ttl)).min(task.expires_at);
+        let signer = self.keyring.signer();
+        let key_fingerprint = public_key.fingerprint(HashAlg::Sha256).to_string();
+        let principals: Vec<String> = grant
+            .logins
+            .iter()
+            .map(|l| profile::principal(&task.id, l))
+            .collect();
+
+        for _ in 0..SERIAL_ATTEMPTS {
+            let serial = random_serial(&mut OsRng);
+            let spec = CertificateSpec {
+                public_key: public_key.clone(),
+                serial,
+                key_id: key_id(&task.id, serial, &identity.subject),
+                task_id: task.id.clone(),
+                logins: grant.logins.clone(),
+                hosts: grant.hosts.clone(),
+                valid_after: u64::try_from(valid_after).unwrap_or(0),
+                valid_before: u64::try_from(valid_before).unwrap_or(0),
+                extensions: grant.extensions.clone(),
+                force_command: grant.force_command.clone(),
+                source_address: grant.source_address.clone(),
+            };
+            let certificate = sign_certificate(&spec, signer.as_ref(), &mut OsRng)
+                .map_err(|e| IssueError::Signing(e.to_string()))?;
+            let certificate_text = certificate
+                .to_openssh()
+                .map_err(|e| IssueError::Signing(e.to_string()))?;
+
+            let base = |name: &str| {
+                let mut entry = AuditEntry::new(name, Outcome::Success);
+                entry.issuer = Some(identity.issuer_name.clone());
+                entry.subject = Some(identity.subject.clone());
+                entry.policy = Some(grant.policy.clone());
+                entry.task_id = Some(task.id.clone());
+                entry.logins = grant.logins.clone();
+                entry.hosts = grant.hosts.clone();
+                entry.source_ip = context.source_ip.clone();
+                entry.request_id = context.request_id.clone();
+                entry
+            };
+            let mut audit = Vec::with_capacity(2);
+            if new_task.is_some() {
+                let mut created = base(event::TASK_CREATED);
+                created.reason =
+                    (!task.purpose.is_empty()).then(|| format!("purpose: {}", task.purpose));
+                audit.push(created);
+            }
+            let mut issued = base(event::CERT_ISSUED);
+            issued.serial = Some(serial.to_string());
+            issued.key_fingerprint = Some(key_fingerprint.clone());
+            issued.ca_fingerprint = Some(signer.fingerprint().to_owned());
+            audit.push(issued);
+
+            let record = Issuance {
+                new_task: new_task.clone(),
+                certificate: CertificateRecord {
+                    serial: i64::try_from(serial)
+                        .map_err(|e| IssueError::Signing(e.to_string()))?,
+                    task_id: task.id.clone(),
+                    ca_key_id: self.keyring.active_id().to_owned(),
+                    key_fingerprint: key_fingerprint.clone(),
+                    principals: principals.clone(),
+                    valid_after,
+                    valid_before,
+                    issued_at: now_unix,
+                },
+                audit,
+            };
+            match self.store.record_issuance(&record).await {
+                Ok(()) => {
+                    tracing::info!(
+                        task_id = %task.id, serial, subject = %identity.subject,
+                        policy = %grant.policy, "certificate issued"
+                    );
+                    return Ok(Issued {
+                        task_id: task.id.clone(),
+                        serial,
+                        certificate: certificate_text,
+                        principals,
+                        valid_after,
+                        valid_before,
+                        task_expires_at: task.expires_at,
+                        ca_fingerprint: signer.fingerprint().to_owned(),
+                    });
+                }
+                Err(StoreError::Conflict(what)) => {
+                    tracing::warn!(serial, conflict = %what, "serial or task id collision; retrying");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record issuance; no certificate returned");
+                    return Err(IssueError::StoreUnavailable(e));
+                }
+            }
+        }
+        Err(IssueError::StoreUnavailable(StoreError::Conflict(
+            "no free serial".into(),
+        )))
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// A fresh task id: 128 random bits, lowercase hex.
+pub fn new_task_id() -> String {
+    let mut bytes = [0u8; 16];
+    OsRng.fill_bytes(&mut bytes);
+    audit::hex(&bytes)
+}
+
+/// The key id sshd logs: task, serial and a sanitised subject.
+fn key_id(task_id: &str, serial: u64, subject: &str) -> String {
+    let subject: String = subject
+        .chars()
+        .take(128)
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("writ task={task_id} serial={serial} sub={subject}")
+}
+
+/// Parse the submitted key and refuse weak or unsupported types.
+fn parse_public_key(text: &str) -> Result<PublicKey, IssueError> {
+    if text.len() > 16 * 1024 {
+        return Err(IssueError::bad(
+            "invalid_public_key",
+            "public_key is too long",
+        ));
+    }
+    let key = PublicKey::from_openssh(text.trim()).map_err(|_| {
+        IssueError::bad(
+            "invalid_public_key",
+            "public_key is not an OpenSSH public key line",
+        )
+    })?;
+    match key.algorithm() {
+        Algorithm::Ed25519 | Algorithm::Ecdsa { .. } => Ok(key),
+        Algorithm::Rsa { .. } => {
+            let bits = key
+                .key_data()
+                .rsa()
+                .and_then(|rsa| rsa.n.as_positive_bytes())
+                .map_or(0, bit_length);
+            match bits {
+                bits if bits >= MIN_RSA_BITS => Ok(key),
+                _ => Err(IssueError::unacceptable(
+                    "weak_key",
+                    format!("RSA keys must have at least {MIN_RSA_BITS} bits"),
+                )),
+            }
+        }
+        other => Err(IssueError::unacceptable(
+            "unsupported_key_type",
+            format!(
+                "key type {} is not accepted; use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or rsa (≥ {MIN_RSA_BITS} bits)",
+                other.as_str()
+            ),
+        )),
+    }
+}
+
+/// Bit length of a big-endian positive integer without leading zero bytes.
+fn bit_length(bytes: &[u8]) -> u32 {
+    match bytes.first() {
+        Some(first) => {
+            (u32::try_from(bytes.len()).unwrap_or(u32::MAX) - 1) * 8 + (8 - first.leading_zeros())
+        }
+        None => 0,
+    }
+}
+
+fn validate_task_shape(request: &NewTask) -> Result<(), IssueError> {
+    if request.logins.is_empty() {
+        return Err(IssueError::bad(
+            "invalid_task",
+            "task.logins must name at least one login",
+        ));
+    }
+    if request.logins.len() > MAX_LOGINS {
+        return Err(IssueError::bad(
+            "invalid_task",
+            format!("task.logins may name at most {MAX_LOGINS} logins"),
+        ));
+    }
+    if let Some(login) = request.logins.iter().find(|l| !profile::is_valid_login(l)) {
+        return Err(IssueError::bad(
+            "invalid_login",
+            format!(
+                "{:?} is not a valid login name (^[a-z_][a-z0-9_-]{{0,31}}$)",
+                truncate(login)
+            ),
+        ));
+    }
+    if request.hosts.is_empty() {
+        return Err(IssueError::bad(
+            "invalid_task",
+            "task.hosts must name at least one host pattern",
+        ));
+    }
+    if request.hosts.len() > MAX_HOSTS {
+        return Err(IssueError::bad(
+            "invalid_task",
+            format!("task.hosts may name at most {MAX_HOSTS} patterns"),
+        ));
+    }
+    if let Some(host) = request
+        .hosts
+        .iter()
+        .find(|h| !profile::is_valid_host_pattern(h))
+    {
+        return Err(IssueError::bad(
+            "invalid_host",
+            format!(
+                "{:?} is not a host pattern (lowercase DNS characters and '*')",
+                truncate(host)
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !request.logins.iter().all(|l| seen.insert(l)) {
+        return Err(IssueError::bad(
+            "invalid_task",
+            "task.logins lists a login twice",
+        ));
+    }
+    if request.purpose.len() > MAX_PURPOSE_BYTES || request.purpose.chars().any(char::is_control) {
+        return Err(IssueError::bad(
+            "invalid_task",
+            format!(
+                "task.purpose must be at most {MAX_PURPOSE_BYTES} bytes without control characters"
+            ),
+        ));
+    }
+    for (name, ttl) in [
+        ("ttl_seconds", request.cert_ttl_seconds),
+        ("task.ttl_seconds", request.task_ttl_seconds),
+    ] {
+        if ttl == Some(0) {
+            return Err(IssueError::bad(
+                "invalid_ttl",
+                format!("{name} must be at least 1"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
