@@ -1,1 +1,53 @@
+//! Shared integration-test helpers: a real test identity provider ([`idp`]), a real CA
+//! server on an ephemeral port ([`ca`]), a blocking HTTP client ([`http`]), and real
+//! OpenSSH ([`sshd`]).
+
+#![allow(dead_code)]
+
+pub mod ca;
+pub mod http;
+pub mod idp;
 pub mod sshd;
+
+use std::sync::OnceLock;
+
+/// One tokio runtime per test binary for every in-process server (CA and IdP); tests
+/// themselves are synchronous and talk to the servers over real HTTP.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime")
+    })
+}
+
+/// Current Unix time in seconds.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Generate an SSH key pair with `ssh-keygen` in `dir`; returns the private key path.
+pub fn ssh_keygen(dir: &std::path::Path, name: &str, args: &[&str]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .args(args)
+        .status()
+        .expect("run ssh-keygen");
+    assert!(status.success(), "ssh-keygen {args:?} failed");
+    path
+}
+
+/// The public key line of a key made by [`ssh_keygen`].
+pub fn public_key(private_key: &std::path::Path) -> String {
+    let mut path = private_key.as_os_str().to_owned();
+    path.push(".pub");
+    std::fs::read_to_string(path)
+        .expect("read .pub")
+        .trim()
+        .to_owned()
+}

@@ -239,6 +239,9 @@ pub struct SshdOptions {
     pub revoked_keys: Option<PathBuf>,
     /// Appended verbatim to the generated sshd_config.
     pub extra_config: String,
+    /// Leave out `AuthorizedPrincipalsCommand`: a host that trusts the CA but does not
+    /// run `writ-principals` (sshd then requires a principal equal to the login).
+    pub no_principals_command: bool,
 }
 
 /// A running `sshd -D -e` on 127.0.0.1, logging to `<host dir>/sshd.log`.
@@ -283,16 +286,20 @@ fn sshd_config(host: &TestHost, opts: &SshdOptions, host_key: &Path, port: u16) 
          PubkeyAuthentication yes\n\
          AuthorizedKeysFile none\n\
          TrustedUserCAKeys {trusted}\n\
-         AuthorizedPrincipalsCommand {bin} check --config {config} -- %u %k\n\
-         AuthorizedPrincipalsCommandUser nobody\n\
          StrictModes no\n\
          LogLevel VERBOSE\n\
          MaxStartups 100\n",
         host_key = host_key.display(),
         trusted = host.trusted_keys_path().display(),
-        bin = host.principals_bin().display(),
-        config = host.host_config_path().display(),
     );
+    if !opts.no_principals_command {
+        cfg.push_str(&format!(
+            "AuthorizedPrincipalsCommand {bin} check --config {config} -- %u %k\n\
+             AuthorizedPrincipalsCommandUser nobody\n",
+            bin = host.principals_bin().display(),
+            config = host.host_config_path().display(),
+        ));
+    }
     if let Some(krl) = &opts.revoked_keys {
         cfg.push_str(&format!("RevokedKeys {}\n", krl.display()));
     }

@@ -1,0 +1,466 @@
+//! The HTTP API against a real test IdP: issuance, every token refusal (401), policy
+//! refusals (403), bad input (400/413/422), durability (503 when the store cannot write),
+//! and the audit record each of them leaves.
+
+mod common;
+
+use std::process::Command;
+
+use common::ca::{TestCa, certificate_request};
+use common::idp::{Key, TestIdp, sign_with};
+use common::{http, now, public_key, ssh_keygen};
+use serde_json::json;
+use writ::audit::{self, GENESIS_HASH};
+
+const POLICY: &str = r#"
+name = "deployers"
+subject = "agent-*"
+logins = ["deploy", "{sub}"]
+hosts = ["*.prod.example.com"]
+max_cert_ttl = "5m"
+extensions = ["permit-pty"]
+"#;
+
+fn setup() -> (TestIdp, TestCa, tempfile::TempDir, String) {
+    let idp = TestIdp::start(&[Key::Rsa, Key::Ec, Key::Ed25519]);
+    let ca = TestCa::with_policy(&idp, "", POLICY);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
+    (idp, ca, dir, public_key(&key))
+}
+
+/// `ssh-keygen -L` output for a certificate line.
+fn ssh_keygen_l(dir: &std::path::Path, certificate: &str) -> String {
+    let path = dir.join("inspect-cert.pub");
+    std::fs::write(&path, certificate).expect("write cert");
+    let out = Command::new("ssh-keygen")
+        .arg("-L")
+        .arg("-f")
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen -L");
+    assert!(
+        out.status.success(),
+        "ssh-keygen -L failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+#[test]
+fn issues_task_bound_user_certificates_for_every_token_algorithm() {
+    let (idp, ca, dir, pubkey) = setup();
+    for key in [Key::Rsa, Key::Ec, Key::Ed25519] {
+        let before = now();
+        let token = idp.token(key, "agent-7");
+        let response = ca.request_certificate(
+            Some(&token),
+            &certificate_request(
+                &pubkey,
+                &["deploy", "agent-7"],
+                &["web-*.prod.example.com"],
+                Some(120),
+            ),
+        );
+        assert_eq!(response.status, 201, "{key:?}: {}", response.text);
+        let body = response.json();
+        let task_id = body["task_id"].as_str().expect("task_id");
+        assert!(writ::profile::is_valid_task_id(task_id));
+        let serial: u64 = body["serial"]
+            .as_str()
+            .expect("serial")
+            .parse()
+            .expect("decimal serial");
+        assert_ne!(serial, 0);
+        let principals: Vec<&str> = body["principals"]
+            .as_array()
+            .expect("principals")
+            .iter()
+            .map(|p| p.as_str().expect("str"))
+            .collect();
+        assert_eq!(
+            principals,
+            [
+                format!("writ:{task_id}:deploy"),
+                format!("writ:{task_id}:agent-7")
+            ]
+        );
+
+        let listing = ssh_keygen_l(dir.path(), body["certificate"].as_str().expect("cert"));
+        assert!(listing.contains("user certificate"), "{listing}");
+        assert!(listing.contains(&format!("Serial: {serial}")), "{listing}");
+        assert!(
+            listing.contains(&format!("task={task_id}")),
+            "key id names the task: {listing}"
+        );
+        assert!(listing.contains("permit-pty"), "{listing}");
+        let principal_lines: Vec<&str> = listing
+            .lines()
+            .skip_while(|l| !l.contains("Principals:"))
+            .skip(1)
+            .take_while(|l| !l.contains("Critical Options"))
+            .map(str::trim)
+            .collect();
+        assert_eq!(principal_lines.len(), 2, "{listing}");
+        for p in principal_lines {
+            assert!(p.starts_with("writ:"), "bare login {p:?} in certificate");
+            assert_ne!(p, "deploy");
+        }
+
+        let cert = ssh_key::Certificate::from_openssh(body["certificate"].as_str().expect("cert"))
+            .expect("parse");
+        let after = now();
+        // Valid from issue time minus clock_skew (30 s default) to issue time + requested TTL.
+        assert!(
+            cert.valid_after() as i64 >= before - 30 && cert.valid_after() as i64 <= after - 30
+        );
+        assert!(
+            cert.valid_before() as i64 >= before + 120 && cert.valid_before() as i64 <= after + 120
+        );
+        assert_eq!(
+            cert.extensions()
+                .get(writ::profile::EXT_TASK)
+                .map(String::as_str),
+            Some(task_id)
+        );
+        assert_eq!(
+            cert.extensions()
+                .get(writ::profile::EXT_HOSTS)
+                .map(String::as_str),
+            Some("web-*.prod.example.com")
+        );
+        assert_eq!(
+            body["ca_fingerprint"],
+            cert.signature_key()
+                .fingerprint(ssh_key::HashAlg::Sha256)
+                .to_string()
+        );
+    }
+    // Three tasks, three certificates, each recorded, and the chain holds.
+    let log = ca.audit();
+    assert_eq!(ca.audit_events(audit::event::CERT_ISSUED).len(), 3);
+    assert_eq!(ca.audit_events(audit::event::TASK_CREATED).len(), 3);
+    assert_eq!(audit::verify_chain(&log, GENESIS_HASH), Ok(()));
+    let issued = &ca.audit_events(audit::event::CERT_ISSUED)[0].entry;
+    assert_eq!(issued.subject.as_deref(), Some("agent-7"));
+    assert_eq!(issued.policy.as_deref(), Some("deployers"));
+    assert_eq!(issued.source_ip.as_deref(), Some("127.0.0.1"));
+    assert!(
+        issued
+            .key_fingerprint
+            .as_deref()
+            .is_some_and(|f| f.starts_with("SHA256:"))
+    );
+}
+
+#[test]
+fn accepts_ecdsa_and_rsa_keys_and_refuses_weak_ones() {
+    let (idp, ca, dir, _) = setup();
+    for (name, args, status) in [
+        ("ecdsa", vec!["-t", "ecdsa", "-b", "256"], 201),
+        ("rsa3072", vec!["-t", "rsa", "-b", "3072"], 201),
+        ("rsa1024", vec!["-t", "rsa", "-b", "1024"], 422),
+    ] {
+        let key = ssh_keygen(dir.path(), name, &args);
+        let response = ca.request_certificate(
+            Some(&idp.token(Key::Ed25519, "agent-1")),
+            &certificate_request(
+                &public_key(&key),
+                &["deploy"],
+                &["a.prod.example.com"],
+                None,
+            ),
+        );
+        assert_eq!(response.status, status, "{name}: {}", response.text);
+        if status == 422 {
+            assert_eq!(response.error_code(), "weak_key");
+        }
+    }
+    let denied = ca.audit_events(audit::event::CERT_DENIED);
+    assert_eq!(denied.len(), 1);
+    assert!(
+        denied[0]
+            .entry
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("weak_key"))
+    );
+}
+
+#[test]
+fn bad_tokens_get_401_and_an_audit_record() {
+    let (idp, ca, _dir, pubkey) = setup();
+    let body = certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], None);
+    let t = now();
+    let mut expired = idp.claims("agent-1");
+    expired["iat"] = json!(t - 900);
+    expired["nbf"] = json!(t - 900);
+    expired["exp"] = json!(t - 600);
+    let mut wrong_aud = idp.claims("agent-1");
+    wrong_aud["aud"] = json!("someone-else");
+    let mut no_aud = idp.claims("agent-1");
+    no_aud.as_object_mut().expect("object").remove("aud");
+    let mut wrong_iss = idp.claims("agent-1");
+    wrong_iss["iss"] = json!("https://evil.example.com");
+    let cases: Vec<(&str, Option<String>, &str)> = vec![
+        ("missing", None, "token_missing"),
+        ("garbage", Some("not-a-jwt".into()), "token_malformed"),
+        (
+            "expired",
+            Some(idp.sign(Key::Rsa, &expired)),
+            "token_expired",
+        ),
+        (
+            "wrong audience",
+            Some(idp.sign(Key::Rsa, &wrong_aud)),
+            "wrong_audience",
+        ),
+        (
+            "no audience",
+            Some(idp.sign(Key::Rsa, &no_aud)),
+            "wrong_audience",
+        ),
+        (
+            "wrong issuer",
+            Some(idp.sign(Key::Rsa, &wrong_iss)),
+            "unknown_issuer",
+        ),
+        // Signed by a key the IdP never published, claiming the published kid.
+        (
+            "bad signature",
+            Some(sign_with(
+                Key::RsaOther,
+                Key::Rsa.kid(),
+                &idp.claims("agent-1"),
+            )),
+            "bad_signature",
+        ),
+        (
+            "unknown kid",
+            Some(idp.sign(Key::RsaOther, &idp.claims("agent-1"))),
+            "unknown_key",
+        ),
+    ];
+    for (name, token, code) in &cases {
+        let response = ca.request_certificate(token.as_deref(), &body);
+        assert_eq!(response.status, 401, "{name}: {}", response.text);
+        assert_eq!(response.error_code(), *code, "{name}");
+        assert!(
+            response
+                .www_authenticate
+                .as_deref()
+                .is_some_and(|h| h.starts_with("Bearer")),
+            "{name}"
+        );
+    }
+    let rejected = ca.audit_events(audit::event::TOKEN_REJECTED);
+    assert_eq!(rejected.len(), cases.len());
+    for (record, (name, token, code)) in rejected.iter().zip(&cases) {
+        let reason = record.entry.reason.as_deref().unwrap_or_default();
+        assert!(reason.starts_with(code), "{name}: {reason}");
+        assert_eq!(record.entry.source_ip.as_deref(), Some("127.0.0.1"));
+        if let Some(token) = token {
+            let signature = token.rsplit('.').next().unwrap_or_default();
+            let text = serde_json::to_string(record).expect("json");
+            assert!(
+                signature.len() < 8 || !text.contains(signature),
+                "{name}: token leaked into audit"
+            );
+        }
+    }
+    assert!(ca.audit_events(audit::event::CERT_ISSUED).is_empty());
+    assert_eq!(task_count(&ca), 0);
+}
+
+/// Rows in the tasks table, read straight from the database file.
+fn task_count(ca: &TestCa) -> i64 {
+    count_rows(&ca.db_path(), "SELECT count(*) FROM tasks")
+}
+
+/// Run a count query on the database file (read-only, outside the CA).
+fn count_rows(db: &std::path::Path, sql: &'static str) -> i64 {
+    common::runtime().block_on(async {
+        use sqlx::Connection;
+        let mut conn =
+            sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", db.display()))
+                .await
+                .expect("open db");
+        sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&mut conn)
+            .await
+            .expect("count")
+    })
+}
+
+#[test]
+fn policy_refusals_get_403_naming_the_rule() {
+    let (idp, ca, _dir, pubkey) = setup();
+    let token = || idp.token(Key::Ec, "agent-1");
+    let cases = [
+        (
+            certificate_request(&pubkey, &["root"], &["a.prod.example.com"], None),
+            "login_not_allowed",
+        ),
+        (
+            certificate_request(&pubkey, &["deploy"], &["db.staging.example.com"], None),
+            "host_not_allowed",
+        ),
+        (
+            certificate_request(&pubkey, &["deploy"], &["*"], None),
+            "host_not_allowed",
+        ),
+        (
+            certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], Some(301)),
+            "ttl_exceeds_max",
+        ),
+    ];
+    for (body, code) in &cases {
+        let response = ca.request_certificate(Some(&token()), body);
+        assert_eq!(response.status, 403, "{code}: {}", response.text);
+        assert_eq!(response.error_code(), *code);
+        assert!(
+            response.json()["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("deployers")
+        );
+    }
+    // A subject no policy matches.
+    let response = ca.request_certificate(
+        Some(&idp.token(Key::Ec, "intruder")),
+        &certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], None),
+    );
+    assert_eq!(response.status, 403);
+    assert_eq!(response.error_code(), "no_matching_policy");
+
+    let denied = ca.audit_events(audit::event::CERT_DENIED);
+    assert_eq!(denied.len(), cases.len() + 1);
+    assert!(
+        denied
+            .iter()
+            .all(|r| r.entry.outcome == Some(audit::Outcome::Failure))
+    );
+    assert_eq!(denied[0].entry.subject.as_deref(), Some("agent-1"));
+    assert_eq!(denied[0].entry.logins, ["root"]);
+    assert!(ca.audit_events(audit::event::CERT_ISSUED).is_empty());
+    assert_eq!(task_count(&ca), 0);
+}
+
+#[test]
+fn malformed_input_gets_400_and_oversized_gets_413() {
+    let (idp, ca, _dir, pubkey) = setup();
+    let url = format!("{}/v1/certificates", ca.url);
+    let token = || idp.token(Key::Ed25519, "agent-1");
+    let cases = [
+        ("{not json".to_owned(), 400, "invalid_json"),
+        (json!({"public_key": pubkey, "task": {"logins": ["deploy"], "hosts": ["a.prod.example.com"]}, "key_id": "mine"}).to_string(), 400, "invalid_json"),
+        (certificate_request("ssh-ed25519 AAAAnope", &["deploy"], &["a.prod.example.com"], None).to_string(), 400, "invalid_public_key"),
+        (certificate_request(&pubkey, &["Deploy,root"], &["a.prod.example.com"], None).to_string(), 400, "invalid_login"),
+        (certificate_request(&pubkey, &["deploy"], &["a.prod.example.com\nb"], None).to_string(), 400, "invalid_host"),
+        (certificate_request(&pubkey, &[], &["a.prod.example.com"], None).to_string(), 400, "invalid_task"),
+        (certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], Some(0)).to_string(), 400, "invalid_ttl"),
+        (format!("{{\"public_key\": \"{}\"}}", "A".repeat(70 * 1024)), 413, "body_too_large"),
+    ];
+    for (body, status, code) in &cases {
+        let response = http::post_raw(&url, Some(&token()), body);
+        assert_eq!(response.status, *status, "{code}: {}", response.text);
+        assert_eq!(response.error_code(), *code);
+    }
+    assert_eq!(
+        ca.audit_events(audit::event::CERT_DENIED).len(),
+        cases.len()
+    );
+    assert!(ca.audit_events(audit::event::CERT_ISSUED).is_empty());
+}
+
+#[test]
+fn no_certificate_leaves_when_the_store_cannot_write() {
+    let (idp, ca, _dir, pubkey) = setup();
+    // Make every certificate insert fail inside the database, as a full or broken disk would.
+    common::runtime().block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", ca.db_path().display()))
+            .await
+            .expect("open db");
+        sqlx::query("CREATE TRIGGER fail_certs BEFORE INSERT ON certificates BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+            .execute(&mut conn)
+            .await
+            .expect("trigger");
+    });
+    let response = ca.request_certificate(
+        Some(&idp.token(Key::Rsa, "agent-1")),
+        &certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], None),
+    );
+    assert_eq!(response.status, 503, "{}", response.text);
+    assert_eq!(response.error_code(), "audit_unavailable");
+    assert!(
+        !response.text.contains("certificate\":"),
+        "no certificate in a failed response"
+    );
+    assert!(
+        !response.text.contains("disk full"),
+        "5xx must not leak internals"
+    );
+    assert_eq!(
+        task_count(&ca),
+        0,
+        "the task rolled back with the certificate"
+    );
+    assert!(ca.audit_events(audit::event::CERT_ISSUED).is_empty());
+    assert!(ca.audit_events(audit::event::TASK_CREATED).is_empty());
+}
+
+#[test]
+fn trusted_keys_health_and_readiness() {
+    let (_idp, ca, _dir, _) = setup();
+    let keys = http::get(&format!("{}/v1/ca/trusted-keys", ca.url));
+    assert_eq!(keys.status, 200);
+    let lines: Vec<&str> = keys.text.lines().collect();
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].starts_with("ssh-ed25519 "));
+    ssh_key::PublicKey::from_openssh(lines[0]).expect("OpenSSH public key");
+    assert!(!keys.text.contains("PRIVATE"));
+    assert_eq!(http::get(&format!("{}/healthz", ca.url)).status, 200);
+    let ready = http::get(&format!("{}/readyz", ca.url));
+    assert_eq!(ready.status, 200);
+    assert!(
+        ready.json()["ca_fingerprint"]
+            .as_str()
+            .is_some_and(|f| f.starts_with("SHA256:"))
+    );
+    let missing = http::get(&format!("{}/v1/nope", ca.url));
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.error_code(), "not_found");
+}
+
+#[test]
+fn ca_private_key_is_encrypted_at_rest() {
+    let (_idp, ca, _dir, _) = setup();
+    let rows = common::runtime()
+        .block_on(ca.state.store.ca_keys())
+        .expect("keys");
+    assert_eq!(rows.len(), 1);
+    let key = ssh_key::PrivateKey::from_openssh(&rows[0].private_key).expect("stored key parses");
+    assert!(key.is_encrypted(), "CA key stored in clear");
+    // No file writ wrote (database, WAL, journal) holds an unencrypted OpenSSH private key:
+    // those start with the base64 of "openssh-key-v1\0" + cipher "none".
+    const CLEARTEXT_KEY_PREFIX: &str = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmU";
+    let mut scanned = 0;
+    for entry in std::fs::read_dir(ca.dir()).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let raw = std::fs::read(&path).expect("read file");
+        assert!(
+            !String::from_utf8_lossy(&raw).contains(CLEARTEXT_KEY_PREFIX),
+            "cleartext private key in {}",
+            path.display()
+        );
+        scanned += 1;
+    }
+    assert!(scanned >= 2, "expected the database files to be scanned");
+    // The detector itself works: a cleartext key does carry the prefix.
+    let clear = ssh_key::PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+        .expect("key")
+        .to_openssh(ssh_key::LineEnding::LF)
+        .expect("pem");
+    assert!(clear.replace('\n', "").contains(CLEARTEXT_KEY_PREFIX));
+}

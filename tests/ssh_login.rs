@@ -1,0 +1,214 @@
+//! End to end through real OpenSSH: a certificate from the API logs in through `sshd`
+//! running `writ-principals` as its AuthorizedPrincipalsCommand, and is refused for a login
+//! or host the task does not name, when signed by another CA, and on a host that does not
+//! run `writ-principals` (no bare-login principals).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::ca::{TestCa, certificate_request};
+use common::idp::{Key, TestIdp};
+use common::sshd::{Sshd, SshdOptions, TestHost, ensure_user, require_root_and_sshd, ssh_login};
+use common::{public_key, runtime, ssh_keygen};
+
+const ALICE: &str = "writ_alice";
+const BOB: &str = "writ_bob";
+const HOST_NAME: &str = "web-01.prod.example.com";
+
+fn host_config(ca: &TestCa, host: &TestHost, host_name: &str) -> String {
+    format!(
+        "ca_url = \"{url}\"\nhost_name = \"{host_name}\"\nstate_dir = \"{state}\"\n",
+        url = ca.url,
+        state = host.state_dir().display()
+    )
+}
+
+fn sync(host: &TestHost) {
+    let out = Command::new(host.principals_bin())
+        .args(["sync", "--config"])
+        .arg(host.host_config_path())
+        .output()
+        .expect("run writ-principals sync");
+    assert!(
+        out.status.success(),
+        "sync failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Ask the CA for a certificate for `key` and write it next to the key as `<key>-cert.pub`.
+fn issue(
+    ca: &TestCa,
+    idp: &TestIdp,
+    key: &Path,
+    logins: &[&str],
+    hosts: &[&str],
+) -> (PathBuf, String) {
+    let response = ca.request_certificate(
+        Some(&idp.token(Key::Rsa, "agent-1")),
+        &certificate_request(&public_key(key), logins, hosts, None),
+    );
+    assert_eq!(response.status, 201, "{}", response.text);
+    let body = response.json();
+    let cert = PathBuf::from(format!("{}-cert.pub", key.display()));
+    std::fs::write(&cert, body["certificate"].as_str().expect("certificate")).expect("write cert");
+    (cert, body["task_id"].as_str().expect("task_id").to_owned())
+}
+
+/// Sign `key` with `ca_key` using ssh-keygen, with writ's extensions and `principals`.
+fn sign_with_ssh_keygen(
+    ca_key: &Path,
+    key: &Path,
+    principals: &str,
+    task_id: &str,
+    out_name: &str,
+) -> PathBuf {
+    let dir = key.parent().expect("dir");
+    let pubkey = dir.join(format!("{out_name}.pub"));
+    std::fs::copy(format!("{}.pub", key.display()), &pubkey).expect("copy pub");
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-s"])
+        .arg(ca_key)
+        .args(["-I", "foreign", "-n", principals, "-V", "-1m:+5m"])
+        .args(["-O", &format!("extension:task@writ.dev={task_id}")])
+        .args(["-O", &format!("extension:hosts@writ.dev={HOST_NAME}")])
+        .arg(&pubkey)
+        .status()
+        .expect("ssh-keygen -s");
+    assert!(status.success());
+    dir.join(format!("{out_name}-cert.pub"))
+}
+
+#[test]
+fn api_certificate_logs_in_only_for_its_task() {
+    require_root_and_sshd();
+    ensure_user(ALICE);
+    ensure_user(BOB);
+    let idp = TestIdp::start(&[Key::Rsa]);
+    let ca = TestCa::with_policy(
+        &idp,
+        "",
+        &format!(
+            "name = \"agents\"\nlogins = [\"{ALICE}\", \"{BOB}\"]\nhosts = [\"*.prod.example.com\"]\n"
+        ),
+    );
+    let host = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
+    sync(&host);
+    let sshd = Sshd::start(&host, SshdOptions::default());
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
+    let (cert, task_id) = issue(&ca, &idp, &key, &[ALICE], &["web-*.prod.example.com"]);
+
+    let ok = ssh_login(sshd.port(), ALICE, &key, Some(&cert));
+    assert!(
+        ok.success,
+        "login with the task's certificate failed: {}\n{}",
+        ok.stderr,
+        sshd.log()
+    );
+
+    // A login the task does not name (but a real user the policy could grant).
+    let other_login = ssh_login(sshd.port(), BOB, &key, Some(&cert));
+    assert!(
+        !other_login.success,
+        "certificate admitted for a login outside its task"
+    );
+
+    // The key alone is not enough.
+    assert!(!ssh_login(sshd.port(), ALICE, &key, None).success);
+
+    // The same host under a name the task's patterns do not match.
+    host.write_host_config(&host_config(&ca, &host, "db-01.staging.example.com"));
+    let wrong_host = ssh_login(sshd.port(), ALICE, &key, Some(&cert));
+    assert!(
+        !wrong_host.success,
+        "certificate admitted on a host outside its task"
+    );
+    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
+    assert!(
+        ssh_login(sshd.port(), ALICE, &key, Some(&cert)).success,
+        "control: right host again"
+    );
+
+    // A certificate with the right principals and extensions, signed by another CA.
+    let foreign_ca = ssh_keygen(dir.path(), "foreign_ca", &["-t", "ed25519"]);
+    let foreign = sign_with_ssh_keygen(
+        &foreign_ca,
+        &key,
+        &format!("writ:{task_id}:{ALICE}"),
+        &task_id,
+        "foreign",
+    );
+    assert!(
+        !ssh_login(sshd.port(), ALICE, &key, Some(&foreign)).success,
+        "foreign CA admitted"
+    );
+
+    let log = sshd.log();
+    assert!(
+        log.contains(&format!("Accepted publickey for {ALICE}")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("task={task_id}")),
+        "sshd logs the key id with the task: {log}"
+    );
+}
+
+#[test]
+fn hosts_without_writ_principals_refuse_writ_certificates() {
+    require_root_and_sshd();
+    ensure_user(ALICE);
+    let idp = TestIdp::start(&[Key::Rsa]);
+    let ca = TestCa::with_policy(
+        &idp,
+        "",
+        &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*\"]\n"),
+    );
+    let host = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
+    sync(&host);
+    // sshd trusts the writ CA but runs no AuthorizedPrincipalsCommand: principals must
+    // equal the login, as on any stock host that trusts the CA by mistake.
+    let sshd = Sshd::start(
+        &host,
+        SshdOptions {
+            no_principals_command: true,
+            ..SshdOptions::default()
+        },
+    );
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
+    let (cert, task_id) = issue(&ca, &idp, &key, &[ALICE], &["*"]);
+    let stolen = ssh_login(sshd.port(), ALICE, &key, Some(&cert));
+    assert!(
+        !stolen.success,
+        "a writ certificate worked on a host without writ-principals"
+    );
+
+    // Control: the same CA key signing a bare-login principal would be admitted, so the
+    // refusal above is due to writ's principal format, not to the test setup.
+    let rows = runtime()
+        .block_on(ca.state.store.ca_keys())
+        .expect("ca keys");
+    let ca_key = ssh_key::PrivateKey::from_openssh(&rows[0].private_key)
+        .expect("parse")
+        .decrypt("test passphrase")
+        .expect("decrypt");
+    let ca_key_path = common::sshd::write_private_key(
+        dir.path(),
+        "writ_ca",
+        &ca_key.to_openssh(ssh_key::LineEnding::LF).expect("pem"),
+    );
+    let bare = sign_with_ssh_keygen(&ca_key_path, &key, ALICE, &task_id, "bare");
+    assert!(
+        ssh_login(sshd.port(), ALICE, &key, Some(&bare)).success,
+        "control login failed: {}",
+        sshd.log()
+    );
+}
