@@ -377,10 +377,10 @@ impl Config {
                     "set exactly one of jwks_url, jwks_file or discovery = true".into(),
                 ));
             }
-            if let Some(url) = &issuer.jwks_url {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(invalid(key("jwks_url"), "must be an http(s) URL".into()));
-                }
+            if let Some(url) = &issuer.jwks_url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err(invalid(key("jwks_url"), "must be an http(s) URL".into()));
             }
             if issuer.audiences.is_empty() || issuer.audiences.iter().any(String::is_empty) {
                 return Err(invalid(
@@ -473,13 +473,13 @@ impl Config {
                     "must be a non-empty command".into(),
                 ));
             }
-            if let Some(addresses) = &policy.source_address {
-                if addresses.is_empty() || addresses.iter().any(|a| !is_cidr(a)) {
-                    return Err(invalid(
-                        key("source_address"),
-                        "must list addresses or CIDR blocks such as 10.0.0.0/8".into(),
-                    ));
-                }
+            if let Some(addresses) = &policy.source_address
+                && (addresses.is_empty() || addresses.iter().any(|a| !is_cidr(a)))
+            {
+                return Err(invalid(
+                    key("source_address"),
+                    "must list addresses or CIDR blocks such as 10.0.0.0/8".into(),
+                ));
             }
         }
         Ok(())

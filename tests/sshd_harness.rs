@@ -172,6 +172,7 @@ fn revoked_keys_option_is_honoured() {
         SshdOptions {
             revoked_keys: Some(krl),
             extra_config: "ClientAliveInterval 30\n".into(),
+            ..SshdOptions::default()
         },
     );
     let out = ssh_login(

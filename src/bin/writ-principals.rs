@@ -21,6 +21,10 @@ sshd runs `check` with the target login (%u) and the base64 certificate (%k); th
 makes sure both are read as data. Run `writ-principals sync` from a timer (every minute)
 to keep the trusted CA keys current.";
 
+const CHECK_AFTER_HELP: &str = "\
+sshd_config:
+  AuthorizedPrincipalsCommand /usr/local/bin/writ-principals check --config /etc/writ/host.toml -- %u %k";
+
 /// Admit writ SSH certificates on this host.
 #[derive(Debug, Parser)]
 #[command(name = "writ-principals", version, after_help = AFTER_HELP)]
@@ -47,9 +51,7 @@ enum Command {
     /// The certificate must be a user certificate signed by a trusted CA key, inside its
     /// validity window, for a task that names LOGIN and a host pattern matching this host.
     /// On denial a single line `writ-principals: denied: <reason>` goes to stderr.
-    #[command(
-        after_help = "sshd_config:\n  AuthorizedPrincipalsCommand /usr/local/bin/writ-principals check --config /etc/writ/host.toml -- %u %k"
-    )]
+    #[command(after_help = CHECK_AFTER_HELP)]
     Check {
         /// The login being requested (sshd's %u).
         #[arg(allow_hyphen_values = true)]

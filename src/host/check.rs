@@ -207,7 +207,7 @@ pub fn check(
     }
 
     let principal = profile::principal(task_id, login);
-    if !cert.valid_principals().iter().any(|p| *p == principal) {
+    if !cert.valid_principals().contains(&principal) {
         return Err(CheckError::LoginNotInTask {
             login: login.to_owned(),
             task_id: task_id.clone(),

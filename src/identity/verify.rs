@@ -154,10 +154,10 @@ fn check_key_fits(jwk: &Jwk, alg: Algorithm) -> Result<(), TokenError> {
     if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
         return Err(mismatch());
     }
-    if let Some(declared) = jwk.common.key_algorithm {
-        if declared.to_string() != format!("{alg:?}") {
-            return Err(mismatch());
-        }
+    if let Some(declared) = jwk.common.key_algorithm
+        && declared.to_string() != format!("{alg:?}")
+    {
+        return Err(mismatch());
     }
     let fits = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => matches!(
