@@ -179,6 +179,49 @@ pub struct IssuerConfig {
     /// Allowed clock difference for `exp`/`nbf`/`iat`, at most 60 s.
     #[serde(default = "default_leeway", deserialize_with = "duration::deserialize")]
     pub leeway: Duration,
+    /// Whether a token may be used more than once (see [`Replay`]).
+    #[serde(default)]
+    pub replay: Replay,
+    /// Longest accepted token lifetime (`exp` minus `iat`, or minus now without `iat`).
+    #[serde(
+        default = "default_max_token_lifetime",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub max_token_lifetime: Duration,
+    /// How often cached keys are refreshed from the issuer.
+    #[serde(
+        default = "default_jwks_refresh",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub jwks_refresh: Duration,
+    /// How long the last good keys keep verifying tokens while the issuer is unreachable.
+    #[serde(
+        default = "default_jwks_max_stale",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub jwks_max_stale: Duration,
+}
+
+/// Replay protection of an issuer's tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replay {
+    /// Each token (its `jti`, or its hash) opens at most one task or certificate.
+    #[default]
+    Reject,
+    /// Tokens may be reused until they expire (Kubernetes projected tokens and SPIFFE
+    /// JWT-SVIDs are handed to a workload once for their whole lifetime).
+    Allow,
+}
+
+fn default_max_token_lifetime() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_jwks_max_stale() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
 }
 
 fn default_algorithms() -> Vec<String> {
@@ -190,6 +233,9 @@ fn default_leeway() -> Duration {
 
 /// Longest accepted token leeway (RFC 8725 practice: keep it small).
 const MAX_LEEWAY: Duration = Duration::from_secs(60);
+
+/// Longest token lifetime an issuer may be configured to accept.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Algorithms an issuer may be configured with. HMAC and `none` are never accepted.
 pub const SUPPORTED_ALGORITHMS: &[&str] = &[
@@ -407,6 +453,23 @@ impl Config {
             }
             if issuer.leeway > MAX_LEEWAY {
                 return Err(invalid(key("leeway"), "must be at most 60s".into()));
+            }
+            if issuer.max_token_lifetime < Duration::from_secs(1)
+                || issuer.max_token_lifetime > MAX_TOKEN_LIFETIME
+            {
+                return Err(invalid(
+                    key("max_token_lifetime"),
+                    "must be between 1s and 24h".into(),
+                ));
+            }
+            if issuer.jwks_refresh < Duration::from_secs(10) {
+                return Err(invalid(key("jwks_refresh"), "must be at least 10s".into()));
+            }
+            if issuer.jwks_max_stale < issuer.jwks_refresh {
+                return Err(invalid(
+                    key("jwks_max_stale"),
+                    "must be at least jwks_refresh".into(),
+                ));
             }
         }
 

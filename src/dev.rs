@@ -144,6 +144,10 @@ pub fn prepare(
             audiences: vec!["writ".into()],
             algorithms: vec!["EdDSA".into()],
             leeway: Duration::from_secs(30),
+            replay: crate::config::Replay::Reject,
+            max_token_lifetime: Duration::from_secs(24 * 60 * 60),
+            jwks_refresh: Duration::from_secs(60),
+            jwks_max_stale: Duration::from_secs(24 * 60 * 60),
         }],
         policies: vec![PolicyConfig {
             name: "dev-permissive".into(),

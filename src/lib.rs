@@ -15,12 +15,13 @@
 //! - [`config`] — the CA's TOML configuration.
 //! - [`host`] — `writ-principals`: admitting certificates on SSH hosts. It uses only the
 //!   pure format modules below (never `store`, `api` or an async runtime).
-//! - [`profile`], [`glob`], [`duration`] — pure formats shared by CA and hosts: how a task
+//! - [`profile`], [`glob`], [`duration`], [`cidr`] — pure formats shared by CA and hosts: how a task
 //!   is written into a certificate, pattern matching, durations in config files.
 
 pub mod api;
 pub mod audit;
 pub mod authority;
+pub mod cidr;
 pub mod config;
 pub mod dev;
 pub mod duration;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::cidr::Cidr;
 use crate::config::{CaConfig, PolicyConfig, Role};
 use crate::identity::Identity;
 use crate::{glob, profile};
@@ -21,6 +22,12 @@ pub struct Request {
     pub task_ttl: Option<Duration>,
     /// Explicit certificate lifetime, if any.
     pub cert_ttl: Option<Duration>,
+    /// Extensions asked for; `None` means every extension the policy grants.
+    pub extensions: Option<Vec<String>>,
+    /// `force-command` asked for.
+    pub force_command: Option<String>,
+    /// `source-address` blocks asked for.
+    pub source_address: Option<Vec<String>>,
 }
 
 /// What a policy grants for a request.
@@ -91,6 +98,28 @@ pub enum PolicyError {
         /// Maximum seconds.
         max: u64,
     },
+    /// An extension is not granted.
+    #[error("policy {policy:?} does not grant extension {extension:?} (rule: extensions)")]
+    ExtensionNotAllowed {
+        /// Policy.
+        policy: String,
+        /// Extension.
+        extension: String,
+    },
+    /// The policy forces a different command.
+    #[error("policy {policy:?} forces its own command (rule: force_command)")]
+    ForceCommandNotAllowed {
+        /// Policy.
+        policy: String,
+    },
+    /// A source address block is outside the policy's.
+    #[error("policy {policy:?} does not grant source address {address:?} (rule: source_address)")]
+    SourceAddressNotAllowed {
+        /// Policy.
+        policy: String,
+        /// Address block.
+        address: String,
+    },
     /// The task TTL is above the maximum.
     #[error("policy {policy:?}: task TTL {requested}s exceeds max_task_ttl {max}s")]
     TaskTtlExceedsMax {
@@ -113,6 +142,9 @@ impl PolicyError {
             PolicyError::HostNotAllowed { .. } => "host_not_allowed",
             PolicyError::TtlExceedsMax { .. } => "ttl_exceeds_max",
             PolicyError::TaskTtlExceedsMax { .. } => "task_ttl_exceeds_max",
+            PolicyError::ExtensionNotAllowed { .. } => "extension_not_allowed",
+            PolicyError::ForceCommandNotAllowed { .. } => "force_command_not_allowed",
+            PolicyError::SourceAddressNotAllowed { .. } => "source_address_not_allowed",
         }
     }
 }
@@ -229,15 +261,54 @@ impl Policies {
             Some(ttl) => ttl,
             None => self.limits.default_task_ttl.min(max_task),
         };
+        let extensions = match &request.extensions {
+            None => policy.extensions.clone(),
+            Some(asked) => {
+                if let Some(extension) = asked.iter().find(|e| !policy.extensions.contains(e)) {
+                    return Err(PolicyError::ExtensionNotAllowed {
+                        policy: name(),
+                        extension: extension.clone(),
+                    });
+                }
+                asked.clone()
+            }
+        };
+        // A policy's forced command always applies; without one, a request may restrict
+        // itself to a command.
+        let force_command = match (&policy.force_command, &request.force_command) {
+            (Some(forced), Some(asked)) if forced != asked => {
+                return Err(PolicyError::ForceCommandNotAllowed { policy: name() });
+            }
+            (Some(forced), _) => Some(forced.clone()),
+            (None, asked) => asked.clone(),
+        };
+        let source_address = match (&policy.source_address, &request.source_address) {
+            (Some(allowed), Some(asked)) => {
+                let allowed: Vec<Cidr> = allowed.iter().filter_map(|a| Cidr::parse(a)).collect();
+                for address in asked {
+                    let inside = Cidr::parse(address)
+                        .is_some_and(|c| allowed.iter().any(|a| a.contains(&c)));
+                    if !inside {
+                        return Err(PolicyError::SourceAddressNotAllowed {
+                            policy: name(),
+                            address: address.clone(),
+                        });
+                    }
+                }
+                Some(asked.clone())
+            }
+            (Some(allowed), None) => Some(allowed.clone()),
+            (None, asked) => asked.clone(),
+        };
         Ok(Grant {
             policy: name(),
             logins: request.logins.clone(),
             hosts: request.hosts.clone(),
             cert_ttl,
             task_ttl,
-            extensions: policy.extensions.clone(),
-            force_command: policy.force_command.clone(),
-            source_address: policy.source_address.clone(),
+            extensions,
+            force_command,
+            source_address,
         })
     }
 }

@@ -13,11 +13,12 @@ use time::OffsetDateTime;
 use crate::audit::{self, AuditEntry, Outcome, event};
 use crate::authority::keyring::random_serial;
 use crate::authority::{CertificateSpec, Keyring, sign_certificate};
-use crate::config::CaConfig;
-use crate::identity::Identity;
+use crate::cidr::Cidr;
+use crate::config::{CaConfig, KNOWN_EXTENSIONS};
+use crate::identity::{Identity, TokenError};
 use crate::policy::{Grant, Policies, PolicyError, Request};
 use crate::profile;
-use crate::store::{CertificateRecord, Issuance, Store, StoreError, TaskRecord};
+use crate::store::{CertificateRecord, Issuance, Store, StoreError, TaskRecord, TokenUse};
 
 /// Most logins one task may name.
 pub const MAX_LOGINS: usize = 16;
@@ -45,6 +46,12 @@ pub struct NewTask {
     pub purpose: String,
     /// Certificate lifetime in seconds.
     pub cert_ttl_seconds: Option<u64>,
+    /// Extensions asked for (default: all the policy grants).
+    pub extensions: Option<Vec<String>>,
+    /// `force-command` asked for.
+    pub force_command: Option<String>,
+    /// `source-address` blocks asked for.
+    pub source_address: Option<Vec<String>>,
 }
 
 /// Who is asking, for audit.
@@ -99,6 +106,9 @@ pub enum IssueError {
     /// Policy refused (403).
     #[error(transparent)]
     Denied(#[from] PolicyError),
+    /// The token was already used (401).
+    #[error(transparent)]
+    TokenReplayed(TokenError),
     /// Storage failed: nothing was issued (503).
     #[error("the audit store is unavailable; no certificate was issued")]
     StoreUnavailable(#[source] StoreError),
@@ -126,6 +136,7 @@ impl IssueError {
         match self {
             IssueError::BadRequest { code, .. } | IssueError::Unacceptable { code, .. } => code,
             IssueError::Denied(e) => e.code(),
+            IssueError::TokenReplayed(e) => e.reason_code(),
             IssueError::StoreUnavailable(_) => "audit_unavailable",
             IssueError::Signing(_) => "signing_failed",
         }
@@ -180,6 +191,9 @@ impl Issuer {
             Ok(issued) => Ok(issued),
             Err(IssueError::StoreUnavailable(e)) => Err(IssueError::StoreUnavailable(e)),
             Err(error) => {
+                if matches!(error, IssueError::TokenReplayed(_)) {
+                    denied.event = event::TOKEN_REJECTED.to_owned();
+                }
                 denied.reason = Some(format!("{}: {error}", error.code()));
                 if let Err(e) = self.store.append_audit(&denied).await {
                     tracing::error!(error = %e, "could not record cert.denied");
@@ -204,6 +218,9 @@ impl Issuer {
             hosts: request.hosts.clone(),
             task_ttl: request.task_ttl_seconds.map(Duration::from_secs),
             cert_ttl: request.cert_ttl_seconds.map(Duration::from_secs),
+            extensions: request.extensions.clone(),
+            force_command: request.force_command.clone(),
+            source_address: request.source_address.clone(),
         };
         let grant = self.policies.evaluate(identity, &policy_request)?;
 
@@ -309,6 +326,11 @@ impl Issuer {
                     issued_at: now_unix,
                 },
                 audit,
+                token_use: identity.replay_key.as_ref().map(|k| TokenUse {
+                    issuer: k.issuer.clone(),
+                    token_hash: k.token_hash.clone(),
+                    expires_at: k.expires_at,
+                }),
             };
             match self.store.record_issuance(&record).await {
                 Ok(()) => {
@@ -326,6 +348,11 @@ impl Issuer {
                         task_expires_at: task.expires_at,
                         ca_fingerprint: signer.fingerprint().to_owned(),
                     });
+                }
+                Err(StoreError::TokenReused) => {
+                    return Err(IssueError::TokenReplayed(TokenError::Replayed {
+                        issuer: identity.issuer_name.clone(),
+                    }));
                 }
                 Err(StoreError::Conflict(what)) => {
                     tracing::warn!(serial, conflict = %what, "serial or task id collision; retrying");
@@ -479,6 +506,38 @@ fn validate_task_shape(request: &NewTask) -> Result<(), IssueError> {
             format!(
                 "task.purpose must be at most {MAX_PURPOSE_BYTES} bytes without control characters"
             ),
+        ));
+    }
+    if let Some(extensions) = &request.extensions
+        && let Some(bad) = extensions
+            .iter()
+            .find(|e| !KNOWN_EXTENSIONS.contains(&e.as_str()))
+    {
+        return Err(IssueError::bad(
+            "invalid_extension",
+            format!(
+                "{:?} is not one of {}",
+                truncate(bad),
+                KNOWN_EXTENSIONS.join(", ")
+            ),
+        ));
+    }
+    if let Some(command) = &request.force_command
+        && (command.is_empty() || command.len() > 1024 || command.chars().any(char::is_control))
+    {
+        return Err(IssueError::bad(
+            "invalid_force_command",
+            "force_command must be 1 to 1024 bytes without control characters",
+        ));
+    }
+    if let Some(addresses) = &request.source_address
+        && (addresses.is_empty()
+            || addresses.len() > 32
+            || addresses.iter().any(|a| Cidr::parse(a).is_none()))
+    {
+        return Err(IssueError::bad(
+            "invalid_source_address",
+            "source_address must list 1 to 32 addresses or CIDR blocks such as 10.0.0.0/8",
         ));
     }
     for (name, ttl) in [

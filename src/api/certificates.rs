@@ -27,6 +27,12 @@ pub struct CreateRequest {
     pub task: TaskBody,
     /// Certificate lifetime in seconds.
     pub ttl_seconds: Option<u64>,
+    /// Extensions (default: all the policy grants).
+    pub extensions: Option<Vec<String>>,
+    /// `force-command` critical option.
+    pub force_command: Option<String>,
+    /// `source-address` critical option.
+    pub source_address: Option<Vec<String>>,
 }
 
 /// The `task` object.
@@ -73,7 +79,8 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
     let context = request_context(peer);
-    let identity = authenticate(&state, &headers, &context).await?;
+    let now = OffsetDateTime::now_utc();
+    let identity = authenticate(&state, &headers, &context, now.unix_timestamp()).await?;
     let request = match decode_body(body) {
         Ok(request) => request,
         Err(error) => {
@@ -81,7 +88,6 @@ pub async fn create(
             return Err(error);
         }
     };
-    let now = OffsetDateTime::now_utc();
     let new_task = NewTask {
         public_key: request.public_key,
         logins: request.task.logins,
@@ -89,6 +95,9 @@ pub async fn create(
         task_ttl_seconds: request.task.ttl_seconds,
         purpose: request.task.purpose,
         cert_ttl_seconds: request.ttl_seconds,
+        extensions: request.extensions,
+        force_command: request.force_command,
+        source_address: request.source_address,
     };
     let issued = state
         .issuer
@@ -103,10 +112,11 @@ pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     context: &RequestContext,
+    now_unix: i64,
 ) -> Result<Identity, ApiError> {
     let token = bearer_token(headers);
     let result = match &token {
-        Ok(token) => state.verifier.verify(token).await,
+        Ok(token) => state.verifier.verify(token, now_unix).await,
         Err(e) => Err(e.clone()),
     };
     match result {

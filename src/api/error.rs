@@ -59,6 +59,7 @@ impl From<&IssueError> for ApiError {
             IssueError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             IssueError::Unacceptable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             IssueError::Denied(_) => StatusCode::FORBIDDEN,
+            IssueError::TokenReplayed(_) => StatusCode::UNAUTHORIZED,
             IssueError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             IssueError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -103,32 +103,56 @@ pub struct CachedKey {
 struct CacheState {
     keys: Option<Arc<Vec<CachedKey>>>,
     last_attempt: Option<Instant>,
+    last_success: Option<Instant>,
     last_error: Option<String>,
+}
+
+/// How long keys stay fresh and how long stale keys are still trusted.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    /// Refresh keys older than this (on the next token).
+    pub refresh: Duration,
+    /// Stop trusting keys not refreshed for this long.
+    pub max_stale: Duration,
 }
 
 /// The cached keys of one issuer.
 pub struct KeyCache {
     source: JwksSource,
+    policy: CachePolicy,
     state: RwLock<CacheState>,
     refresh: tokio::sync::Mutex<()>,
 }
 
+/// A consistent view of the cache.
+struct Snapshot {
+    keys: Option<Arc<Vec<CachedKey>>>,
+    last_attempt: Option<Instant>,
+    last_success: Option<Instant>,
+}
+
 impl KeyCache {
     /// An empty cache; keys are fetched on first use (or by [`KeyCache::refresh`]).
-    pub fn new(source: JwksSource) -> KeyCache {
+    pub fn new(source: JwksSource, policy: CachePolicy) -> KeyCache {
         KeyCache {
             source,
+            policy,
             state: RwLock::new(CacheState::default()),
             refresh: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn snapshot(&self) -> (Option<Arc<Vec<CachedKey>>>, Option<Instant>) {
+    fn snapshot(&self) -> Snapshot {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        (state.keys.clone(), state.last_attempt)
+        Snapshot {
+            keys: state.keys.clone(),
+            last_attempt: state.last_attempt,
+            last_success: state.last_success,
+        }
     }
 
-    /// Fetch the keys now, replacing the cache on success.
+    /// Fetch the keys now, replacing the cache on success; on failure the last good keys
+    /// stay (until [`CachePolicy::max_stale`]).
     pub async fn refresh(&self) -> Result<(), String> {
         let source = self.source.clone();
         let result = tokio::task::spawn_blocking(move || source.load())
@@ -136,7 +160,8 @@ impl KeyCache {
             .map_err(|e| format!("JWKS fetch task failed: {e}"))
             .and_then(|r| r);
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        state.last_attempt = Some(Instant::now());
+        let now = Instant::now();
+        state.last_attempt = Some(now);
         match result {
             Ok(set) => {
                 let keys = set
@@ -149,6 +174,7 @@ impl KeyCache {
                     })
                     .collect();
                 state.keys = Some(Arc::new(keys));
+                state.last_success = Some(now);
                 state.last_error = None;
                 Ok(())
             }
@@ -160,31 +186,47 @@ impl KeyCache {
         }
     }
 
-    /// The key for `kid` (or the only key when the token has no `kid`), refetching once if
-    /// it is unknown and the last fetch is old enough.
+    /// Refresh unless another request did so while we waited for the refresh lock.
+    async fn refresh_once(&self, seen_attempt: Option<Instant>) {
+        let _guard = self.refresh.lock().await;
+        if self.snapshot().last_attempt == seen_attempt {
+            let _ = self.refresh().await;
+        }
+    }
+
+    /// The key for `kid` (or the only key when the token has no `kid`).
+    ///
+    /// Keys older than the refresh interval are refreshed first; an unknown `kid` triggers
+    /// a refetch at most once per [`MIN_REFETCH_INTERVAL`]; keys that could not be
+    /// refreshed for longer than `max_stale` are no longer trusted.
     pub async fn find(&self, kid: Option<&str>) -> Result<CachedKey, TokenError> {
-        let (keys, last_attempt) = self.snapshot();
-        if let Some(found) = keys.as_deref().and_then(|k| pick(k, kid)) {
+        let snap = self.snapshot();
+        let attempt_allowed = snap
+            .last_attempt
+            .is_none_or(|t| t.elapsed() >= MIN_REFETCH_INTERVAL);
+        let due = snap
+            .last_success
+            .is_none_or(|t| t.elapsed() >= self.policy.refresh);
+        let known = snap.keys.as_deref().and_then(|k| pick(k, kid));
+        if snap.keys.is_none() || (attempt_allowed && (due || known.is_none())) {
+            self.refresh_once(snap.last_attempt).await;
+        } else if let Some(found) = known
+            && !due
+        {
             return Ok(found);
         }
-        let stale = last_attempt.is_none_or(|t| t.elapsed() >= MIN_REFETCH_INTERVAL);
-        if keys.is_none() || stale {
-            let _guard = self.refresh.lock().await;
-            // Another request may have refreshed while we waited.
-            let (_, after_wait) = self.snapshot();
-            if after_wait == last_attempt {
-                let _ = self.refresh().await;
-            }
-        }
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let fresh_enough = state
+            .last_success
+            .is_some_and(|t| t.elapsed() < self.policy.max_stale);
         match &state.keys {
-            None => Err(TokenError::IssuerUnavailable(
+            Some(keys) if fresh_enough => pick(keys, kid).ok_or(TokenError::UnknownKey),
+            _ => Err(TokenError::IssuerUnavailable(
                 state
                     .last_error
                     .clone()
                     .unwrap_or_else(|| "keys not fetched yet".into()),
             )),
-            Some(keys) => pick(keys, kid).ok_or(TokenError::UnknownKey),
         }
     }
 }

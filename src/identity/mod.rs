@@ -31,6 +31,20 @@ pub struct Identity {
     pub jti: Option<String>,
     /// The token's `exp` (Unix seconds).
     pub expires_at: i64,
+    /// Set when the issuer rejects replays: the token may open only one task or
+    /// certificate, recorded in the same transaction as the issuance.
+    pub replay_key: Option<ReplayKey>,
+}
+
+/// The once-only use of a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayKey {
+    /// Configured issuer name.
+    pub issuer: String,
+    /// SHA-256 (hex) of the token's `jti`, or of the whole token when it has none.
+    pub token_hash: String,
+    /// When the record may be pruned: `exp` + leeway (Unix seconds).
+    pub expires_at: i64,
 }
 
 /// Why a token was refused.
@@ -75,6 +89,23 @@ pub enum TokenError {
     /// A required claim is absent or has the wrong type.
     #[error("token claim {0} is missing or invalid")]
     BadClaim(String),
+    /// The token lives longer than the issuer's `max_token_lifetime`.
+    #[error("token lifetime {lifetime}s exceeds the issuer's max_token_lifetime of {max}s")]
+    LifetimeTooLong {
+        /// Seconds from `iat` (or now) to `exp`.
+        lifetime: i64,
+        /// The maximum.
+        max: i64,
+    },
+    /// The token was already used (replay protection).
+    #[error(
+        "token was already used; issuer {issuer:?} has replay = \"reject\" (each token opens one task; \
+         set replay = \"allow\" on the [[issuer]] for platforms that hand out one token per hour)"
+    )]
+    Replayed {
+        /// Configured issuer name.
+        issuer: String,
+    },
     /// The issuer's keys have never been fetched successfully.
     #[error("issuer keys are unavailable: {0}")]
     IssuerUnavailable(String),
@@ -97,6 +128,8 @@ impl TokenError {
             TokenError::WrongAudience => "wrong_audience",
             TokenError::WrongIssuer => "wrong_issuer",
             TokenError::BadClaim(_) => "bad_claim",
+            TokenError::LifetimeTooLong { .. } => "token_lifetime_too_long",
+            TokenError::Replayed { .. } => "token_replayed",
             TokenError::IssuerUnavailable(_) => "issuer_unavailable",
         }
     }

@@ -12,9 +12,12 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
-use super::jwks::{JwksSource, KeyCache};
-use super::{Identity, MAX_TOKEN_BYTES, TokenError};
-use crate::config::IssuerConfig;
+use sha2::{Digest, Sha256};
+
+use super::jwks::{CachePolicy, JwksSource, KeyCache};
+use super::{Identity, MAX_TOKEN_BYTES, ReplayKey, TokenError};
+use crate::audit;
+use crate::config::{IssuerConfig, Replay};
 
 /// One configured issuer with its key cache.
 pub struct TrustedIssuer {
@@ -51,7 +54,13 @@ impl Verifier {
                 let issuer = TrustedIssuer {
                     config: config.clone(),
                     algorithms,
-                    keys: KeyCache::new(JwksSource::from_config(config)),
+                    keys: KeyCache::new(
+                        JwksSource::from_config(config),
+                        CachePolicy {
+                            refresh: config.jwks_refresh,
+                            max_stale: config.jwks_max_stale,
+                        },
+                    ),
                 };
                 (config.issuer.clone(), Arc::new(issuer))
             })
@@ -82,8 +91,8 @@ impl Verifier {
         self.by_iss.get(&iss).map(|i| i.config.name.clone())
     }
 
-    /// Verify `token` and return the identity it proves.
-    pub async fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+    /// Verify `token` at time `now_unix` and return the identity it proves.
+    pub async fn verify(&self, token: &str, now_unix: i64) -> Result<Identity, TokenError> {
         if token.is_empty() {
             return Err(TokenError::Missing);
         }
@@ -127,7 +136,41 @@ impl Verifier {
             .get("exp")
             .and_then(Value::as_i64)
             .ok_or_else(|| TokenError::BadClaim("exp".into()))?;
-        let jti = claims.get("jti").and_then(Value::as_str).map(str::to_owned);
+        let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(0);
+        let issued_at = match claims.get("iat") {
+            None => None,
+            Some(v) => Some(
+                v.as_i64()
+                    .ok_or_else(|| TokenError::BadClaim("iat".into()))?,
+            ),
+        };
+        if issued_at.is_some_and(|iat| iat > now_unix + leeway) {
+            return Err(TokenError::BadClaim("iat (in the future)".into()));
+        }
+        let max_lifetime = i64::try_from(config.max_token_lifetime.as_secs()).unwrap_or(i64::MAX);
+        let lifetime = expires_at - issued_at.unwrap_or(now_unix);
+        if lifetime > max_lifetime + leeway {
+            return Err(TokenError::LifetimeTooLong {
+                lifetime,
+                max: max_lifetime,
+            });
+        }
+        let jti = match claims.get("jti") {
+            None => None,
+            Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Some(s.clone()),
+            Some(_) => return Err(TokenError::BadClaim("jti".into())),
+        };
+        let replay_key = (config.replay == Replay::Reject).then(|| {
+            let digest = match &jti {
+                Some(jti) => Sha256::digest(format!("jti:{jti}")),
+                None => Sha256::digest(format!("token:{token}")),
+            };
+            ReplayKey {
+                issuer: config.name.clone(),
+                token_hash: audit::hex(&digest),
+                expires_at: expires_at + leeway,
+            }
+        });
         Ok(Identity {
             issuer_name: config.name.clone(),
             issuer: config.issuer.clone(),
@@ -135,6 +178,7 @@ impl Verifier {
             claims,
             jti,
             expires_at,
+            replay_key,
         })
     }
 }

@@ -103,6 +103,19 @@ pub struct Issuance {
     pub certificate: CertificateRecord,
     /// Audit entries, in order.
     pub audit: Vec<AuditEntry>,
+    /// The once-only token this issuance consumes (replay protection), if any.
+    pub token_use: Option<TokenUse>,
+}
+
+/// A workload token consumed by an issuance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenUse {
+    /// Configured issuer name.
+    pub issuer: String,
+    /// SHA-256 hex of the token's `jti` (or of the token).
+    pub token_hash: String,
+    /// Prunable after this Unix time.
+    pub expires_at: i64,
 }
 
 /// Storage failures, in domain words.
@@ -117,6 +130,9 @@ pub enum StoreError {
     /// Stored data does not decode.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The issuance's token was already used; nothing was written.
+    #[error("token already used")]
+    TokenReused,
     /// The URL names no supported backend.
     #[error("unsupported storage URL {0:?}: use sqlite://PATH")]
     UnsupportedUrl(String),
@@ -132,8 +148,11 @@ pub trait Store: Send + Sync {
     /// Insert a CA key with its audit entry. `Conflict` if it would make a second
     /// active key.
     async fn insert_ca_key(&self, key: &CaKeyRecord, audit: &AuditEntry) -> Result<(), StoreError>;
-    /// Commit an issuance. `Conflict` if the serial is taken (nothing is written).
+    /// Commit an issuance. `Conflict` if the serial is taken, `TokenReused` if its token
+    /// was used before; either way nothing is written.
     async fn record_issuance(&self, issuance: &Issuance) -> Result<(), StoreError>;
+    /// Forget used tokens that expired before `now_unix`; returns how many.
+    async fn prune_used_tokens(&self, now_unix: i64) -> Result<u64, StoreError>;
     /// Append one audit entry on its own.
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError>;
     /// Audit records with `seq > after`, in order, at most `limit`.

@@ -254,6 +254,20 @@ impl Store for SqliteStore {
             .await
             .map_err(unavailable)?;
         }
+        if let Some(token) = &issuance.token_use {
+            sqlx::query(
+                "INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ($1, $2, $3)",
+            )
+            .bind(&token.issuer)
+            .bind(&token.token_hash)
+            .bind(token.expires_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match unavailable(e) {
+                StoreError::Conflict(_) => StoreError::TokenReused,
+                other => other,
+            })?;
+        }
         let cert = &issuance.certificate;
         sqlx::query(
             "INSERT INTO certificates (serial, task_id, ca_key_id, key_fingerprint, principals, \
@@ -274,6 +288,16 @@ impl Store for SqliteStore {
             append(&mut tx, entry).await?;
         }
         tx.commit().await.map_err(unavailable)
+    }
+
+    async fn prune_used_tokens(&self, now_unix: i64) -> Result<u64, StoreError> {
+        let _guard = self.write_lock.lock().await;
+        let result = sqlx::query("DELETE FROM used_tokens WHERE expires_at < $1")
+            .bind(now_unix)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(result.rows_affected())
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
