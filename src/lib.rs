@@ -30,6 +30,7 @@ pub mod host;
 pub mod identity;
 pub mod policy;
 pub mod profile;
+pub mod revocation;
 pub mod server;
 pub mod store;
 pub mod task;

@@ -395,6 +395,7 @@ mod tests {
             claims,
             jti: None,
             expires_at: 0,
+            replay_key: None,
         }
     }
 
