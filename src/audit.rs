@@ -24,6 +24,18 @@ pub mod event {
     pub const CERT_DENIED: &str = "cert.denied";
     /// A CA key was created.
     pub const CA_KEY_CREATED: &str = "ca.key.created";
+    /// A task was completed by its owner or an admin.
+    pub const TASK_COMPLETED: &str = "task.completed";
+    /// A task was revoked by an admin.
+    pub const TASK_REVOKED: &str = "task.revoked";
+    /// A request to change or read a task was refused.
+    pub const TASK_DENIED: &str = "task.denied";
+    /// A certificate was revoked (alone or with its task).
+    pub const CERT_REVOKED: &str = "cert.revoked";
+    /// A certificate was used for a real login.
+    pub const CERT_USED: &str = "cert.used";
+    /// A host's use of a certificate was refused by the CA.
+    pub const CERT_USE_DENIED: &str = "cert.use_denied";
 }
 
 /// Outcome of the audited action.

@@ -4,6 +4,8 @@
 //! # Layout
 //! Dependencies run one way, top to bottom.
 //! - [`api`] — the HTTP API (axum): one file per endpoint group, errors → JSON envelope.
+//! - [`admin`] — operator commands (`writ admin …`), e.g. `policy explain`: verifies a
+//!   token and explains what the policies do with it, without issuing or writing anything.
 //! - [`server`] — builds the running CA from a [`config::Config`] and serves [`api`].
 //! - [`dev`] — `writ serve --dev` and `writ dev token`: a local development issuer.
 //! - [`task`] — issuing certificates for tasks: identity → policy → sign → store.
@@ -18,6 +20,7 @@
 //! - [`profile`], [`glob`], [`duration`], [`cidr`] — pure formats shared by CA and hosts: how a task
 //!   is written into a certificate, pattern matching, durations in config files.
 
+pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod authority;

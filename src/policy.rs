@@ -1,9 +1,16 @@
 //! Policies: which verified identities may open tasks with which logins, host patterns,
 //! lifetimes, extensions and critical options. A request gets exactly what it asks for or
 //! a refusal that names the policy rule — never a silent clamp.
+//!
+//! Whether a policy applies to an identity is decided in exactly one place,
+//! [`check_match`], which names the first rule that fails; issuance
+//! ([`Policies::evaluate`]) and the operator's `writ admin policy explain`
+//! ([`Policies::explain`]) both use it, so an explanation can never disagree with what the
+//! CA does. This module only decides; it never reads the clock, the store or the network.
 
 use std::time::Duration;
 
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::cidr::Cidr;
@@ -49,6 +56,144 @@ pub struct Grant {
     pub force_command: Option<String>,
     /// `source-address`.
     pub source_address: Option<Vec<String>>,
+}
+
+/// Why a policy does not apply to an identity: the first rule that fails (see
+/// [`check_match`]). Serialized with a `rule` tag for `policy explain --json`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum Mismatch {
+    /// The policy is for another `[[issuer]]`.
+    Issuer {
+        /// The policy's `issuer`.
+        policy_issuer: String,
+        /// The issuer that verified the token.
+        token_issuer: String,
+    },
+    /// The token's `sub` does not match the policy's `subject` glob.
+    Subject {
+        /// The policy's `subject` glob.
+        pattern: String,
+        /// The token's `sub`.
+        subject: String,
+    },
+    /// A claim the policy names is not in the token.
+    ClaimMissing {
+        /// Dotted claim path.
+        path: String,
+    },
+    /// A claim's value does not match the policy's glob (for an array: no element does).
+    ClaimMismatch {
+        /// Dotted claim path.
+        path: String,
+        /// The policy's glob.
+        pattern: String,
+        /// The token's value.
+        value: Value,
+    },
+    /// The identity matches, but the policy is for another role.
+    Role {
+        /// The policy's `role`.
+        policy_role: &'static str,
+        /// The role asked about (`agent` for certificates).
+        wanted: &'static str,
+    },
+}
+
+impl Mismatch {
+    /// The policy rule (configuration key) that does not hold.
+    pub fn rule(&self) -> &'static str {
+        match self {
+            Mismatch::Issuer { .. } => "issuer",
+            Mismatch::Subject { .. } => "subject",
+            Mismatch::ClaimMissing { .. } | Mismatch::ClaimMismatch { .. } => "claims",
+            Mismatch::Role { .. } => "role",
+        }
+    }
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mismatch::Issuer {
+                policy_issuer,
+                token_issuer,
+            } => write!(
+                f,
+                "the policy is for issuer {policy_issuer:?}, the token was verified by {token_issuer:?}"
+            ),
+            Mismatch::Subject { pattern, subject } => {
+                write!(f, "subject {subject:?} does not match {pattern:?}")
+            }
+            Mismatch::ClaimMissing { path } => write!(f, "claim {path} is missing"),
+            Mismatch::ClaimMismatch {
+                path,
+                pattern,
+                value,
+            } => write!(f, "claim {path} = {value} does not match {pattern:?}"),
+            Mismatch::Role {
+                policy_role,
+                wanted,
+            } => write!(
+                f,
+                "the policy has role {policy_role}; certificates need role {wanted}"
+            ),
+        }?;
+        write!(f, " (rule: {})", self.rule())
+    }
+}
+
+/// A login template of a policy that gives no valid login for an identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnusableLogin {
+    /// The template, e.g. `{claims.repository_owner}`.
+    pub template: String,
+    /// Why, e.g. `claims.repository_owner is not a valid login name`.
+    pub reason: String,
+}
+
+/// The most a matching policy offers an identity, whatever the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// Login patterns, templates filled in.
+    pub logins: Vec<String>,
+    /// Login templates that give no valid login for this identity.
+    pub unusable_logins: Vec<UnusableLogin>,
+    /// Host patterns a task may name (or narrow).
+    pub hosts: Vec<String>,
+    /// Longest certificate (policy value capped by `[ca]`).
+    pub max_cert_ttl: Duration,
+    /// Longest task (policy value capped by `[ca]`).
+    pub max_task_ttl: Duration,
+    /// Extensions.
+    pub extensions: Vec<String>,
+    /// Forced command.
+    pub force_command: Option<String>,
+    /// Source address blocks.
+    pub source_address: Option<Vec<String>>,
+}
+
+/// What one policy does for an identity and a request (see [`Policies::explain`]).
+#[derive(Debug, Clone)]
+pub struct PolicyVerdict {
+    /// The policy's name.
+    pub policy: String,
+    /// Its outcome.
+    pub outcome: Verdict,
+}
+
+/// The outcome of one policy.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// The policy does not apply to the identity.
+    NoMatch(Mismatch),
+    /// The policy applies: what it offers, and what it grants for the request or why not.
+    Matches {
+        /// The most it offers.
+        offer: Offer,
+        /// [`Policies::grant`] for the request.
+        result: Result<Grant, PolicyError>,
+    },
 }
 
 /// Why a request is refused.
@@ -162,6 +307,11 @@ impl Policies {
         Policies { policies, limits }
     }
 
+    /// The policy called `name`.
+    pub fn named(&self, name: &str) -> Option<&PolicyConfig> {
+        self.policies.iter().find(|p| p.name == name)
+    }
+
     /// Policies of `role` whose issuer, subject and claims match `identity`, in order.
     pub fn matching<'a>(
         &'a self,
@@ -170,7 +320,57 @@ impl Policies {
     ) -> impl Iterator<Item = &'a PolicyConfig> {
         self.policies
             .iter()
-            .filter(move |p| p.role == role && policy_matches(p, identity))
+            .filter(move |p| check_match(p, identity, role).is_ok())
+    }
+
+    /// Every policy, in order, with what it does for `identity` and `request` as an agent:
+    /// why it does not apply, or what it offers and what it grants or refuses. The first
+    /// verdict that grants is what [`Policies::evaluate`] returns. Decides nothing new
+    /// and has no side effects (used by `writ admin policy explain`).
+    pub fn explain(&self, identity: &Identity, request: &Request) -> Vec<PolicyVerdict> {
+        self.policies
+            .iter()
+            .map(|policy| PolicyVerdict {
+                policy: policy.name.clone(),
+                outcome: match check_match(policy, identity, Role::Agent) {
+                    Err(mismatch) => Verdict::NoMatch(mismatch),
+                    Ok(()) => Verdict::Matches {
+                        offer: self.offer(policy, identity),
+                        result: self.grant(policy, identity, request),
+                    },
+                },
+            })
+            .collect()
+    }
+
+    /// What `policy` offers `identity` at most: login patterns with templates filled in,
+    /// host patterns, and the effective lifetimes (capped by the CA-wide limits).
+    pub fn offer(&self, policy: &PolicyConfig, identity: &Identity) -> Offer {
+        let (logins, unusable_logins) = fill_logins(policy, identity);
+        let (max_cert_ttl, max_task_ttl) = self.max_ttls(policy);
+        Offer {
+            logins,
+            unusable_logins,
+            hosts: policy.hosts.clone(),
+            max_cert_ttl,
+            max_task_ttl,
+            extensions: policy.extensions.clone(),
+            force_command: policy.force_command.clone(),
+            source_address: policy.source_address.clone(),
+        }
+    }
+
+    /// The longest certificate and task `policy` allows, capped by `[ca]`.
+    fn max_ttls(&self, policy: &PolicyConfig) -> (Duration, Duration) {
+        let max_cert = policy
+            .max_cert_ttl
+            .unwrap_or(self.limits.max_cert_ttl)
+            .min(self.limits.max_cert_ttl);
+        let max_task = policy
+            .max_task_ttl
+            .unwrap_or(self.limits.max_task_ttl)
+            .min(self.limits.max_task_ttl);
+        (max_cert, max_task)
     }
 
     /// The first matching agent policy that grants the whole request, or the refusal of
@@ -201,26 +401,20 @@ impl Policies {
         request: &Request,
     ) -> Result<Grant, PolicyError> {
         let name = || policy.name.clone();
-        let mut template_error = None;
-        let mut login_patterns = Vec::with_capacity(policy.logins.len());
-        for template in &policy.logins {
-            match expand_template(template, identity) {
-                Ok(pattern) => login_patterns.push(pattern),
-                Err(detail) => {
-                    template_error.get_or_insert(PolicyError::BadLoginTemplate {
-                        policy: name(),
-                        template: template.clone(),
-                        detail,
-                    });
-                }
-            }
-        }
+        let (login_patterns, unusable) = fill_logins(policy, identity);
         for login in &request.logins {
             if !login_patterns.iter().any(|p| glob::matches(p, login)) {
-                return Err(template_error.unwrap_or(PolicyError::LoginNotAllowed {
-                    policy: name(),
-                    login: login.clone(),
-                }));
+                return Err(match unusable.into_iter().next() {
+                    Some(unusable) => PolicyError::BadLoginTemplate {
+                        policy: name(),
+                        template: unusable.template,
+                        detail: unusable.reason,
+                    },
+                    None => PolicyError::LoginNotAllowed {
+                        policy: name(),
+                        login: login.clone(),
+                    },
+                });
             }
         }
         for host in &request.hosts {
@@ -231,14 +425,7 @@ impl Policies {
                 });
             }
         }
-        let max_cert = policy
-            .max_cert_ttl
-            .unwrap_or(self.limits.max_cert_ttl)
-            .min(self.limits.max_cert_ttl);
-        let max_task = policy
-            .max_task_ttl
-            .unwrap_or(self.limits.max_task_ttl)
-            .min(self.limits.max_task_ttl);
+        let (max_cert, max_task) = self.max_ttls(policy);
         let cert_ttl = match request.cert_ttl {
             Some(ttl) if ttl > max_cert => {
                 return Err(PolicyError::TtlExceedsMax {
@@ -313,12 +500,68 @@ impl Policies {
     }
 }
 
-fn policy_matches(policy: &PolicyConfig, identity: &Identity) -> bool {
-    policy.issuer == identity.issuer_name
-        && glob::matches(&policy.subject, &identity.subject)
-        && policy.claims.iter().all(|(path, pattern)| {
-            claim_at(&identity.claims, path).is_some_and(|v| value_matches(v, pattern))
-        })
+/// Whether `policy` applies to `identity` in `role`, or the first of its rules that does
+/// not hold, checked in the order issuer, subject, claims (in key order), role. The only
+/// place that decides matching: [`Policies::matching`] and [`Policies::explain`] use it.
+pub fn check_match(policy: &PolicyConfig, identity: &Identity, role: Role) -> Result<(), Mismatch> {
+    if policy.issuer != identity.issuer_name {
+        return Err(Mismatch::Issuer {
+            policy_issuer: policy.issuer.clone(),
+            token_issuer: identity.issuer_name.clone(),
+        });
+    }
+    if !glob::matches(&policy.subject, &identity.subject) {
+        return Err(Mismatch::Subject {
+            pattern: policy.subject.clone(),
+            subject: identity.subject.clone(),
+        });
+    }
+    for (path, pattern) in &policy.claims {
+        match claim_at(&identity.claims, path) {
+            None => return Err(Mismatch::ClaimMissing { path: path.clone() }),
+            Some(value) if !value_matches(value, pattern) => {
+                return Err(Mismatch::ClaimMismatch {
+                    path: path.clone(),
+                    pattern: pattern.clone(),
+                    value: value.clone(),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    if policy.role != role {
+        return Err(Mismatch::Role {
+            policy_role: role_name(policy.role),
+            wanted: role_name(role),
+        });
+    }
+    Ok(())
+}
+
+/// The configuration spelling of a role.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Agent => "agent",
+        Role::Admin => "admin",
+        Role::Host => "host",
+    }
+}
+
+/// A policy's login patterns with `{sub}`/`{claims.…}` filled in from `identity`, and the
+/// templates that give no valid login (in policy order).
+fn fill_logins(policy: &PolicyConfig, identity: &Identity) -> (Vec<String>, Vec<UnusableLogin>) {
+    let mut patterns = Vec::with_capacity(policy.logins.len());
+    let mut unusable = Vec::new();
+    for template in &policy.logins {
+        match expand_template(template, identity) {
+            Ok(pattern) => patterns.push(pattern),
+            Err(reason) => unusable.push(UnusableLogin {
+                template: template.clone(),
+                reason,
+            }),
+        }
+    }
+    (patterns, unusable)
 }
 
 /// The claim at a dotted path. Claim names may themselves contain dots
@@ -486,6 +729,207 @@ mod tests {
             .evaluate(&who, &request(&["a"], &["x"]))
             .expect_err("injection");
         assert_eq!(err.code(), "login_template_invalid");
+    }
+
+    fn named(name: &str, mut p: PolicyConfig) -> PolicyConfig {
+        p.name = name.into();
+        p
+    }
+
+    /// Every way a policy can fail to apply, in order, then a refusing and a granting
+    /// match; the first granting verdict is exactly what `evaluate` returns.
+    #[test]
+    fn explain_names_the_first_failing_rule_of_every_policy() {
+        let base = policy(
+            &["deploy", "{claims.repository_owner}"],
+            &["*.prod.example.com"],
+        );
+        let mut other_issuer = named("other-issuer", base.clone());
+        other_issuer.issuer = "k8s".into();
+        let mut other_subject = named("other-subject", base.clone());
+        other_subject.subject = "repo:other/*".into();
+        let mut missing_claim = named("missing-claim", base.clone());
+        missing_claim
+            .claims
+            .insert("job_workflow_ref".into(), "*".into());
+        let mut wrong_claim = named("wrong-claim", base.clone());
+        wrong_claim
+            .claims
+            .insert("kubernetes.io.namespace".into(), "prod".into());
+        let mut admin = named("admin", base.clone());
+        admin.role = Role::Admin;
+        let mut refuses = named("refuses", base.clone());
+        refuses.logins = vec!["ops".into()];
+        let grants = named("grants", base.clone());
+        let also_grants = named("also-grants", base);
+        let policies = Policies::new(
+            vec![
+                other_issuer,
+                other_subject,
+                missing_claim,
+                wrong_claim,
+                admin,
+                refuses,
+                grants,
+                also_grants,
+            ],
+            CaConfig::default(),
+        );
+        let who = identity("repo:acme/app", claims());
+        let ask = request(&["deploy", "acme"], &["web-1.prod.example.com"]);
+        let verdicts = policies.explain(&who, &ask);
+        let names: Vec<&str> = verdicts.iter().map(|v| v.policy.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "other-issuer",
+                "other-subject",
+                "missing-claim",
+                "wrong-claim",
+                "admin",
+                "refuses",
+                "grants",
+                "also-grants"
+            ]
+        );
+        let mismatch = |i: usize| match &verdicts[i].outcome {
+            Verdict::NoMatch(m) => m.clone(),
+            other => panic!("{i}: expected no match, got {other:?}"),
+        };
+        assert_eq!(
+            mismatch(0),
+            Mismatch::Issuer {
+                policy_issuer: "k8s".into(),
+                token_issuer: "gh".into()
+            }
+        );
+        assert_eq!(
+            mismatch(1),
+            Mismatch::Subject {
+                pattern: "repo:other/*".into(),
+                subject: "repo:acme/app".into()
+            }
+        );
+        assert_eq!(
+            mismatch(2),
+            Mismatch::ClaimMissing {
+                path: "job_workflow_ref".into()
+            }
+        );
+        assert_eq!(
+            mismatch(3),
+            Mismatch::ClaimMismatch {
+                path: "kubernetes.io.namespace".into(),
+                pattern: "prod".into(),
+                value: Value::String("ci".into())
+            }
+        );
+        assert_eq!(mismatch(3).rule(), "claims");
+        assert!(
+            mismatch(3)
+                .to_string()
+                .contains("claim kubernetes.io.namespace = \"ci\" does not match \"prod\""),
+            "{}",
+            mismatch(3)
+        );
+        assert_eq!(
+            mismatch(4),
+            Mismatch::Role {
+                policy_role: "admin",
+                wanted: "agent"
+            }
+        );
+        let Verdict::Matches { offer, result } = &verdicts[5].outcome else {
+            panic!("refuses should match")
+        };
+        assert_eq!(offer.logins, ["ops"]);
+        assert_eq!(
+            result.as_ref().expect_err("refused").code(),
+            "login_not_allowed"
+        );
+        let Verdict::Matches { offer, result } = &verdicts[6].outcome else {
+            panic!("grants should match")
+        };
+        assert_eq!(offer.logins, ["deploy", "acme"], "templates are filled");
+        assert_eq!(offer.max_cert_ttl, Duration::from_secs(300));
+        assert_eq!(offer.max_task_ttl, CaConfig::default().max_task_ttl);
+        let granted = result.as_ref().expect("granted");
+        assert_eq!(granted.policy, "grants");
+        assert_eq!(policies.evaluate(&who, &ask).as_ref(), Ok(granted));
+        // `matching` agrees with `explain` about which policies apply.
+        let matching: Vec<&str> = policies
+            .matching(&who, Role::Agent)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(matching, ["refuses", "grants", "also-grants"]);
+        let admins: Vec<&str> = policies
+            .matching(&who, Role::Admin)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(admins, ["admin"]);
+    }
+
+    #[test]
+    fn explain_reports_unusable_templates_and_matches_evaluate_refusals() {
+        let policies = Policies::new(
+            vec![policy(
+                &["deploy", "{claims.evil}", "{claims.absent}"],
+                &["*"],
+            )],
+            CaConfig::default(),
+        );
+        let who = identity("repo:acme/app", claims());
+        let ask = request(&["root"], &["x"]);
+        let verdicts = policies.explain(&who, &ask);
+        let Verdict::Matches { offer, result } = &verdicts[0].outcome else {
+            panic!("should match")
+        };
+        assert_eq!(offer.logins, ["deploy"]);
+        let unusable: Vec<&str> = offer
+            .unusable_logins
+            .iter()
+            .map(|u| u.template.as_str())
+            .collect();
+        assert_eq!(unusable, ["{claims.evil}", "{claims.absent}"]);
+        assert!(offer.unusable_logins[1].reason.contains("missing"));
+        let refusal = result.as_ref().expect_err("refused");
+        assert_eq!(refusal.code(), "login_template_invalid");
+        assert_eq!(policies.evaluate(&who, &ask).as_ref(), Err(refusal));
+
+        // Nothing matches: every verdict says why, and evaluate says no policy matches.
+        let stranger = identity("repo:other/app", claims());
+        assert!(
+            policies
+                .explain(&stranger, &ask)
+                .iter()
+                .all(|v| matches!(v.outcome, Verdict::NoMatch(Mismatch::Subject { .. })))
+        );
+        assert_eq!(
+            policies.evaluate(&stranger, &ask).expect_err("none").code(),
+            "no_matching_policy"
+        );
+    }
+
+    #[test]
+    fn array_claims_match_any_element_in_explain_too() {
+        let mut p = policy(&["deploy"], &["*"]);
+        p.claims = BTreeMap::from([("groups".into(), "ops-*".into())]);
+        let policies = Policies::new(vec![p], CaConfig::default());
+        let member = identity(
+            "repo:acme/app",
+            serde_json::json!({"groups": ["dev", "ops-oncall"]}),
+        );
+        assert!(matches!(
+            policies.explain(&member, &request(&["deploy"], &[]))[0].outcome,
+            Verdict::Matches { .. }
+        ));
+        let outsider = identity("repo:acme/app", serde_json::json!({"groups": ["dev"]}));
+        let Verdict::NoMatch(m) =
+            &policies.explain(&outsider, &request(&["deploy"], &[]))[0].outcome
+        else {
+            panic!("should not match")
+        };
+        assert_eq!(m.rule(), "claims");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{ApiError, AppState, bearer_token, request_context};
+use super::auth::authenticate;
+use super::{ApiError, AppState, request_context};
 use crate::audit::{AuditEntry, Outcome, event};
 use crate::identity::Identity;
 use crate::task::{Issued, NewTask, RequestContext};
@@ -107,63 +108,8 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(render(issued))))
 }
 
-/// Verify the bearer token, auditing a refusal as `token.rejected`.
-pub async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-    context: &RequestContext,
-    now_unix: i64,
-) -> Result<Identity, ApiError> {
-    let token = bearer_token(headers);
-    let result = match &token {
-        Ok(token) => state.verifier.verify(token, now_unix).await,
-        Err(e) => Err(e.clone()),
-    };
-    match result {
-        Ok(identity) => Ok(identity),
-        Err(error) => {
-            let mut entry = AuditEntry::new(event::TOKEN_REJECTED, Outcome::Failure);
-            entry.issuer = token.ok().and_then(|t| state.verifier.claimed_issuer(t));
-            entry.reason = Some(format!("{}: {error}", error.reason_code()));
-            entry.source_ip = context.source_ip.clone();
-            entry.request_id = context.request_id.clone();
-            tracing::info!(reason = error.reason_code(), source_ip = ?context.source_ip, "token rejected");
-            if let Err(e) = state.store.append_audit(&entry).await {
-                tracing::error!(error = %e, "could not record token.rejected");
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "audit_unavailable",
-                    "the audit store is unavailable",
-                ));
-            }
-            Err(ApiError::from(&error))
-        }
-    }
-}
-
 fn decode_body(body: Result<Bytes, BytesRejection>) -> Result<CreateRequest, ApiError> {
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("request body exceeds {} bytes", super::MAX_BODY_BYTES),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_body",
-                "could not read the request body",
-            )
-        }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            format!("invalid request body: {e}"),
-        )
-    })
+    super::decode_json(body)
 }
 
 /// Audit a request refused for its input.
@@ -189,14 +135,14 @@ async fn deny_input(
     })
 }
 
-fn rfc3339(unix: i64) -> String {
+pub(crate) fn rfc3339(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
         .unwrap_or_default()
 }
 
-fn render(issued: Issued) -> CertificateResponse {
+pub(crate) fn render(issued: Issued) -> CertificateResponse {
     CertificateResponse {
         task_id: issued.task_id,
         serial: issued.serial.to_string(),

@@ -60,6 +60,9 @@ impl From<&IssueError> for ApiError {
             IssueError::Unacceptable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             IssueError::Denied(_) => StatusCode::FORBIDDEN,
             IssueError::TokenReplayed(_) => StatusCode::UNAUTHORIZED,
+            IssueError::TaskNotFound | IssueError::CertificateNotFound => StatusCode::NOT_FOUND,
+            IssueError::TaskNotActive(_) => StatusCode::CONFLICT,
+            IssueError::Forbidden { .. } => StatusCode::FORBIDDEN,
             IssueError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             IssueError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };

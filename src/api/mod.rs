@@ -1,23 +1,26 @@
 //! The HTTP API v1 (SPEC §3): the router, shared state, and one file per endpoint group.
 //! Handlers are thin: decode, authenticate, call [`crate::task`], render.
 
+pub mod auth;
+pub mod authorize;
 pub mod ca;
 pub mod certificates;
 pub mod error;
 pub mod health;
+pub mod revocation;
+pub mod tasks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use rand_core::{OsRng, RngCore};
 
 use crate::audit;
 use crate::authority::Keyring;
-use crate::identity::{MAX_TOKEN_BYTES, TokenError, Verifier};
+use crate::identity::Verifier;
 use crate::store::Store;
 use crate::task::{Issuer, RequestContext};
 
@@ -45,6 +48,17 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/v1/certificates", post(certificates::create))
         .route("/v1/ca/trusted-keys", get(ca::trusted_keys))
+        .route("/v1/tasks/{task_id}", get(tasks::show))
+        .route("/v1/tasks/{task_id}/certificates", post(tasks::renew))
+        .route("/v1/tasks/{task_id}/complete", post(tasks::complete))
+        .route("/v1/tasks/{task_id}/revoke", post(tasks::revoke))
+        .route(
+            "/v1/certificates/{serial}/revoke",
+            post(tasks::revoke_certificate),
+        )
+        .route("/v1/revocations", get(revocation::feed))
+        .route("/v1/krl", get(revocation::krl))
+        .route("/v1/authorize", post(authorize::authorize))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz));
     if state.dev_jwks.is_some() {
@@ -66,20 +80,31 @@ pub fn request_context(peer: SocketAddr) -> RequestContext {
     }
 }
 
-/// The bearer token of a request.
-pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .ok_or(TokenError::Missing)?;
-    if value.len() > MAX_TOKEN_BYTES + 7 {
-        return Err(TokenError::TooLarge);
-    }
-    let value = value
-        .to_str()
-        .map_err(|_| TokenError::Malformed("non-ASCII Authorization header".into()))?;
-    let (scheme, token) = value.split_once(' ').ok_or(TokenError::Missing)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(TokenError::Missing);
-    }
-    Ok(token.trim())
+/// Decode a JSON request body, mapping failures to 413 (too large) or 400.
+pub fn decode_json<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, ApiError> {
+    use axum::http::StatusCode;
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "could not read the request body",
+            )
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("invalid request body: {e}"),
+        )
+    })
 }

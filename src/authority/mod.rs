@@ -9,4 +9,4 @@ pub mod signer;
 
 pub use certificate::{CertificateSpec, sign_certificate};
 pub use keyring::{CaKey, KeyState, Keyring, KeyringError};
-pub use signer::{CaSigner, Signer};
+pub use signer::{CaSigner, Signer, sign_sshsig};

@@ -86,3 +86,15 @@ impl From<&SshKeySigner<'_>> for KeyData {
         signer.0.public_key().clone()
     }
 }
+
+/// Sign `message` as an OpenSSH SSHSIG (what `ssh-keygen -Y sign -n NAMESPACE` makes) and
+/// return it PEM-armoured.
+pub fn sign_sshsig(
+    signer: &dyn Signer,
+    namespace: &str,
+    message: &[u8],
+) -> Result<String, ssh_key::Error> {
+    let signature =
+        ssh_key::SshSig::sign(&SshKeySigner(signer), namespace, HashAlg::Sha512, message)?;
+    signature.to_pem(ssh_key::LineEnding::LF)
+}

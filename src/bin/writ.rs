@@ -1,5 +1,5 @@
-//! `writ`: the CA server (`writ serve`) and the development helpers (`writ dev …`).
-//! Parses arguments and calls the library; nothing else.
+//! `writ`: the CA server (`writ serve`), operator commands (`writ admin …`) and the
+//! development helpers (`writ dev …`). Parses arguments and calls the library; nothing else.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use time::OffsetDateTime;
+use writ::admin::{self, explain};
 use writ::config::Config;
 use writ::{dev, duration, server};
 
@@ -43,10 +44,65 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8422", requires = "dev")]
         listen: SocketAddr,
     },
+    /// Operator commands on a CA configuration (give --config FILE or WRIT_CONFIG).
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     /// Development helpers.
     Dev {
         #[command(subcommand)]
         command: DevCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Inspect the `[[policy]]` tables.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Explain what the CA would do with a workload token, without issuing anything.
+    ///
+    /// Verifies the token exactly as `writ serve` does (fetching the issuer's JWKS), then
+    /// prints which issuer verified it (or the reason code and message if it was refused),
+    /// its subject and the claims policies can match on, every [[policy]] in order — why it
+    /// does not match (issuer, subject, a claim, or role), or what it offers and what it
+    /// grants or refuses for --logins/--hosts — and the decision: the first matching
+    /// policy that grants the whole request. Nothing is issued, no store or audit log is
+    /// touched, the CA passphrase is not read, and the token is not marked as used; the
+    /// token itself is never printed.
+    ///
+    /// Exit status: 0 when the token verified (whatever the decision; use --json and
+    /// `.decision.result` to script on it), 1 when it was refused or on any error.
+    Explain {
+        /// The workload token (JWT): `-` reads it from stdin, `@FILE` from a file, anything
+        /// else is the token itself (visible to other local users in the process list;
+        /// prefer - or @FILE).
+        #[arg(long, value_name = "TOKEN|-|@FILE")]
+        token: String,
+        /// Logins the task would name, comma-separated (e.g. deploy,backup).
+        #[arg(long, value_delimiter = ',', value_name = "LOGIN,…")]
+        logins: Vec<String>,
+        /// Host patterns the task would name, comma-separated (e.g. web-*.prod.example.com).
+        #[arg(long, value_delimiter = ',', value_name = "PATTERN,…")]
+        hosts: Vec<String>,
+        /// Certificate lifetime to ask for, e.g. 5m (default: the CA's default_cert_ttl,
+        /// capped by the policy).
+        #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+        ttl: Option<Duration>,
+        /// Task lifetime to ask for, e.g. 1h (default: the CA's default_task_ttl, capped by
+        /// the policy).
+        #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+        task_ttl: Option<Duration>,
+        /// Print the explanation as JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -102,6 +158,28 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(&e),
             }
+        }
+        Command::Admin {
+            command:
+                AdminCommand::Policy {
+                    command:
+                        PolicyCommand::Explain {
+                            token,
+                            logins,
+                            hosts,
+                            ttl,
+                            task_ttl,
+                            json,
+                        },
+                },
+        } => {
+            let request = explain::ExplainRequest {
+                logins,
+                hosts,
+                cert_ttl: ttl,
+                task_ttl,
+            };
+            policy_explain(cli.config.as_deref(), &token, &request, json)
         }
         Command::Serve {
             dev,
@@ -159,6 +237,44 @@ fn main() -> ExitCode {
                 }
             })
         }
+    }
+}
+
+/// `writ admin policy explain`.
+fn policy_explain(
+    config: Option<&std::path::Path>,
+    token: &str,
+    request: &explain::ExplainRequest,
+    json: bool,
+) -> ExitCode {
+    let config = match admin::load_config(config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let token = match admin::read_token(token, &mut std::io::stdin().lock()) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let explanation = runtime.block_on(explain::explain(&config, &token, request, now));
+    if json {
+        match explanation.to_json() {
+            Ok(text) => println!("{text}"),
+            Err(e) => return fail(&e),
+        }
+    } else {
+        print!("{explanation}");
+    }
+    match explanation.outcome() {
+        explain::Outcome::TokenRefused => ExitCode::FAILURE,
+        explain::Outcome::Allowed | explain::Outcome::Denied => ExitCode::SUCCESS,
     }
 }
 

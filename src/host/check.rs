@@ -1,10 +1,10 @@
 //! `writ-principals check`: the decision sshd asks for, as its `AuthorizedPrincipalsCommand`,
 //! on every authentication attempt with a certificate.
 //!
-//! [`check`] returns the one principal that lets the certificate log in as `login` on this
-//! host, or an error; it never returns a bare login (security invariant 1). sshd runs the
-//! command *before* it has checked the certificate at all, for anyone who merely holds the
-//! public certificate, so this module re-verifies everything itself and fails closed:
+//! [`decide`] returns the one principal that lets the certificate log in as `login` on
+//! this host, or a denial; it never admits a bare login (security invariant 1). sshd runs
+//! the command *before* it has checked the certificate at all, for anyone who merely holds
+//! the public certificate, so this module re-verifies everything itself and fails closed:
 //!
 //! 1. the login is a valid login name and the certificate decodes;
 //! 2. it is a *user* certificate, signed by a key in the synced `trusted_user_ca_keys`
@@ -13,13 +13,21 @@
 //!    sshd itself enforces;
 //! 4. its signed writ extensions name a task id and host patterns, and this host's name
 //!    matches one of the patterns (invariant 3);
-//! 5. the principal `writ:<task_id>:<login>` is among its principals (invariant 3).
+//! 5. the principal `writ:<task_id>:<login>` is among its principals (invariant 3);
+//! 6. revocation (invariant 4):
+//!    - **offline mode**: the synced `revocations.json` must be present, signed by a key
+//!      in `trusted_user_ca_keys`, and fresh (issued at most `max_staleness` ago, at most
+//!      [`FEED_CLOCK_SKEW`] in the future), and it must revoke neither the certificate's
+//!      task nor its serial (for the CA key that signed it);
+//!    - **online mode**: the CA is asked (`POST /v1/authorize`, phase `check`, bounded by
+//!      `timeout`) and its answer decides. A refused host token (401/403) denies; only
+//!      when the CA gives no usable answer (unreachable, timeout, 5xx) are the offline
+//!      feed rules applied instead, and they must pass.
 //!
-//! The check is pure apart from reading the trusted-keys file: no clock (callers pass
-//! `now`), no network, no side effects, so running it twice per login is harmless.
-//! Revocation data (`revocations.json`, judged against `max_staleness`) and online mode
-//! are not consulted yet; both arrive with the revocation feed. Until then sshd's
-//! `RevokedKeys` file is the revocation check.
+//! Apart from that one bounded call in online mode, the check is pure: it reads the small
+//! trusted-keys and feed files once each, takes `now` from the caller and has no side
+//! effects (the CA records nothing for phase `check`), so running it twice per login, or
+//! for a probe, is harmless. The caller logs the [`Decision`] (see [`Decision::log`]).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -29,8 +37,11 @@ use base64ct::{Base64, Encoding};
 use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, Fingerprint, HashAlg, PublicKey};
 
-use crate::host::config::HostConfig;
+use crate::host::config::{FEED_CLOCK_SKEW, HostConfig, Mode};
+use crate::host::online::{self, Answer, AuthorizeRequest, Phase, TokenError};
+use crate::host::syslog::{self, Severity};
 use crate::profile;
+use crate::revocation::feed::{self, Feed, FeedError};
 
 /// Critical options sshd enforces itself; a certificate with any other is refused, since
 /// an option we cannot see enforced is a restriction we would silently drop.
@@ -123,11 +134,66 @@ pub enum CheckError {
         /// The certificate's task.
         task_id: String,
     },
+    /// There is no revocation feed (`writ-principals sync` has not run).
+    #[error("no revocation feed at {}: run writ-principals sync", path.display())]
+    FeedMissing {
+        /// The `revocations.json` file.
+        path: PathBuf,
+    },
+    /// The revocation feed exists but cannot be read.
+    #[error("cannot read the revocation feed {}: {detail}", path.display())]
+    FeedUnreadable {
+        /// The `revocations.json` file.
+        path: PathBuf,
+        /// The I/O error.
+        detail: String,
+    },
+    /// The revocation feed is malformed, not signed by a trusted CA key, stale or dated
+    /// in the future; the reason code is the feed error's code (`feed_bad_signature`,
+    /// `feed_stale`, `feed_malformed`, …).
+    #[error(transparent)]
+    Feed(FeedError),
+    /// The feed lists the certificate's task as ended (completed, revoked).
+    #[error("task {task_id} has been revoked or completed")]
+    TaskRevoked {
+        /// The certificate's task.
+        task_id: String,
+    },
+    /// The feed lists the certificate's serial as revoked.
+    #[error("certificate serial {serial} has been revoked")]
+    SerialRevoked {
+        /// The certificate's serial.
+        serial: u64,
+    },
+    /// Online mode: the CA said no. The reason code is the CA's.
+    #[error("the CA denied the certificate: {reason}")]
+    CaDenied {
+        /// The CA's snake_case reason.
+        reason: String,
+    },
+    /// Online mode: the CA refused this host's own token (a configuration error).
+    #[error("the CA refused this host's token (HTTP {status}, {code})")]
+    CaRefusedHost {
+        /// 401 or 403.
+        status: u16,
+        /// The CA's error code.
+        code: String,
+    },
+    /// Online mode: the CA admitted a different principal than the certificate's.
+    #[error("the CA admitted principal {principal:?}, not the certificate's")]
+    CaPrincipalMismatch {
+        /// What the CA answered.
+        principal: String,
+    },
+    /// Online mode: this host's own token could not be read.
+    #[error(transparent)]
+    HostToken(TokenError),
 }
 
 impl CheckError {
-    /// A stable snake_case code for logs and the one-line denial on stderr.
-    pub fn reason_code(&self) -> &'static str {
+    /// A stable snake_case code for logs and the one-line denial on stderr. For
+    /// [`CheckError::CaDenied`] it is the CA's own reason code.
+    pub fn reason_code(&self) -> &str {
         match self {
             CheckError::InvalidLogin { .. } => "invalid_login",
             CheckError::Malformed(_) => "malformed_certificate",
@@ -145,31 +211,266 @@ impl CheckError {
             CheckError::HostNameUnknown => "host_name_unknown",
             CheckError::HostNotInTask { .. } => "host_not_in_task",
             CheckError::LoginNotInTask { .. } => "login_not_in_task",
+            CheckError::FeedMissing { .. } => "feed_missing",
+            CheckError::FeedUnreadable { .. } => "feed_unreadable",
+            CheckError::Feed(e) => e.code(),
+            CheckError::TaskRevoked { .. } => "task_revoked",
+            CheckError::SerialRevoked { .. } => "serial_revoked",
+            CheckError::CaDenied { reason } => reason,
+            CheckError::CaRefusedHost { .. } => "ca_refused_host",
+            CheckError::CaPrincipalMismatch { .. } => "ca_principal_mismatch",
+            CheckError::HostToken(_) => "host_token_unavailable",
         }
     }
 }
 
+/// What the certificate says about itself, as far as it could be decoded. Filled in for
+/// denials too, for the log line; before the signature is verified these are claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CertFacts {
+    /// The certificate's serial.
+    pub serial: Option<u64>,
+    /// The value of the task extension (not necessarily a valid task id).
+    pub task_id: Option<String>,
+    /// The certificate's key ID.
+    pub key_id: Option<String>,
+    /// SHA-256 fingerprint of the key the certificate claims signed it.
+    pub ca_fingerprint: Option<String>,
+}
+
+/// How a decision was reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// From local state only (offline mode, or a denial before the CA was asked).
+    Local,
+    /// The CA answered (online mode).
+    Online,
+    /// Online mode, but the CA gave no usable answer: decided by the local feed.
+    Fallback,
+}
+
+impl Via {
+    /// `local`, `online` or `fallback`, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Local => "local",
+            Via::Online => "online",
+            Via::Fallback => "fallback",
+        }
+    }
+}
+
+/// A complete `check` decision: the result, what the certificate claimed, and how the
+/// decision was reached — everything the log line needs.
+#[derive(Debug)]
+pub struct Decision {
+    /// The principal to print for sshd, or why not.
+    pub result: Result<String, CheckError>,
+    /// What the certificate claimed.
+    pub facts: CertFacts,
+    /// Local, online or fallback.
+    pub via: Via,
+    /// Why the CA could not be asked, when [`Via::Fallback`].
+    pub ca_unavailable: Option<String>,
+}
+
+impl Decision {
+    fn local(result: Result<String, CheckError>, facts: CertFacts) -> Decision {
+        Decision {
+            result,
+            facts,
+            via: Via::Local,
+            ca_unavailable: None,
+        }
+    }
+
+    /// Whether the certificate is admitted.
+    pub fn is_allowed(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    /// `ok`, or the denial's reason code.
+    pub fn reason(&self) -> &str {
+        match &self.result {
+            Ok(_) => "ok",
+            Err(e) => e.reason_code(),
+        }
+    }
+
+    /// The syslog fields of this decision, in order: `decision`, `login`, `serial`,
+    /// `task`, `host`, `reason`, `via`, `key_id`, `ca` (and `ca_error` after a fallback).
+    /// Unknown values are `-`; values are escaped when formatted, not here.
+    pub fn log_fields(&self, login: &str, host: Option<&str>) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            (
+                "decision",
+                if self.is_allowed() { "allow" } else { "deny" }.to_owned(),
+            ),
+            ("login", login.to_owned()),
+        ];
+        fields.extend(self.facts.serial_and_task());
+        fields.push(("host", host.unwrap_or("-").to_owned()));
+        fields.push(("reason", self.reason().to_owned()));
+        fields.push(("via", self.via.as_str().to_owned()));
+        fields.extend(self.facts.key_id_and_ca());
+        if let Some(detail) = &self.ca_unavailable {
+            fields.push(("ca_error", detail.clone()));
+        }
+        fields
+    }
+
+    /// Send the decision to syslog (facility auth; `info` for allow, `notice` for deny).
+    /// Best effort: never fails, never blocks.
+    pub fn log(&self, login: &str, host: Option<&str>) {
+        let severity = if self.is_allowed() {
+            Severity::Info
+        } else {
+            Severity::Notice
+        };
+        log_owned(severity, &self.log_fields(login, host));
+    }
+}
+
+impl CertFacts {
+    /// `serial` and `task` fields (`-` when unknown).
+    pub(crate) fn serial_and_task(&self) -> [(&'static str, String); 2] {
+        [
+            (
+                "serial",
+                self.serial.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            ),
+            ("task", self.task_id.clone().unwrap_or_else(|| "-".to_owned())),
+        ]
+    }
+
+    /// `key_id` and `ca` fields (`-` when unknown).
+    pub(crate) fn key_id_and_ca(&self) -> [(&'static str, String); 2] {
+        [
+            ("key_id", self.key_id.clone().unwrap_or_else(|| "-".to_owned())),
+            (
+                "ca",
+                self.ca_fingerprint
+                    .clone()
+                    .unwrap_or_else(|| "-".to_owned()),
+            ),
+        ]
+    }
+}
+
+/// [`syslog::log`] for owned values.
+pub(crate) fn log_owned(severity: Severity, fields: &[(&'static str, String)]) {
+    let borrowed: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    syslog::log(severity, &borrowed);
+}
+
+/// A certificate that passed every local certificate rule (1–5 in the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Verified {
+    /// `writ:<task_id>:<login>`.
+    pub principal: String,
+    /// The certificate's task.
+    pub task_id: String,
+    /// The certificate's serial.
+    pub serial: u64,
+    /// SHA-256 fingerprint of the (trusted) CA key that signed it.
+    pub ca_fingerprint: String,
+    /// This host's name.
+    pub host: String,
+}
+
 /// Decide whether the certificate `cert_b64` (sshd's `%k`: base64 of the binary
-/// certificate) may log in as `login` (sshd's `%u`) on this host at `now_unix`.
-///
-/// Returns the principal to print for sshd, `writ:<task_id>:<login>`.
+/// certificate) may log in as `login` (sshd's `%u`) on this host at `now_unix`, by the
+/// rules of `config.mode`. Returns the principal to print for sshd,
+/// `writ:<task_id>:<login>`. Shorthand for `decide(…).result`.
 pub fn check(
     config: &HostConfig,
     login: &str,
     cert_b64: &str,
     now_unix: u64,
 ) -> Result<String, CheckError> {
+    decide(config, login, cert_b64, now_unix).result
+}
+
+/// Like [`check`], returning the whole [`Decision`] for logging. In online mode this
+/// makes one `POST /v1/authorize` (phase `check`), bounded by `config.timeout`.
+pub fn decide(config: &HostConfig, login: &str, cert_b64: &str, now_unix: u64) -> Decision {
+    let mut facts = CertFacts::default();
+    let (verified, trusted) = match verify_certificate(config, login, cert_b64, now_unix, &mut facts)
+    {
+        Ok(ok) => ok,
+        Err(e) => return Decision::local(Err(e), facts),
+    };
+    if config.mode == Mode::Offline {
+        let result = check_feed(config, &trusted, &verified, now_unix).map(|()| verified.principal);
+        return Decision::local(result, facts);
+    }
+
+    let online = |result| Decision {
+        result,
+        facts: facts.clone(),
+        via: Via::Online,
+        ca_unavailable: None,
+    };
+    let token = match online::read_token(config) {
+        Ok(token) => token,
+        Err(e) => return online(Err(CheckError::HostToken(e))),
+    };
+    let request = AuthorizeRequest {
+        login,
+        certificate: cert_b64,
+        host: &verified.host,
+        phase: Phase::Check,
+    };
+    match online::authorize(config, &token, &request) {
+        Answer::Allow { principal } if principal == verified.principal => online(Ok(principal)),
+        Answer::Allow { principal } => online(Err(CheckError::CaPrincipalMismatch { principal })),
+        Answer::Deny { reason } => online(Err(CheckError::CaDenied { reason })),
+        Answer::Refused { status, code } => online(Err(CheckError::CaRefusedHost { status, code })),
+        Answer::Unavailable { detail } => {
+            let result =
+                check_feed(config, &trusted, &verified, now_unix).map(|()| verified.principal);
+            Decision {
+                result,
+                facts,
+                via: Via::Fallback,
+                ca_unavailable: Some(detail),
+            }
+        }
+    }
+}
+
+/// Rules 1–5 of the module docs (everything but revocation). Fills `facts` as far as the
+/// certificate decodes. Returns the verified certificate and the trusted CA keys (read
+/// once, for the feed check).
+pub(crate) fn verify_certificate(
+    config: &HostConfig,
+    login: &str,
+    cert_b64: &str,
+    now_unix: u64,
+    facts: &mut CertFacts,
+) -> Result<(Verified, Vec<PublicKey>), CheckError> {
     if !profile::is_valid_login(login) {
         return Err(CheckError::InvalidLogin {
             login: login.to_owned(),
         });
     }
     let cert = decode_certificate(cert_b64)?;
+    let ca_fingerprint = cert.signature_key().fingerprint(HashAlg::Sha256);
+    *facts = CertFacts {
+        serial: Some(cert.serial()),
+        task_id: cert.extensions().get(profile::EXT_TASK).cloned(),
+        key_id: Some(cert.key_id().to_owned()),
+        ca_fingerprint: Some(ca_fingerprint.to_string()),
+    };
     if cert.cert_type() != CertType::User {
         return Err(CheckError::NotUserCertificate);
     }
 
-    let fingerprints = trusted_fingerprints(&config.trusted_keys_path())?;
+    let trusted = trusted_keys(&config.trusted_keys_path())?;
+    let fingerprints: Vec<Fingerprint> = trusted
+        .iter()
+        .map(|key| key.fingerprint(HashAlg::Sha256))
+        .collect();
     if let Err(_invalid) = cert.validate_at(now_unix, &fingerprints) {
         return Err(diagnose_invalid(&cert, &fingerprints, now_unix));
     }
@@ -213,10 +514,80 @@ pub fn check(
             task_id: task_id.clone(),
         });
     }
-    Ok(principal)
+    let verified = Verified {
+        principal,
+        task_id: task_id.clone(),
+        serial: cert.serial(),
+        ca_fingerprint: ca_fingerprint.to_string(),
+        host: host_name.to_owned(),
+    };
+    Ok((verified, trusted))
 }
 
-fn decode_certificate(cert_b64: &str) -> Result<Certificate, CheckError> {
+/// Rule 6 offline: the local feed is present, signed by a `trusted` key, fresh at
+/// `now_unix`, and revokes neither the task nor the serial.
+pub(crate) fn check_feed(
+    config: &HostConfig,
+    trusted: &[PublicKey],
+    verified: &Verified,
+    now_unix: u64,
+) -> Result<(), CheckError> {
+    let feed = load_feed(config, trusted, now_unix)?;
+    if feed
+        .revoked_tasks
+        .iter()
+        .any(|t| t.task_id == verified.task_id)
+    {
+        return Err(CheckError::TaskRevoked {
+            task_id: verified.task_id.clone(),
+        });
+    }
+    if feed.revokes(
+        &verified.task_id,
+        verified.serial,
+        &verified.ca_fingerprint,
+    ) {
+        return Err(CheckError::SerialRevoked {
+            serial: verified.serial,
+        });
+    }
+    Ok(())
+}
+
+/// Read `state_dir/revocations.json` and verify it against `trusted` at `now_unix`
+/// (`max_staleness` from the config, [`FEED_CLOCK_SKEW`] into the future).
+pub fn load_feed(
+    config: &HostConfig,
+    trusted: &[PublicKey],
+    now_unix: u64,
+) -> Result<Feed, CheckError> {
+    let path = config.revocations_path();
+    let bytes = read_bounded(&path, feed::MAX_FEED_BYTES as u64).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            CheckError::FeedMissing { path: path.clone() }
+        } else {
+            CheckError::FeedUnreadable {
+                path: path.clone(),
+                detail: e.to_string(),
+            }
+        }
+    })?;
+    let signed = feed::parse(&bytes).map_err(CheckError::Feed)?;
+    feed::verify(
+        &signed,
+        trusted,
+        i64::try_from(now_unix).unwrap_or(i64::MAX),
+        secs_i64(config.max_staleness.as_secs()),
+        secs_i64(FEED_CLOCK_SKEW.as_secs()),
+    )
+    .map_err(CheckError::Feed)
+}
+
+fn secs_i64(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn decode_certificate(cert_b64: &str) -> Result<Certificate, CheckError> {
     if cert_b64.len() > MAX_CERT_BASE64_LEN {
         return Err(CheckError::Malformed(format!(
             "longer than {MAX_CERT_BASE64_LEN} characters"
@@ -231,13 +602,14 @@ fn decode_certificate(cert_b64: &str) -> Result<Certificate, CheckError> {
 /// Read `trusted_user_ca_keys`: one OpenSSH public key per line, blank lines and `#`
 /// comments ignored. Missing, unreadable, oversized or empty files, and any line that is
 /// not a public key, are errors: a damaged trust file admits nobody.
-fn trusted_fingerprints(path: &Path) -> Result<Vec<Fingerprint>, CheckError> {
+pub fn trusted_keys(path: &Path) -> Result<Vec<PublicKey>, CheckError> {
     let fail = |detail: String| CheckError::NoTrustedKeys {
         path: path.to_owned(),
         detail,
     };
-    let text = read_bounded(path, MAX_TRUSTED_KEYS_FILE_LEN).map_err(|e| fail(e.to_string()))?;
-    let mut fingerprints = Vec::new();
+    let bytes = read_bounded(path, MAX_TRUSTED_KEYS_FILE_LEN).map_err(|e| fail(e.to_string()))?;
+    let text = String::from_utf8(bytes).map_err(|_| fail("not UTF-8".to_owned()))?;
+    let mut keys = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -249,23 +621,22 @@ fn trusted_fingerprints(path: &Path) -> Result<Vec<Fingerprint>, CheckError> {
                 index + 1
             ))
         })?;
-        fingerprints.push(key.fingerprint(HashAlg::Sha256));
+        keys.push(key);
     }
-    if fingerprints.is_empty() {
+    if keys.is_empty() {
         return Err(fail("the file lists no keys".to_owned()));
     }
-    Ok(fingerprints)
+    Ok(keys)
 }
 
-fn read_bounded(path: &Path, limit: u64) -> io::Result<String> {
-    let mut text = String::new();
-    File::open(path)?
-        .take(limit + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > limit {
+/// Read at most `limit` bytes of `path`; a longer file is an error.
+fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
         return Err(io::Error::other(format!("larger than {limit} bytes")));
     }
-    Ok(text)
+    Ok(bytes)
 }
 
 /// Name the reason `validate_at` refused the certificate (it reports one opaque error for

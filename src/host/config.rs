@@ -16,6 +16,13 @@ use serde::Deserialize;
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/writ";
 /// Name of the `TrustedUserCAKeys` file inside `state_dir`.
 pub const TRUSTED_KEYS_FILE: &str = "trusted_user_ca_keys";
+/// Name of the `RevokedKeys` file (OpenSSH binary KRL) inside `state_dir`.
+pub const KRL_FILE: &str = "revoked.krl";
+/// Name of the signed revocation feed inside `state_dir`.
+pub const REVOCATIONS_FILE: &str = "revocations.json";
+/// How far in the future a revocation feed's `issued_at` may lie (clock skew between the
+/// CA and this host) before it is refused.
+pub const FEED_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// Default for `max_staleness`: how old revocation data may be before hosts deny.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(120);
 /// Default for `timeout`. `check` runs while sshd holds a pre-authentication slot, so any
@@ -30,12 +37,14 @@ const HOSTNAME_FILES: [&str; 2] = ["/proc/sys/kernel/hostname", "/etc/hostname"]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Decide from local state only (the certificate, the synced trust bundle).
+    /// Decide from local state only: the certificate, the synced trust bundle and the
+    /// synced, signed revocation feed (which must be fresh).
     #[default]
     Offline,
-    /// Also ask the CA (`POST /v1/authorize`). The value is accepted so configurations can
-    /// be written ahead of time, but `check` currently behaves exactly as in offline mode:
-    /// online mode arrives with the revocation feed.
+    /// After the local certificate checks pass, also ask the CA (`POST /v1/authorize`,
+    /// authenticated with the host's own token from `token_file`, bounded by `timeout`).
+    /// The CA's answer decides; only when the CA cannot be reached (or answers 5xx) does
+    /// `check` fall back to the local revocation feed, which must then be fresh.
     Online,
 }
 
@@ -72,7 +81,8 @@ pub struct HostConfig {
         deserialize_with = "crate::duration::deserialize"
     )]
     pub max_staleness: Duration,
-    /// This host's own workload token, for online mode.
+    /// This host's own workload token, for online mode (required there). Read on every
+    /// online call, so a rotated token file is picked up at once.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
     /// Hard timeout for every network call, from DNS lookup to the last body byte.
@@ -165,12 +175,34 @@ impl HostConfig {
                 "must be greater than zero".to_owned(),
             ));
         }
+        match &config.token_file {
+            Some(file) if file.as_os_str().is_empty() || !file.is_absolute() => {
+                return Err(invalid("token_file", "must be an absolute path".to_owned()));
+            }
+            None if config.mode == Mode::Online => {
+                return Err(invalid(
+                    "token_file",
+                    "mode = \"online\" needs the host's own token (token_file)".to_owned(),
+                ));
+            }
+            _ => {}
+        }
         Ok(config)
     }
 
     /// The `TrustedUserCAKeys` file that `sync` writes and `check` reads.
     pub fn trusted_keys_path(&self) -> PathBuf {
         self.state_dir.join(TRUSTED_KEYS_FILE)
+    }
+
+    /// The OpenSSH KRL that `sync` writes for sshd's `RevokedKeys`.
+    pub fn krl_path(&self) -> PathBuf {
+        self.state_dir.join(KRL_FILE)
+    }
+
+    /// The signed revocation feed that `sync` writes and `check` reads.
+    pub fn revocations_path(&self) -> PathBuf {
+        self.state_dir.join(REVOCATIONS_FILE)
     }
 
     /// `ca_url` without a trailing slash, ready for appending `/v1/…`.
@@ -259,6 +291,14 @@ mod tests {
             config.trusted_keys_path(),
             PathBuf::from("/var/lib/writ/trusted_user_ca_keys")
         );
+        assert_eq!(
+            config.krl_path(),
+            PathBuf::from("/var/lib/writ/revoked.krl")
+        );
+        assert_eq!(
+            config.revocations_path(),
+            PathBuf::from("/var/lib/writ/revocations.json")
+        );
         assert_eq!(config.ca_base_url(), "https://ca.example.com:8422");
     }
 
@@ -304,6 +344,11 @@ mod tests {
                 "state_dir",
             ),
             ("ca_url = \"https://ca\"\ntimeout = \"0s\"\n", "timeout"),
+            ("ca_url = \"https://ca\"\nmode = \"online\"\n", "token_file"),
+            (
+                "ca_url = \"https://ca\"\ntoken_file = \"token\"\n",
+                "token_file",
+            ),
         ];
         for (text, key) in cases {
             let message = parse(text).expect_err(text).to_string();

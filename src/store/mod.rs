@@ -91,6 +91,8 @@ pub struct CertificateRecord {
     pub valid_before: i64,
     /// Unix seconds.
     pub issued_at: i64,
+    /// Unix seconds, when revoked (directly or by its task ending).
+    pub revoked_at: Option<i64>,
 }
 
 /// One issuance: an optional new task, the certificate, and their audit entries, committed
@@ -105,6 +107,32 @@ pub struct Issuance {
     pub audit: Vec<AuditEntry>,
     /// The once-only token this issuance consumes (replay protection), if any.
     pub token_use: Option<TokenUse>,
+}
+
+/// Ending a task.
+#[derive(Debug, Clone)]
+pub struct TaskEnd {
+    /// Task id.
+    pub task_id: String,
+    /// `completed` or `revoked`.
+    pub state: String,
+    /// Why (free text, audited).
+    pub reason: Option<String>,
+    /// Unix seconds.
+    pub now_unix: i64,
+    /// The once-only token this call consumes, if any.
+    pub token_use: Option<TokenUse>,
+}
+
+/// Revocation state still relevant to hosts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revocations {
+    /// Ended tasks and when they would have expired anyway.
+    pub tasks: Vec<(String, i64)>,
+    /// Revoked certificates: serial, signing CA key id, valid_before.
+    pub certificates: Vec<(i64, String, i64)>,
+    /// Highest audit sequence number when the snapshot was taken (monotonic).
+    pub sequence: i64,
 }
 
 /// A workload token consumed by an issuance.
@@ -130,6 +158,9 @@ pub enum StoreError {
     /// Stored data does not decode.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// The task is not active (completed, revoked, expired or unknown).
+    #[error("task is not active")]
+    TaskNotActive,
     /// The issuance's token was already used; nothing was written.
     #[error("token already used")]
     TokenReused,
@@ -161,6 +192,28 @@ pub trait Store: Send + Sync {
     async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError>;
     /// Certificates of a task, oldest first.
     async fn task_certificates(&self, task_id: &str) -> Result<Vec<CertificateRecord>, StoreError>;
+    /// A certificate by serial.
+    async fn certificate(&self, serial: i64) -> Result<Option<CertificateRecord>, StoreError>;
+    /// End an active, unexpired task (`completed` or `revoked`) and revoke its
+    /// certificates, with the audit entries built by `audit` from the certificates that
+    /// were still live, all in one transaction. `TaskNotActive` if the task is not active
+    /// at `now_unix`; `TokenReused` if `token_use` was consumed before.
+    async fn end_task(
+        &self,
+        end: &TaskEnd,
+        audit: &(dyn for<'c> Fn(&'c [CertificateRecord]) -> Vec<AuditEntry> + Send + Sync),
+    ) -> Result<Vec<CertificateRecord>, StoreError>;
+    /// Revoke one certificate (if not revoked already) with its audit entry.
+    /// Returns false if it was already revoked.
+    async fn revoke_certificate(
+        &self,
+        serial: i64,
+        now_unix: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError>;
+    /// What hosts must refuse at `now_unix`: ended tasks that have not expired yet and
+    /// revoked certificates still inside their validity window.
+    async fn revocations(&self, now_unix: i64) -> Result<Revocations, StoreError>;
 }
 
 /// Open (creating and migrating if needed) the store a URL names.

@@ -16,7 +16,10 @@ use sqlx::{Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
-use super::{CaKeyRecord, CertificateRecord, Issuance, Store, StoreError, TaskRecord};
+use super::{
+    CaKeyRecord, CertificateRecord, Issuance, Revocations, Store, StoreError, TaskEnd, TaskRecord,
+    TokenUse,
+};
 use crate::audit::{self, AuditEntry, AuditRecord, Outcome};
 
 /// SQLite-backed [`Store`].
@@ -128,6 +131,57 @@ async fn append(
     .await
     .map_err(unavailable)?;
     Ok(())
+}
+
+/// Record a once-only token; `TokenReused` if it was recorded before.
+async fn consume_token(
+    tx: &mut Transaction<'static, Sqlite>,
+    token: &TokenUse,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ($1, $2, $3)")
+        .bind(&token.issuer)
+        .bind(&token.token_hash)
+        .bind(token.expires_at)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
+        .map_err(|e| match unavailable(e) {
+            StoreError::Conflict(_) => StoreError::TokenReused,
+            other => other,
+        })
+}
+
+/// Fail with `TaskNotActive` unless the task is active and unexpired at `now_unix`.
+async fn require_active(
+    tx: &mut Transaction<'static, Sqlite>,
+    task_id: &str,
+    now_unix: i64,
+) -> Result<(), StoreError> {
+    let row = sqlx::query("SELECT state, expires_at FROM tasks WHERE id = $1")
+        .bind(task_id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+    match row {
+        Some(row) if row.get::<String, _>(0) == "active" && row.get::<i64, _>(1) > now_unix => {
+            Ok(())
+        }
+        _ => Err(StoreError::TaskNotActive),
+    }
+}
+
+fn certificate_record(row: &SqliteRow) -> Result<CertificateRecord, StoreError> {
+    Ok(CertificateRecord {
+        serial: row.get("serial"),
+        task_id: row.get("task_id"),
+        ca_key_id: row.get("ca_key_id"),
+        key_fingerprint: row.get("key_fingerprint"),
+        principals: from_json(row.get("principals"))?,
+        valid_after: row.get("valid_after"),
+        valid_before: row.get("valid_before"),
+        issued_at: row.get("issued_at"),
+        revoked_at: row.get("revoked_at"),
+    })
 }
 
 fn audit_record(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
@@ -333,19 +387,128 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(unavailable)?;
-        rows.iter()
-            .map(|row| {
-                Ok(CertificateRecord {
-                    serial: row.get("serial"),
-                    task_id: row.get("task_id"),
-                    ca_key_id: row.get("ca_key_id"),
-                    key_fingerprint: row.get("key_fingerprint"),
-                    principals: from_json(row.get("principals"))?,
-                    valid_after: row.get("valid_after"),
-                    valid_before: row.get("valid_before"),
-                    issued_at: row.get("issued_at"),
-                })
-            })
-            .collect()
+        rows.iter().map(certificate_record).collect()
+    }
+
+    async fn certificate(&self, serial: i64) -> Result<Option<CertificateRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM certificates WHERE serial = $1")
+            .bind(serial)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        row.as_ref().map(certificate_record).transpose()
+    }
+
+    async fn end_task(
+        &self,
+        end: &TaskEnd,
+        audit: &(dyn for<'c> Fn(&'c [CertificateRecord]) -> Vec<AuditEntry> + Send + Sync),
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        if let Some(token) = &end.token_use {
+            consume_token(&mut tx, token).await?;
+        }
+        require_active(&mut tx, &end.task_id, end.now_unix).await?;
+        sqlx::query("UPDATE tasks SET state = $1, ended_at = $2, end_reason = $3 WHERE id = $4")
+            .bind(&end.state)
+            .bind(end.now_unix)
+            .bind(&end.reason)
+            .bind(&end.task_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let live = sqlx::query(
+            "SELECT * FROM certificates WHERE task_id = $1 AND revoked_at IS NULL AND valid_before > $2 \
+             ORDER BY issued_at, serial",
+        )
+        .bind(&end.task_id)
+        .bind(end.now_unix)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(certificate_record)
+        .collect::<Result<Vec<_>, _>>()?;
+        sqlx::query(
+            "UPDATE certificates SET revoked_at = $1 WHERE task_id = $2 AND revoked_at IS NULL",
+        )
+        .bind(end.now_unix)
+        .bind(&end.task_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?;
+        for entry in audit(&live) {
+            append(&mut tx, &entry).await?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(live)
+    }
+
+    async fn revoke_certificate(
+        &self,
+        serial: i64,
+        now_unix: i64,
+        audit: &AuditEntry,
+    ) -> Result<bool, StoreError> {
+        let _guard = self.write_lock.lock().await;
+        let mut tx = self.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE certificates SET revoked_at = $1 WHERE serial = $2 AND revoked_at IS NULL",
+        )
+        .bind(now_unix)
+        .bind(serial)
+        .execute(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
+        if changed == 0 {
+            return Ok(false);
+        }
+        append(&mut tx, audit).await?;
+        tx.commit().await.map_err(unavailable)?;
+        Ok(true)
+    }
+
+    async fn revocations(&self, now_unix: i64) -> Result<Revocations, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(unavailable)?;
+        let mut tx = sqlx::Connection::begin(&mut *conn)
+            .await
+            .map_err(unavailable)?;
+        let sequence: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let tasks = sqlx::query("SELECT id, expires_at FROM tasks WHERE state != 'active' AND expires_at > $1 ORDER BY id")
+            .bind(now_unix)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1)))
+            .collect();
+        let certificates = sqlx::query(
+            "SELECT serial, ca_key_id, valid_before FROM certificates \
+             WHERE revoked_at IS NOT NULL AND valid_before > $1 ORDER BY serial",
+        )
+        .bind(now_unix)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(unavailable)?
+        .iter()
+        .map(|row| {
+            (
+                row.get::<i64, _>(0),
+                row.get::<String, _>(1),
+                row.get::<i64, _>(2),
+            )
+        })
+        .collect();
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Revocations {
+            tasks,
+            certificates,
+            sequence,
+        })
     }
 }

@@ -2,6 +2,14 @@
 //! recorded certificate. Order is fixed: validate input → policy → sign → commit task,
 //! certificate and audit records in one transaction → only then hand out the certificate.
 //! Every refusal is audited and changes nothing else.
+//!
+//! [`lifecycle`] adds what happens to a task afterwards (more certificates, completion,
+//! revocation, inspection) and [`possession`] the proof-of-possession signatures agents
+//! may use instead of a fresh token; [`authorize`] answers hosts' online checks.
+
+pub mod authorize;
+pub mod lifecycle;
+pub mod possession;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,6 +117,23 @@ pub enum IssueError {
     /// The token was already used (401).
     #[error(transparent)]
     TokenReplayed(TokenError),
+    /// No such task, or not visible to the caller (404).
+    #[error("no such task")]
+    TaskNotFound,
+    /// No such certificate, or not visible to the caller (404).
+    #[error("no such certificate")]
+    CertificateNotFound,
+    /// The task is completed, revoked or expired (409).
+    #[error("task is {0}")]
+    TaskNotActive(&'static str),
+    /// The caller may not do this (403).
+    #[error("{message}")]
+    Forbidden {
+        /// Code.
+        code: &'static str,
+        /// Message.
+        message: String,
+    },
     /// Storage failed: nothing was issued (503).
     #[error("the audit store is unavailable; no certificate was issued")]
     StoreUnavailable(#[source] StoreError),
@@ -137,6 +162,10 @@ impl IssueError {
             IssueError::BadRequest { code, .. } | IssueError::Unacceptable { code, .. } => code,
             IssueError::Denied(e) => e.code(),
             IssueError::TokenReplayed(e) => e.reason_code(),
+            IssueError::TaskNotFound => "task_not_found",
+            IssueError::CertificateNotFound => "certificate_not_found",
+            IssueError::TaskNotActive(_) => "task_not_active",
+            IssueError::Forbidden { code, .. } => code,
             IssueError::StoreUnavailable(_) => "audit_unavailable",
             IssueError::Signing(_) => "signing_failed",
         }
@@ -238,23 +267,49 @@ impl Issuer {
             created_at: now_unix,
             expires_at: now_unix + secs(grant.task_ttl),
         };
-        self.issue(identity, Some(task), &grant, public_key, context, now)
-            .await
+        let token_use = identity.replay_key.as_ref().map(|k| TokenUse {
+            issuer: k.issuer.clone(),
+            token_hash: k.token_hash.clone(),
+            expires_at: k.expires_at,
+        });
+        self.issue(
+            identity, &task, true, &grant, public_key, token_use, context, now,
+        )
+        .await
     }
 
-    /// Sign and record one certificate for `task` (creating it when `new_task` is given).
-    async fn issue(
+    /// Another certificate for an existing task, consuming `token_use`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn issue_with_token(
         &self,
         identity: &Identity,
-        new_task: Option<TaskRecord>,
+        task: &TaskRecord,
         grant: &Grant,
         public_key: PublicKey,
+        token_use: Option<TokenUse>,
         context: &RequestContext,
         now: OffsetDateTime,
     ) -> Result<Issued, IssueError> {
-        let task = new_task
-            .as_ref()
-            .ok_or_else(|| IssueError::Signing("no task".into()))?;
+        self.issue(
+            identity, task, false, grant, public_key, token_use, context, now,
+        )
+        .await
+    }
+
+    /// Sign and record one certificate for `task` (creating the task when `create`).
+    #[allow(clippy::too_many_arguments)]
+    async fn issue(
+        &self,
+        identity: &Identity,
+        task: &TaskRecord,
+        create: bool,
+        grant: &Grant,
+        public_key: PublicKey,
+        token_use: Option<TokenUse>,
+        context: &RequestContext,
+        now: OffsetDateTime,
+    ) -> Result<Issued, IssueError> {
+        let new_task = create.then(|| task.clone());
         let now_unix = now.unix_timestamp();
         let valid_after = now_unix - secs(self.limits.clock_skew);
         let valid_before = (now_unix + secs(grant.cert_ttl)).min(task.expires_at);
@@ -324,13 +379,10 @@ impl Issuer {
                     valid_after,
                     valid_before,
                     issued_at: now_unix,
+                    revoked_at: None,
                 },
                 audit,
-                token_use: identity.replay_key.as_ref().map(|k| TokenUse {
-                    issuer: k.issuer.clone(),
-                    token_hash: k.token_hash.clone(),
-                    expires_at: k.expires_at,
-                }),
+                token_use: token_use.clone(),
             };
             match self.store.record_issuance(&record).await {
                 Ok(()) => {
@@ -348,6 +400,9 @@ impl Issuer {
                         task_expires_at: task.expires_at,
                         ca_fingerprint: signer.fingerprint().to_owned(),
                     });
+                }
+                Err(StoreError::TaskNotActive) => {
+                    return Err(IssueError::TaskNotActive("ended"));
                 }
                 Err(StoreError::TokenReused) => {
                     return Err(IssueError::TokenReplayed(TokenError::Replayed {
@@ -508,7 +563,29 @@ fn validate_task_shape(request: &NewTask) -> Result<(), IssueError> {
             ),
         ));
     }
-    if let Some(extensions) = &request.extensions
+    validate_options(
+        &request.extensions,
+        &request.force_command,
+        &request.source_address,
+        request.cert_ttl_seconds,
+    )?;
+    if request.task_ttl_seconds == Some(0) {
+        return Err(IssueError::bad(
+            "invalid_ttl",
+            "task.ttl_seconds must be at least 1",
+        ));
+    }
+    Ok(())
+}
+
+/// Check certificate options and lifetime in a request (shape only; policy decides the rest).
+fn validate_options(
+    extensions: &Option<Vec<String>>,
+    force_command: &Option<String>,
+    source_address: &Option<Vec<String>>,
+    cert_ttl_seconds: Option<u64>,
+) -> Result<(), IssueError> {
+    if let Some(extensions) = extensions
         && let Some(bad) = extensions
             .iter()
             .find(|e| !KNOWN_EXTENSIONS.contains(&e.as_str()))
@@ -522,7 +599,7 @@ fn validate_task_shape(request: &NewTask) -> Result<(), IssueError> {
             ),
         ));
     }
-    if let Some(command) = &request.force_command
+    if let Some(command) = force_command
         && (command.is_empty() || command.len() > 1024 || command.chars().any(char::is_control))
     {
         return Err(IssueError::bad(
@@ -530,7 +607,7 @@ fn validate_task_shape(request: &NewTask) -> Result<(), IssueError> {
             "force_command must be 1 to 1024 bytes without control characters",
         ));
     }
-    if let Some(addresses) = &request.source_address
+    if let Some(addresses) = source_address
         && (addresses.is_empty()
             || addresses.len() > 32
             || addresses.iter().any(|a| Cidr::parse(a).is_none()))
@@ -540,16 +617,11 @@ fn validate_task_shape(request: &NewTask) -> Result<(), IssueError> {
             "source_address must list 1 to 32 addresses or CIDR blocks such as 10.0.0.0/8",
         ));
     }
-    for (name, ttl) in [
-        ("ttl_seconds", request.cert_ttl_seconds),
-        ("task.ttl_seconds", request.task_ttl_seconds),
-    ] {
-        if ttl == Some(0) {
-            return Err(IssueError::bad(
-                "invalid_ttl",
-                format!("{name} must be at least 1"),
-            ));
-        }
+    if cert_ttl_seconds == Some(0) {
+        return Err(IssueError::bad(
+            "invalid_ttl",
+            "ttl_seconds must be at least 1",
+        ));
     }
     Ok(())
 }

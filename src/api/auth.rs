@@ -1,0 +1,112 @@
+//! Who is calling: a workload token (`Authorization: Bearer …`) or, for task calls, a
+//! proof-of-possession signature (`Authorization: Writ-PoP …`). Every refusal is audited
+//! as `token.rejected` before the 401 goes out.
+
+use axum::http::{HeaderMap, Method, StatusCode};
+
+use super::{ApiError, AppState};
+use crate::audit::{AuditEntry, Outcome, event};
+use crate::identity::{Identity, MAX_TOKEN_BYTES, TokenError};
+use crate::task::RequestContext;
+use crate::task::lifecycle::Caller;
+use crate::task::possession;
+
+/// The `Authorization` header, split into scheme and credentials.
+fn authorization(headers: &HeaderMap) -> Result<(&str, &str), TokenError> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .ok_or(TokenError::Missing)?;
+    if value.len() > 2 * MAX_TOKEN_BYTES {
+        return Err(TokenError::TooLarge);
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| TokenError::Malformed("non-ASCII Authorization header".into()))?;
+    let (scheme, credentials) = value.split_once(' ').ok_or(TokenError::Missing)?;
+    Ok((scheme, credentials.trim()))
+}
+
+/// The bearer token of a request.
+pub fn bearer_token(headers: &HeaderMap) -> Result<&str, TokenError> {
+    let (scheme, token) = authorization(headers)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::Missing);
+    }
+    Ok(token)
+}
+
+async fn reject(
+    state: &AppState,
+    token: Option<&str>,
+    error: &TokenError,
+    context: &RequestContext,
+) -> ApiError {
+    let mut entry = AuditEntry::new(event::TOKEN_REJECTED, Outcome::Failure);
+    entry.issuer = token.and_then(|t| state.verifier.claimed_issuer(t));
+    entry.reason = Some(format!("{}: {error}", error.reason_code()));
+    entry.source_ip = context.source_ip.clone();
+    entry.request_id = context.request_id.clone();
+    tracing::info!(reason = error.reason_code(), source_ip = ?context.source_ip, "credentials rejected");
+    if let Err(e) = state.store.append_audit(&entry).await {
+        tracing::error!(error = %e, "could not record token.rejected");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit store is unavailable",
+        );
+    }
+    ApiError::from(error)
+}
+
+/// Verify the bearer token, auditing a refusal as `token.rejected`.
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    context: &RequestContext,
+    now_unix: i64,
+) -> Result<Identity, ApiError> {
+    let token = bearer_token(headers);
+    let result = match &token {
+        Ok(token) => state.verifier.verify(token, now_unix).await,
+        Err(e) => Err(e.clone()),
+    };
+    match result {
+        Ok(identity) => Ok(identity),
+        Err(error) => Err(reject(state, token.ok(), &error, context).await),
+    }
+}
+
+/// The caller of a task endpoint: a bearer token or a proof of possession over
+/// `method path` and `body`.
+pub async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+    context: &RequestContext,
+    now_unix: i64,
+) -> Result<Caller, ApiError> {
+    if let Ok((scheme, params)) = authorization(headers)
+        && scheme.eq_ignore_ascii_case(possession::SCHEME)
+    {
+        let result = match possession::parse(params) {
+            Some(p) => {
+                state
+                    .issuer
+                    .verify_possession(&p, method.as_str(), path, body, now_unix)
+                    .await
+            }
+            None => Err(TokenError::Malformed(
+                "proof of possession header does not parse".into(),
+            )),
+        };
+        return match result {
+            Ok(caller) => Ok(caller),
+            Err(error) => Err(reject(state, None, &error, context).await),
+        };
+    }
+    authenticate(state, headers, context, now_unix)
+        .await
+        .map(Caller::Token)
+}

@@ -1,0 +1,92 @@
+//! `POST /v1/authorize`: a host's online check (`writ-principals`, `mode = "online"`),
+//! authenticated with the host's own workload token (a `role = "host"` policy).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, State};
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::auth::authenticate;
+use super::{ApiError, AppState, request_context};
+use crate::task::authorize::{AuthorizeRequest, Decision, Phase};
+
+/// Request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Body {
+    /// Login asked for.
+    pub login: String,
+    /// Certificate blob, base64.
+    pub certificate: String,
+    /// Host name.
+    pub host: String,
+    /// `check` (default) or `session`.
+    #[serde(default)]
+    pub phase: Option<String>,
+}
+
+/// Response body.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Answer {
+    /// Admit?
+    pub allow: bool,
+    /// The principal to print, when admitted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// Why not, when refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Handler.
+pub async fn authorize(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Answer>, ApiError> {
+    let context = request_context(peer);
+    let now = OffsetDateTime::now_utc();
+    let identity = authenticate(&state, &headers, &context, now.unix_timestamp()).await?;
+    let body: Body = super::decode_json(body)?;
+    let phase = match body.phase.as_deref() {
+        None | Some("check") => Phase::Check,
+        Some("session") => Phase::Session,
+        Some(_) => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_phase",
+                "phase must be \"check\" or \"session\"",
+            ));
+        }
+    };
+    let request = AuthorizeRequest {
+        login: body.login,
+        certificate: body.certificate,
+        host: body.host,
+        phase,
+    };
+    let decision = state
+        .issuer
+        .authorize(&identity, &request, &context, now)
+        .await
+        .map_err(|e| ApiError::from(&e))?;
+    Ok(Json(match decision {
+        Decision::Allow(principal) => Answer {
+            allow: true,
+            principal: Some(principal),
+            reason: None,
+        },
+        Decision::Deny(reason) => Answer {
+            allow: false,
+            principal: None,
+            reason: Some(reason.to_owned()),
+        },
+    }))
+}

@@ -1,0 +1,342 @@
+//! Task endpoints: `GET /v1/tasks/{id}`, `POST /v1/tasks/{id}/certificates` (another
+//! certificate, owner only), `POST /v1/tasks/{id}/complete` (owner or admin),
+//! `POST /v1/tasks/{id}/revoke` (admin) and `POST /v1/certificates/{serial}/revoke`.
+//! Callers authenticate with a fresh workload token or a proof of possession.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::auth::caller;
+use super::certificates::{CertificateResponse, render, rfc3339};
+use super::{ApiError, AppState, request_context};
+use crate::task::lifecycle::{Ending, NewCertificate, TaskView};
+
+/// Longest accepted reason text.
+const MAX_REASON_BYTES: usize = 512;
+
+/// `POST /v1/tasks/{id}/certificates` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// OpenSSH public key line.
+    pub public_key: String,
+    /// Certificate lifetime in seconds.
+    pub ttl_seconds: Option<u64>,
+    /// Extensions.
+    pub extensions: Option<Vec<String>>,
+    /// `force-command`.
+    pub force_command: Option<String>,
+    /// `source-address`.
+    pub source_address: Option<Vec<String>>,
+}
+
+/// Body of complete / revoke calls.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonRequest {
+    /// Why.
+    pub reason: Option<String>,
+}
+
+/// A certificate in a task view.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CertificateSummary {
+    /// Serial, decimal.
+    pub serial: String,
+    /// RFC 3339.
+    pub valid_after: String,
+    /// RFC 3339.
+    pub valid_before: String,
+    /// Whether it is revoked.
+    pub revoked: bool,
+    /// SHA-256 fingerprint of the certified key.
+    pub key_fingerprint: String,
+}
+
+/// `GET /v1/tasks/{id}` response.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskResponse {
+    /// Task id.
+    pub task_id: String,
+    /// `active`, `completed`, `revoked`, `expired`.
+    pub state: String,
+    /// Owner's issuer.
+    pub issuer: String,
+    /// Owner's subject.
+    pub subject: String,
+    /// Granting policy.
+    pub policy: String,
+    /// Logins.
+    pub logins: Vec<String>,
+    /// Host patterns.
+    pub hosts: Vec<String>,
+    /// Purpose.
+    pub purpose: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub expires_at: String,
+    /// Certificates, oldest first.
+    pub certificates: Vec<CertificateSummary>,
+}
+
+fn render_task(view: TaskView) -> TaskResponse {
+    let task = view.task;
+    TaskResponse {
+        task_id: task.id,
+        state: view.state.to_owned(),
+        issuer: task.issuer,
+        subject: task.subject,
+        policy: task.policy,
+        logins: task.logins,
+        hosts: task.hosts,
+        purpose: task.purpose,
+        created_at: rfc3339(task.created_at),
+        expires_at: rfc3339(task.expires_at),
+        certificates: view
+            .certificates
+            .into_iter()
+            .map(|c| CertificateSummary {
+                serial: c.serial.to_string(),
+                valid_after: rfc3339(c.valid_after),
+                valid_before: rfc3339(c.valid_before),
+                revoked: c.revoked_at.is_some(),
+                key_fingerprint: c.key_fingerprint,
+            })
+            .collect(),
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body is too large",
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                "could not read the request body",
+            )
+        }
+    })
+}
+
+fn reason(request: ReasonRequest, required: bool) -> Result<Option<String>, ApiError> {
+    let reason = request.reason.filter(|r| !r.trim().is_empty());
+    match &reason {
+        None if required => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reason_required",
+            "give {\"reason\": \"…\"}",
+        )),
+        Some(r) if r.len() > MAX_REASON_BYTES || r.chars().any(char::is_control) => {
+            Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_reason",
+                format!(
+                    "reason must be at most {MAX_REASON_BYTES} bytes without control characters"
+                ),
+            ))
+        }
+        _ => Ok(reason),
+    }
+}
+
+/// Optional JSON body: empty means defaults.
+fn optional_json<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    super::decode_json(Ok(bytes.clone()))
+}
+
+/// `GET /v1/tasks/{task_id}`
+pub async fn show(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(task_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Json<TaskResponse>, ApiError> {
+    let context = request_context(peer);
+    let now = OffsetDateTime::now_utc();
+    let caller = caller(
+        &state,
+        &headers,
+        &method,
+        uri.path(),
+        b"",
+        &context,
+        now.unix_timestamp(),
+    )
+    .await?;
+    let view = state
+        .issuer
+        .task(&caller, &task_id, now)
+        .await
+        .map_err(|e| ApiError::from(&e))?;
+    Ok(Json(render_task(view)))
+}
+
+/// `POST /v1/tasks/{task_id}/certificates`
+pub async fn renew(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(task_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
+    let context = request_context(peer);
+    let now = OffsetDateTime::now_utc();
+    let bytes = body_bytes(body)?;
+    let caller = caller(
+        &state,
+        &headers,
+        &method,
+        uri.path(),
+        &bytes,
+        &context,
+        now.unix_timestamp(),
+    )
+    .await?;
+    let request: RenewRequest = super::decode_json(Ok(bytes))?;
+    let request = NewCertificate {
+        public_key: request.public_key,
+        cert_ttl_seconds: request.ttl_seconds,
+        extensions: request.extensions,
+        force_command: request.force_command,
+        source_address: request.source_address,
+    };
+    let issued = state
+        .issuer
+        .renew(&caller, &task_id, &request, &context, now)
+        .await
+        .map_err(|e| ApiError::from(&e))?;
+    Ok((StatusCode::CREATED, Json(render(issued))))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn end(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    task_id: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    ending: Ending,
+) -> Result<Json<TaskResponse>, ApiError> {
+    let context = request_context(peer);
+    let now = OffsetDateTime::now_utc();
+    let bytes = body_bytes(body)?;
+    let caller = caller(
+        &state,
+        &headers,
+        &method,
+        uri.path(),
+        &bytes,
+        &context,
+        now.unix_timestamp(),
+    )
+    .await?;
+    let why = reason(optional_json(&bytes)?, ending == Ending::Revoke)?;
+    let view = state
+        .issuer
+        .end_task(&caller, &task_id, ending, why, &context, now)
+        .await
+        .map_err(|e| ApiError::from(&e))?;
+    Ok(Json(render_task(view)))
+}
+
+/// `POST /v1/tasks/{task_id}/complete`
+pub async fn complete(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(task_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TaskResponse>, ApiError> {
+    end(
+        state,
+        peer,
+        task_id,
+        method,
+        uri,
+        headers,
+        body,
+        Ending::Complete,
+    )
+    .await
+}
+
+/// `POST /v1/tasks/{task_id}/revoke`
+pub async fn revoke(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(task_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<TaskResponse>, ApiError> {
+    end(
+        state,
+        peer,
+        task_id,
+        method,
+        uri,
+        headers,
+        body,
+        Ending::Revoke,
+    )
+    .await
+}
+
+/// `POST /v1/certificates/{serial}/revoke`
+pub async fn revoke_certificate(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(serial): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let context = request_context(peer);
+    let now = OffsetDateTime::now_utc();
+    let bytes = body_bytes(body)?;
+    let caller = caller(
+        &state,
+        &headers,
+        &method,
+        uri.path(),
+        &bytes,
+        &context,
+        now.unix_timestamp(),
+    )
+    .await?;
+    let why = reason(optional_json(&bytes)?, false)?;
+    state
+        .issuer
+        .revoke_certificate(&caller, &serial, why, &context, now)
+        .await
+        .map_err(|e| ApiError::from(&e))?;
+    Ok(Json(serde_json::json!({"serial": serial, "revoked": true})))
+}

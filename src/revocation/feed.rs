@@ -1,0 +1,278 @@
+//! The revocation feed (`GET /v1/revocations`, `state_dir/revocations.json`): revoked tasks
+//! and certificates that are still inside their validity, with an issue time and a
+//! sequence number, signed by the CA.
+//!
+//! Wire form: `{"feed": "<JSON text of Feed>", "signature": "<SSHSIG PEM>"}`. The feed is
+//! carried as a string so the signed bytes are exactly the bytes received — no JSON
+//! canonicalisation. The signature is an OpenSSH SSHSIG (as `ssh-keygen -Y sign` makes)
+//! in namespace [`NAMESPACE`] by a CA key; hosts accept it from any key they trust.
+//!
+//! Pure: the CA signs through [`crate::authority`], hosts verify with [`verify`]; time is
+//! an input.
+
+use serde::{Deserialize, Serialize};
+use ssh_key::{PublicKey, SshSig};
+
+/// SSHSIG namespace of feed signatures (keeps them useless for anything else).
+pub const NAMESPACE: &str = "revocations@writ.dev";
+/// Current feed format version.
+pub const VERSION: u32 = 1;
+/// Largest feed a host accepts.
+pub const MAX_FEED_BYTES: usize = 16 * 1024 * 1024;
+
+/// The revocation state at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feed {
+    /// Format version ([`VERSION`]).
+    pub version: u32,
+    /// When the CA generated this feed (Unix seconds).
+    pub issued_at: i64,
+    /// Monotonic: never smaller in a later feed.
+    pub sequence: i64,
+    /// Ended (completed or revoked) tasks that have not expired yet.
+    pub revoked_tasks: Vec<RevokedTask>,
+    /// Revoked certificates still inside their validity window.
+    pub revoked_serials: Vec<RevokedSerial>,
+}
+
+/// An ended task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokedTask {
+    /// Task id.
+    pub task_id: String,
+    /// When the task would have expired (after that no certificate of it is valid).
+    pub until: i64,
+}
+
+/// A revoked certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokedSerial {
+    /// Serial (decimal).
+    pub serial: String,
+    /// SHA-256 fingerprint of the CA key that signed it.
+    pub ca_fingerprint: String,
+    /// The certificate's `valid_before`.
+    pub until: i64,
+}
+
+/// A feed with its signature, as served and stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedFeed {
+    /// JSON text of a [`Feed`].
+    pub feed: String,
+    /// SSHSIG PEM over the bytes of `feed`.
+    pub signature: String,
+}
+
+/// Why a feed is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeedError {
+    /// Not a signed feed document.
+    #[error("malformed revocation feed: {0}")]
+    Malformed(String),
+    /// Signature missing, invalid, in the wrong namespace, or by an untrusted key.
+    #[error("revocation feed signature is not from a trusted CA key")]
+    BadSignature,
+    /// Unknown format version.
+    #[error("unsupported revocation feed version {0}")]
+    Version(u32),
+    /// Older than allowed.
+    #[error("revocation feed is stale: issued {age}s ago, max_staleness is {max}s")]
+    Stale {
+        /// Seconds since issue.
+        age: i64,
+        /// Allowed seconds.
+        max: i64,
+    },
+    /// Issued in the future beyond the allowed skew.
+    #[error("revocation feed is dated {0}s in the future")]
+    FromTheFuture(i64),
+    /// Older than a feed already accepted.
+    #[error("revocation feed goes backwards (sequence {got} < {have})")]
+    Rollback {
+        /// Received sequence.
+        got: i64,
+        /// Last accepted sequence.
+        have: i64,
+    },
+}
+
+impl FeedError {
+    /// Stable snake_case code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FeedError::Malformed(_) => "feed_malformed",
+            FeedError::BadSignature => "feed_bad_signature",
+            FeedError::Version(_) => "feed_version",
+            FeedError::Stale { .. } => "feed_stale",
+            FeedError::FromTheFuture(_) => "feed_from_the_future",
+            FeedError::Rollback { .. } => "feed_rollback",
+        }
+    }
+}
+
+impl Feed {
+    /// The JSON text that gets signed.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a feed of strings and integers always serialises")
+    }
+
+    /// Whether a certificate of `task_id` with `serial` (signed by `ca_fingerprint`) is
+    /// revoked by this feed.
+    pub fn revokes(&self, task_id: &str, serial: u64, ca_fingerprint: &str) -> bool {
+        let serial = serial.to_string();
+        self.revoked_tasks.iter().any(|t| t.task_id == task_id)
+            || self
+                .revoked_serials
+                .iter()
+                .any(|s| s.serial == serial && s.ca_fingerprint == ca_fingerprint)
+    }
+}
+
+/// Parse a stored or received signed feed document.
+pub fn parse(text: &[u8]) -> Result<SignedFeed, FeedError> {
+    if text.len() > MAX_FEED_BYTES {
+        return Err(FeedError::Malformed("too large".into()));
+    }
+    serde_json::from_slice(text).map_err(|e| FeedError::Malformed(e.to_string()))
+}
+
+/// Verify `signed` against `trusted` CA keys and its age at `now_unix`
+/// (`max_staleness_secs`, and at most `skew_secs` into the future).
+pub fn verify(
+    signed: &SignedFeed,
+    trusted: &[PublicKey],
+    now_unix: i64,
+    max_staleness_secs: i64,
+    skew_secs: i64,
+) -> Result<Feed, FeedError> {
+    let signature =
+        SshSig::from_pem(signed.signature.as_bytes()).map_err(|_| FeedError::BadSignature)?;
+    let signer_trusted = trusted
+        .iter()
+        .any(|k| k.key_data() == signature.public_key());
+    if !signer_trusted {
+        return Err(FeedError::BadSignature);
+    }
+    let key = PublicKey::from(signature.public_key().clone());
+    key.verify(NAMESPACE, signed.feed.as_bytes(), &signature)
+        .map_err(|_| FeedError::BadSignature)?;
+    let feed: Feed =
+        serde_json::from_str(&signed.feed).map_err(|e| FeedError::Malformed(e.to_string()))?;
+    if feed.version != VERSION {
+        return Err(FeedError::Version(feed.version));
+    }
+    let age = now_unix - feed.issued_at;
+    if age > max_staleness_secs {
+        return Err(FeedError::Stale {
+            age,
+            max: max_staleness_secs,
+        });
+    }
+    if -age > skew_secs {
+        return Err(FeedError::FromTheFuture(-age));
+    }
+    Ok(feed)
+}
+
+/// Refuse a feed older than one already accepted.
+pub fn check_not_older(new: &Feed, previous: &Feed) -> Result<(), FeedError> {
+    if new.sequence < previous.sequence || new.issued_at < previous.issued_at {
+        return Err(FeedError::Rollback {
+            got: new.sequence,
+            have: previous.sequence,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::OsRng;
+    use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey};
+
+    fn sign(feed: &Feed, key: &PrivateKey, namespace: &str) -> SignedFeed {
+        let json = feed.to_json();
+        let sig = key
+            .sign(namespace, HashAlg::Sha512, json.as_bytes())
+            .expect("sign");
+        SignedFeed {
+            feed: json,
+            signature: sig.to_pem(LineEnding::LF).expect("pem"),
+        }
+    }
+
+    fn feed(issued_at: i64, sequence: i64) -> Feed {
+        Feed {
+            version: VERSION,
+            issued_at,
+            sequence,
+            revoked_tasks: vec![RevokedTask {
+                task_id: "ab".repeat(16),
+                until: issued_at + 60,
+            }],
+            revoked_serials: vec![RevokedSerial {
+                serial: "42".into(),
+                ca_fingerprint: "SHA256:x".into(),
+                until: 9,
+            }],
+        }
+    }
+
+    #[test]
+    fn verifies_signature_namespace_trust_and_age() {
+        let ca = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).expect("key");
+        let other = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).expect("key");
+        let trusted = vec![ca.public_key().clone()];
+        let good = sign(&feed(1000, 5), &ca, NAMESPACE);
+        let parsed = verify(&good, &trusted, 1030, 120, 30).expect("valid");
+        assert!(parsed.revokes(&"ab".repeat(16), 1, "SHA256:y"));
+        assert!(parsed.revokes("other", 42, "SHA256:x"));
+        assert!(!parsed.revokes("other", 42, "SHA256:z"));
+
+        assert_eq!(
+            verify(
+                &sign(&feed(1000, 5), &other, NAMESPACE),
+                &trusted,
+                1030,
+                120,
+                30
+            ),
+            Err(FeedError::BadSignature)
+        );
+        assert_eq!(
+            verify(&sign(&feed(1000, 5), &ca, "file"), &trusted, 1030, 120, 30),
+            Err(FeedError::BadSignature)
+        );
+        let mut tampered = good.clone();
+        tampered.feed = tampered.feed.replace("\"sequence\":5", "\"sequence\":6");
+        assert_eq!(
+            verify(&tampered, &trusted, 1030, 120, 30),
+            Err(FeedError::BadSignature)
+        );
+        assert!(matches!(
+            verify(&good, &trusted, 1200, 120, 30),
+            Err(FeedError::Stale { .. })
+        ));
+        assert!(matches!(
+            verify(&good, &trusted, 900, 120, 30),
+            Err(FeedError::FromTheFuture(100))
+        ));
+        assert!(matches!(
+            verify(&good, &[], 1030, 120, 30),
+            Err(FeedError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn rollback_is_refused() {
+        assert!(check_not_older(&feed(1000, 5), &feed(990, 5)).is_ok());
+        assert!(check_not_older(&feed(1000, 4), &feed(990, 5)).is_err());
+        assert!(check_not_older(&feed(980, 5), &feed(990, 5)).is_err());
+    }
+}
