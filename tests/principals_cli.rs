@@ -39,12 +39,58 @@ impl Fixture {
             ),
         )
         .expect("host.toml");
-        Fixture {
+        let fixture = Fixture {
             dir,
             ca,
             user,
             config,
-        }
+        };
+        fixture.write_feed(&fixture.ca, common::now(), &[]);
+        fixture
+    }
+
+    /// Write `state/revocations.json`: a feed issued at `issued_at` revoking `tasks`,
+    /// signed with `signer` by `ssh-keygen -Y sign` in the feed namespace.
+    fn write_feed(&self, signer: &Path, issued_at: i64, tasks: &[&str]) {
+        let feed = writ::revocation::feed::Feed {
+            version: writ::revocation::feed::VERSION,
+            issued_at,
+            sequence: 1,
+            revoked_tasks: tasks
+                .iter()
+                .map(|t| writ::revocation::feed::RevokedTask {
+                    task_id: (*t).to_owned(),
+                    until: issued_at + 600,
+                })
+                .collect(),
+            revoked_serials: vec![],
+        };
+        let json = feed.to_json();
+        let message = self.dir.path().join("feed.json");
+        std::fs::write(&message, &json).expect("write feed");
+        let _ = std::fs::remove_file(self.dir.path().join("feed.json.sig"));
+        let status = Command::new("ssh-keygen")
+            .args([
+                "-q",
+                "-Y",
+                "sign",
+                "-n",
+                writ::revocation::feed::NAMESPACE,
+                "-f",
+            ])
+            .arg(signer)
+            .arg(&message)
+            .status()
+            .expect("ssh-keygen -Y sign");
+        assert!(status.success());
+        let signature =
+            std::fs::read_to_string(self.dir.path().join("feed.json.sig")).expect("sig");
+        let signed = serde_json::json!({"feed": json, "signature": signature});
+        std::fs::write(
+            self.dir.path().join("state/revocations.json"),
+            signed.to_string(),
+        )
+        .expect("write");
     }
 
     /// Sign the user key with `ca` and return the base64 blob sshd would pass as %k.
@@ -148,6 +194,32 @@ fn denies_everything_doubtful_and_prints_nothing() {
         .output()
         .expect("run");
     assert_denied(&out, "missing config");
+}
+
+#[test]
+fn denies_without_fresh_signed_revocation_data() {
+    let f = Fixture::new();
+    let cert = f.cert(&f.ca, "good", &["-V", "-1m:+5m"]);
+    assert!(
+        f.check("deploy", &cert).status.success(),
+        "control: fresh feed admits"
+    );
+
+    f.write_feed(&f.ca, common::now(), &[TASK]);
+    assert_denied(&f.check("deploy", &cert), "task revoked in the feed");
+
+    f.write_feed(&f.ca, common::now() - 3600, &[]);
+    assert_denied(
+        &f.check("deploy", &cert),
+        "stale feed (max_staleness defaults to 2m)",
+    );
+
+    let other = ssh_keygen(f.dir.path(), "other_ca", &["-t", "ed25519"]);
+    f.write_feed(&other, common::now(), &[]);
+    assert_denied(&f.check("deploy", &cert), "feed signed by a foreign key");
+
+    std::fs::remove_file(f.dir.path().join("state/revocations.json")).expect("rm");
+    assert_denied(&f.check("deploy", &cert), "missing feed");
 }
 
 #[test]

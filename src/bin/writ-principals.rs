@@ -3,27 +3,65 @@
 //! runtime: `check` runs for every SSH authentication attempt and must start fast.
 
 use std::io::{self, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use writ::host::config::HostConfig;
+use writ::host::session::{self, Report, SessionEnv, SessionOutcome};
+use writ::host::syslog::{self, Severity};
 use writ::host::{check, sync};
 
 const AFTER_HELP: &str = "\
 Host setup (sshd_config):
   TrustedUserCAKeys /var/lib/writ/trusted_user_ca_keys
+  RevokedKeys /var/lib/writ/revoked.krl
   AuthorizedPrincipalsCommand /usr/local/bin/writ-principals check --config /etc/writ/host.toml -- %u %k
   AuthorizedPrincipalsCommandUser writ
+  ExposeAuthInfo yes
 
-sshd runs `check` with the target login (%u) and the base64 certificate (%k); the `--`
-makes sure both are read as data. Run `writ-principals sync` from a timer (every minute)
-to keep the trusted CA keys current.";
+PAM (/etc/pam.d/sshd), to record each real login as a certificate use:
+  session optional pam_exec.so quiet /usr/local/bin/writ-principals session --config /etc/writ/host.toml
+
+Keep the state directory current with a service running
+  writ-principals sync --config /etc/writ/host.toml --watch --interval 10s
+(the revocation feed must stay younger than max_staleness, or `check` denies everyone).
+Every check decision and every recorded use goes to syslog, facility auth.";
 
 const CHECK_AFTER_HELP: &str = "\
 sshd_config:
-  AuthorizedPrincipalsCommand /usr/local/bin/writ-principals check --config /etc/writ/host.toml -- %u %k";
+  AuthorizedPrincipalsCommand /usr/local/bin/writ-principals check --config /etc/writ/host.toml -- %u %k
+  AuthorizedPrincipalsCommandUser writ
+
+Exit 0 and one line (the principal) on stdout when admitted; otherwise nothing on stdout,
+`writ-principals: denied: <reason_code>` on stderr and exit 1. Each decision is logged to
+syslog (auth.info for allow, auth.notice for deny) as one line:
+  decision=… login=… serial=… task=… host=… reason=… via=local|online|fallback …";
+
+const SYNC_AFTER_HELP: &str = "\
+Writes, in state_dir (atomically, mode 0644):
+  trusted_user_ca_keys   GET {ca_url}/v1/ca/trusted-keys   (sshd TrustedUserCAKeys)
+  revoked.krl            GET {ca_url}/v1/krl                (sshd RevokedKeys)
+  revocations.json       GET {ca_url}/v1/revocations        (read by check)
+All three are fetched and verified first (the feed's signature against the new key
+bundle, its age against max_staleness, and that it is not older than the installed one);
+if anything fails, nothing is written and the exit status is 1.
+
+With --watch, syncs every --interval forever, logging each round to stderr and keeping the
+last good files when a round fails; run it as a service (e.g. systemd, Restart=always).";
+
+const SESSION_AFTER_HELP: &str = "\
+/etc/pam.d/sshd (with `ExposeAuthInfo yes` in sshd_config):
+  session optional pam_exec.so quiet /usr/local/bin/writ-principals session --config /etc/writ/host.toml
+
+Reads PAM_TYPE (acts only on open_session), PAM_USER, PAM_RHOST and SSH_AUTH_INFO_0, finds
+the certificate used to log in, re-checks it (trusted CA, validity, login, host; the local
+revocation feed's verdict is logged) and records the use: a syslog line
+`event=cert.used login=… serial=… task=… host=… rhost=…`, and in online mode
+POST {ca_url}/v1/authorize with phase \"session\" (bounded by timeout). Always exits 0:
+a login is never blocked or failed by this hook.";
 
 /// Admit writ SSH certificates on this host.
 #[derive(Debug, Parser)]
@@ -50,7 +88,11 @@ enum Command {
     ///
     /// The certificate must be a user certificate signed by a trusted CA key, inside its
     /// validity window, for a task that names LOGIN and a host pattern matching this host.
-    /// On denial a single line `writ-principals: denied: <reason>` goes to stderr.
+    /// Offline mode: the synced revocation feed must be present, signed by a trusted CA
+    /// key, fresh (max_staleness), and revoke neither the task nor the serial. Online mode:
+    /// the CA decides (POST /v1/authorize, bounded by timeout); the local feed is used
+    /// only when the CA is unreachable. On denial a single line
+    /// `writ-principals: denied: <reason>` goes to stderr.
     #[command(after_help = CHECK_AFTER_HELP)]
     Check {
         /// The login being requested (sshd's %u).
@@ -60,9 +102,29 @@ enum Command {
         #[arg(allow_hyphen_values = true)]
         cert_base64: String,
     },
-    /// Fetch the CA's trusted keys (GET {ca_url}/v1/ca/trusted-keys) and replace
-    /// state_dir/trusted_user_ca_keys atomically.
-    Sync,
+    /// Fetch the CA's trusted keys, KRL and signed revocation feed, verify them, and
+    /// replace the files in state_dir atomically.
+    #[command(after_help = SYNC_AFTER_HELP)]
+    Sync {
+        /// Keep syncing forever (a service), never exiting on a failed round.
+        #[arg(long)]
+        watch: bool,
+        /// Pause between rounds with --watch (e.g. 10s, 1m). Default 10s.
+        #[arg(long, value_name = "DURATION", value_parser = parse_interval, requires = "watch")]
+        interval: Option<Duration>,
+    },
+    /// pam_exec session hook: record a use of the writ certificate the user logged in
+    /// with (syslog; and the CA in online mode). Always exits 0.
+    #[command(after_help = SESSION_AFTER_HELP)]
+    Session,
+}
+
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = writ::duration::parse(text)?;
+    if interval < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(interval)
 }
 
 fn main() -> ExitCode {
@@ -70,33 +132,83 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { login, cert_base64 } => run_check(&cli.config, &login, &cert_base64, now),
-        Command::Sync => run_sync(&cli.config),
+        Command::Sync { watch: false, .. } => run_sync(&cli.config),
+        Command::Sync {
+            watch: true,
+            interval,
+        } => run_watch(
+            &cli.config,
+            interval.unwrap_or(sync::DEFAULT_WATCH_INTERVAL),
+        ),
+        Command::Session => run_session(&cli.config, now),
     }
 }
 
-/// Fail closed: stdout carries the principal and nothing else, only on success.
+fn unix_seconds(now: SystemTime) -> Option<u64> {
+    now.duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+/// Fail closed: stdout carries the principal and nothing else, only on success. Every
+/// decision is logged to syslog.
 fn run_check(config_path: &Path, login: &str, cert: &str, now: SystemTime) -> ExitCode {
-    let deny = |reason: &str| {
+    let deny_early = |reason: &str| {
+        syslog::log(
+            Severity::Notice,
+            &[
+                ("decision", "deny"),
+                ("login", login),
+                ("reason", reason),
+                ("via", "local"),
+            ],
+        );
         eprintln!("writ-principals: denied: {reason}");
         ExitCode::FAILURE
     };
-    let Ok(since_epoch) = now.duration_since(SystemTime::UNIX_EPOCH) else {
-        return deny("clock_before_epoch");
+    let Some(now_unix) = unix_seconds(now) else {
+        return deny_early("clock_before_epoch");
     };
     let config = match HostConfig::load(config_path) {
         Ok(config) => config,
-        Err(_) => return deny("config_error"),
+        Err(_) => return deny_early("config_error"),
     };
-    match check::check(&config, login, cert, since_epoch.as_secs()) {
+    let host = config.host_name.as_deref();
+    let decision = check::decide(&config, login, cert, now_unix);
+    match &decision.result {
         Ok(principal) => {
             let mut stdout = io::stdout().lock();
             match writeln!(stdout, "{principal}").and_then(|()| stdout.flush()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(_) => deny("stdout_error"),
+                Ok(()) => {
+                    decision.log(login, host);
+                    ExitCode::SUCCESS
+                }
+                Err(_) => deny_early("stdout_error"),
             }
         }
-        Err(error) => deny(error.reason_code()),
+        Err(error) => {
+            decision.log(login, host);
+            eprintln!("writ-principals: denied: {}", error.reason_code());
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn report_line(report: &sync::SyncReport) -> String {
+    format!(
+        "synced {} trusted CA key(s), KRL ({} bytes) and revocation feed #{} \
+         ({} revoked task(s), {} revoked serial(s)) to {}",
+        report.trusted_keys,
+        report.krl_bytes,
+        report.feed_sequence,
+        report.revoked_tasks,
+        report.revoked_serials,
+        report
+            .revocations_path
+            .parent()
+            .unwrap_or(Path::new("?"))
+            .display()
+    )
 }
 
 fn run_sync(config_path: &Path) -> ExitCode {
@@ -105,16 +217,74 @@ fn run_sync(config_path: &Path) -> ExitCode {
         .and_then(|config| sync::sync(&config).map_err(|e| e.to_string()));
     match result {
         Ok(report) => {
-            println!(
-                "writ-principals: synced {} trusted CA key(s) to {}",
-                report.trusted_keys,
-                report.trusted_keys_path.display()
-            );
+            println!("writ-principals: {}", report_line(&report));
             ExitCode::SUCCESS
         }
         Err(message) => {
-            eprintln!("writ-principals: sync failed: {message}");
+            eprintln!("writ-principals: sync failed (nothing written): {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The service loop: only a configuration that cannot be loaded at start ends it.
+fn run_watch(config_path: &Path, interval: Duration) -> ExitCode {
+    let config = match HostConfig::load(config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("writ-principals: sync --watch: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "writ-principals: syncing from {} every {}",
+        config.ca_base_url(),
+        writ::duration::format(interval)
+    );
+    sync::watch(&config, interval, |result| {
+        match result {
+            Ok(report) => eprintln!("writ-principals: {}", report_line(report)),
+            Err(e) => eprintln!("writ-principals: sync failed, keeping the last good files: {e}"),
+        }
+        ControlFlow::Continue(())
+    });
+    ExitCode::SUCCESS
+}
+
+/// Never fails a login: exit 0 whatever happens, logging what could not be done.
+fn run_session(config_path: &Path, now: SystemTime) -> ExitCode {
+    let env = SessionEnv::from_process();
+    if env.pam_type.as_deref() != Some(session::OPEN_SESSION) {
+        return ExitCode::SUCCESS;
+    }
+    let unreported = |reason: &str, detail: &str| {
+        syslog::log(
+            Severity::Notice,
+            &[
+                ("event", "cert.use_unreported"),
+                ("login", env.user.as_deref().unwrap_or("-")),
+                ("rhost", env.rhost.as_deref().unwrap_or("-")),
+                ("reason", reason),
+            ],
+        );
+        eprintln!("writ-principals: session: {reason}: {detail}");
+        ExitCode::SUCCESS
+    };
+    let Some(now_unix) = unix_seconds(now) else {
+        return unreported("clock_before_epoch", "the system clock is before 1970");
+    };
+    let config = match HostConfig::load(config_path) {
+        Ok(config) => config,
+        Err(e) => return unreported("config_error", &e.to_string()),
+    };
+    let outcome = session::run(&config, &env, now_unix);
+    outcome.log(config.host_name.as_deref());
+    if let SessionOutcome::Used {
+        report: Report::Failed(detail),
+        ..
+    } = &outcome
+    {
+        eprintln!("writ-principals: session: could not report the use to the CA: {detail}");
+    }
+    ExitCode::SUCCESS
 }

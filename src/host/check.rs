@@ -337,16 +337,23 @@ impl CertFacts {
         [
             (
                 "serial",
-                self.serial.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                self.serial
+                    .map_or_else(|| "-".to_owned(), |s| s.to_string()),
             ),
-            ("task", self.task_id.clone().unwrap_or_else(|| "-".to_owned())),
+            (
+                "task",
+                self.task_id.clone().unwrap_or_else(|| "-".to_owned()),
+            ),
         ]
     }
 
     /// `key_id` and `ca` fields (`-` when unknown).
     pub(crate) fn key_id_and_ca(&self) -> [(&'static str, String); 2] {
         [
-            ("key_id", self.key_id.clone().unwrap_or_else(|| "-".to_owned())),
+            (
+                "key_id",
+                self.key_id.clone().unwrap_or_else(|| "-".to_owned()),
+            ),
             (
                 "ca",
                 self.ca_fingerprint
@@ -395,11 +402,11 @@ pub fn check(
 /// makes one `POST /v1/authorize` (phase `check`), bounded by `config.timeout`.
 pub fn decide(config: &HostConfig, login: &str, cert_b64: &str, now_unix: u64) -> Decision {
     let mut facts = CertFacts::default();
-    let (verified, trusted) = match verify_certificate(config, login, cert_b64, now_unix, &mut facts)
-    {
-        Ok(ok) => ok,
-        Err(e) => return Decision::local(Err(e), facts),
-    };
+    let (verified, trusted) =
+        match verify_certificate(config, login, cert_b64, now_unix, &mut facts) {
+            Ok(ok) => ok,
+            Err(e) => return Decision::local(Err(e), facts),
+        };
     if config.mode == Mode::Offline {
         let result = check_feed(config, &trusted, &verified, now_unix).map(|()| verified.principal);
         return Decision::local(result, facts);
@@ -542,11 +549,7 @@ pub(crate) fn check_feed(
             task_id: verified.task_id.clone(),
         });
     }
-    if feed.revokes(
-        &verified.task_id,
-        verified.serial,
-        &verified.ca_fingerprint,
-    ) {
+    if feed.revokes(&verified.task_id, verified.serial, &verified.ca_fingerprint) {
         return Err(CheckError::SerialRevoked {
             serial: verified.serial,
         });
@@ -661,27 +664,31 @@ fn diagnose_invalid(cert: &Certificate, trusted: &[Fingerprint], now: u64) -> Ch
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::Path;
+
+    use std::time::{Duration, Instant};
 
     use rand_core::OsRng;
     use ssh_key::certificate::Builder;
-    use ssh_key::{Algorithm, PrivateKey};
+    use ssh_key::{Algorithm, LineEnding, PrivateKey};
 
     use super::*;
-    use crate::host::config::Mode;
+    use crate::host::online::tests::{ca_stand_in, request_json};
+    use crate::revocation::feed::{RevokedSerial, RevokedTask, SignedFeed};
 
-    const NOW: u64 = 1_700_000_000;
-    const TASK: &str = "0123456789abcdef0123456789abcdef";
+    pub(crate) const NOW: u64 = 1_700_000_000;
+    pub(crate) const TASK: &str = "0123456789abcdef0123456789abcdef";
     const OTHER_TASK: &str = "fedcba9876543210fedcba9876543210";
-    const HOST: &str = "web-01.prod.example.com";
+    pub(crate) const HOST: &str = "web-01.prod.example.com";
+    pub(crate) const SERIAL: u64 = 42;
 
-    fn new_key() -> PrivateKey {
+    pub(crate) fn new_key() -> PrivateKey {
         PrivateKey::random(&mut OsRng, Algorithm::Ed25519).expect("generate ed25519 key")
     }
 
     /// What goes into a test certificate; [`Spec::default`] is a good writ certificate.
-    struct Spec {
+    pub(crate) struct Spec {
         cert_type: CertType,
         principals: Vec<String>,
         valid_after: u64,
@@ -707,7 +714,7 @@ mod tests {
         }
     }
 
-    fn issue(ca: &PrivateKey, spec: Spec) -> String {
+    pub(crate) fn issue(ca: &PrivateKey, spec: Spec) -> String {
         let user = new_key();
         let mut builder = Builder::new_with_random_nonce(
             &mut OsRng,
@@ -717,7 +724,7 @@ mod tests {
         )
         .expect("builder");
         builder
-            .serial(42)
+            .serial(SERIAL)
             .expect("serial")
             .cert_type(spec.cert_type)
             .expect("cert type")
@@ -742,11 +749,40 @@ mod tests {
         Base64::encode_string(&cert.to_bytes().expect("encode certificate"))
     }
 
-    /// A CA, a state directory trusting it, and a host config pointing there.
+    /// A signed revocation feed document.
+    pub(crate) fn signed_feed(
+        signer: &PrivateKey,
+        issued_at: i64,
+        sequence: i64,
+        revoked_tasks: Vec<RevokedTask>,
+        revoked_serials: Vec<RevokedSerial>,
+    ) -> String {
+        let feed = Feed {
+            version: feed::VERSION,
+            issued_at,
+            sequence,
+            revoked_tasks,
+            revoked_serials,
+        };
+        let json = feed.to_json();
+        let signature = signer
+            .sign(feed::NAMESPACE, HashAlg::Sha512, json.as_bytes())
+            .expect("sign feed")
+            .to_pem(LineEnding::LF)
+            .expect("pem");
+        serde_json::to_string(&SignedFeed {
+            feed: json,
+            signature,
+        })
+        .expect("serialise signed feed")
+    }
+
+    /// A CA, a state directory trusting it (with a fresh, empty feed), and a host config
+    /// pointing there.
     struct Fixture {
         ca: PrivateKey,
         config: HostConfig,
-        _dir: tempfile::TempDir,
+        dir: tempfile::TempDir,
     }
 
     impl Fixture {
@@ -765,15 +801,43 @@ mod tests {
             )
             .expect("write trusted keys");
             let config = config_for(dir.path());
-            Fixture {
-                ca,
-                config,
-                _dir: dir,
-            }
+            let f = Fixture { ca, config, dir };
+            f.write_feed(&f.ca, NOW as i64 - 10, vec![], vec![]);
+            f
+        }
+
+        fn write_feed(
+            &self,
+            signer: &PrivateKey,
+            issued_at: i64,
+            tasks: Vec<RevokedTask>,
+            serials: Vec<RevokedSerial>,
+        ) {
+            std::fs::write(
+                self.config.revocations_path(),
+                signed_feed(signer, issued_at, 7, tasks, serials),
+            )
+            .expect("write feed");
         }
 
         fn check(&self, login: &str, cert: &str) -> Result<String, CheckError> {
             check(&self.config, login, cert, NOW)
+        }
+
+        /// Switch to online mode against `ca_url`, with a token file.
+        fn go_online(&mut self, ca_url: String) {
+            let token = self.dir.path().join("token");
+            std::fs::write(&token, "host.token.jwt\n").expect("write token");
+            self.config.mode = Mode::Online;
+            self.config.ca_url = ca_url;
+            self.config.token_file = Some(token);
+        }
+
+        fn ca_fingerprint(&self) -> String {
+            self.ca
+                .public_key()
+                .fingerprint(HashAlg::Sha256)
+                .to_string()
         }
     }
 
@@ -789,10 +853,10 @@ mod tests {
         }
     }
 
-    fn reason(result: Result<String, CheckError>) -> &'static str {
+    fn reason(result: Result<String, CheckError>) -> String {
         match result {
             Ok(principal) => panic!("expected a denial, got {principal}"),
-            Err(e) => e.reason_code(),
+            Err(e) => e.reason_code().to_owned(),
         }
     }
 
@@ -804,14 +868,6 @@ mod tests {
         assert_eq!(principal, format!("writ:{TASK}:deploy"));
         // Invariant 1: what we print is never a bare login.
         assert!(!profile::is_valid_login(&principal));
-    }
-
-    #[test]
-    fn online_mode_checks_like_offline() {
-        let mut f = Fixture::new();
-        f.config.mode = Mode::Online;
-        let cert = issue(&f.ca, Spec::default());
-        assert!(f.check("deploy", &cert).is_ok());
     }
 
     #[test]
@@ -1044,5 +1100,368 @@ mod tests {
             },
         );
         assert_eq!(reason(f.check("deploy", &cert)), "unknown_critical_option");
+    }
+
+    // --- Revocation feed (invariant 4) ---------------------------------------------
+
+    #[test]
+    fn missing_feed_is_denied() {
+        let f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        std::fs::remove_file(f.config.revocations_path()).expect("remove");
+        assert_eq!(reason(f.check("deploy", &cert)), "feed_missing");
+    }
+
+    #[test]
+    fn unparsable_feed_is_denied() {
+        let f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        for garbage in [
+            "",
+            "{}",
+            "not json",
+            "{\"feed\": \"{}\", \"signature\": \"x\"}",
+        ] {
+            std::fs::write(f.config.revocations_path(), garbage).expect("write");
+            let code = reason(f.check("deploy", &cert));
+            assert!(
+                code == "feed_malformed" || code == "feed_bad_signature",
+                "{garbage:?}: {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn feed_signed_by_a_foreign_key_is_denied() {
+        let f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        f.write_feed(&new_key(), NOW as i64, vec![], vec![]);
+        assert_eq!(reason(f.check("deploy", &cert)), "feed_bad_signature");
+    }
+
+    #[test]
+    fn feed_signed_by_any_trusted_key_is_accepted() {
+        let f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        // A second CA key (a rotation's next key) is trusted too.
+        let next = new_key();
+        let bundle = format!(
+            "{}\n{}\n",
+            f.ca.public_key().to_openssh().expect("openssh"),
+            next.public_key().to_openssh().expect("openssh")
+        );
+        std::fs::write(f.config.trusted_keys_path(), bundle).expect("write");
+        f.write_feed(&next, NOW as i64, vec![], vec![]);
+        assert!(f.check("deploy", &cert).is_ok());
+        // Dropping that key from trust invalidates its feed.
+        let only_ca = f.ca.public_key().to_openssh().expect("openssh");
+        std::fs::write(f.config.trusted_keys_path(), only_ca).expect("write");
+        assert_eq!(reason(f.check("deploy", &cert)), "feed_bad_signature");
+    }
+
+    #[test]
+    fn stale_feed_is_denied_and_fresh_limits_are_exact() {
+        let f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        let max = f.config.max_staleness.as_secs() as i64;
+        f.write_feed(&f.ca, NOW as i64 - max, vec![], vec![]);
+        assert!(
+            f.check("deploy", &cert).is_ok(),
+            "exactly max_staleness old"
+        );
+        f.write_feed(&f.ca, NOW as i64 - max - 1, vec![], vec![]);
+        assert_eq!(reason(f.check("deploy", &cert)), "feed_stale");
+        // A replayed old feed (a rollback of the file) is stale too.
+        f.write_feed(&f.ca, NOW as i64 - 3600, vec![], vec![]);
+        assert_eq!(reason(f.check("deploy", &cert)), "feed_stale");
+    }
+
+    #[test]
+    fn feed_from_the_future_is_denied_beyond_the_skew() {
+        let f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        f.write_feed(&f.ca, NOW as i64 + 60, vec![], vec![]);
+        assert!(f.check("deploy", &cert).is_ok());
+        f.write_feed(&f.ca, NOW as i64 + 61, vec![], vec![]);
+        assert_eq!(reason(f.check("deploy", &cert)), "feed_from_the_future");
+    }
+
+    #[test]
+    fn revoked_task_is_denied() {
+        let f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        let revoked = |task: &str| RevokedTask {
+            task_id: task.to_owned(),
+            until: NOW as i64 + 600,
+        };
+        f.write_feed(&f.ca, NOW as i64, vec![revoked(OTHER_TASK)], vec![]);
+        assert!(
+            f.check("deploy", &cert).is_ok(),
+            "another task's revocation"
+        );
+        f.write_feed(
+            &f.ca,
+            NOW as i64,
+            vec![revoked(OTHER_TASK), revoked(TASK)],
+            vec![],
+        );
+        assert_eq!(reason(f.check("deploy", &cert)), "task_revoked");
+    }
+
+    #[test]
+    fn revoked_serial_is_denied_only_for_its_ca() {
+        let f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        let revoked = |serial: u64, ca: String| RevokedSerial {
+            serial: serial.to_string(),
+            ca_fingerprint: ca,
+            until: NOW as i64 + 600,
+        };
+        let other_ca = new_key()
+            .public_key()
+            .fingerprint(HashAlg::Sha256)
+            .to_string();
+        f.write_feed(
+            &f.ca,
+            NOW as i64,
+            vec![],
+            vec![
+                revoked(SERIAL, other_ca),
+                revoked(SERIAL + 1, f.ca_fingerprint()),
+            ],
+        );
+        assert!(f.check("deploy", &cert).is_ok());
+        f.write_feed(
+            &f.ca,
+            NOW as i64,
+            vec![],
+            vec![revoked(SERIAL, f.ca_fingerprint())],
+        );
+        assert_eq!(reason(f.check("deploy", &cert)), "serial_revoked");
+    }
+
+    #[test]
+    fn certificate_rules_are_reported_before_feed_rules() {
+        let f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        std::fs::remove_file(f.config.revocations_path()).expect("remove");
+        assert_eq!(reason(f.check("root", &cert)), "login_not_in_task");
+    }
+
+    #[test]
+    fn decisions_carry_log_fields() {
+        let f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        let allow = decide(&f.config, "deploy", &cert, NOW);
+        assert!(allow.is_allowed());
+        let fields = allow.log_fields("deploy", Some(HOST));
+        let get = |fields: &[(&str, String)], key: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        assert_eq!(get(&fields, "decision"), "allow");
+        assert_eq!(get(&fields, "login"), "deploy");
+        assert_eq!(get(&fields, "serial"), SERIAL.to_string());
+        assert_eq!(get(&fields, "task"), TASK);
+        assert_eq!(get(&fields, "host"), HOST);
+        assert_eq!(get(&fields, "reason"), "ok");
+        assert_eq!(get(&fields, "via"), "local");
+        assert_eq!(get(&fields, "key_id"), "writ-test-key-id");
+        assert_eq!(get(&fields, "ca"), f.ca_fingerprint());
+        let keys: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            &keys[..6],
+            ["decision", "login", "serial", "task", "host", "reason"]
+        );
+
+        let deny = decide(&f.config, "root\nx", &cert, NOW);
+        let fields = deny.log_fields("root\nx", Some(HOST));
+        assert_eq!(get(&fields, "decision"), "deny");
+        assert_eq!(get(&fields, "reason"), "invalid_login");
+        assert_eq!(get(&fields, "serial"), "-");
+        let line = syslog::format_fields(
+            &fields
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        assert!(
+            line.starts_with("decision=deny login=root\\x0ax serial=- task=-"),
+            "{line}"
+        );
+    }
+
+    // --- Online mode ---------------------------------------------------------------
+
+    #[test]
+    fn online_allow_admits_even_without_a_local_feed() {
+        let mut f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        let (url, requests) = ca_stand_in(
+            "200 OK",
+            r#"{"allow": true, "principal": "writ:0123456789abcdef0123456789abcdef:deploy"}"#,
+        );
+        f.go_online(url);
+        std::fs::remove_file(f.config.revocations_path()).expect("remove");
+        let decision = decide(&f.config, "deploy", &cert, NOW);
+        assert_eq!(
+            decision.result.expect("admitted"),
+            format!("writ:{TASK}:deploy")
+        );
+        assert_eq!(decision.via, Via::Online);
+        let request = requests
+            .recv_timeout(Duration::from_secs(5))
+            .expect("asked");
+        let json = request_json(&request);
+        assert_eq!(json["phase"], "check");
+        assert_eq!(json["login"], "deploy");
+        assert_eq!(json["certificate"], cert.as_str());
+        assert_eq!(json["host"], HOST);
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("authorization: bearer host.token.jwt"),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn online_deny_is_final_with_the_cas_reason() {
+        let mut f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        let (url, _requests) =
+            ca_stand_in("200 OK", r#"{"allow": false, "reason": "task_completed"}"#);
+        f.go_online(url);
+        // A fresh local feed does not override the CA's answer.
+        let decision = decide(&f.config, "deploy", &cert, NOW);
+        assert_eq!(decision.reason(), "task_completed");
+        assert_eq!(decision.via, Via::Online);
+        assert!(!decision.is_allowed());
+    }
+
+    #[test]
+    fn online_refused_host_token_denies_without_fallback() {
+        let mut f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        let (url, _requests) = ca_stand_in(
+            "403 Forbidden",
+            r#"{"error": {"code": "forbidden", "message": "not a host"}}"#,
+        );
+        f.go_online(url);
+        assert_eq!(reason(f.check("deploy", &cert)), "ca_refused_host");
+        let (url, _requests) = ca_stand_in("401 Unauthorized", "");
+        f.config.ca_url = url;
+        assert_eq!(reason(f.check("deploy", &cert)), "ca_refused_host");
+    }
+
+    #[test]
+    fn online_principal_mismatch_is_denied() {
+        let mut f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        let (url, _requests) = ca_stand_in(
+            "200 OK",
+            r#"{"allow": true, "principal": "writ:fedcba9876543210fedcba9876543210:deploy"}"#,
+        );
+        f.go_online(url);
+        assert_eq!(reason(f.check("deploy", &cert)), "ca_principal_mismatch");
+    }
+
+    #[test]
+    fn online_5xx_falls_back_to_the_fresh_local_feed() {
+        let mut f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        let (url, _requests) = ca_stand_in("503 Service Unavailable", "{}");
+        f.go_online(url);
+        let decision = decide(&f.config, "deploy", &cert, NOW);
+        assert!(decision.is_allowed(), "{:?}", decision.result);
+        assert_eq!(decision.via, Via::Fallback);
+        assert!(
+            decision
+                .ca_unavailable
+                .as_deref()
+                .unwrap_or_default()
+                .contains("503")
+        );
+
+        // The fallback applies every feed rule.
+        let (url, _requests) = ca_stand_in("503 Service Unavailable", "{}");
+        f.config.ca_url = url;
+        let revoked = RevokedTask {
+            task_id: TASK.to_owned(),
+            until: NOW as i64 + 600,
+        };
+        f.write_feed(&f.ca, NOW as i64, vec![revoked], vec![]);
+        let decision = decide(&f.config, "deploy", &cert, NOW);
+        assert_eq!(decision.reason(), "task_revoked");
+        assert_eq!(decision.via, Via::Fallback);
+    }
+
+    #[test]
+    fn online_unreachable_ca_with_missing_or_stale_feed_denies() {
+        let mut f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        // Nothing listens on this port any more: connection refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        f.go_online(format!("http://127.0.0.1:{port}"));
+        assert!(
+            f.check("deploy", &cert).is_ok(),
+            "fresh feed: fallback admits"
+        );
+        f.write_feed(&f.ca, NOW as i64 - 3600, vec![], vec![]);
+        assert_eq!(reason(f.check("deploy", &cert)), "feed_stale");
+        std::fs::remove_file(f.config.revocations_path()).expect("remove");
+        assert_eq!(reason(f.check("deploy", &cert)), "feed_missing");
+    }
+
+    #[test]
+    fn online_silent_ca_is_bounded_by_the_timeout() {
+        let mut f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        // Accepted by the kernel, never answered.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        f.go_online(format!("http://{}", listener.local_addr().expect("addr")));
+        f.config.timeout = Duration::from_millis(400);
+        std::fs::remove_file(f.config.revocations_path()).expect("remove");
+        let started = Instant::now();
+        let decision = decide(&f.config, "deploy", &cert, NOW);
+        let elapsed = started.elapsed();
+        assert_eq!(decision.reason(), "feed_missing");
+        assert_eq!(decision.via, Via::Fallback);
+        assert!(elapsed >= Duration::from_millis(350), "{elapsed:?}");
+        assert!(elapsed < Duration::from_millis(1900), "{elapsed:?}");
+        drop(listener);
+    }
+
+    #[test]
+    fn online_without_a_readable_token_denies() {
+        let mut f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        f.go_online("http://127.0.0.1:1".to_owned());
+        f.config.token_file = Some(f.dir.path().join("no-such-token"));
+        assert_eq!(reason(f.check("deploy", &cert)), "host_token_unavailable");
+    }
+
+    #[test]
+    fn online_asks_only_after_local_certificate_checks_pass() {
+        let mut f = Fixture::new();
+        let (url, requests) = ca_stand_in(
+            "200 OK",
+            r#"{"allow": true, "principal": "writ:0123456789abcdef0123456789abcdef:root"}"#,
+        );
+        f.go_online(url);
+        let foreign = issue(&new_key(), Spec::default());
+        assert_eq!(reason(f.check("root", &foreign)), "untrusted_ca");
+        let cert = issue(&f.ca, Spec::default());
+        assert_eq!(reason(f.check("root", &cert)), "login_not_in_task");
+        assert!(
+            requests.recv_timeout(Duration::from_millis(200)).is_err(),
+            "the CA was asked about a certificate that failed local checks"
+        );
     }
 }

@@ -105,7 +105,10 @@ pub enum TokenError {
 /// Read this host's workload token from `token_file`: one token, surrounding whitespace
 /// ignored, printable ASCII only (it goes into an HTTP header). Never logged.
 pub fn read_token(config: &HostConfig) -> Result<String, TokenError> {
-    let path = config.token_file.as_ref().ok_or(TokenError::NotConfigured)?;
+    let path = config
+        .token_file
+        .as_ref()
+        .ok_or(TokenError::NotConfigured)?;
     let read_error = |detail: String| TokenError::Read {
         path: path.clone(),
         detail,
@@ -160,11 +163,16 @@ struct ErrorBody {
 pub fn authorize(config: &HostConfig, token: &str, request: &AuthorizeRequest<'_>) -> Answer {
     let url = format!("{}{AUTHORIZE_PATH}", config.ca_base_url());
     let unavailable = |detail: String| Answer::Unavailable { detail };
+    let body = match serde_json::to_vec(request) {
+        Ok(body) => body,
+        Err(e) => return unavailable(format!("cannot encode the request: {e}")),
+    };
     let agent = http_agent(config.timeout);
     let mut response = match agent
         .post(&url)
         .header("Authorization", format!("Bearer {token}"))
-        .send_json(request)
+        .content_type("application/json")
+        .send(&body[..])
     {
         Ok(response) => response,
         Err(e) => return unavailable(format!("POST {url}: {e}")),
@@ -187,7 +195,11 @@ pub fn authorize(config: &HostConfig, token: &str, request: &AuthorizeRequest<'_
                     principal: Some(principal),
                     ..
                 }) => Answer::Allow { principal },
-                Ok(AuthorizeResponse { allow: false, reason, .. }) => Answer::Deny {
+                Ok(AuthorizeResponse {
+                    allow: false,
+                    reason,
+                    ..
+                }) => Answer::Deny {
                     reason: reason
                         .filter(|r| is_code(r))
                         .unwrap_or_else(|| "ca_denied".to_owned()),
@@ -276,7 +288,17 @@ pub(crate) mod tests {
         (format!("http://{addr}"), rx)
     }
 
-    pub(crate) fn online_config(ca_url: String, state_dir: &Path, token_file: PathBuf) -> HostConfig {
+    /// The JSON body of a request seen by [`ca_stand_in`].
+    pub(crate) fn request_json(request: &str) -> serde_json::Value {
+        let body = request.split("\r\n\r\n").nth(1).expect("body");
+        serde_json::from_str(body).expect("json body")
+    }
+
+    pub(crate) fn online_config(
+        ca_url: String,
+        state_dir: &Path,
+        token_file: PathBuf,
+    ) -> HostConfig {
         HostConfig {
             ca_url,
             host_name: Some("web-01.prod.example.com".to_owned()),
@@ -307,27 +329,31 @@ pub(crate) mod tests {
 
     #[test]
     fn sends_bearer_token_and_json() {
-        let (answer, request) = ask(
-            "200 OK",
-            r#"{"allow": true, "principal": "writ:t:deploy"}"#,
-        );
+        let (answer, request) = ask("200 OK", r#"{"allow": true, "principal": "writ:t:deploy"}"#);
         assert_eq!(
             answer,
             Answer::Allow {
                 principal: "writ:t:deploy".to_owned()
             }
         );
-        assert!(request.starts_with("POST /v1/authorize HTTP/1.1\r\n"), "{request}");
+        assert!(
+            request.starts_with("POST /v1/authorize HTTP/1.1\r\n"),
+            "{request}"
+        );
         assert!(
             request
                 .to_ascii_lowercase()
                 .contains("authorization: bearer host.jwt.token\r\n"),
             "{request}"
         );
-        let body = request.split("\r\n\r\n").nth(1).expect("body");
-        let json: serde_json::Value = serde_json::from_str(body).expect("json body");
+        assert!(
+            request
+                .to_ascii_lowercase()
+                .contains("content-type: application/json\r\n"),
+            "{request}"
+        );
         assert_eq!(
-            json,
+            request_json(&request),
             serde_json::json!({"login": "deploy", "certificate": "AAAAcert",
                                "host": "web-01.prod.example.com", "phase": "check"})
         );
@@ -417,6 +443,9 @@ pub(crate) mod tests {
             );
         }
         config.token_file = None;
-        assert!(matches!(read_token(&config), Err(TokenError::NotConfigured)));
+        assert!(matches!(
+            read_token(&config),
+            Err(TokenError::NotConfigured)
+        ));
     }
 }

@@ -1,27 +1,57 @@
-//! `writ-principals sync`: fetch the CA's trust bundle (`GET /v1/ca/trusted-keys`) and
-//! install it as `state_dir/trusted_user_ca_keys`, the file both sshd
-//! (`TrustedUserCAKeys`) and [`crate::host::check`] read.
+//! `writ-principals sync`: fetch the CA's trust bundle, KRL and signed revocation feed and
+//! install them in `state_dir`:
 //!
-//! The bundle is validated completely before anything is written, and it is written
-//! atomically (temporary file in the same directory, fsync, rename, fsync of the
-//! directory), so a failed or partial sync leaves the previous file untouched and readers
-//! never see a half-written one. Every network call is blocking and bounded by the host
-//! config's `timeout`, from DNS lookup to the last body byte.
+//! | from the CA                   | file                   | read by                         |
+//! |-------------------------------|------------------------|---------------------------------|
+//! | `GET /v1/ca/trusted-keys`     | `trusted_user_ca_keys` | sshd `TrustedUserCAKeys`, check |
+//! | `GET /v1/krl`                 | `revoked.krl`          | sshd `RevokedKeys`              |
+//! | `GET /v1/revocations`         | `revocations.json`     | check                           |
+//!
+//! Everything is fetched and validated before anything is written: the bundle must list
+//! at least one OpenSSH public key; the KRL must start with OpenSSH's KRL magic and format
+//! version and be at most [`MAX_KRL_BYTES`]; the feed must verify against the keys *just
+//! fetched*, be fresh (`max_staleness`, [`FEED_CLOCK_SKEW`]) and not be older than the
+//! feed already installed (if that one still verifies against the new bundle) — so a
+//! replayed older feed is refused. If any step fails nothing is written, and the
+//! previous files stay in place: sshd denies every key when `RevokedKeys` names a missing
+//! or unreadable file, so a KRL that once existed is never removed or truncated.
+//!
+//! The three files are then written atomically: each goes to a temporary file in
+//! `state_dir` (mode 0644, fsync), and only once all three are staged are they renamed
+//! over the old ones (KRL first, then the feed, then the trust bundle, so revocations
+//! land before any newly trusted key) and the directory is fsynced. Readers see each
+//! file old or new, never half-written. Every network call is blocking and bounded by the
+//! host config's `timeout`, from DNS lookup to the last body byte.
 
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
+use std::ops::ControlFlow;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use ssh_key::PublicKey;
 
-use crate::host::config::{HostConfig, TRUSTED_KEYS_FILE};
+use crate::host::config::{
+    FEED_CLOCK_SKEW, HostConfig, KRL_FILE, REVOCATIONS_FILE, TRUSTED_KEYS_FILE,
+};
+use crate::host::online::http_agent;
+use crate::revocation::feed::{self, Feed, FeedError};
+use crate::revocation::krl::{KRL_FORMAT_VERSION, KRL_MAGIC};
 
 /// Path of the trust bundle below `ca_url`.
 pub const TRUSTED_KEYS_PATH: &str = "/v1/ca/trusted-keys";
+/// Path of the KRL below `ca_url`.
+pub const KRL_PATH: &str = "/v1/krl";
+/// Path of the signed revocation feed below `ca_url`.
+pub const REVOCATIONS_PATH: &str = "/v1/revocations";
 /// Largest accepted trust bundle. A bundle holds a handful of keys; a CA answering with
 /// more than this is broken or hostile.
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Largest accepted KRL.
+pub const MAX_KRL_BYTES: u64 = 16 * 1024 * 1024;
+/// Default pause between rounds of `sync --watch`.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a successful sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +60,40 @@ pub struct SyncReport {
     pub trusted_keys: usize,
     /// The trusted-keys file that was replaced.
     pub trusted_keys_path: PathBuf,
+    /// Size of the KRL written.
+    pub krl_bytes: usize,
+    /// The KRL file that was replaced.
+    pub krl_path: PathBuf,
+    /// The installed feed's sequence number.
+    pub feed_sequence: i64,
+    /// The installed feed's issue time (Unix seconds).
+    pub feed_issued_at: i64,
+    /// Number of revoked tasks in the installed feed.
+    pub revoked_tasks: usize,
+    /// Number of revoked serials in the installed feed.
+    pub revoked_serials: usize,
+    /// The feed file that was replaced.
+    pub revocations_path: PathBuf,
+    /// What was known about the feed installed before.
+    pub previous_feed: PreviousFeed,
+}
+
+/// The feed that was installed before this sync, as far as rollback protection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PreviousFeed {
+    /// There was none.
+    None,
+    /// It verified against the new bundle; the new feed is not older.
+    Verified {
+        /// Its sequence number.
+        sequence: i64,
+    },
+    /// It could not be read or does not verify against the new bundle (for instance its
+    /// signing key is no longer trusted), so it was not used for rollback protection.
+    Ignored {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Why a sync failed. In every case the files in `state_dir` are unchanged.
@@ -51,21 +115,29 @@ pub enum SyncError {
         /// The HTTP status.
         status: u16,
     },
-    /// The CA answered with something other than `text/plain`.
-    #[error("{url} answered with content type {content_type:?}, expected \"text/plain\"")]
-    NotText {
+    /// The CA answered with an unexpected media type.
+    #[error("{url} answered with content type {content_type:?}, expected {expected:?}")]
+    ContentType {
         /// The URL requested.
         url: String,
+        /// The media type required.
+        expected: &'static str,
         /// The response's media type, if any.
         content_type: Option<String>,
     },
-    /// The body could not be read: too large, not UTF-8, or the connection failed.
+    /// The body could not be read: too large, or the connection failed.
     #[error("cannot read the body of {url}: {source}")]
     Body {
         /// The URL requested.
         url: String,
         /// ureq's error.
         source: Box<ureq::Error>,
+    },
+    /// The trust bundle is not UTF-8 text.
+    #[error("{url} is not UTF-8 text")]
+    NotUtf8 {
+        /// The URL requested.
+        url: String,
     },
     /// A line of the bundle is not an OpenSSH public key.
     #[error("line {line} of {url} is not an OpenSSH public key: {message}")]
@@ -83,7 +155,30 @@ pub enum SyncError {
         /// The URL requested.
         url: String,
     },
-    /// The trusted-keys file could not be written.
+    /// The KRL is not an OpenSSH KRL.
+    #[error("{url} is not an OpenSSH KRL: {message}")]
+    InvalidKrl {
+        /// The URL requested.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The revocation feed is malformed, not signed by a key of the new bundle, stale,
+    /// dated in the future, or older than the feed already installed.
+    #[error("revocation feed from {url} refused: {source}")]
+    Feed {
+        /// The URL requested.
+        url: String,
+        /// Why.
+        source: FeedError,
+    },
+    /// A sync round panicked (a bug); `watch` carries on with the next round.
+    #[error("sync panicked: {0}")]
+    Panicked(String),
+    /// The system clock is before 1970.
+    #[error("the system clock is before the Unix epoch")]
+    Clock,
+    /// A file could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
         /// The file or directory involved.
@@ -93,34 +188,159 @@ pub enum SyncError {
     },
 }
 
-/// Fetch the trust bundle from the CA and install it as the host's trusted-keys file.
+/// Fetch the trust bundle, KRL and revocation feed from the CA and install them, now.
 pub fn sync(config: &HostConfig) -> Result<SyncReport, SyncError> {
-    let url = format!("{}{TRUSTED_KEYS_PATH}", config.ca_base_url());
-    let body = fetch_text(config, &url)?;
-    let lines = parse_bundle(&body, &url)?;
-    let mut contents = String::new();
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| SyncError::Clock)?;
+    sync_at(config, i64::try_from(now.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// [`sync`] with the time given (Unix seconds), for judging the feed's freshness.
+pub fn sync_at(config: &HostConfig, now_unix: i64) -> Result<SyncReport, SyncError> {
+    let agent = http_agent(config.timeout);
+    let base = config.ca_base_url();
+
+    let url = format!("{base}{TRUSTED_KEYS_PATH}");
+    let body = fetch(&agent, &url, "text/plain", MAX_BODY_BYTES)?;
+    let text = String::from_utf8(body).map_err(|_| SyncError::NotUtf8 { url: url.clone() })?;
+    let (lines, keys) = parse_bundle(&text, &url)?;
+    let mut bundle = String::new();
     for line in &lines {
-        contents.push_str(line);
-        contents.push('\n');
+        bundle.push_str(line);
+        bundle.push('\n');
     }
-    let path = config.trusted_keys_path();
-    write_atomically(&config.state_dir, TRUSTED_KEYS_FILE, contents.as_bytes())
-        .map_err(|(path, source)| SyncError::Write { path, source })?;
+
+    let url = format!("{base}{KRL_PATH}");
+    let krl = fetch(&agent, &url, "application/octet-stream", MAX_KRL_BYTES)?;
+    validate_krl(&krl).map_err(|message| SyncError::InvalidKrl {
+        url: url.clone(),
+        message,
+    })?;
+
+    let url = format!("{base}{REVOCATIONS_PATH}");
+    let feed_bytes = fetch(
+        &agent,
+        &url,
+        "application/json",
+        feed::MAX_FEED_BYTES as u64,
+    )?;
+    let feed_error = |source: FeedError| SyncError::Feed {
+        url: url.clone(),
+        source,
+    };
+    let signed = feed::parse(&feed_bytes).map_err(feed_error)?;
+    let new_feed = feed::verify(
+        &signed,
+        &keys,
+        now_unix,
+        secs_i64(config.max_staleness),
+        secs_i64(FEED_CLOCK_SKEW),
+    )
+    .map_err(feed_error)?;
+    let previous_feed = match installed_feed(&config.revocations_path(), &keys) {
+        Ok(Some(previous)) => {
+            feed::check_not_older(&new_feed, &previous).map_err(feed_error)?;
+            PreviousFeed::Verified {
+                sequence: previous.sequence,
+            }
+        }
+        Ok(None) => PreviousFeed::None,
+        Err(reason) => PreviousFeed::Ignored { reason },
+    };
+    // Re-serialised; the signed bytes, the `feed` string inside, are kept exactly.
+    let mut stored_feed =
+        serde_json::to_vec(&signed).map_err(|e| feed_error(FeedError::Malformed(e.to_string())))?;
+    stored_feed.push(b'\n');
+
+    let write_error = |(path, source)| SyncError::Write { path, source };
+    let staged = [
+        stage(&config.state_dir, KRL_FILE, &krl).map_err(write_error)?,
+        stage(&config.state_dir, REVOCATIONS_FILE, &stored_feed).map_err(write_error)?,
+        stage(&config.state_dir, TRUSTED_KEYS_FILE, bundle.as_bytes()).map_err(write_error)?,
+    ];
+    commit(&config.state_dir, staged).map_err(write_error)?;
+
     Ok(SyncReport {
         trusted_keys: lines.len(),
-        trusted_keys_path: path,
+        trusted_keys_path: config.trusted_keys_path(),
+        krl_bytes: krl.len(),
+        krl_path: config.krl_path(),
+        feed_sequence: new_feed.sequence,
+        feed_issued_at: new_feed.issued_at,
+        revoked_tasks: new_feed.revoked_tasks.len(),
+        revoked_serials: new_feed.revoked_serials.len(),
+        revocations_path: config.revocations_path(),
+        previous_feed,
     })
 }
 
-/// GET `url`, requiring 200 and `text/plain`, reading at most [`MAX_BODY_BYTES`].
-fn fetch_text(config: &HostConfig, url: &str) -> Result<String, SyncError> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(config.timeout))
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .user_agent(concat!("writ-principals/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
+/// `sync --watch`: run [`sync`] forever, `interval` apart, handing each round's result
+/// to `after_round`, which logs it and decides whether to go on. A failed round keeps the
+/// last good files and is simply retried next round: nothing here ends the loop except
+/// `after_round` returning [`ControlFlow::Break`].
+pub fn watch(
+    config: &HostConfig,
+    interval: Duration,
+    mut after_round: impl FnMut(&Result<SyncReport, SyncError>) -> ControlFlow<()>,
+) {
+    loop {
+        // A bug must not end the service loop either: a panicking round is a failed one.
+        let result = std::panic::catch_unwind(|| sync(config)).unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(SyncError::Panicked(message))
+        });
+        if after_round(&result).is_break() {
+            return;
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+fn secs_i64(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The feed installed now, verified against `keys` (the new bundle) but not judged by
+/// age: `Ok(None)` if there is none, `Err` if it cannot be read or does not verify.
+fn installed_feed(path: &Path, keys: &[PublicKey]) -> Result<Option<Feed>, String> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let signed = feed::parse(&bytes).map_err(|e| e.to_string())?;
+    feed::verify(&signed, keys, 0, i64::MAX, i64::MAX)
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// An OpenSSH KRL (PROTOCOL.krl) starts with the magic and the format version.
+fn validate_krl(krl: &[u8]) -> Result<(), String> {
+    let Some(rest) = krl.strip_prefix(KRL_MAGIC.as_slice()) else {
+        return Err("it does not start with the KRL magic".to_owned());
+    };
+    let version = rest
+        .get(..4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or_else(|| "it is truncated after the magic".to_owned())?;
+    if version != KRL_FORMAT_VERSION {
+        return Err(format!("unsupported KRL format version {version}"));
+    }
+    Ok(())
+}
+
+/// GET `url`, requiring 200 and the media type `mime`, reading at most `limit` bytes.
+fn fetch(
+    agent: &ureq::Agent,
+    url: &str,
+    mime: &'static str,
+    limit: u64,
+) -> Result<Vec<u8>, SyncError> {
     let mut response = agent.get(url).call().map_err(|e| SyncError::Request {
         url: url.to_owned(),
         source: Box::new(e),
@@ -132,18 +352,19 @@ fn fetch_text(config: &HostConfig, url: &str) -> Result<String, SyncError> {
             status,
         });
     }
-    let mime = response.body().mime_type().map(str::to_ascii_lowercase);
-    if mime.as_deref() != Some("text/plain") {
-        return Err(SyncError::NotText {
+    let content_type = response.body().mime_type().map(str::to_ascii_lowercase);
+    if content_type.as_deref() != Some(mime) {
+        return Err(SyncError::ContentType {
             url: url.to_owned(),
-            content_type: mime,
+            expected: mime,
+            content_type,
         });
     }
     response
         .body_mut()
         .with_config()
-        .limit(MAX_BODY_BYTES)
-        .read_to_string()
+        .limit(limit)
+        .read_to_vec()
         .map_err(|e| SyncError::Body {
             url: url.to_owned(),
             source: Box::new(e),
@@ -151,62 +372,89 @@ fn fetch_text(config: &HostConfig, url: &str) -> Result<String, SyncError> {
 }
 
 /// Every non-empty line must be an OpenSSH public key, and there must be at least one.
-/// Returns the key lines, trimmed, in order.
-fn parse_bundle<'a>(body: &'a str, url: &str) -> Result<Vec<&'a str>, SyncError> {
+/// Returns the key lines, trimmed, in order, and the parsed keys.
+fn parse_bundle<'a>(body: &'a str, url: &str) -> Result<(Vec<&'a str>, Vec<PublicKey>), SyncError> {
+    let mut lines = Vec::new();
     let mut keys = Vec::new();
     for (index, line) in body.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() {
             continue;
         }
-        PublicKey::from_openssh(line).map_err(|e| SyncError::InvalidKey {
+        let key = PublicKey::from_openssh(line).map_err(|e| SyncError::InvalidKey {
             url: url.to_owned(),
             line: index + 1,
             message: e.to_string(),
         })?;
-        keys.push(line);
+        lines.push(line);
+        keys.push(key);
     }
     if keys.is_empty() {
         return Err(SyncError::Empty {
             url: url.to_owned(),
         });
     }
-    Ok(keys)
+    Ok((lines, keys))
 }
 
-/// Replace `dir/name` with `contents` (mode 0644) so that readers see either the old or
-/// the new file, never a mix; creates `dir` (mode 0755) if missing. On error, returns the
-/// path involved; the old file is left as it was.
-fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<(), (PathBuf, io::Error)> {
+/// A file written and fsynced under a temporary name, waiting to be renamed over its
+/// target by [`commit`]. Dropped uncommitted, it removes its temporary file.
+#[derive(Debug)]
+struct Staged {
+    tmp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: the temporary file is ours and useless now.
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Write `contents` to a temporary file next to `dir/name` (mode 0644, fsynced); creates
+/// `dir` (mode 0755) if missing. On error, returns the path involved.
+fn stage(dir: &Path, name: &str, contents: &[u8]) -> Result<Staged, (PathBuf, io::Error)> {
     DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(dir)
         .map_err(|e| (dir.to_owned(), e))?;
-    let target = dir.join(name);
-    // The process id keeps two concurrent syncs from writing into the same file.
+    // The process id keeps two concurrent syncs from writing into the same file; a
+    // leftover from a crashed process that had the same id is ours to replace.
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let staged = Staged {
+        tmp,
+        target: dir.join(name),
+        committed: false,
+    };
     let written = (|| {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o644)
-            .open(&tmp)?;
+            .open(&staged.tmp)?;
         file.write_all(contents)?;
         // The mode given to open is reduced by the umask; set it exactly.
         file.set_permissions(Permissions::from_mode(0o644))?;
         file.sync_all()
     })();
-    if let Err(e) = written {
-        // Best effort: the temporary file is ours and useless now.
-        let _ = fs::remove_file(&tmp);
-        return Err((tmp, e));
+    match written {
+        Ok(()) => Ok(staged),
+        Err(e) => Err((staged.tmp.clone(), e)),
     }
-    if let Err(e) = fs::rename(&tmp, &target) {
-        let _ = fs::remove_file(&tmp);
-        return Err((target, e));
+}
+
+/// Rename every staged file over its target, in order, then make the renames durable.
+fn commit<const N: usize>(dir: &Path, staged: [Staged; N]) -> Result<(), (PathBuf, io::Error)> {
+    for mut file in staged {
+        fs::rename(&file.tmp, &file.target).map_err(|e| (file.target.clone(), e))?;
+        file.committed = true;
     }
-    // Make the rename itself durable.
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| (dir.to_owned(), e))
@@ -216,47 +464,121 @@ fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<(), (Path
 mod tests {
     use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::thread;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
-    use rand_core::OsRng;
-    use ssh_key::{Algorithm, PrivateKey};
+    use ssh_key::PrivateKey;
 
     use super::*;
+    use crate::host::check::tests::{new_key, signed_feed};
     use crate::host::config::Mode;
+    use crate::revocation::feed::RevokedTask;
 
-    fn public_key_line() -> String {
-        PrivateKey::random(&mut OsRng, Algorithm::Ed25519)
-            .expect("generate key")
-            .public_key()
-            .to_openssh()
-            .expect("openssh")
+    const NOW: i64 = 1_700_000_000;
+
+    /// One canned HTTP response.
+    #[derive(Clone)]
+    struct Reply {
+        status: &'static str,
+        content_type: &'static str,
+        body: Vec<u8>,
     }
 
-    /// Serve one HTTP response on 127.0.0.1 and return the base URL.
-    fn serve_once(status: &'static str, content_type: &'static str, body: String) -> String {
+    fn ok(content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status: "200 OK",
+            content_type,
+            body: body.into(),
+        }
+    }
+
+    /// Serve HTTP on 127.0.0.1, answering each request with `handler(path)`, one request
+    /// per connection; returns the base URL.
+    fn serve(handler: impl Fn(&str) -> Reply + Send + 'static) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
         thread::spawn(move || {
-            let (stream, _) = listener.accept().expect("accept");
-            let mut reader = BufReader::new(stream);
-            let mut line = String::new();
-            // Read the request head.
-            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                if line == "\r\n" {
-                    break;
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let mut reader = BufReader::new(stream);
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
                 }
-                line.clear();
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    if line == "\r\n" {
+                        break;
+                    }
+                    line.clear();
+                }
+                let reply = handler(&path);
+                let mut stream = reader.into_inner();
+                let head = format!(
+                    "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    reply.status,
+                    reply.content_type,
+                    reply.body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&reply.body);
             }
-            let mut stream = reader.into_inner();
-            let head = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(body.as_bytes());
         });
         format!("http://{addr}")
+    }
+
+    fn krl() -> Vec<u8> {
+        let mut krl = KRL_MAGIC.to_vec();
+        krl.extend_from_slice(&KRL_FORMAT_VERSION.to_be_bytes());
+        krl.extend_from_slice(&[0; 8 * 3 + 4 * 2]);
+        krl
+    }
+
+    /// A CA as `sync` sees it: a bundle, a KRL and a feed, each replaceable.
+    #[derive(Clone)]
+    struct Ca {
+        bundle: Reply,
+        krl: Reply,
+        feed: Reply,
+    }
+
+    impl Ca {
+        fn new(key: &PrivateKey, sequence: i64) -> Ca {
+            Ca {
+                bundle: ok("text/plain; charset=utf-8", bundle_of(&[key])),
+                krl: ok("application/octet-stream", krl()),
+                feed: ok(
+                    "application/json",
+                    signed_feed(key, NOW - 5, sequence, vec![], vec![]),
+                ),
+            }
+        }
+
+        fn serve(self) -> String {
+            serve(move |path| match path {
+                TRUSTED_KEYS_PATH => self.bundle.clone(),
+                KRL_PATH => self.krl.clone(),
+                REVOCATIONS_PATH => self.feed.clone(),
+                _ => Reply {
+                    status: "404 Not Found",
+                    content_type: "text/plain",
+                    body: Vec::new(),
+                },
+            })
+        }
+    }
+
+    fn bundle_of(keys: &[&PrivateKey]) -> String {
+        keys.iter()
+            .map(|k| k.public_key().to_openssh().expect("openssh") + "\n\n")
+            .collect()
     }
 
     fn config(ca_url: String, state_dir: &Path) -> HostConfig {
@@ -271,84 +593,279 @@ mod tests {
         }
     }
 
-    #[test]
-    fn writes_every_key_atomically_with_mode_0644() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let state = dir.path().join("state");
-        let (a, b) = (public_key_line(), public_key_line());
-        let url = serve_once(
-            "200 OK",
-            "text/plain; charset=utf-8",
-            format!("{a}\n\n{b}\n"),
-        );
-        let report = sync(&config(url, &state)).expect("sync");
-        assert_eq!(report.trusted_keys, 2);
-        assert_eq!(report.trusted_keys_path, state.join("trusted_user_ca_keys"));
-        let written = fs::read_to_string(&report.trusted_keys_path).expect("read");
-        assert_eq!(written, format!("{a}\n{b}\n"));
-        let mode = fs::metadata(&report.trusted_keys_path)
-            .expect("metadata")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o644);
-        // No temporary files are left behind.
-        let names: Vec<_> = fs::read_dir(&state)
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
             .expect("read_dir")
-            .map(|e| e.expect("entry").file_name())
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(
-            names,
-            vec![std::ffi::OsString::from("trusted_user_ca_keys")]
-        );
+        names.sort();
+        names
+    }
+
+    fn contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        names(dir)
+            .into_iter()
+            .map(|n| {
+                let bytes = fs::read(dir.join(&n)).expect("read");
+                (n, bytes)
+            })
+            .collect()
     }
 
     #[test]
-    fn bad_bundles_leave_the_file_untouched() {
+    fn writes_all_three_files_atomically_with_mode_0644() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("trusted_user_ca_keys");
-        fs::write(&path, "previous\n").expect("write");
-        let good = public_key_line();
+        let state = dir.path().join("state");
+        let (a, b) = (new_key(), new_key());
+        let mut ca = Ca::new(&a, 3);
+        ca.bundle = ok("text/plain", bundle_of(&[&a, &b]));
+        let feed_text = String::from_utf8(ca.feed.body.clone()).expect("utf-8");
+        let config = config(ca.serve(), &state);
+        let report = sync_at(&config, NOW).expect("sync");
+        assert_eq!(report.trusted_keys, 2);
+        assert_eq!(report.trusted_keys_path, state.join("trusted_user_ca_keys"));
+        assert_eq!(report.krl_path, state.join("revoked.krl"));
+        assert_eq!(report.krl_bytes, krl().len());
+        assert_eq!(report.revocations_path, state.join("revocations.json"));
+        assert_eq!(report.feed_sequence, 3);
+        assert_eq!(report.feed_issued_at, NOW - 5);
+        assert_eq!(report.previous_feed, PreviousFeed::None);
+
+        let written = fs::read_to_string(&report.trusted_keys_path).expect("read");
+        assert_eq!(written, bundle_of(&[&a, &b]).replace("\n\n", "\n"));
+        assert_eq!(fs::read(&report.krl_path).expect("read"), krl());
+        let stored: serde_json::Value =
+            serde_json::from_slice(&fs::read(&report.revocations_path).expect("read"))
+                .expect("json");
+        let served: serde_json::Value = serde_json::from_str(&feed_text).expect("json");
+        assert_eq!(stored, served);
+        for path in [
+            &report.trusted_keys_path,
+            &report.krl_path,
+            &report.revocations_path,
+        ] {
+            let mode = fs::metadata(path).expect("metadata").permissions().mode();
+            assert_eq!(mode & 0o777, 0o644, "{}", path.display());
+        }
+        // No temporary files are left behind.
+        assert_eq!(
+            names(&state),
+            ["revocations.json", "revoked.krl", "trusted_user_ca_keys"]
+        );
+
+        // What sync installs, check accepts: the feed verifies against the bundle.
+        let keys = crate::host::check::trusted_keys(&config.trusted_keys_path()).expect("keys");
+        let feed = crate::host::check::load_feed(&config, &keys, NOW as u64).expect("feed");
+        assert_eq!(feed.sequence, 3);
+    }
+
+    /// Run one sync against `ca` into a state dir holding a previous good sync, and
+    /// require that it fails with `expected` in its message and changes nothing.
+    fn assert_refused(ca: Ca, expected: &str) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = new_key();
+        sync_at(&config(Ca::new(&key, 1).serve(), dir.path()), NOW - 1).expect("first sync");
+        let before = contents(dir.path());
+        let error = sync_at(&config(ca.serve(), dir.path()), NOW)
+            .expect_err(expected)
+            .to_string();
+        assert!(error.contains(expected), "{expected}: {error}");
+        assert_eq!(contents(dir.path()), before, "{expected}: files changed");
+    }
+
+    #[test]
+    fn bad_bundles_change_nothing() {
+        let key = new_key();
+        let good = bundle_of(&[&key]);
         let cases = [
             (
-                "200 OK",
-                "text/plain",
-                format!("{good}\nnot a key\n"),
+                ok("text/plain", format!("{good}not a key\n")),
                 "not an OpenSSH",
             ),
-            ("200 OK", "text/plain", "\n\n".to_owned(), "no trusted keys"),
+            (ok("text/plain", "\n\n"), "no trusted keys"),
+            (ok("application/json", good.clone()), "content type"),
+            (ok("text/plain", vec![0xff, 0xfe]), "UTF-8"),
             (
-                "200 OK",
-                "application/json",
-                format!("{good}\n"),
-                "content type",
-            ),
-            (
-                "503 Service Unavailable",
-                "text/plain",
-                format!("{good}\n"),
+                Reply {
+                    status: "503 Service Unavailable",
+                    ..ok("text/plain", good.clone())
+                },
                 "HTTP 503",
             ),
-            ("302 Found", "text/plain", format!("{good}\n"), "HTTP 302"),
+            (
+                Reply {
+                    status: "302 Found",
+                    ..ok("text/plain", good.clone())
+                },
+                "HTTP 302",
+            ),
         ];
-        for (status, content_type, body, expected) in cases {
-            let url = serve_once(status, content_type, body);
-            let error = sync(&config(url, dir.path()))
-                .expect_err(expected)
-                .to_string();
-            assert!(error.contains(expected), "{expected}: {error}");
-            assert_eq!(fs::read_to_string(&path).expect("read"), "previous\n");
+        for (bundle, expected) in cases {
+            let mut ca = Ca::new(&key, 5);
+            ca.bundle = bundle;
+            assert_refused(ca, expected);
         }
     }
 
     #[test]
-    fn oversized_body_is_refused() {
+    fn bad_krls_change_nothing() {
+        let key = new_key();
+        let mut wrong_version = krl();
+        wrong_version[8..12].copy_from_slice(&2u32.to_be_bytes());
+        let cases = [
+            (
+                ok("application/octet-stream", b"SSHKRL\n".to_vec()),
+                "KRL magic",
+            ),
+            (
+                ok("application/octet-stream", b"hello world".to_vec()),
+                "KRL magic",
+            ),
+            (
+                ok("application/octet-stream", KRL_MAGIC.to_vec()),
+                "truncated",
+            ),
+            (ok("application/octet-stream", wrong_version), "version 2"),
+            (ok("text/plain", krl()), "content type"),
+            (
+                Reply {
+                    status: "404 Not Found",
+                    ..ok("application/octet-stream", krl())
+                },
+                "HTTP 404",
+            ),
+        ];
+        for (reply, expected) in cases {
+            let mut ca = Ca::new(&key, 5);
+            ca.krl = reply;
+            assert_refused(ca, expected);
+        }
+    }
+
+    #[test]
+    fn oversized_krl_is_refused() {
+        let key = new_key();
+        let mut big = krl();
+        big.resize(MAX_KRL_BYTES as usize + 1, 0);
+        let mut ca = Ca::new(&key, 5);
+        ca.krl = ok("application/octet-stream", big);
+        assert_refused(ca, "cannot read the body");
+    }
+
+    #[test]
+    fn bad_feeds_change_nothing() {
+        let key = new_key();
+        let foreign = new_key();
+        let feed = |signer: &PrivateKey, issued_at: i64, sequence: i64| {
+            ok(
+                "application/json",
+                signed_feed(signer, issued_at, sequence, vec![], vec![]),
+            )
+        };
+        let cases = [
+            (feed(&foreign, NOW, 5), "signature"),
+            (feed(&key, NOW - 121, 5), "stale"),
+            (feed(&key, NOW + 61, 5), "future"),
+            (ok("application/json", "{\"feed\": 1}"), "malformed"),
+            (
+                ok("text/plain", signed_feed(&key, NOW, 5, vec![], vec![])),
+                "content type",
+            ),
+        ];
+        for (reply, expected) in cases {
+            let mut ca = Ca::new(&key, 5);
+            ca.feed = reply;
+            assert_refused(ca, expected);
+        }
+    }
+
+    #[test]
+    fn feed_must_verify_against_the_new_bundle() {
+        // The old bundle trusted `old`, and the feed is signed by `old`, but the CA's new
+        // bundle no longer lists it (an emergency CA revocation).
         let dir = tempfile::tempdir().expect("tempdir");
-        let line = public_key_line();
-        let body = format!("{line}\n").repeat((MAX_BODY_BYTES as usize) / line.len() + 2);
-        let url = serve_once("200 OK", "text/plain", body);
-        let error = sync(&config(url, dir.path())).expect_err("too large");
-        assert!(matches!(error, SyncError::Body { .. }), "{error}");
-        assert!(!dir.path().join("trusted_user_ca_keys").exists());
+        let (old, new) = (new_key(), new_key());
+        sync_at(&config(Ca::new(&old, 1).serve(), dir.path()), NOW).expect("first sync");
+        let mut ca = Ca::new(&old, 2);
+        ca.bundle = ok("text/plain", bundle_of(&[&new]));
+        let before = contents(dir.path());
+        let error = sync_at(&config(ca.serve(), dir.path()), NOW).expect_err("old signer");
+        assert!(matches!(
+            error,
+            SyncError::Feed {
+                source: FeedError::BadSignature,
+                ..
+            }
+        ));
+        assert_eq!(contents(dir.path()), before);
+
+        // Signed by the new key it goes through, and the old feed (no longer verifiable)
+        // does not block it.
+        let mut ca = Ca::new(&new, 1);
+        ca.bundle = ok("text/plain", bundle_of(&[&new]));
+        let report = sync_at(&config(ca.serve(), dir.path()), NOW).expect("sync");
+        assert!(matches!(report.previous_feed, PreviousFeed::Ignored { .. }));
+    }
+
+    #[test]
+    fn an_older_feed_is_refused_as_rollback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = new_key();
+        let revoked = vec![RevokedTask {
+            task_id: "ab".repeat(16),
+            until: NOW + 600,
+        }];
+        let mut current = Ca::new(&key, 9);
+        current.feed = ok(
+            "application/json",
+            signed_feed(&key, NOW - 5, 9, revoked, vec![]),
+        );
+        sync_at(&config(current.serve(), dir.path()), NOW).expect("first sync");
+        let before = contents(dir.path());
+
+        // A replay of an earlier (still fresh) feed that predates the revocation.
+        let mut replay = Ca::new(&key, 8);
+        replay.feed = ok(
+            "application/json",
+            signed_feed(&key, NOW - 30, 8, vec![], vec![]),
+        );
+        let error = sync_at(&config(replay.serve(), dir.path()), NOW).expect_err("rollback");
+        assert!(
+            matches!(
+                error,
+                SyncError::Feed {
+                    source: FeedError::Rollback { got: 8, have: 9 },
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert_eq!(contents(dir.path()), before);
+
+        // The same sequence again, or a later one, is fine.
+        let report = sync_at(&config(Ca::new(&key, 9).serve(), dir.path()), NOW).expect("same");
+        assert_eq!(report.previous_feed, PreviousFeed::Verified { sequence: 9 });
+        sync_at(&config(Ca::new(&key, 10).serve(), dir.path()), NOW).expect("later");
+    }
+
+    #[test]
+    fn a_damaged_installed_feed_does_not_block_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::write(dir.path().join("revocations.json"), "garbage").expect("write");
+        let key = new_key();
+        let report = sync_at(&config(Ca::new(&key, 1).serve(), dir.path()), NOW).expect("sync");
+        assert!(matches!(report.previous_feed, PreviousFeed::Ignored { .. }));
+    }
+
+    #[test]
+    fn a_leftover_temporary_file_is_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leftover = dir
+            .path()
+            .join(format!(".revoked.krl.{}.tmp", std::process::id()));
+        fs::write(&leftover, "crashed").expect("write");
+        sync_at(&config(Ca::new(&new_key(), 1).serve(), dir.path()), NOW).expect("sync");
+        assert!(!leftover.exists());
     }
 
     #[test]
@@ -363,6 +880,61 @@ mod tests {
         let error = sync(&config).expect_err("timeout");
         assert!(matches!(error, SyncError::Request { .. }), "{error}");
         assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(names(dir.path()).is_empty());
         drop(listener);
+    }
+
+    #[test]
+    fn watch_keeps_going_after_a_failed_round() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = new_key();
+        // Feeds are judged against the real clock in `watch`.
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let feed = signed_feed(&key, now, 1, vec![], vec![]);
+        let bundle = bundle_of(&[&key]);
+        let requests = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::clone(&requests);
+        let url = serve(move |path| {
+            // The first request (round one's bundle) fails; everything after succeeds.
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Reply {
+                    status: "503 Service Unavailable",
+                    ..ok("text/plain", "")
+                };
+            }
+            match path {
+                TRUSTED_KEYS_PATH => ok("text/plain", bundle.clone()),
+                KRL_PATH => ok("application/octet-stream", krl()),
+                _ => ok("application/json", feed.clone()),
+            }
+        });
+        let config = config(url, dir.path());
+        let mut rounds = Vec::new();
+        watch(&config, Duration::from_millis(10), |result| {
+            rounds.push(
+                result
+                    .as_ref()
+                    .map(|r| r.feed_sequence)
+                    .map_err(|e| e.to_string()),
+            );
+            if rounds.len() == 2 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert!(
+            rounds[0].as_ref().is_err_and(|e| e.contains("HTTP 503")),
+            "{rounds:?}"
+        );
+        assert_eq!(rounds[1], Ok(1));
+        assert_eq!(
+            names(dir.path()),
+            ["revocations.json", "revoked.krl", "trusted_user_ca_keys"]
+        );
+        assert_eq!(requests.load(Ordering::SeqCst), 4);
     }
 }

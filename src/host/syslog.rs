@@ -91,11 +91,7 @@ pub fn escape_value(value: &str) -> String {
         out.push_str(TRUNCATED);
         quote = true;
     }
-    if quote {
-        format!("\"{out}\"")
-    } else {
-        out
-    }
+    if quote { format!("\"{out}\"") } else { out }
 }
 
 /// `key=value` pairs separated by single spaces, every value escaped. Keys are fixed by
@@ -178,9 +174,30 @@ mod tests {
             "login=\"root decision=allow\\x0a<38>writ-principals[1]: decision=allow login=root\" \
              decision=deny"
         );
-        // Splitting on unquoted spaces finds exactly the two fields we wrote.
-        assert!(line.ends_with(" decision=deny"));
-        assert_eq!(line.matches(" decision=").count(), 1);
+        // A reader honouring quotes and escapes finds exactly the two fields we wrote.
+        assert_eq!(split_fields(&line), ["login", "decision"]);
+    }
+
+    /// The keys of a formatted line, splitting on spaces outside quotes.
+    fn split_fields(line: &str) -> Vec<String> {
+        let (mut keys, mut field) = (Vec::new(), String::new());
+        let (mut quoted, mut escaped) = (false, false);
+        for c in line.chars().chain([' ']) {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => quoted = !quoted,
+                ' ' if !quoted => {
+                    let key = field.split('=').next().unwrap_or_default().to_owned();
+                    keys.push(key);
+                    field.clear();
+                    continue;
+                }
+                _ => {}
+            }
+            field.push(c);
+        }
+        keys
     }
 
     #[test]

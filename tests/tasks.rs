@@ -1,0 +1,452 @@
+//! Task lifecycle over real HTTP: more certificates for a live task, completion, admin
+//! revocation, single-certificate revocation, inspection, proof of possession made with
+//! `ssh-keygen -Y sign`, and what the revocation feed, the KRL (checked with
+//! `ssh-keygen -Q`) and the online authorize endpoint say afterwards.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::ca::{TestCa, certificate_request};
+use common::idp::{Key, TestIdp};
+use common::{http, now, public_key, ssh_keygen};
+use serde_json::{Value, json};
+use writ::audit::event;
+use writ::revocation::feed;
+
+const POLICIES: &str = r#"
+name = "agents"
+subject = "agent-*"
+logins = ["deploy"]
+hosts = ["*.prod.example.com"]
+
+[[policy]]
+name = "admins"
+issuer = "test"
+subject = "admin-*"
+role = "admin"
+
+[[policy]]
+name = "hosts"
+issuer = "test"
+subject = "host:*"
+role = "host"
+hosts = ["*.prod.example.com"]
+"#;
+
+struct World {
+    idp: TestIdp,
+    ca: TestCa,
+    dir: tempfile::TempDir,
+    key: std::path::PathBuf,
+}
+
+fn world() -> World {
+    let idp = TestIdp::start(&[Key::Rsa, Key::Ed25519]);
+    let ca = TestCa::with_policy(&idp, "", POLICIES);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
+    World { idp, ca, dir, key }
+}
+
+impl World {
+    fn token(&self, sub: &str) -> String {
+        self.idp.token(Key::Ed25519, sub)
+    }
+
+    fn open_task(&self) -> Value {
+        let response = self.ca.request_certificate(
+            Some(&self.token("agent-1")),
+            &certificate_request(
+                &public_key(&self.key),
+                &["deploy"],
+                &["web-*.prod.example.com"],
+                Some(120),
+            ),
+        );
+        assert_eq!(response.status, 201, "{}", response.text);
+        response.json()
+    }
+
+    fn post(&self, path: &str, token: &str, body: Value) -> http::Response {
+        http::post(&format!("{}{path}", self.ca.url), Some(token), &body)
+    }
+
+    fn get_task(&self, task_id: &str, token: &str) -> http::Response {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(&format!("{}/v1/tasks/{task_id}", self.ca.url))
+            .header("authorization", &format!("Bearer {token}"))
+            .call()
+            .expect("GET task");
+        http::Response {
+            status: response.status().as_u16(),
+            www_authenticate: None,
+            text: response.body_mut().read_to_string().expect("body"),
+        }
+    }
+
+    /// The verified feed as a host would see it.
+    fn feed(&self) -> feed::Feed {
+        let response = http::get(&format!("{}/v1/revocations", self.ca.url));
+        assert_eq!(response.status, 200, "{}", response.text);
+        let signed = feed::parse(response.text.as_bytes()).expect("signed feed");
+        let trusted: Vec<ssh_key::PublicKey> =
+            http::get(&format!("{}/v1/ca/trusted-keys", self.ca.url))
+                .text
+                .lines()
+                .map(|l| ssh_key::PublicKey::from_openssh(l).expect("key"))
+                .collect();
+        feed::verify(&signed, &trusted, now(), 120, 60)
+            .expect("feed verifies against the trust bundle")
+    }
+
+    /// `ssh-keygen -Q` verdict of the CA's current KRL for a certificate.
+    fn krl_revokes(&self, certificate: &str) -> bool {
+        let krl = fetch_bytes(&format!("{}/v1/krl", self.ca.url));
+        let krl_path = self.dir.path().join("revoked.krl");
+        std::fs::write(&krl_path, krl).expect("write krl");
+        let cert_path = self.dir.path().join("check-cert.pub");
+        std::fs::write(&cert_path, certificate).expect("write cert");
+        let out = Command::new("ssh-keygen")
+            .arg("-Q")
+            .arg("-f")
+            .arg(&krl_path)
+            .arg(&cert_path)
+            .output()
+            .expect("ssh-keygen -Q");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.code() == Some(0) || out.status.code() == Some(1),
+            "ssh-keygen -Q failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout.contains("REVOKED")
+    }
+
+    fn authorize(&self, certificate: &str, login: &str, phase: &str) -> Value {
+        let blob = certificate.split_whitespace().nth(1).expect("blob");
+        let response = self.post(
+            "/v1/authorize",
+            &self.token("host:web-01"),
+            json!({"login": login, "certificate": blob, "host": "web-01.prod.example.com", "phase": phase}),
+        );
+        assert_eq!(response.status, 200, "{}", response.text);
+        response.json()
+    }
+}
+
+fn fetch_bytes(url: &str) -> Vec<u8> {
+    let mut response = ureq::get(url).call().expect("GET");
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/octet-stream")
+    );
+    response.body_mut().read_to_vec().expect("bytes")
+}
+
+#[test]
+fn owner_renews_and_completes_and_everything_revokes() {
+    let w = world();
+    let first = w.open_task();
+    let task_id = first["task_id"].as_str().expect("task_id").to_owned();
+    let cert1 = first["certificate"].as_str().expect("cert").to_owned();
+
+    // Another certificate for a new key, with a fresh token of the same identity.
+    let key2 = ssh_keygen(w.dir.path(), "agent2", &["-t", "ecdsa"]);
+    let renewed = w.post(
+        &format!("/v1/tasks/{task_id}/certificates"),
+        &w.token("agent-1"),
+        json!({"public_key": public_key(&key2), "ttl_seconds": 60}),
+    );
+    assert_eq!(renewed.status, 201, "{}", renewed.text);
+    let renewed = renewed.json();
+    assert_eq!(renewed["task_id"], task_id.as_str());
+    assert_eq!(renewed["principals"], first["principals"]);
+    assert_ne!(renewed["serial"], first["serial"]);
+    let cert2 = renewed["certificate"].as_str().expect("cert").to_owned();
+
+    // Someone else cannot renew, and cannot even see the task.
+    let stranger = w.post(
+        &format!("/v1/tasks/{task_id}/certificates"),
+        &w.token("agent-2"),
+        json!({"public_key": public_key(&w.key)}),
+    );
+    assert_eq!(stranger.status, 404, "{}", stranger.text);
+    assert_eq!(w.get_task(&task_id, &w.token("agent-2")).status, 404);
+
+    // Live: online check admits, the feed and the KRL do not list it.
+    assert_eq!(w.authorize(&cert1, "deploy", "check")["allow"], true);
+    assert!(!w.krl_revokes(&cert1));
+    assert!(w.feed().revoked_tasks.is_empty());
+
+    let view = w.get_task(&task_id, &w.token("agent-1"));
+    assert_eq!(view.status, 200);
+    let view = view.json();
+    assert_eq!(view["state"], "active");
+    assert_eq!(view["certificates"].as_array().expect("certs").len(), 2);
+
+    // Complete.
+    let done = w.post(
+        &format!("/v1/tasks/{task_id}/complete"),
+        &w.token("agent-1"),
+        json!({"reason": "logs rotated"}),
+    );
+    assert_eq!(done.status, 200, "{}", done.text);
+    let done = done.json();
+    assert_eq!(done["state"], "completed");
+    assert!(
+        done["certificates"]
+            .as_array()
+            .expect("certs")
+            .iter()
+            .all(|c| c["revoked"] == true)
+    );
+
+    // Everything now refuses the task's certificates.
+    let feed = w.feed();
+    assert!(feed.revoked_tasks.iter().any(|t| t.task_id == task_id));
+    assert_eq!(feed.revoked_serials.len(), 2);
+    assert!(
+        w.krl_revokes(&cert1),
+        "KRL must list the completed task's first certificate"
+    );
+    assert!(
+        w.krl_revokes(&cert2),
+        "KRL must list the completed task's second certificate"
+    );
+    let answer = w.authorize(&cert1, "deploy", "check");
+    assert_eq!(answer["allow"], false);
+    assert_eq!(answer["reason"], "serial_revoked");
+
+    // A completed task gets no more certificates, and cannot be completed twice.
+    let late = w.post(
+        &format!("/v1/tasks/{task_id}/certificates"),
+        &w.token("agent-1"),
+        json!({"public_key": public_key(&w.key)}),
+    );
+    assert_eq!(late.status, 409, "{}", late.text);
+    assert_eq!(late.error_code(), "task_not_active");
+    let again = w.post(
+        &format!("/v1/tasks/{task_id}/complete"),
+        &w.token("agent-1"),
+        json!({}),
+    );
+    assert_eq!(again.status, 409);
+
+    assert_eq!(w.ca.audit_events(event::TASK_COMPLETED).len(), 1);
+    assert_eq!(w.ca.audit_events(event::CERT_REVOKED).len(), 2);
+    assert_eq!(
+        w.ca.audit_events(event::CERT_DENIED).len(),
+        2,
+        "stranger and late renewal"
+    );
+    assert_eq!(
+        w.ca.audit_events(event::TASK_DENIED).len(),
+        1,
+        "second completion"
+    );
+    let log = w.ca.audit();
+    assert_eq!(
+        writ::audit::verify_chain(&log, writ::audit::GENESIS_HASH),
+        Ok(())
+    );
+}
+
+#[test]
+fn only_admins_revoke_tasks() {
+    let w = world();
+    let task = w.open_task();
+    let task_id = task["task_id"].as_str().expect("task_id");
+    let path = format!("/v1/tasks/{task_id}/revoke");
+
+    let by_owner = w.post(&path, &w.token("agent-1"), json!({"reason": "oops"}));
+    assert_eq!(by_owner.status, 403, "{}", by_owner.text);
+    assert_eq!(by_owner.error_code(), "admin_required");
+    let no_reason = w.post(&path, &w.token("admin-1"), json!({}));
+    assert_eq!(no_reason.status, 400);
+    assert_eq!(no_reason.error_code(), "reason_required");
+
+    // Admins can see any task.
+    assert_eq!(w.get_task(task_id, &w.token("admin-1")).status, 200);
+    let revoked = w.post(&path, &w.token("admin-1"), json!({"reason": "incident 42"}));
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    assert_eq!(revoked.json()["state"], "revoked");
+    assert!(w.krl_revokes(task["certificate"].as_str().expect("cert")));
+    let records = w.ca.audit_events(event::TASK_REVOKED);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].entry.subject.as_deref(), Some("admin-1"));
+    assert_eq!(records[0].entry.reason.as_deref(), Some("incident 42"));
+}
+
+#[test]
+fn a_single_certificate_can_be_revoked() {
+    let w = world();
+    let task = w.open_task();
+    let serial = task["serial"].as_str().expect("serial");
+    let cert = task["certificate"].as_str().expect("cert");
+    let response = w.post(
+        &format!("/v1/certificates/{serial}/revoke"),
+        &w.token("agent-1"),
+        json!({"reason": "key leaked"}),
+    );
+    assert_eq!(response.status, 200, "{}", response.text);
+    assert!(w.krl_revokes(cert));
+    let feed = w.feed();
+    assert!(feed.revoked_serials.iter().any(|s| s.serial == serial));
+    assert!(
+        feed.revoked_tasks.is_empty(),
+        "the task itself stays active"
+    );
+    assert_eq!(
+        w.authorize(cert, "deploy", "check")["reason"],
+        "serial_revoked"
+    );
+    assert_eq!(
+        w.post(
+            "/v1/certificates/12345/revoke",
+            &w.token("agent-1"),
+            json!({})
+        )
+        .status,
+        404
+    );
+}
+
+/// Sign `message` with `ssh-keygen -Y sign` as an agent would.
+fn ssh_keygen_sign(key: &Path, message: &[u8]) -> String {
+    let dir = key.parent().expect("dir");
+    let file = dir.join("pop-message");
+    std::fs::write(&file, message).expect("write message");
+    let _ = std::fs::remove_file(dir.join("pop-message.sig"));
+    let status = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-Y",
+            "sign",
+            "-n",
+            writ::task::possession::NAMESPACE,
+            "-f",
+        ])
+        .arg(key)
+        .arg(&file)
+        .status()
+        .expect("ssh-keygen -Y sign");
+    assert!(status.success());
+    std::fs::read_to_string(dir.join("pop-message.sig")).expect("signature")
+}
+
+#[test]
+fn proof_of_possession_replaces_a_fresh_token() {
+    let w = world();
+    let task = w.open_task();
+    let task_id = task["task_id"].as_str().expect("task_id");
+    let cert_line = task["certificate"].as_str().expect("cert");
+    let cert_blob = <base64ct::Base64 as base64ct::Encoding>::decode_vec(
+        cert_line.split_whitespace().nth(1).expect("blob"),
+    )
+    .expect("base64 certificate");
+
+    let path = format!("/v1/tasks/{task_id}/certificates");
+    let body = json!({"public_key": public_key(&w.key), "ttl_seconds": 30}).to_string();
+    let ts = now();
+    let message = writ::task::possession::message("POST", &path, ts, body.as_bytes());
+    let signature = ssh_keygen_sign(&w.key, &message);
+    let header = writ::task::possession::header(&cert_blob, ts, &signature);
+
+    let send = |header: &str, body: &str| {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut r = agent
+            .post(&format!("{}{path}", w.ca.url))
+            .header("authorization", header)
+            .header("content-type", "application/json")
+            .send(body)
+            .expect("POST");
+        (
+            r.status().as_u16(),
+            r.body_mut().read_to_string().expect("body"),
+        )
+    };
+    let (status, text) = send(&header, &body);
+    assert_eq!(status, 201, "{text}");
+    // The same signature is accepted once.
+    let (status, _) = send(&header, &body);
+    assert_eq!(status, 401);
+    // A signature over another body does not cover this one.
+    let other = json!({"public_key": public_key(&w.key), "ttl_seconds": 31}).to_string();
+    let (status, _) = send(
+        &writ::task::possession::header(&cert_blob, ts, &ssh_keygen_sign(&w.key, &message)),
+        &other,
+    );
+    assert_eq!(status, 401);
+    // A key that is not the certificate's cannot sign for it.
+    let intruder = ssh_keygen(w.dir.path(), "intruder", &["-t", "ed25519"]);
+    let (status, _) = send(
+        &writ::task::possession::header(&cert_blob, ts, &ssh_keygen_sign(&intruder, &message)),
+        &body,
+    );
+    assert_eq!(status, 401);
+    // An old timestamp is refused.
+    let old = ts - 600;
+    let old_message = writ::task::possession::message("POST", &path, old, body.as_bytes());
+    let (status, _) = send(
+        &writ::task::possession::header(&cert_blob, old, &ssh_keygen_sign(&w.key, &old_message)),
+        &body,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(w.ca.audit_events(event::TOKEN_REJECTED).len(), 4);
+}
+
+#[test]
+fn online_authorize_records_use_only_for_sessions() {
+    let w = world();
+    let task = w.open_task();
+    let cert = task["certificate"].as_str().expect("cert");
+    assert_eq!(w.authorize(cert, "deploy", "check")["allow"], true);
+    assert_eq!(
+        w.authorize(cert, "deploy", "check")["principal"],
+        format!("writ:{}:deploy", task["task_id"].as_str().expect("id"))
+    );
+    assert!(
+        w.ca.audit_events(event::CERT_USED).is_empty(),
+        "a check is not a use"
+    );
+    assert_eq!(w.authorize(cert, "deploy", "session")["allow"], true);
+    let used = w.ca.audit_events(event::CERT_USED);
+    assert_eq!(used.len(), 1);
+    assert_eq!(
+        used[0].entry.host.as_deref(),
+        Some("web-01.prod.example.com")
+    );
+    assert_eq!(used[0].entry.serial.as_deref(), task["serial"].as_str());
+    assert_eq!(
+        w.authorize(cert, "root", "check")["reason"],
+        "login_not_in_task"
+    );
+
+    // Agents are not hosts.
+    let blob = cert.split_whitespace().nth(1).expect("blob");
+    let as_agent = w.post(
+        "/v1/authorize",
+        &w.token("agent-1"),
+        json!({"login": "deploy", "certificate": blob, "host": "web-01.prod.example.com"}),
+    );
+    assert_eq!(as_agent.status, 403);
+    // A host cannot ask about hosts its policy does not cover.
+    let elsewhere = w.post(
+        "/v1/authorize",
+        &w.token("host:web-01"),
+        json!({"login": "deploy", "certificate": blob, "host": "db.staging.example.com"}),
+    );
+    assert_eq!(elsewhere.status, 403);
+}
