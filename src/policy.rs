@@ -59,9 +59,9 @@ pub struct Grant {
 }
 
 /// Why a policy does not apply to an identity: the first rule that fails (see
-/// [`check_match`]). Serialized with a `rule` tag for `policy explain --json`.
+/// [`check_match`]). Serialized with a `kind` tag for `policy explain --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "rule", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Mismatch {
     /// The policy is for another `[[issuer]]`.
     Issuer {
@@ -189,8 +189,8 @@ pub enum Verdict {
     NoMatch(Mismatch),
     /// The policy applies: what it offers, and what it grants for the request or why not.
     Matches {
-        /// The most it offers.
-        offer: Offer,
+        /// The most it offers (boxed: the variants differ a lot in size).
+        offer: Box<Offer>,
         /// [`Policies::grant`] for the request.
         result: Result<Grant, PolicyError>,
     },
@@ -335,7 +335,7 @@ impl Policies {
                 outcome: match check_match(policy, identity, Role::Agent) {
                     Err(mismatch) => Verdict::NoMatch(mismatch),
                     Ok(()) => Verdict::Matches {
-                        offer: self.offer(policy, identity),
+                        offer: Box::new(self.offer(policy, identity)),
                         result: self.grant(policy, identity, request),
                     },
                 },

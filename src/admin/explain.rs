@@ -154,9 +154,12 @@ pub struct PolicyReport {
 pub enum PolicyOutcome {
     /// The policy does not apply to the identity.
     NoMatch {
-        /// Why, in words (names the rule).
+        /// The policy rule (configuration key) that fails first: `issuer`, `subject`,
+        /// `claims` or `role`.
+        rule: &'static str,
+        /// Why, in words.
         reason: String,
-        /// The first rule that fails.
+        /// The details.
         mismatch: Mismatch,
     },
     /// The policy applies and grants the request.
@@ -343,6 +346,7 @@ pub async fn explain(
             name: verdict.policy,
             outcome: match verdict.outcome {
                 Verdict::NoMatch(mismatch) => PolicyOutcome::NoMatch {
+                    rule: mismatch.rule(),
                     reason: mismatch.to_string(),
                     mismatch,
                 },
@@ -350,14 +354,14 @@ pub async fn explain(
                     offer,
                     result: Ok(grant),
                 } => PolicyOutcome::Grants {
-                    offer: (&offer).into(),
+                    offer: offer.as_ref().into(),
                     grant: (&grant).into(),
                 },
                 Verdict::Matches {
                     offer,
                     result: Err(error),
                 } => PolicyOutcome::Refuses {
-                    offer: (&offer).into(),
+                    offer: offer.as_ref().into(),
                     refusal: (&error).into(),
                 },
             },
@@ -510,9 +514,10 @@ impl fmt::Display for Explanation {
                     writeln!(f, "  jti      {jti}")?;
                 }
                 let replay_note = if *replay == "reject" {
-                    "a real request uses this token up; explaining does not"
+                    "a token opens one task; explaining neither uses it up nor checks whether \
+                     it was used"
                 } else {
-                    "the token may be used until it expires"
+                    "the token may be reused until it expires"
                 };
                 writeln!(f, "  replay   {replay} ({replay_note})")?;
                 writeln!(f)?;

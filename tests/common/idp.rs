@@ -181,7 +181,13 @@ impl TestIdp {
 pub fn sign_with(key: Key, kid: &str, claims: &Value) -> String {
     let mut header = Header::new(key.alg());
     header.kid = Some(kid.to_owned());
-    jsonwebtoken::encode(&header, claims, &key.encoding_key()).expect("sign token")
+    sign_with_header(key, &header, claims)
+}
+
+/// Sign `claims` with `key` under a caller-built `header` (e.g. with `jku`, `x5u` or `jwk`
+/// set); `header.alg` must be the key's algorithm.
+pub fn sign_with_header(key: Key, header: &Header, claims: &Value) -> String {
+    jsonwebtoken::encode(header, claims, &key.encoding_key()).expect("sign token")
 }
 
 fn rand_hex() -> String {
