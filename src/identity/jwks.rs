@@ -1,6 +1,8 @@
 //! One issuer's signing keys: fetched from `jwks_url`, read from `jwks_file`, or found
 //! through OIDC discovery, then cached. An unknown `kid` triggers at most one refetch per
-//! [`MIN_REFETCH_INTERVAL`]; concurrent misses share one fetch.
+//! [`MIN_REFETCH_INTERVAL`] (counted between unknown-`kid` refetches only, so a key the
+//! issuer rotates in right after a start-up or scheduled fetch is still found at once);
+//! concurrent misses share one fetch.
 //!
 //! Fetches use the blocking `ureq` client on a blocking thread, with a hard timeout and a
 //! size limit, so a slow issuer cannot stall the server.
@@ -16,7 +18,8 @@ use super::TokenError;
 use crate::config::IssuerConfig;
 
 /// Minimum time between two fetches triggered by unknown `kid`s, so a stream of tokens with
-/// random `kid`s cannot make writ hammer the issuer.
+/// random `kid`s cannot make writ hammer the issuer (and between two retries of a failed
+/// scheduled refresh).
 pub const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Hard timeout on one JWKS or discovery fetch.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,7 +33,8 @@ pub enum JwksSource {
     Url(String),
     /// A local JWKS file.
     File(PathBuf),
-    /// `{issuer}/.well-known/openid-configuration` → `jwks_uri`.
+    /// `{issuer}/.well-known/openid-configuration` → `jwks_uri`; the document's `issuer`
+    /// must equal the configured issuer.
     Discovery(String),
 }
 
@@ -62,6 +66,14 @@ impl JwksSource {
                     issuer.trim_end_matches('/')
                 );
                 let doc: serde_json::Value = fetch_json(&url)?;
+                // OpenID Connect Discovery 1.0 §4.3: a document for another issuer must
+                // not be used.
+                let named = doc.get("issuer").and_then(|v| v.as_str());
+                if named != Some(issuer.as_str()) {
+                    return Err(format!(
+                        "{url} is for issuer {named:?}, not the configured {issuer:?}"
+                    ));
+                }
                 let jwks_uri = doc
                     .get("jwks_uri")
                     .and_then(|v| v.as_str())
@@ -105,6 +117,8 @@ struct CacheState {
     last_attempt: Option<Instant>,
     last_success: Option<Instant>,
     last_error: Option<String>,
+    /// When an unknown `kid` last triggered a refetch.
+    last_kid_refetch: Option<Instant>,
 }
 
 /// How long keys stay fresh and how long stale keys are still trusted.
@@ -186,6 +200,18 @@ impl KeyCache {
         }
     }
 
+    /// Claim the unknown-`kid` refetch: true at most once per [`MIN_REFETCH_INTERVAL`].
+    fn claim_kid_refetch(&self) -> bool {
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        let allowed = state
+            .last_kid_refetch
+            .is_none_or(|t| t.elapsed() >= MIN_REFETCH_INTERVAL);
+        if allowed {
+            state.last_kid_refetch = Some(Instant::now());
+        }
+        allowed
+    }
+
     /// Refresh unless another request did so while we waited for the refresh lock.
     async fn refresh_once(&self, seen_attempt: Option<Instant>) {
         let _guard = self.refresh.lock().await;
@@ -196,20 +222,26 @@ impl KeyCache {
 
     /// The key for `kid` (or the only key when the token has no `kid`).
     ///
-    /// Keys older than the refresh interval are refreshed first; an unknown `kid` triggers
-    /// a refetch at most once per [`MIN_REFETCH_INTERVAL`]; keys that could not be
-    /// refreshed for longer than `max_stale` are no longer trusted.
+    /// Keys older than the refresh interval are refreshed first (retried at most once per
+    /// [`MIN_REFETCH_INTERVAL`] while the issuer fails); an unknown `kid` triggers a
+    /// refetch at most once per [`MIN_REFETCH_INTERVAL`]; keys that could not be refreshed
+    /// for longer than `max_stale` are no longer trusted.
     pub async fn find(&self, kid: Option<&str>) -> Result<CachedKey, TokenError> {
         let snap = self.snapshot();
-        let attempt_allowed = snap
+        let retry_allowed = snap
             .last_attempt
             .is_none_or(|t| t.elapsed() >= MIN_REFETCH_INTERVAL);
         let due = snap
             .last_success
             .is_none_or(|t| t.elapsed() >= self.policy.refresh);
         let known = snap.keys.as_deref().and_then(|k| pick(k, kid));
-        if snap.keys.is_none() || (attempt_allowed && (due || known.is_none())) {
+        if snap.keys.is_none() || (due && retry_allowed) {
             self.refresh_once(snap.last_attempt).await;
+        } else if known.is_none() {
+            // Not limited by the last scheduled fetch: the issuer may have rotated since.
+            if self.claim_kid_refetch() {
+                self.refresh_once(snap.last_attempt).await;
+            }
         } else if let Some(found) = known
             && !due
         {
