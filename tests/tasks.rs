@@ -450,3 +450,53 @@ fn online_authorize_records_use_only_for_sessions() {
     );
     assert_eq!(elsewhere.status, 403);
 }
+
+#[test]
+fn operators_revoke_tasks_with_writ_admin_on_a_running_ca() {
+    let w = world();
+    let task = w.open_task();
+    let task_id = task["task_id"].as_str().expect("task_id");
+    let config = w.ca.dir().join("writ.toml");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_writ"))
+            .arg("admin")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("USER", "oncall-alice")
+            .env_remove("SUDO_USER")
+            .output()
+            .expect("run writ admin")
+    };
+    let out = run(&[
+        "task",
+        "revoke",
+        task_id,
+        "--reason",
+        "credential leak drill",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("revoked"));
+
+    // The running server sees it at once: feed, KRL, online check.
+    assert!(w.feed().revoked_tasks.iter().any(|t| t.task_id == task_id));
+    assert!(w.krl_revokes(task["certificate"].as_str().expect("cert")));
+    let records = w.ca.audit_events(event::TASK_REVOKED);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].entry.issuer.as_deref(), Some("local-admin"));
+    assert_eq!(records[0].entry.subject.as_deref(), Some("oncall-alice"));
+
+    let again = run(&["task", "revoke", task_id, "--reason", "twice"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already revoked"));
+    let unknown = run(&["task", "show", &"0".repeat(32)]);
+    assert!(!unknown.status.success());
+    let show = run(&["task", "show", task_id, "--json"]);
+    assert!(show.status.success());
+    let report: Value = serde_json::from_slice(&show.stdout).expect("json");
+    assert_eq!(report["state"], "revoked");
+}

@@ -5,12 +5,14 @@
 //!
 //! - [`explain`] — `writ admin policy explain`: which issuer verifies a token, which
 //!   policy matches it (or why each does not), and what would be granted.
+//! - [`task`] — `writ admin task show|revoke`: operators acting on tasks in the store.
 //!
 //! Commands here never print or log a whole bearer token or key material. A command that
 //! only inspects (like `policy explain`) issues nothing, writes nothing and touches no
 //! store or audit log.
 
 pub mod explain;
+pub mod task;
 
 use std::io::Read;
 use std::path::Path;

@@ -63,6 +63,36 @@ enum AdminCommand {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Show or revoke tasks, directly in the CA's store.
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Show a task, its state and its certificates.
+    Show {
+        /// Task id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a task now: all its certificates are revoked and the next revocation feed
+    /// and KRL (what hosts sync) list them. Recorded as `task.revoked` by `local-admin`
+    /// and your login ($SUDO_USER or $USER).
+    Revoke {
+        /// Task id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -181,6 +211,9 @@ fn main() -> ExitCode {
             };
             policy_explain(cli.config.as_deref(), &token, &request, json)
         }
+        Command::Admin {
+            command: AdminCommand::Task { command },
+        } => task_command(cli.config.as_deref(), command),
         Command::Serve {
             dev,
             data_dir,
@@ -275,6 +308,40 @@ fn policy_explain(
     match explanation.outcome() {
         explain::Outcome::TokenRefused => ExitCode::FAILURE,
         explain::Outcome::Allowed | explain::Outcome::Denied => ExitCode::SUCCESS,
+    }
+}
+
+fn task_command(config: Option<&std::path::Path>, command: TaskCommand) -> ExitCode {
+    let config = match writ::admin::load_config(config) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let (result, json) = runtime.block_on(async {
+        match command {
+            TaskCommand::Show { id, json } => (writ::admin::task::show(&config, &id, now).await, json),
+            TaskCommand::Revoke { id, reason, json } => {
+                let operator = std::env::var("SUDO_USER")
+                    .or_else(|_| std::env::var("USER"))
+                    .unwrap_or_else(|_| "unknown".into());
+                (writ::admin::task::revoke(&config, &id, &reason, &operator, now).await, json)
+            }
+        }
+    });
+    match result {
+        Ok(report) if json => {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::config::Role;
 use crate::identity::{Identity, TokenError};
 use crate::policy::Request;
 use crate::profile;
-use crate::store::{CertificateRecord, StoreError, TaskEnd, TaskRecord, TokenUse};
+use crate::store::{CertificateRecord, Store, StoreError, TaskEnd, TaskRecord, TokenUse};
 
 /// Who is calling a task endpoint.
 #[derive(Debug, Clone)]
@@ -373,47 +373,26 @@ impl Issuer {
             return Err(IssueError::TaskNotActive(state));
         }
         let (issuer, subject) = caller.subject_for_audit(Some(&task));
-        let base = |name: &str| {
-            let mut entry = AuditEntry::new(name, Outcome::Success);
-            entry.issuer = issuer.clone();
-            entry.subject = subject.clone();
-            entry.policy = Some(task.policy.clone());
-            entry.task_id = Some(task.id.clone());
-            entry.logins = task.logins.clone();
-            entry.hosts = task.hosts.clone();
-            entry.reason = reason.clone();
-            entry.source_ip = context.source_ip.clone();
-            entry.request_id = context.request_id.clone();
-            entry
-        };
+        let actor = Actor { issuer, subject };
         let fingerprints: Vec<(String, String)> = self
             .keyring
             .keys()
             .iter()
             .map(|k| (k.id.clone(), k.fingerprint.clone()))
             .collect();
-        let build_audit = |live: &[CertificateRecord]| {
-            let mut entries = vec![base(ending.event())];
-            for cert in live {
-                let mut revoked = base(event::CERT_REVOKED);
-                revoked.serial = Some(cert.serial.to_string());
-                revoked.key_fingerprint = Some(cert.key_fingerprint.clone());
-                revoked.ca_fingerprint = fingerprints
-                    .iter()
-                    .find(|(id, _)| *id == cert.ca_key_id)
-                    .map(|(_, f)| f.clone());
-                entries.push(revoked);
-            }
-            entries
-        };
-        let end = TaskEnd {
-            task_id: task.id.clone(),
-            state: ending.state().to_owned(),
-            reason: reason.clone(),
+        let result = end_in_store(
+            self.store.as_ref(),
+            &task,
+            ending,
+            &actor,
+            reason,
+            context,
+            &fingerprints,
+            caller.token_use(),
             now_unix,
-            token_use: caller.token_use(),
-        };
-        match self.store.end_task(&end, &build_audit).await {
+        )
+        .await;
+        match result {
             Ok(_) => {}
             Err(StoreError::TaskNotActive) => return Err(IssueError::TaskNotActive("ended")),
             Err(StoreError::TokenReused) => return Err(replayed(caller)),
@@ -558,6 +537,67 @@ impl Issuer {
             },
         })
     }
+}
+
+/// Who ended a task, as audit records name them.
+#[derive(Debug, Clone, Default)]
+pub struct Actor {
+    /// Issuer name (or `local-admin` for `writ admin`).
+    pub issuer: Option<String>,
+    /// Subject (or the operator's login).
+    pub subject: Option<String>,
+}
+
+/// End `task` in `store` with its audit records (`task.completed`/`task.revoked` and one
+/// `cert.revoked` per live certificate), all in one transaction. Shared by the API and
+/// `writ admin task revoke`. `ca_fingerprints` maps CA key ids to fingerprints.
+#[allow(clippy::too_many_arguments)]
+pub async fn end_in_store(
+    store: &dyn Store,
+    task: &TaskRecord,
+    ending: Ending,
+    actor: &Actor,
+    reason: Option<String>,
+    context: &RequestContext,
+    ca_fingerprints: &[(String, String)],
+    token_use: Option<TokenUse>,
+    now_unix: i64,
+) -> Result<Vec<CertificateRecord>, StoreError> {
+    let base = |name: &str| {
+        let mut entry = AuditEntry::new(name, Outcome::Success);
+        entry.issuer = actor.issuer.clone();
+        entry.subject = actor.subject.clone();
+        entry.policy = Some(task.policy.clone());
+        entry.task_id = Some(task.id.clone());
+        entry.logins = task.logins.clone();
+        entry.hosts = task.hosts.clone();
+        entry.reason = reason.clone();
+        entry.source_ip = context.source_ip.clone();
+        entry.request_id = context.request_id.clone();
+        entry
+    };
+    let build_audit = |live: &[CertificateRecord]| {
+        let mut entries = vec![base(ending.event())];
+        for cert in live {
+            let mut revoked = base(event::CERT_REVOKED);
+            revoked.serial = Some(cert.serial.to_string());
+            revoked.key_fingerprint = Some(cert.key_fingerprint.clone());
+            revoked.ca_fingerprint = ca_fingerprints
+                .iter()
+                .find(|(id, _)| *id == cert.ca_key_id)
+                .map(|(_, f)| f.clone());
+            entries.push(revoked);
+        }
+        entries
+    };
+    let end = TaskEnd {
+        task_id: task.id.clone(),
+        state: ending.state().to_owned(),
+        reason: reason.clone(),
+        now_unix,
+        token_use,
+    };
+    store.end_task(&end, &build_audit).await
 }
 
 fn replayed(caller: &Caller) -> IssueError {

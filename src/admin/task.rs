@@ -1,0 +1,176 @@
+//! `writ admin task revoke ID --reason TEXT` and `writ admin task show ID`: operators
+//! acting on tasks directly in the CA's store (the same store a running `writ serve`
+//! uses; a revocation is in the next revocation feed and KRL the server hands out).
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::profile;
+use crate::store::{self, CertificateRecord, StoreError, TaskRecord};
+use crate::task::RequestContext;
+use crate::task::lifecycle::{Actor, Ending, end_in_store, task_state};
+
+/// Issuer name audit records give operators acting through `writ admin`.
+pub const LOCAL_ADMIN: &str = "local-admin";
+
+/// Why a task command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskCommandError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// No such task.
+    #[error("no task {0}")]
+    NotFound(String),
+    /// The task already ended.
+    #[error("task {id} is already {state}")]
+    NotActive {
+        /// Task id.
+        id: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The reason is empty or unprintable.
+    #[error("--reason must be 1 to 512 bytes of text without control characters")]
+    BadReason,
+}
+
+/// A task and its certificates, for printing.
+#[derive(Debug, Serialize)]
+pub struct TaskReport {
+    /// Task id.
+    pub task_id: String,
+    /// State now.
+    pub state: &'static str,
+    /// Owner.
+    pub owner: String,
+    /// Policy.
+    pub policy: String,
+    /// Logins.
+    pub logins: Vec<String>,
+    /// Host patterns.
+    pub hosts: Vec<String>,
+    /// Unix seconds.
+    pub expires_at: i64,
+    /// Serials, with whether each is revoked.
+    pub certificates: Vec<(String, bool)>,
+}
+
+impl TaskReport {
+    fn new(task: &TaskRecord, certificates: &[CertificateRecord], now_unix: i64) -> TaskReport {
+        TaskReport {
+            task_id: task.id.clone(),
+            state: task_state(task, now_unix),
+            owner: format!("{} / {}", task.issuer, task.subject),
+            policy: task.policy.clone(),
+            logins: task.logins.clone(),
+            hosts: task.hosts.clone(),
+            expires_at: task.expires_at,
+            certificates: certificates
+                .iter()
+                .map(|c| (c.serial.to_string(), c.revoked_at.is_some()))
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Display for TaskReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "task      {}", self.task_id)?;
+        writeln!(f, "state     {}", self.state)?;
+        writeln!(f, "owner     {}", self.owner)?;
+        writeln!(f, "policy    {}", self.policy)?;
+        writeln!(f, "logins    {}", self.logins.join(", "))?;
+        writeln!(f, "hosts     {}", self.hosts.join(", "))?;
+        writeln!(f, "expires   {}", self.expires_at)?;
+        for (serial, revoked) in &self.certificates {
+            writeln!(
+                f,
+                "cert      {serial}{}",
+                if *revoked { " (revoked)" } else { "" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+async fn load(
+    config: &Config,
+    task_id: &str,
+) -> Result<(std::sync::Arc<dyn store::Store>, TaskRecord), TaskCommandError> {
+    let store = store::open(&config.storage.url).await?;
+    if !profile::is_valid_task_id(task_id) {
+        return Err(TaskCommandError::NotFound(
+            task_id.chars().take(64).collect(),
+        ));
+    }
+    let task = store
+        .task(task_id)
+        .await?
+        .ok_or_else(|| TaskCommandError::NotFound(task_id.to_owned()))?;
+    Ok((store, task))
+}
+
+/// Show a task.
+pub async fn show(
+    config: &Config,
+    task_id: &str,
+    now_unix: i64,
+) -> Result<TaskReport, TaskCommandError> {
+    let (store, task) = load(config, task_id).await?;
+    let certificates = store.task_certificates(&task.id).await?;
+    Ok(TaskReport::new(&task, &certificates, now_unix))
+}
+
+/// Revoke a task as operator `operator` (their login, for the audit record).
+pub async fn revoke(
+    config: &Config,
+    task_id: &str,
+    reason: &str,
+    operator: &str,
+    now_unix: i64,
+) -> Result<TaskReport, TaskCommandError> {
+    if reason.trim().is_empty() || reason.len() > 512 || reason.chars().any(char::is_control) {
+        return Err(TaskCommandError::BadReason);
+    }
+    let (store, task) = load(config, task_id).await?;
+    let state = task_state(&task, now_unix);
+    if state != "active" {
+        return Err(TaskCommandError::NotActive { id: task.id, state });
+    }
+    let fingerprints: Vec<(String, String)> = store
+        .ca_keys()
+        .await?
+        .into_iter()
+        .map(|k| (k.id, k.fingerprint))
+        .collect();
+    let actor = Actor {
+        issuer: Some(LOCAL_ADMIN.to_owned()),
+        subject: Some(operator.to_owned()),
+    };
+    let result = end_in_store(
+        store.as_ref(),
+        &task,
+        Ending::Revoke,
+        &actor,
+        Some(reason.to_owned()),
+        &RequestContext::default(),
+        &fingerprints,
+        None,
+        now_unix,
+    )
+    .await;
+    match result {
+        Ok(_) => {}
+        Err(StoreError::TaskNotActive) => {
+            return Err(TaskCommandError::NotActive {
+                id: task.id,
+                state: "ended",
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    show(config, task_id, now_unix).await
+}
