@@ -232,3 +232,44 @@ fn denies_hosts_outside_the_task() {
     std::fs::write(&f.config, text).expect("write");
     assert_denied(&f.check("deploy", &cert), "host outside the task");
 }
+
+#[test]
+fn host_install_script_lays_out_a_valid_host() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let out = Command::new("sh")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/contrib/host/install.sh"
+        ))
+        .args([
+            "--ca-url",
+            "https://ca.example.com",
+            "--host-name",
+            "web-01.prod.example.com",
+            "--binary",
+        ])
+        .arg(env!("CARGO_BIN_EXE_writ-principals"))
+        .env("ROOT", root.path())
+        .output()
+        .expect("run install.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = root.path();
+    let config = writ::host::config::HostConfig::load(&r.join("etc/writ/host.toml"))
+        .expect("valid host.toml");
+    assert_eq!(config.ca_url, "https://ca.example.com");
+    assert_eq!(config.host_name.as_deref(), Some("web-01.prod.example.com"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(r.join("usr/local/bin/writ-principals"))
+        .expect("binary")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let dropin =
+        std::fs::read_to_string(r.join("etc/ssh/sshd_config.d/writ.conf")).expect("drop-in");
+    assert!(dropin.contains("AuthorizedPrincipalsCommand /usr/local/bin/writ-principals check --config /etc/writ/host.toml -- %u %k"));
+    assert!(dropin.contains("RevokedKeys /var/lib/writ/revoked.krl"));
+}
