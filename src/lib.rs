@@ -7,6 +7,7 @@
 //! - [`admin`] — operator commands (`writ admin …`), e.g. `policy explain`: verifies a
 //!   token and explains what the policies do with it, without issuing or writing anything.
 //! - [`server`] — builds the running CA from a [`config::Config`] and serves [`api`].
+//! - [`client`] — the agent side (`writ cert`, `writ ssh`): certificates over HTTP.
 //! - [`dev`] — `writ serve --dev` and `writ dev token`: a local development issuer.
 //! - [`task`] — issuing certificates for tasks: identity → policy → sign → store.
 //! - [`policy`] — which identities may get which logins, hosts and TTLs.
@@ -25,6 +26,7 @@ pub mod api;
 pub mod audit;
 pub mod authority;
 pub mod cidr;
+pub mod client;
 pub mod config;
 pub mod dev;
 pub mod duration;

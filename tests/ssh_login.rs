@@ -26,11 +26,22 @@ fn host_config(ca: &TestCa, host: &TestHost, host_name: &str) -> String {
 }
 
 fn sync(host: &TestHost) {
-    let out = Command::new(host.principals_bin())
-        .args(["sync", "--config"])
-        .arg(host.host_config_path())
-        .output()
-        .expect("run writ-principals sync");
+    // A binary copied moments ago can be briefly "busy" (ETXTBSY) while another test
+    // thread's fork still holds the copy's write descriptor; retry that case only.
+    let mut attempts = 0;
+    let out = loop {
+        match Command::new(host.principals_bin())
+            .args(["sync", "--config"])
+            .arg(host.host_config_path())
+            .output()
+        {
+            Err(e) if e.raw_os_error() == Some(26) && attempts < 50 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => break other.expect("run writ-principals sync"),
+        }
+    };
     assert!(
         out.status.success(),
         "sync failed: {}",
@@ -209,6 +220,126 @@ fn hosts_without_writ_principals_refuse_writ_certificates() {
     assert!(
         ssh_login(sshd.port(), ALICE, &key, Some(&bare)).success,
         "control login failed: {}",
+        sshd.log()
+    );
+}
+
+#[test]
+fn writ_ssh_runs_a_task_scoped_session_and_completes_the_task() {
+    require_root_and_sshd();
+    ensure_user(ALICE);
+    let idp = TestIdp::start(&[Key::Rsa]);
+    let ca = TestCa::with_policy(
+        &idp,
+        "",
+        &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*.prod.example.com\"]\n"),
+    );
+    let host = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
+    sync(&host);
+    let sshd = Sshd::start(&host, SshdOptions::default());
+    let port = sshd.port().to_string();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args([
+            "ssh",
+            "--ca-url",
+            &ca.url,
+            "--token",
+            &idp.token(Key::Rsa, "agent-1"),
+        ])
+        .args([
+            "--login",
+            ALICE,
+            "--host",
+            HOST_NAME,
+            "--purpose",
+            "check uptime",
+        ])
+        .args([
+            "--ssh-arg=-oHostName=127.0.0.1",
+            "--ssh-arg=-p",
+            &format!("--ssh-arg={port}"),
+        ])
+        .args([
+            "--ssh-arg=-oStrictHostKeyChecking=no",
+            "--ssh-arg=-oUserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "--ssh-arg=-oBatchMode=yes",
+            "--ssh-arg=-oLogLevel=ERROR",
+            "--",
+            "echo",
+            "hello-from-task",
+        ])
+        .output()
+        .expect("run writ ssh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "writ ssh failed: {stderr}\n{}",
+        sshd.log()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hello-from-task"));
+    assert!(stderr.contains("completed"), "{stderr}");
+
+    // The task was completed with a proof of possession: its certificate is revoked.
+    let completed = ca.audit_events(writ::audit::event::TASK_COMPLETED);
+    assert_eq!(completed.len(), 1);
+    assert_eq!(completed[0].entry.subject.as_deref(), Some("agent-1"));
+    let feed = common::http::get(&format!("{}/v1/revocations", ca.url)).text;
+    let task_id = completed[0].entry.task_id.clone().expect("task id");
+    assert!(feed.contains(&task_id));
+}
+
+#[test]
+fn writ_cert_certifies_an_existing_key() {
+    require_root_and_sshd();
+    ensure_user(ALICE);
+    let idp = TestIdp::start(&[Key::Rsa]);
+    let ca = TestCa::with_policy(
+        &idp,
+        "",
+        &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*.prod.example.com\"]\n"),
+    );
+    let host = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
+    sync(&host);
+    let sshd = Sshd::start(&host, SshdOptions::default());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, idp.token(Key::Rsa, "agent-1")).expect("token file");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args([
+            "cert",
+            "--ca-url",
+            &ca.url,
+            "--token",
+            &format!("@{}", token_file.display()),
+        ])
+        .args([
+            "--login",
+            ALICE,
+            "--host",
+            "web-*.prod.example.com",
+            "--ttl",
+            "2m",
+            "--key",
+        ])
+        .arg(&key)
+        .output()
+        .expect("run writ cert");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = PathBuf::from(format!("{}-cert.pub", key.display()));
+    assert!(
+        ssh_login(sshd.port(), ALICE, &key, Some(&cert)).success,
+        "{}",
         sshd.log()
     );
 }

@@ -28,6 +28,35 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Get a task-bound certificate for an existing key (agents, CI jobs).
+    ///
+    /// Opens a task for --login/--host with the workload token and writes the
+    /// certificate next to the key as <key>-cert.pub, which ssh picks up automatically.
+    Cert {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Private or public key file to certify (e.g. ~/.ssh/id_ed25519).
+        #[arg(long, value_name = "PATH")]
+        key: PathBuf,
+    },
+    /// Open a task, ssh to the host with a fresh key and certificate, then complete the
+    /// task so the certificate stops working everywhere.
+    ///
+    /// Example: writ ssh --ca-url https://ca.example.com --token @/var/run/token
+    ///          --login deploy --host web-01.prod.example.com -- uptime
+    Ssh {
+        #[command(flatten)]
+        agent: AgentArgs,
+        /// Keep the task open after ssh exits (until it expires).
+        #[arg(long)]
+        keep_task: bool,
+        /// An ssh option, before the host (repeat), e.g. --ssh-arg=-p --ssh-arg=2222.
+        #[arg(long = "ssh-arg", value_name = "ARG", allow_hyphen_values = true)]
+        ssh_options: Vec<String>,
+        /// Remote command (after --).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
     /// Run the CA.
     ///
     /// With --config, serves that configuration. With --dev, runs like `vault server -dev`:
@@ -136,6 +165,44 @@ enum PolicyCommand {
     },
 }
 
+/// What an agent asks for.
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The CA's base URL.
+    #[arg(long, env = "WRIT_CA_URL", value_name = "URL")]
+    ca_url: String,
+    /// Workload token: `-` reads stdin, `@FILE` a file (preferred), else the token itself.
+    #[arg(long, value_name = "TOKEN|-|@FILE")]
+    token: String,
+    /// Login for the task (repeat or comma-separate for several).
+    #[arg(long = "login", value_delimiter = ',', required = true)]
+    logins: Vec<String>,
+    /// Host (pattern) for the task (repeat or comma-separate); `writ ssh` connects to the first.
+    #[arg(long = "host", value_delimiter = ',', required = true)]
+    hosts: Vec<String>,
+    /// Certificate lifetime, e.g. 5m (default: the CA's).
+    #[arg(long, value_parser = duration::parse)]
+    ttl: Option<Duration>,
+    /// Task lifetime, e.g. 30m (default: the CA's).
+    #[arg(long, value_parser = duration::parse)]
+    task_ttl: Option<Duration>,
+    /// What the task is for (recorded in the audit log).
+    #[arg(long, default_value = "")]
+    purpose: String,
+}
+
+impl AgentArgs {
+    fn request(&self) -> writ::client::TaskRequest {
+        writ::client::TaskRequest {
+            logins: self.logins.clone(),
+            hosts: self.hosts.clone(),
+            task_ttl: self.task_ttl,
+            cert_ttl: self.ttl,
+            purpose: self.purpose.clone(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum DevCommand {
     /// Print a workload token from the development issuer of `writ serve --dev`.
@@ -214,6 +281,30 @@ fn main() -> ExitCode {
         Command::Admin {
             command: AdminCommand::Task { command },
         } => task_command(cli.config.as_deref(), command),
+        Command::Cert { agent, key } => cert_command(&agent, &key),
+        Command::Ssh {
+            agent,
+            keep_task,
+            ssh_options,
+            command,
+        } => {
+            let token = match admin::read_token(&agent.token, &mut std::io::stdin()) {
+                Ok(t) => t,
+                Err(e) => return fail(&e),
+            };
+            let host = agent.hosts[0].clone();
+            let login = agent.logins[0].clone();
+            let ssh = writ::client::SshInvocation {
+                login,
+                host,
+                options: ssh_options,
+                command,
+            };
+            match writ::client::ssh(&agent.ca_url, &token, &ssh, &agent.request(), keep_task) {
+                Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
+                Err(e) => fail(&e),
+            }
+        }
         Command::Serve {
             dev,
             data_dir,
@@ -311,30 +402,67 @@ fn policy_explain(
     }
 }
 
+fn cert_command(agent: &AgentArgs, key: &std::path::Path) -> ExitCode {
+    let token = match admin::read_token(&agent.token, &mut std::io::stdin()) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let base = key.to_string_lossy().trim_end_matches(".pub").to_owned();
+    let public_key = match std::fs::read_to_string(format!("{base}.pub")) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) => return fail(&format!("cannot read {base}.pub: {e}")),
+    };
+    match writ::client::open_task(&agent.ca_url, &token, &public_key, &agent.request()) {
+        Ok(issued) => {
+            let path = format!("{base}-cert.pub");
+            if let Err(e) = std::fs::write(&path, format!("{}\n", issued.certificate)) {
+                return fail(&format!("cannot write {path}: {e}"));
+            }
+            println!("task {}", issued.task_id);
+            println!("serial {}", issued.serial);
+            println!("certificate {path} (valid until {})", issued.valid_before);
+            println!("principals {}", issued.principals.join(","));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
 fn task_command(config: Option<&std::path::Path>, command: TaskCommand) -> ExitCode {
     let config = match writ::admin::load_config(config) {
         Ok(c) => c,
         Err(e) => return fail(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let (result, json) = runtime.block_on(async {
         match command {
-            TaskCommand::Show { id, json } => (writ::admin::task::show(&config, &id, now).await, json),
+            TaskCommand::Show { id, json } => {
+                (writ::admin::task::show(&config, &id, now).await, json)
+            }
             TaskCommand::Revoke { id, reason, json } => {
                 let operator = std::env::var("SUDO_USER")
                     .or_else(|_| std::env::var("USER"))
                     .unwrap_or_else(|_| "unknown".into());
-                (writ::admin::task::revoke(&config, &id, &reason, &operator, now).await, json)
+                (
+                    writ::admin::task::revoke(&config, &id, &reason, &operator, now).await,
+                    json,
+                )
             }
         }
     });
     match result {
         Ok(report) if json => {
-            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
             ExitCode::SUCCESS
         }
         Ok(report) => {

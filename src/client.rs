@@ -1,0 +1,297 @@
+//! The agent side (`writ cert`, `writ ssh`): ask the CA for a task-bound certificate,
+//! and end the task afterwards with a proof of possession signed by the certificate's
+//! own key — so the agent needs exactly one workload token per task.
+//!
+//! Blocking (ureq) with a hard timeout; never prints or logs the token or private keys.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+use ssh_key::{HashAlg, PrivateKey};
+
+use crate::task::possession;
+
+/// Hard timeout on each call to the CA.
+pub const TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the agent asks for.
+#[derive(Debug, Clone, Default)]
+pub struct TaskRequest {
+    /// Logins.
+    pub logins: Vec<String>,
+    /// Host patterns.
+    pub hosts: Vec<String>,
+    /// Task lifetime.
+    pub task_ttl: Option<Duration>,
+    /// Certificate lifetime.
+    pub cert_ttl: Option<Duration>,
+    /// Free text.
+    pub purpose: String,
+}
+
+/// The CA's answer (`POST /v1/certificates`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Issued {
+    /// Task id.
+    pub task_id: String,
+    /// Serial.
+    pub serial: String,
+    /// OpenSSH certificate line.
+    pub certificate: String,
+    /// Principals.
+    pub principals: Vec<String>,
+    /// RFC 3339.
+    pub valid_before: String,
+    /// RFC 3339.
+    pub task_expires_at: String,
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Transport failure.
+    #[error("cannot reach the CA at {url}: {detail}")]
+    Unreachable {
+        /// URL.
+        url: String,
+        /// What happened.
+        detail: String,
+    },
+    /// The CA refused, with its error envelope.
+    #[error("the CA answered {status} {code}: {message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Error code.
+        code: String,
+        /// Message.
+        message: String,
+    },
+    /// The answer was not understood.
+    #[error("unexpected answer from the CA: {0}")]
+    BadAnswer(String),
+    /// Signing the proof of possession failed.
+    #[error("cannot sign the proof of possession: {0}")]
+    Sign(String),
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn post(url: &str, authorization: &str, body: &str) -> Result<Value, ClientError> {
+    let unreachable = |e: ureq::Error| ClientError::Unreachable {
+        url: url.to_owned(),
+        detail: e.to_string(),
+    };
+    let mut response = agent()
+        .post(url)
+        .header("authorization", authorization)
+        .header("content-type", "application/json")
+        .send(body)
+        .map_err(unreachable)?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(1024 * 1024)
+        .read_to_string()
+        .map_err(unreachable)?;
+    let value: Value =
+        serde_json::from_str(&text).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+    if (200..300).contains(&status) {
+        Ok(value)
+    } else {
+        Err(ClientError::Refused {
+            status,
+            code: value["error"]["code"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_owned(),
+            message: value["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+}
+
+/// Open a task and get its first certificate for `public_key` (an OpenSSH line).
+pub fn open_task(
+    ca_url: &str,
+    token: &str,
+    public_key: &str,
+    request: &TaskRequest,
+) -> Result<Issued, ClientError> {
+    let mut task =
+        json!({"logins": request.logins, "hosts": request.hosts, "purpose": request.purpose});
+    if let Some(ttl) = request.task_ttl {
+        task["ttl_seconds"] = ttl.as_secs().into();
+    }
+    let mut body = json!({"public_key": public_key, "task": task});
+    if let Some(ttl) = request.cert_ttl {
+        body["ttl_seconds"] = ttl.as_secs().into();
+    }
+    let url = format!("{}/v1/certificates", ca_url.trim_end_matches('/'));
+    let value = post(&url, &format!("Bearer {token}"), &body.to_string())?;
+    serde_json::from_value(value).map_err(|e| ClientError::BadAnswer(e.to_string()))
+}
+
+/// Complete `task_id`, proving possession of `key`, the private key of `certificate`.
+pub fn complete_task(
+    ca_url: &str,
+    task_id: &str,
+    certificate: &str,
+    key: &PrivateKey,
+    now_unix: i64,
+) -> Result<(), ClientError> {
+    let path = format!("/v1/tasks/{task_id}/complete");
+    let body = b"{}";
+    let message = possession::message("POST", &path, now_unix, body);
+    let signature = key
+        .sign(possession::NAMESPACE, HashAlg::Sha512, &message)
+        .and_then(|s| s.to_pem(ssh_key::LineEnding::LF))
+        .map_err(|e| ClientError::Sign(e.to_string()))?;
+    let blob = certificate
+        .split_whitespace()
+        .nth(1)
+        .and_then(|b| <base64ct::Base64 as base64ct::Encoding>::decode_vec(b).ok())
+        .ok_or_else(|| {
+            ClientError::BadAnswer("certificate is not an OpenSSH certificate line".into())
+        })?;
+    let header = possession::header(&blob, now_unix, &signature);
+    let url = format!("{}{path}", ca_url.trim_end_matches('/'));
+    post(&url, &header, std::str::from_utf8(body).unwrap_or("{}")).map(|_| ())
+}
+
+/// A private directory with a fresh ed25519 key, removed on drop.
+pub struct EphemeralKey {
+    dir: std::path::PathBuf,
+    /// The key.
+    pub key: PrivateKey,
+}
+
+impl EphemeralKey {
+    /// Create `<tmp>/writ-<random>/` (mode 0700) holding a new key.
+    pub fn new() -> Result<EphemeralKey, ClientError> {
+        use rand_core::RngCore;
+        use std::os::unix::fs::DirBuilderExt;
+        let mut suffix = [0u8; 8];
+        rand_core::OsRng.fill_bytes(&mut suffix);
+        let dir = std::env::temp_dir().join(format!("writ-{}", crate::audit::hex(&suffix)));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| ClientError::Sign(format!("cannot create {}: {e}", dir.display())))?;
+        let mut key = PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+            .map_err(|e| ClientError::Sign(e.to_string()))?;
+        key.set_comment("writ-ephemeral");
+        let ephemeral = EphemeralKey { dir, key };
+        ephemeral
+            .key
+            .write_openssh_file(&ephemeral.key_path(), ssh_key::LineEnding::LF)
+            .map_err(|e| ClientError::Sign(e.to_string()))?;
+        Ok(ephemeral)
+    }
+
+    /// Path of the private key file.
+    pub fn key_path(&self) -> std::path::PathBuf {
+        self.dir.join("id_ed25519")
+    }
+
+    /// Path where the certificate goes.
+    pub fn certificate_path(&self) -> std::path::PathBuf {
+        self.dir.join("id_ed25519-cert.pub")
+    }
+
+    /// The public key line.
+    pub fn public_key(&self) -> Result<String, ClientError> {
+        self.key
+            .public_key()
+            .to_openssh()
+            .map_err(|e| ClientError::Sign(e.to_string()))
+    }
+}
+
+impl Drop for EphemeralKey {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// How to run ssh.
+#[derive(Debug, Clone, Default)]
+pub struct SshInvocation {
+    /// Remote login.
+    pub login: String,
+    /// Host to connect to.
+    pub host: String,
+    /// ssh options, placed before the host.
+    pub options: Vec<String>,
+    /// Remote command, after the host.
+    pub command: Vec<String>,
+}
+
+/// `writ ssh`: open a task with a fresh key, run `ssh` with the certificate, then complete
+/// the task (unless `keep_task`). Returns ssh's exit code.
+pub fn ssh(
+    ca_url: &str,
+    token: &str,
+    invocation: &SshInvocation,
+    request: &TaskRequest,
+    keep_task: bool,
+) -> Result<i32, ClientError> {
+    let ephemeral = EphemeralKey::new()?;
+    let issued = open_task(ca_url, token, &ephemeral.public_key()?, request)?;
+    std::fs::write(
+        ephemeral.certificate_path(),
+        format!("{}\n", issued.certificate),
+    )
+    .map_err(|e| ClientError::Sign(e.to_string()))?;
+    eprintln!(
+        "writ: task {} open until {} (certificate serial {})",
+        issued.task_id, issued.task_expires_at, issued.serial
+    );
+    let status = std::process::Command::new("ssh")
+        .arg("-i")
+        .arg(ephemeral.key_path())
+        .arg("-o")
+        .arg(format!(
+            "CertificateFile={}",
+            ephemeral.certificate_path().display()
+        ))
+        .args(["-o", "IdentitiesOnly=yes", "-l", &invocation.login])
+        .args(&invocation.options)
+        .arg(&invocation.host)
+        .args(&invocation.command)
+        .status()
+        .map_err(|e| ClientError::Unreachable {
+            url: "ssh".into(),
+            detail: e.to_string(),
+        })?;
+    if !keep_task {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match complete_task(
+            ca_url,
+            &issued.task_id,
+            &issued.certificate,
+            &ephemeral.key,
+            now,
+        ) {
+            Ok(()) => eprintln!(
+                "writ: task {} completed; its certificates no longer work",
+                issued.task_id
+            ),
+            Err(e) => eprintln!(
+                "writ: warning: could not complete task {}: {e}",
+                issued.task_id
+            ),
+        }
+    }
+    Ok(status.code().unwrap_or(255))
+}
