@@ -464,3 +464,27 @@ fn ca_private_key_is_encrypted_at_rest() {
         .expect("pem");
     assert!(clear.replace('\n', "").contains(CLEARTEXT_KEY_PREFIX));
 }
+
+#[test]
+fn a_certificate_never_outlives_its_task() {
+    let (idp, ca, _dir, pubkey) = setup();
+    let mut body = certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], Some(300));
+    body["task"]["ttl_seconds"] = json!(60);
+    let response = ca.request_certificate(Some(&idp.token(Key::Rsa, "agent-1")), &body);
+    assert_eq!(response.status, 201, "{}", response.text);
+    let body = response.json();
+    let cert = ssh_key::Certificate::from_openssh(body["certificate"].as_str().expect("cert"))
+        .expect("parse");
+    let task_expires = time::OffsetDateTime::parse(
+        body["task_expires_at"].as_str().expect("task_expires_at"),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .expect("rfc3339")
+    .unix_timestamp();
+    assert_eq!(
+        cert.valid_before() as i64,
+        task_expires,
+        "certificate must end with its task"
+    );
+    assert!(task_expires - now() <= 60);
+}
