@@ -242,6 +242,10 @@ pub struct SshdOptions {
     /// Leave out `AuthorizedPrincipalsCommand`: a host that trusts the CA but does not
     /// run `writ-principals` (sshd then requires a principal equal to the login).
     pub no_principals_command: bool,
+    /// `UsePAM yes` instead of `UsePAM no`. sshd's PAM service is always `sshd`, so a test
+    /// that sets this reads the global `/etc/pam.d/sshd`; `ExposeAuthInfo yes` (for
+    /// `SSH_AUTH_INFO_0`) goes in `extra_config`.
+    pub use_pam: bool,
 }
 
 /// A running `sshd -D -e` on 127.0.0.1, logging to `<host dir>/sshd.log`.
@@ -280,7 +284,7 @@ fn sshd_config(host: &TestHost, opts: &SshdOptions, host_key: &Path, port: u16) 
          Port {port}\n\
          HostKey {host_key}\n\
          PidFile none\n\
-         UsePAM no\n\
+         UsePAM {use_pam}\n\
          PasswordAuthentication no\n\
          KbdInteractiveAuthentication no\n\
          PubkeyAuthentication yes\n\
@@ -291,6 +295,7 @@ fn sshd_config(host: &TestHost, opts: &SshdOptions, host_key: &Path, port: u16) 
          MaxStartups 100\n",
         host_key = host_key.display(),
         trusted = host.trusted_keys_path().display(),
+        use_pam = if opts.use_pam { "yes" } else { "no" },
     );
     if !opts.no_principals_command {
         cfg.push_str(&format!(
