@@ -14,6 +14,9 @@ use zeroize::Zeroizing;
 
 use crate::{duration, profile};
 
+pub mod audit;
+pub use audit::{AuditConfig, SinkConfig, SinkFormat, SinkType};
+
 /// Environment variable that carries the CA passphrase when `passphrase_file` is not set.
 pub const PASSPHRASE_ENV: &str = "WRIT_CA_PASSPHRASE";
 
@@ -36,6 +39,9 @@ pub struct Config {
     /// Who may get what.
     #[serde(default, rename = "policy")]
     pub policies: Vec<PolicyConfig>,
+    /// Audit sinks and signed checkpoints.
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// `[server]`
@@ -122,6 +128,32 @@ pub struct CaConfig {
         deserialize_with = "duration::deserialize"
     )]
     pub clock_skew: Duration,
+    /// Algorithm of new CA keys (existing keys keep theirs).
+    #[serde(default)]
+    pub key_algorithm: KeyAlgorithm,
+    /// Shortest time a `next` CA key is published before a rotation may make it sign, so
+    /// every host has synced it first (see the README, "Rotating the CA key").
+    #[serde(
+        default = "default_rotation_min_publish",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub rotation_min_publish: Duration,
+}
+
+/// `[ca] key_algorithm`: the algorithm of new CA keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum KeyAlgorithm {
+    /// Ed25519 (the default).
+    #[default]
+    #[serde(rename = "ed25519")]
+    Ed25519,
+    /// ECDSA on NIST P-256, for sites whose policies require it.
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+}
+
+fn default_rotation_min_publish() -> Duration {
+    Duration::from_secs(10 * 60)
 }
 
 impl Default for CaConfig {
@@ -133,6 +165,8 @@ impl Default for CaConfig {
             default_task_ttl: default_task_ttl(),
             max_task_ttl: default_max_task_ttl(),
             clock_skew: default_clock_skew(),
+            key_algorithm: KeyAlgorithm::default(),
+            rotation_min_publish: default_rotation_min_publish(),
         }
     }
 }
@@ -398,6 +432,12 @@ impl Config {
                 return Err(invalid(key.into(), "must be at least 1s".into()));
             }
         }
+        if ca.rotation_min_publish < Duration::from_secs(1) {
+            return Err(invalid(
+                "ca.rotation_min_publish".into(),
+                "must be at least 1s".into(),
+            ));
+        }
         if ca.max_cert_ttl > ca.max_task_ttl {
             return Err(invalid(
                 "ca.max_cert_ttl".into(),
@@ -545,6 +585,7 @@ impl Config {
                 ));
             }
         }
+        self.audit.validate(path)?;
         Ok(())
     }
 

@@ -169,6 +169,7 @@ pub fn prepare(
             force_command: None,
             source_address: None,
         }],
+        audit: Default::default(),
     };
     Ok((config, jwks))
 }

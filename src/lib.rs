@@ -9,11 +9,16 @@
 //! - [`server`] — builds the running CA from a [`config::Config`] and serves [`api`].
 //! - [`client`] — the agent side (`writ cert`, `writ ssh`): certificates over HTTP.
 //! - [`dev`] — `writ serve --dev` and `writ dev token`: a local development issuer.
+//! - [`bench`](mod@bench) — `writ bench`: load tests of a real `writ serve` and of
+//!   `writ-principals check`, measured from the outside (HTTP, processes, `/proc`).
 //! - [`task`] — issuing certificates for tasks: identity → policy → sign → store.
 //! - [`policy`] — which identities may get which logins, hosts and TTLs.
 //! - [`identity`] — JWKS fetching and workload-token (JWT) verification.
-//! - [`authority`] — the CA keyring (encrypted at rest) and certificate signing.
-//! - [`audit`] — audit records and their hash chain.
+//! - [`authority`] — the CA keyring (encrypted at rest), its rotation (next → active →
+//!   retiring → retired, revoked) and certificate signing behind the `Signer` trait.
+//! - [`audit`] — audit records and their hash chain, signed checkpoints, chain
+//!   verification, JSON Lines/OCSF export (pure); `audit::sink`/`audit::service` deliver
+//!   records to sinks and sign checkpoints inside `writ serve` (these read the store).
 //! - [`store`] — the storage trait and its SQLite implementation.
 //! - [`config`] — the CA's TOML configuration.
 //! - [`host`] — `writ-principals`: admitting certificates on SSH hosts. It uses only the
@@ -25,6 +30,7 @@ pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod authority;
+pub mod bench;
 pub mod cidr;
 pub mod client;
 pub mod config;

@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use rand_core::OsRng;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState};
-use crate::authority::{Keyring, KeyringError};
+use crate::authority::KeyringError;
+use crate::authority::live::{LiveKeyring, MAINTENANCE_INTERVAL, PassphraseSource};
+use crate::authority::rotation::RotationSettings;
 use crate::config::{Config, ConfigError};
 use crate::identity::Verifier;
 use crate::policy::Policies;
@@ -50,9 +51,14 @@ pub async fn build(
     let passphrase = config.ca_passphrase(config_path)?;
     let store = store::open(&config.storage.url).await?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
+    // Read again if `writ admin ca rewrap` changes the passphrase under a running server.
+    let source: PassphraseSource = {
+        let (config, path) = (config.clone(), config_path.to_owned());
+        Box::new(move || config.ca_passphrase(&path).map_err(|e| e.to_string()))
+    };
+    let settings = RotationSettings::from_config(&config.ca);
     let keyring =
-        Arc::new(Keyring::load_or_init(store.as_ref(), &passphrase, now, &mut OsRng).await?);
-    drop(passphrase);
+        Arc::new(LiveKeyring::open(store.as_ref(), passphrase, Some(source), settings, now).await?);
     let verifier = Verifier::new(&config.issuers);
     verifier.prefetch().await;
     let policies = Policies::new(config.policies.clone(), config.ca.clone());
@@ -63,11 +69,16 @@ pub async fn build(
         config.ca.clone(),
     );
     tracing::info!(
-        ca_fingerprint = keyring.signer().fingerprint(),
+        ca_fingerprint = keyring.current().signer().fingerprint(),
         issuers = config.issuers.len(),
         policies = config.policies.len(),
         "CA ready"
     );
+    // Audit sinks and signed checkpoints, off the request path; they stop with the store.
+    crate::audit::service::spawn(&config.audit, &config.storage.url, &store, {
+        let keyring = Arc::clone(&keyring);
+        Arc::new(move || keyring.current().signer())
+    });
     Ok(Arc::new(AppState {
         verifier,
         issuer,
@@ -83,10 +94,26 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let maintenance = tokio::spawn(maintain_keyring(Arc::clone(&state)));
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    maintenance.abort();
+    served
+}
+
+/// Background upkeep of the CA keyring while serving, every [`MAINTENANCE_INTERVAL`]:
+/// retire keys whose certificates have all expired, publish a `next` key, rotate when the
+/// schedule says so, and pick up changes made by `writ admin` or other replicas.
+async fn maintain_keyring(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        state.keyring.maintain(state.store.as_ref(), now).await;
+    }
 }
 
 /// Bind the configured address.

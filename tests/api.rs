@@ -415,10 +415,14 @@ fn trusted_keys_health_and_readiness() {
     let (_idp, ca, _dir, _) = setup();
     let keys = http::get(&format!("{}/v1/ca/trusted-keys", ca.url));
     assert_eq!(keys.status, 200);
+    // The active key and the next key (published from the first start, so the first
+    // rotation is safe).
     let lines: Vec<&str> = keys.text.lines().collect();
-    assert_eq!(lines.len(), 1);
-    assert!(lines[0].starts_with("ssh-ed25519 "));
-    ssh_key::PublicKey::from_openssh(lines[0]).expect("OpenSSH public key");
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        assert!(line.starts_with("ssh-ed25519 "));
+        ssh_key::PublicKey::from_openssh(line).expect("OpenSSH public key");
+    }
     assert!(!keys.text.contains("PRIVATE"));
     assert_eq!(http::get(&format!("{}/healthz", ca.url)).status, 200);
     let ready = http::get(&format!("{}/readyz", ca.url));
@@ -439,9 +443,11 @@ fn ca_private_key_is_encrypted_at_rest() {
     let rows = common::runtime()
         .block_on(ca.state.store.ca_keys())
         .expect("keys");
-    assert_eq!(rows.len(), 1);
-    let key = ssh_key::PrivateKey::from_openssh(&rows[0].private_key).expect("stored key parses");
-    assert!(key.is_encrypted(), "CA key stored in clear");
+    assert_eq!(rows.len(), 2, "an active and a next key");
+    for row in &rows {
+        let key = ssh_key::PrivateKey::from_openssh(&row.private_key).expect("stored key parses");
+        assert!(key.is_encrypted(), "CA key stored in clear");
+    }
     // No file writ wrote (database, WAL, journal) holds an unencrypted OpenSSH private key:
     // those start with the base64 of "openssh-key-v1\0" + cipher "none".
     const CLEARTEXT_KEY_PREFIX: &str = "b3BlbnNzaC1rZXktdjEAAAAABG5vbmU";

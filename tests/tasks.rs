@@ -250,8 +250,8 @@ fn owner_renews_and_completes_and_everything_revokes() {
     );
     assert_eq!(
         w.ca.audit_events(event::TASK_DENIED).len(),
-        1,
-        "second completion"
+        2,
+        "the stranger's read and the second completion"
     );
     let log = w.ca.audit();
     assert_eq!(

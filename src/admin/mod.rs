@@ -6,11 +6,16 @@
 //! - [`explain`] — `writ admin policy explain`: which issuer verifies a token, which
 //!   policy matches it (or why each does not), and what would be granted.
 //! - [`task`] — `writ admin task show|revoke`: operators acting on tasks in the store.
+//! - [`ca`] — `writ admin ca list|rotate|revoke|schedule|export-public|rewrap`: the CA
+//!   keyring, in the store a running `writ serve` shares.
+//! - [`audit`] — `writ admin audit export|verify|trail|checkpoint|prune`: the audit log.
 //!
 //! Commands here never print or log a whole bearer token or key material. A command that
 //! only inspects (like `policy explain`) issues nothing, writes nothing and touches no
 //! store or audit log.
 
+pub mod audit;
+pub mod ca;
 pub mod explain;
 pub mod task;
 

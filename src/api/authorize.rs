@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::auth::authenticate;
+use super::refusal::{self, Who};
 use super::{ApiError, AppState, request_context};
+use crate::audit::event;
 use crate::task::authorize::{AuthorizeRequest, Decision, Phase};
 
 /// Request body.
@@ -54,16 +56,28 @@ pub async fn authorize(
     let context = request_context(peer);
     let now = OffsetDateTime::now_utc();
     let identity = authenticate(&state, &headers, &context, now.unix_timestamp()).await?;
-    let body: Body = super::decode_json(body)?;
+    let refused = || {
+        refusal::entry(
+            event::CERT_USE_DENIED,
+            Who::Identity(&identity),
+            None,
+            &context,
+        )
+    };
+    let body: Body = match super::decode_json(body) {
+        Ok(body) => body,
+        Err(e) => return Err(refusal::record(&state, refused(), e).await),
+    };
     let phase = match body.phase.as_deref() {
         None | Some("check") => Phase::Check,
         Some("session") => Phase::Session,
         Some(_) => {
-            return Err(ApiError::new(
+            let error = ApiError::new(
                 axum::http::StatusCode::BAD_REQUEST,
                 "invalid_phase",
                 "phase must be \"check\" or \"session\"",
-            ));
+            );
+            return Err(refusal::record(&state, refused(), error).await);
         }
     };
     let request = AuthorizeRequest {

@@ -13,7 +13,7 @@ use super::AppState;
 pub async fn trusted_keys(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        state.keyring.trusted_keys_text(),
+        state.keyring.current().trusted_keys_text(),
     )
 }
 

@@ -61,7 +61,7 @@ impl From<&IssueError> for ApiError {
             IssueError::Denied(_) => StatusCode::FORBIDDEN,
             IssueError::TokenReplayed(_) => StatusCode::UNAUTHORIZED,
             IssueError::TaskNotFound | IssueError::CertificateNotFound => StatusCode::NOT_FOUND,
-            IssueError::TaskNotActive(_) => StatusCode::CONFLICT,
+            IssueError::TaskNotActive(_) | IssueError::CertificateRevoked => StatusCode::CONFLICT,
             IssueError::Forbidden { .. } => StatusCode::FORBIDDEN,
             IssueError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             IssueError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,

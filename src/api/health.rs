@@ -26,6 +26,6 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Result<Json<Value>, A
         ));
     }
     Ok(Json(
-        json!({"status": "ready", "ca_fingerprint": state.keyring.signer().fingerprint()}),
+        json!({"status": "ready", "ca_fingerprint": state.keyring.current().signer().fingerprint()}),
     ))
 }

@@ -7,6 +7,7 @@ pub mod ca;
 pub mod certificates;
 pub mod error;
 pub mod health;
+pub mod refusal;
 pub mod revocation;
 pub mod tasks;
 
@@ -19,7 +20,7 @@ use axum::routing::{get, post};
 use rand_core::{OsRng, RngCore};
 
 use crate::audit;
-use crate::authority::Keyring;
+use crate::authority::LiveKeyring;
 use crate::identity::Verifier;
 use crate::store::Store;
 use crate::task::{Issuer, RequestContext};
@@ -35,8 +36,8 @@ pub struct AppState {
     pub verifier: Verifier,
     /// Issuance.
     pub issuer: Issuer,
-    /// CA keys.
-    pub keyring: Arc<Keyring>,
+    /// CA keys (reloaded while serving; take [`LiveKeyring::current`] once per request).
+    pub keyring: Arc<LiveKeyring>,
     /// Storage.
     pub store: Arc<dyn Store>,
     /// The development issuer's JWKS, served at `/v1/dev/jwks` in dev mode only.

@@ -25,7 +25,7 @@ fn unavailable(e: publisher::PublishError) -> ApiError {
 /// The signed feed.
 pub async fn feed(State(state): State<Arc<AppState>>) -> Result<Json<SignedFeed>, ApiError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    publisher::signed_feed(state.store.as_ref(), &state.keyring, now)
+    publisher::signed_feed(state.store.as_ref(), &state.keyring.current(), now)
         .await
         .map(Json)
         .map_err(unavailable)
@@ -34,7 +34,7 @@ pub async fn feed(State(state): State<Arc<AppState>>) -> Result<Json<SignedFeed>
 /// The KRL.
 pub async fn krl(State(state): State<Arc<AppState>>) -> Result<impl IntoResponse, ApiError> {
     let now = OffsetDateTime::now_utc().unix_timestamp();
-    let bytes = publisher::krl(state.store.as_ref(), &state.keyring, now)
+    let bytes = publisher::krl(state.store.as_ref(), &state.keyring.current(), now)
         .await
         .map_err(unavailable)?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes))

@@ -1,7 +1,9 @@
 //! Task endpoints: `GET /v1/tasks/{id}`, `POST /v1/tasks/{id}/certificates` (another
 //! certificate, owner only), `POST /v1/tasks/{id}/complete` (owner or admin),
 //! `POST /v1/tasks/{id}/revoke` (admin) and `POST /v1/certificates/{serial}/revoke`.
-//! Callers authenticate with a fresh workload token or a proof of possession.
+//! Callers authenticate with a fresh workload token or a proof of possession. Every
+//! refusal leaves one audit record: `cert.denied` for certificate requests, `task.denied`
+//! for reads, completions and revocations.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +18,9 @@ use time::OffsetDateTime;
 
 use super::auth::caller;
 use super::certificates::{CertificateResponse, render, rfc3339};
+use super::refusal::{self, Who};
 use super::{ApiError, AppState, request_context};
+use crate::audit::event;
 use crate::task::lifecycle::{Ending, NewCertificate, TaskView};
 
 /// Longest accepted reason text.
@@ -185,7 +189,7 @@ pub async fn show(
     .await?;
     let view = state
         .issuer
-        .task(&caller, &task_id, now)
+        .task(&caller, &task_id, &context, now)
         .await
         .map_err(|e| ApiError::from(&e))?;
     Ok(Json(render_task(view)))
@@ -203,7 +207,11 @@ pub async fn renew(
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
     let context = request_context(peer);
     let now = OffsetDateTime::now_utc();
-    let bytes = body_bytes(body)?;
+    let refused = |who: Who<'_>| refusal::entry(event::CERT_DENIED, who, Some(&task_id), &context);
+    let bytes = match body_bytes(body) {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody), e).await),
+    };
     let caller = caller(
         &state,
         &headers,
@@ -214,7 +222,10 @@ pub async fn renew(
         now.unix_timestamp(),
     )
     .await?;
-    let request: RenewRequest = super::decode_json(Ok(bytes))?;
+    let request: RenewRequest = match super::decode_json(Ok(bytes)) {
+        Ok(request) => request,
+        Err(e) => return Err(refusal::record(&state, refused(Who::Caller(&caller)), e).await),
+    };
     let request = NewCertificate {
         public_key: request.public_key,
         cert_ttl_seconds: request.ttl_seconds,
@@ -243,7 +254,11 @@ async fn end(
 ) -> Result<Json<TaskResponse>, ApiError> {
     let context = request_context(peer);
     let now = OffsetDateTime::now_utc();
-    let bytes = body_bytes(body)?;
+    let refused = |who: Who<'_>| refusal::entry(event::TASK_DENIED, who, Some(&task_id), &context);
+    let bytes = match body_bytes(body) {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody), e).await),
+    };
     let caller = caller(
         &state,
         &headers,
@@ -254,7 +269,10 @@ async fn end(
         now.unix_timestamp(),
     )
     .await?;
-    let why = reason(optional_json(&bytes)?, ending == Ending::Revoke)?;
+    let why = match optional_json(&bytes).and_then(|r| reason(r, ending == Ending::Revoke)) {
+        Ok(why) => why,
+        Err(e) => return Err(refusal::record(&state, refused(Who::Caller(&caller)), e).await),
+    };
     let view = state
         .issuer
         .end_task(&caller, &task_id, ending, why, &context, now)
@@ -321,7 +339,15 @@ pub async fn revoke_certificate(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let context = request_context(peer);
     let now = OffsetDateTime::now_utc();
-    let bytes = body_bytes(body)?;
+    let refused = |who: Who<'_>| {
+        let mut entry = refusal::entry(event::TASK_DENIED, who, None, &context);
+        entry.serial = serial.parse::<u64>().ok().map(|s| s.to_string());
+        entry
+    };
+    let bytes = match body_bytes(body) {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody), e).await),
+    };
     let caller = caller(
         &state,
         &headers,
@@ -332,7 +358,10 @@ pub async fn revoke_certificate(
         now.unix_timestamp(),
     )
     .await?;
-    let why = reason(optional_json(&bytes)?, false)?;
+    let why = match optional_json(&bytes).and_then(|r| reason(r, false)) {
+        Ok(why) => why,
+        Err(e) => return Err(refusal::record(&state, refused(Who::Caller(&caller)), e).await),
+    };
     state
         .issuer
         .revoke_certificate(&caller, &serial, why, &context, now)

@@ -2,21 +2,35 @@
 //! passphrase in the OpenSSH private-key format (bcrypt-pbkdf + aes256-ctr, the format
 //! `ssh-keygen` itself writes, so an operator can inspect a key with standard tools).
 //!
-//! On first start the keyring creates one ed25519 key and makes it `active`. Only the
-//! active key is ever decrypted; the others are held as public keys for the trust bundle.
+//! A [`Keyring`] is an immutable snapshot of the stored keys: the decrypted signer of the
+//! one `active` key, and every key's public half. [`crate::authority::live`] swaps
+//! snapshots when the stored keys change; [`crate::authority::rotation`] changes them.
+//!
+//! ```text
+//!   next ──rotate──▶ active ──rotate──▶ retiring ──(its certificates expired)──▶ retired
+//!     │                │                    │                                      │
+//!     └────────────────┴──── revoke ────────┴──────────────────────────────────────┴──▶ revoked
+//! ```
+//!
+//! On first start the keyring creates an `active` key *and* a `next` key, so hosts learn
+//! the key of the first rotation from their very first sync. Only the active key is ever
+//! decrypted; a retired or revoked key's private half is erased from the store. Private
+//! key material never leaves this module and [`super::signer`]: `Debug` shows ids and
+//! fingerprints only.
 
 use std::sync::Arc;
 
 use rand_core::{CryptoRngCore, RngCore};
-use ssh_key::{Algorithm, HashAlg, LineEnding, PrivateKey, PublicKey};
+use ssh_key::{Algorithm, EcdsaCurve, HashAlg, LineEnding, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
-use super::signer::{CaSigner, Signer};
+use super::signer::{Signer, signer_for};
 use crate::audit::{self, AuditEntry, Outcome};
-use crate::store::{CaKeyRecord, Store, StoreError};
+use crate::config::KeyAlgorithm;
+use crate::store::{CaKeyRecord, KeyringChange, Store, StoreError};
 
 /// Lifecycle state of a CA key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyState {
     /// Published for trust, not yet signing.
     Next,
@@ -58,28 +72,59 @@ impl KeyState {
     pub fn is_trusted(self) -> bool {
         matches!(self, KeyState::Next | KeyState::Active | KeyState::Retiring)
     }
+
+    /// Whether a key may move from this state to `to`. Keys only move forward: a key
+    /// that stopped signing never signs again, and a revoked key stays revoked.
+    pub fn can_become(self, to: KeyState) -> bool {
+        use KeyState::*;
+        matches!(
+            (self, to),
+            (Next, Active)
+                | (Active, Retiring)
+                | (Retiring, Retired)
+                | (Next | Active | Retiring | Retired, Revoked)
+        )
+    }
 }
 
-/// A CA key's public half and state.
+impl std::fmt::Display for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A CA key's public half, state and history.
 #[derive(Debug, Clone)]
 pub struct CaKey {
     /// Key id.
     pub id: String,
     /// State.
     pub state: KeyState,
+    /// SSH algorithm name, e.g. `ssh-ed25519`.
+    pub algorithm: String,
     /// Public key.
     pub public_key: PublicKey,
     /// `SHA256:…`
     pub fingerprint: String,
+    /// Unix seconds; a `next` key is published from then on.
+    pub created_at: i64,
+    /// Unix seconds, when it started signing.
+    pub activated_at: Option<i64>,
+    /// Unix seconds, when it stopped signing.
+    pub deactivated_at: Option<i64>,
+    /// Unix seconds, when it retired.
+    pub retired_at: Option<i64>,
+    /// Unix seconds, when it was revoked.
+    pub revoked_at: Option<i64>,
 }
 
-/// Why the keyring could not be loaded.
+/// Why the keyring could not be loaded or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The passphrase does not decrypt the active key.
+    /// The passphrase does not decrypt a CA key.
     #[error(
         "the CA passphrase does not decrypt CA key {id} ({fingerprint}); check passphrase_file / WRIT_CA_PASSPHRASE"
     )]
@@ -110,6 +155,9 @@ pub struct Keyring {
     active_id: String,
     signer: Arc<dyn Signer>,
     keys: Vec<CaKey>,
+    /// The rows this snapshot was built from (private keys encrypted), to tell whether
+    /// the store changed.
+    rows: Vec<CaKeyRecord>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -122,21 +170,33 @@ impl std::fmt::Debug for Keyring {
 }
 
 impl Keyring {
-    /// Load the keyring, creating the first (active) key if the store has none.
+    /// Load the keyring, creating the first keys (one `active`, one `next`, of
+    /// `algorithm`) if the store has none.
     pub async fn load_or_init(
         store: &dyn Store,
         passphrase: &str,
+        algorithm: KeyAlgorithm,
         now_unix: i64,
         rng: &mut (impl CryptoRngCore + Send),
     ) -> Result<Keyring, KeyringError> {
         let mut rows = store.ca_keys().await?;
         if rows.is_empty() {
-            let record = new_key_record(passphrase, KeyState::Active, now_unix, rng)?;
-            let mut entry = AuditEntry::new(audit::event::CA_KEY_CREATED, Outcome::Success);
-            entry.ca_fingerprint = Some(record.fingerprint.clone());
-            entry.reason = Some(format!("first CA key {} created active", record.id));
-            match store.insert_ca_key(&record, &entry).await {
-                // Another process initialised the keyring first: use its key.
+            let active = new_key_record(passphrase, algorithm, KeyState::Active, now_unix, rng)?;
+            let next = new_key_record(passphrase, algorithm, KeyState::Next, now_unix, rng)?;
+            let created = |key: &CaKeyRecord, what: &str| {
+                let mut entry = AuditEntry::new(audit::event::CA_KEY_CREATED, Outcome::Success);
+                entry.subject = Some("writ serve (first start)".into());
+                entry.ca_fingerprint = Some(key.fingerprint.clone());
+                entry.reason = Some(format!("CA key {} created {what}", key.id));
+                entry
+            };
+            let change = KeyringChange {
+                audit: vec![created(&active, "active"), created(&next, "next")],
+                new_keys: vec![active, next],
+                ..KeyringChange::default()
+            };
+            match store.change_keyring(&change).await {
+                // Another process initialised the keyring first: use its keys.
                 Ok(()) | Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
             }
@@ -147,33 +207,38 @@ impl Keyring {
 
     /// Build the keyring from stored rows, decrypting the active key.
     pub fn from_records(rows: &[CaKeyRecord], passphrase: &str) -> Result<Keyring, KeyringError> {
+        Keyring::from_records_reusing(rows, passphrase, None)
+    }
+
+    /// Build the keyring from stored rows. If `previous` has the same active key, its
+    /// signer is reused and nothing is decrypted (so a keyring rewrapped with a new
+    /// passphrase reloads without it); otherwise the active key is decrypted.
+    pub fn from_records_reusing(
+        rows: &[CaKeyRecord],
+        passphrase: &str,
+        previous: Option<&Keyring>,
+    ) -> Result<Keyring, KeyringError> {
         let mut keys = Vec::with_capacity(rows.len());
         let mut active = None;
         for row in rows {
-            let corrupt = |detail: String| KeyringError::Corrupt {
-                id: row.id.clone(),
-                detail,
-            };
-            let state = KeyState::parse(&row.state)
-                .ok_or_else(|| corrupt(format!("state {:?}", row.state)))?;
-            let public_key =
-                PublicKey::from_openssh(&row.public_key).map_err(|e| corrupt(e.to_string()))?;
-            if state == KeyState::Active {
-                active = Some(row);
+            let key = public_half(row)?;
+            if key.state == KeyState::Active {
+                active = Some((row, key.public_key.key_data().clone()));
             }
-            keys.push(CaKey {
-                id: row.id.clone(),
-                state,
-                fingerprint: public_key.fingerprint(HashAlg::Sha256).to_string(),
-                public_key,
-            });
+            keys.push(key);
         }
-        let row = active.ok_or(KeyringError::NoActiveKey)?;
-        let signer = decrypt_signer(row, passphrase)?;
+        let (row, public) = active.ok_or(KeyringError::NoActiveKey)?;
+        let signer = match previous {
+            Some(prev) if prev.active_id == row.id && *prev.signer.public_key() == public => {
+                Arc::clone(&prev.signer)
+            }
+            _ => decrypt_signer(row, passphrase)?,
+        };
         Ok(Keyring {
             active_id: row.id.clone(),
-            signer: Arc::new(signer),
+            signer,
             keys,
+            rows: rows.to_vec(),
         })
     }
 
@@ -187,9 +252,24 @@ impl Keyring {
         &self.active_id
     }
 
-    /// Every key.
+    /// Every key, oldest first.
     pub fn keys(&self) -> &[CaKey] {
         &self.keys
+    }
+
+    /// A key by id.
+    pub fn key(&self, id: &str) -> Option<&CaKey> {
+        self.keys.iter().find(|k| k.id == id)
+    }
+
+    /// The key in `state` (the newest, should there be several).
+    pub fn key_in(&self, state: KeyState) -> Option<&CaKey> {
+        self.keys.iter().rev().find(|k| k.state == state)
+    }
+
+    /// The stored rows this snapshot was built from.
+    pub fn rows(&self) -> &[CaKeyRecord] {
+        &self.rows
     }
 
     /// Keys hosts must trust now (`next`, `active`, `retiring`).
@@ -210,9 +290,44 @@ impl Keyring {
     }
 }
 
-/// Generate a new ed25519 CA key, encrypted with `passphrase`.
+/// The public half and history of a stored key.
+pub fn public_half(row: &CaKeyRecord) -> Result<CaKey, KeyringError> {
+    let corrupt = |detail: String| KeyringError::Corrupt {
+        id: row.id.clone(),
+        detail,
+    };
+    let state =
+        KeyState::parse(&row.state).ok_or_else(|| corrupt(format!("state {:?}", row.state)))?;
+    let public_key =
+        PublicKey::from_openssh(&row.public_key).map_err(|e| corrupt(e.to_string()))?;
+    Ok(CaKey {
+        id: row.id.clone(),
+        state,
+        algorithm: row.algorithm.clone(),
+        fingerprint: public_key.fingerprint(HashAlg::Sha256).to_string(),
+        public_key,
+        created_at: row.created_at,
+        activated_at: row.activated_at,
+        deactivated_at: row.deactivated_at,
+        retired_at: row.retired_at,
+        revoked_at: row.revoked_at,
+    })
+}
+
+fn ssh_algorithm(algorithm: KeyAlgorithm) -> Algorithm {
+    match algorithm {
+        KeyAlgorithm::Ed25519 => Algorithm::Ed25519,
+        KeyAlgorithm::EcdsaP256 => Algorithm::Ecdsa {
+            curve: EcdsaCurve::NistP256,
+        },
+    }
+}
+
+/// Generate a new CA key of `algorithm` in `state`, encrypted with `passphrase`. The
+/// cleartext key exists only in memory (zeroized on drop) and is never written.
 pub fn new_key_record(
     passphrase: &str,
+    algorithm: KeyAlgorithm,
     state: KeyState,
     now_unix: i64,
     rng: &mut impl CryptoRngCore,
@@ -220,7 +335,8 @@ pub fn new_key_record(
     let mut id_bytes = [0u8; 8];
     rng.fill_bytes(&mut id_bytes);
     let id = audit::hex(&id_bytes);
-    let mut key = PrivateKey::random(rng, Algorithm::Ed25519)
+    let algorithm = ssh_algorithm(algorithm);
+    let mut key = PrivateKey::random(rng, algorithm.clone())
         .map_err(|e| KeyringError::Generate(e.to_string()))?;
     key.set_comment(format!("writ-ca-{id}"));
     let public_key = key
@@ -228,15 +344,10 @@ pub fn new_key_record(
         .to_openssh()
         .map_err(|e| KeyringError::Generate(e.to_string()))?;
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-    let encrypted = key
-        .encrypt(rng, passphrase)
-        .map_err(|e| KeyringError::Generate(e.to_string()))?;
-    let private_key: Zeroizing<String> = encrypted
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| KeyringError::Generate(e.to_string()))?;
+    let private_key = encrypt(&key, passphrase, rng)?;
     Ok(CaKeyRecord {
         id,
-        algorithm: Algorithm::Ed25519.as_str().to_owned(),
+        algorithm: algorithm.as_str().to_owned(),
         state: state.as_str().to_owned(),
         fingerprint,
         public_key,
@@ -244,14 +355,34 @@ pub fn new_key_record(
         created_at: now_unix,
         activated_at: (state == KeyState::Active).then_some(now_unix),
         retired_at: None,
+        deactivated_at: None,
+        revoked_at: None,
     })
 }
 
-fn decrypt_signer(row: &CaKeyRecord, passphrase: &str) -> Result<CaSigner, KeyringError> {
+/// `key` in the OpenSSH format, encrypted with `passphrase` (bcrypt-pbkdf, aes256-ctr).
+fn encrypt(
+    key: &PrivateKey,
+    passphrase: &str,
+    rng: &mut impl CryptoRngCore,
+) -> Result<Zeroizing<String>, KeyringError> {
+    key.encrypt(rng, passphrase)
+        .and_then(|encrypted| encrypted.to_openssh(LineEnding::LF))
+        .map_err(|e| KeyringError::Generate(e.to_string()))
+}
+
+/// Decrypt a stored key with `passphrase`. The result zeroizes its key material on drop.
+fn decrypt(row: &CaKeyRecord, passphrase: &str) -> Result<PrivateKey, KeyringError> {
     let corrupt = |detail: String| KeyringError::Corrupt {
         id: row.id.clone(),
         detail,
     };
+    if row.private_key.is_empty() {
+        return Err(corrupt(format!(
+            "its private key was erased when it became {}",
+            row.state
+        )));
+    }
     let encrypted =
         PrivateKey::from_openssh(&row.private_key).map_err(|e| corrupt(e.to_string()))?;
     if !encrypted.is_encrypted() {
@@ -259,13 +390,47 @@ fn decrypt_signer(row: &CaKeyRecord, passphrase: &str) -> Result<CaSigner, Keyri
             "private key is stored unencrypted; refusing to use it".into(),
         ));
     }
-    let key = encrypted
+    encrypted
         .decrypt(passphrase)
         .map_err(|_| KeyringError::WrongPassphrase {
             id: row.id.clone(),
             fingerprint: row.fingerprint.clone(),
-        })?;
-    CaSigner::from_private_key(&key).map_err(|e| corrupt(e.to_string()))
+        })
+}
+
+/// The in-memory signer for a stored key.
+pub fn decrypt_signer(
+    row: &CaKeyRecord,
+    passphrase: &str,
+) -> Result<Arc<dyn Signer>, KeyringError> {
+    let key = decrypt(row, passphrase)?;
+    let signer = signer_for(&key).map_err(|e| KeyringError::Corrupt {
+        id: row.id.clone(),
+        detail: e.to_string(),
+    })?;
+    if signer.fingerprint() != row.fingerprint {
+        return Err(KeyringError::Corrupt {
+            id: row.id.clone(),
+            detail: "private key does not match the stored fingerprint".into(),
+        });
+    }
+    Ok(signer)
+}
+
+/// Fail with [`KeyringError::WrongPassphrase`] unless `passphrase` decrypts `row`.
+pub fn check_passphrase(row: &CaKeyRecord, passphrase: &str) -> Result<(), KeyringError> {
+    decrypt(row, passphrase).map(drop)
+}
+
+/// `row`'s private key re-encrypted from `old` to `new` passphrase.
+pub fn rewrap_private_key(
+    row: &CaKeyRecord,
+    old: &str,
+    new: &str,
+    rng: &mut impl CryptoRngCore,
+) -> Result<String, KeyringError> {
+    let key = decrypt(row, old)?;
+    Ok(encrypt(&key, new, rng)?.to_string())
 }
 
 /// A random, non-zero, 63-bit serial (fits a signed 64-bit database column).
@@ -283,9 +448,13 @@ mod tests {
     use super::*;
     use rand_core::OsRng;
 
+    fn record(algorithm: KeyAlgorithm, state: KeyState) -> CaKeyRecord {
+        new_key_record("correct horse", algorithm, state, 1, &mut OsRng).expect("key")
+    }
+
     #[test]
     fn stored_keys_are_encrypted_and_need_the_passphrase() {
-        let record = new_key_record("correct horse", KeyState::Active, 1, &mut OsRng).expect("key");
+        let record = record(KeyAlgorithm::Ed25519, KeyState::Active);
         assert!(record.private_key.contains("BEGIN OPENSSH PRIVATE KEY"));
         let parsed = PrivateKey::from_openssh(&record.private_key).expect("parse");
         assert!(parsed.is_encrypted());
@@ -294,6 +463,96 @@ mod tests {
         assert_eq!(ring.signer().fingerprint(), record.fingerprint);
         let err = Keyring::from_records(&[record], "wrong").expect_err("wrong passphrase");
         assert!(matches!(err, KeyringError::WrongPassphrase { .. }));
+    }
+
+    #[test]
+    fn ecdsa_p256_keys_sign_certificates_that_verify() {
+        use crate::authority::{CertificateSpec, sign_certificate};
+        let record = record(KeyAlgorithm::EcdsaP256, KeyState::Active);
+        assert_eq!(record.algorithm, "ecdsa-sha2-nistp256");
+        assert!(record.public_key.starts_with("ecdsa-sha2-nistp256 "));
+        let ring =
+            Keyring::from_records(std::slice::from_ref(&record), "correct horse").expect("ring");
+        let user = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).expect("user key");
+        let spec = CertificateSpec {
+            public_key: user.public_key().clone(),
+            serial: 7,
+            key_id: "test".into(),
+            task_id: "0123456789abcdef0123456789abcdef".into(),
+            logins: vec!["deploy".into()],
+            hosts: vec!["*".into()],
+            valid_after: 100,
+            valid_before: 200,
+            extensions: vec![],
+            force_command: None,
+            source_address: None,
+        };
+        let cert = sign_certificate(&spec, ring.signer().as_ref(), &mut OsRng).expect("sign");
+        let ca = PublicKey::from_openssh(&record.public_key).expect("ca");
+        cert.validate_at(150, &[ca.fingerprint(HashAlg::Sha256)])
+            .expect("an ECDSA-signed certificate verifies");
+    }
+
+    #[test]
+    fn the_signer_of_an_unchanged_active_key_is_reused() {
+        let active = record(KeyAlgorithm::Ed25519, KeyState::Active);
+        let ring =
+            Keyring::from_records(std::slice::from_ref(&active), "correct horse").expect("ring");
+        // Rewrapped with another passphrase: the reload must not need to decrypt it.
+        let mut rewrapped = active.clone();
+        rewrapped.private_key =
+            rewrap_private_key(&active, "correct horse", "battery staple", &mut OsRng)
+                .expect("rewrap");
+        assert_ne!(rewrapped.private_key, active.private_key);
+        let reloaded = Keyring::from_records_reusing(&[rewrapped.clone()], "stale", Some(&ring))
+            .expect("reused signer");
+        assert!(Arc::ptr_eq(&reloaded.signer, &ring.signer));
+        check_passphrase(&rewrapped, "battery staple").expect("new passphrase");
+        assert!(check_passphrase(&rewrapped, "correct horse").is_err());
+    }
+
+    #[test]
+    fn erased_keys_are_public_only() {
+        let active = record(KeyAlgorithm::Ed25519, KeyState::Active);
+        let mut retired = record(KeyAlgorithm::Ed25519, KeyState::Retired);
+        retired.private_key.clear();
+        let ring = Keyring::from_records(&[retired.clone(), active], "correct horse")
+            .expect("a retired key needs no private half");
+        assert_eq!(ring.trusted_keys().count(), 1);
+        assert!(matches!(
+            check_passphrase(&retired, "correct horse"),
+            Err(KeyringError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn key_states_only_move_forward() {
+        use KeyState::*;
+        let all = [Next, Active, Retiring, Retired, Revoked];
+        let allowed: Vec<(KeyState, KeyState)> = all
+            .iter()
+            .flat_map(|&a| all.iter().map(move |&b| (a, b)))
+            .filter(|&(a, b)| a.can_become(b))
+            .collect();
+        assert_eq!(
+            allowed,
+            vec![
+                (Next, Active),
+                (Next, Revoked),
+                (Active, Retiring),
+                (Active, Revoked),
+                (Retiring, Retired),
+                (Retiring, Revoked),
+                (Retired, Revoked),
+            ]
+        );
+        for state in all {
+            assert_eq!(KeyState::parse(state.as_str()), Some(state));
+        }
+        assert_eq!(
+            all.iter().filter(|s| s.is_trusted()).collect::<Vec<_>>(),
+            vec![&Next, &Active, &Retiring]
+        );
     }
 
     #[test]

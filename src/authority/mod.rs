@@ -1,12 +1,23 @@
 //! The certificate authority proper: the CA keyring (keys encrypted at rest, one active
-//! signer) and the building and signing of writ user certificates.
+//! signer), its rotation, and the building and signing of writ user certificates.
+//!
+//! - [`keyring`] — key states, an immutable snapshot of the stored keys, key generation
+//!   and encryption at rest.
+//! - [`rotation`] — rotate, revoke, retire, schedule, rewrap: each a planned change
+//!   committed with its audit record in one transaction.
+//! - [`live`] — the running server's reloadable keyring and its maintenance round.
+//! - [`signer`] — the [`Signer`] trait, the only way anything signs (ed25519, ECDSA P-256).
+//! - [`certificate`] — building and signing one certificate.
 //!
 //! Never returns or logs private key material; only public keys and fingerprints leave.
 
 pub mod certificate;
 pub mod keyring;
+pub mod live;
+pub mod rotation;
 pub mod signer;
 
 pub use certificate::{CertificateSpec, sign_certificate};
 pub use keyring::{CaKey, KeyState, Keyring, KeyringError};
-pub use signer::{CaSigner, Signer, sign_sshsig};
+pub use live::LiveKeyring;
+pub use signer::{CaSigner, EcdsaSigner, Signer, sign_sshsig};

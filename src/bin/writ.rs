@@ -83,6 +83,12 @@ enum Command {
         #[command(subcommand)]
         command: DevCommand,
     },
+    /// Measure writ's performance (issuance load test, host check cost); see
+    /// docs/performance.md.
+    Bench {
+        #[command(subcommand)]
+        command: writ::bench::BenchCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -97,6 +103,86 @@ enum AdminCommand {
         #[command(subcommand)]
         command: TaskCommand,
     },
+    /// Manage the CA keys: list, rotate, revoke, schedule, export-public, rewrap.
+    ///
+    /// Works on the store a running `writ serve` uses; servers pick changes up within
+    /// seconds. Every change is a `ca.key.*` audit record by `local-admin` and your login.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+        /// Print JSON (list, rotate, revoke, schedule, rewrap).
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// The audit log: export (JSON Lines or OCSF), verify, trail of a task, checkpoint,
+    /// prune.
+    Audit {
+        #[command(subcommand)]
+        command: admin::audit::AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Every CA key: id, state, fingerprint, history, certificates still valid; and the
+    /// rotation schedule.
+    List,
+    /// next → active, active → retiring, and a new next key. Refused while the next key
+    /// has been published for less than [ca] rotation_min_publish (hosts may not trust it
+    /// yet); with no next key, one is published first.
+    Rotate {
+        /// Rotate anyway: hosts that have not synced the next key refuse its certificates.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Emergency: remove a key from trust now and list it in the KRL. Revoking the
+    /// active key makes the next key sign at once.
+    Revoke {
+        /// Key id or fingerprint (see `writ admin ca list`).
+        key: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let `writ serve` rotate automatically, e.g. --every 30d (or --off).
+    Schedule {
+        /// Rotation period, e.g. 30d.
+        #[arg(long, value_parser = duration::parse, required_unless_present = "off", conflicts_with = "off")]
+        every: Option<Duration>,
+        /// Stop rotating automatically.
+        #[arg(long)]
+        off: bool,
+    },
+    /// Print the public keys hosts must trust (TrustedUserCAKeys format).
+    ExportPublic {
+        /// Every key whatever its state, each after a `# id state fingerprint` comment.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Re-encrypt every CA private key with a new passphrase, in one transaction.
+    Rewrap {
+        /// File holding the new passphrase (then make it the CA's passphrase_file).
+        #[arg(long, value_name = "FILE")]
+        new_passphrase_file: PathBuf,
+    },
+}
+
+impl CaCommand {
+    fn into_library(self) -> admin::ca::CaCommand {
+        use admin::ca::CaCommand as C;
+        match self {
+            CaCommand::List => C::List,
+            CaCommand::Rotate { force } => C::Rotate { force },
+            CaCommand::Revoke { key, reason } => C::Revoke { key, reason },
+            CaCommand::Schedule { every, off: _ } => C::Schedule { every },
+            CaCommand::ExportPublic { all } => C::ExportPublic { all },
+            CaCommand::Rewrap {
+                new_passphrase_file,
+            } => C::Rewrap {
+                new_passphrase_file,
+            },
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -281,7 +367,30 @@ fn main() -> ExitCode {
         Command::Admin {
             command: AdminCommand::Task { command },
         } => task_command(cli.config.as_deref(), command),
+        Command::Admin {
+            command: AdminCommand::Audit { command },
+        } => admin::audit::run(cli.config.as_deref(), command),
+        Command::Admin {
+            command: AdminCommand::Ca { command, json },
+        } => {
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            let operator = std::env::var("SUDO_USER")
+                .or_else(|_| std::env::var("USER"))
+                .unwrap_or_else(|_| "unknown".into());
+            let command = command.into_library();
+            match admin::ca::run(cli.config.as_deref(), command, &operator, json, now) {
+                Ok(output) => {
+                    print!("{output}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Cert { agent, key } => cert_command(&agent, &key),
+        Command::Bench { command } => match writ::bench::run(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&e),
+        },
         Command::Ssh {
             agent,
             keep_task,

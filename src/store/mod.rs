@@ -6,6 +6,7 @@
 //! commits them in the same transaction, chained by the single writer (see
 //! [`crate::audit`]).
 
+pub mod audit_log;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::audit::{AuditEntry, AuditRecord};
+
+pub use audit_log::AuditLog;
 
 /// A CA key as stored.
 #[derive(Clone, PartialEq, Eq)]
@@ -35,6 +38,82 @@ pub struct CaKeyRecord {
     pub activated_at: Option<i64>,
     /// Unix seconds.
     pub retired_at: Option<i64>,
+    /// Unix seconds, when it stopped signing (became `retiring`, or was revoked while active).
+    pub deactivated_at: Option<i64>,
+    /// Unix seconds, when it was revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// A change to the CA keyring ([`Store::change_keyring`]): state changes, new keys and
+/// re-encrypted private keys, committed with the audit entries in one transaction or not
+/// at all.
+#[derive(Debug, Clone, Default)]
+pub struct KeyringChange {
+    /// State changes, applied in order.
+    pub transitions: Vec<KeyTransition>,
+    /// Keys to insert, after the transitions.
+    pub new_keys: Vec<CaKeyRecord>,
+    /// Re-encrypted private keys (`writ admin ca rewrap`).
+    pub rewraps: Vec<KeyRewrap>,
+    /// Audit entries, in order.
+    pub audit: Vec<AuditEntry>,
+}
+
+/// One CA key state change. It applies only if the key is still in state `from` (and,
+/// with `unless_valid_after`, only if no certificate it signed is valid after that
+/// time); otherwise the whole change fails with [`StoreError::Conflict`]. Moving to
+/// `retired` or `revoked` erases the stored private key: such a key never signs again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTransition {
+    /// Key id.
+    pub id: String,
+    /// Expected current state.
+    pub from: String,
+    /// New state.
+    pub to: String,
+    /// Unix seconds, recorded in the timestamp column of the new state.
+    pub at: i64,
+    /// Guard for retirement: no certificate of this key may have `valid_before` above it.
+    pub unless_valid_after: Option<i64>,
+}
+
+/// A re-encrypted private key; applies only if the stored one is still `old`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyRewrap {
+    /// Key id.
+    pub id: String,
+    /// The encrypted private key expected in the store.
+    pub old: String,
+    /// The same key encrypted with the new passphrase.
+    pub new: String,
+}
+
+impl std::fmt::Debug for KeyRewrap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRewrap")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Certificates signed by one CA key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUsage {
+    /// CA key id.
+    pub key_id: String,
+    /// Certificates signed by it that are neither expired nor revoked.
+    pub valid_certificates: i64,
+    /// The latest `valid_before` of any certificate it signed.
+    pub last_valid_before: Option<i64>,
+}
+
+/// The automatic rotation schedule (`writ admin ca schedule --every …`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationSchedule {
+    /// Rotate when the active key has signed for this many seconds.
+    pub every_seconds: i64,
+    /// Unix seconds, when it was set.
+    pub set_at: i64,
 }
 
 impl std::fmt::Debug for CaKeyRecord {
@@ -171,14 +250,25 @@ pub enum StoreError {
 
 /// What the CA needs from storage.
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: AuditLog + Send + Sync {
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Every CA key, oldest first.
     async fn ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError>;
-    /// Insert a CA key with its audit entry. `Conflict` if it would make a second
-    /// active key.
-    async fn insert_ca_key(&self, key: &CaKeyRecord, audit: &AuditEntry) -> Result<(), StoreError>;
+    /// Apply a [`KeyringChange`] and its audit entries in one transaction. `Conflict` (and
+    /// nothing written) if a transition's guard fails or a key would become a second
+    /// `active` or `next`.
+    async fn change_keyring(&self, change: &KeyringChange) -> Result<(), StoreError>;
+    /// Per CA key: certificates still valid at `now_unix`, and the latest expiry.
+    async fn ca_key_usage(&self, now_unix: i64) -> Result<Vec<KeyUsage>, StoreError>;
+    /// The rotation schedule, if any.
+    async fn rotation_schedule(&self) -> Result<Option<RotationSchedule>, StoreError>;
+    /// Set (or with `None` clear) the rotation schedule, with its audit entry.
+    async fn set_rotation_schedule(
+        &self,
+        schedule: Option<RotationSchedule>,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError>;
     /// Commit an issuance. `Conflict` if the serial is taken, `TokenReused` if its token
     /// was used before; either way nothing is written.
     async fn record_issuance(&self, issuance: &Issuance) -> Result<(), StoreError>;

@@ -17,10 +17,13 @@ use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 use super::{
-    CaKeyRecord, CertificateRecord, Issuance, Revocations, Store, StoreError, TaskEnd, TaskRecord,
-    TokenUse,
+    CaKeyRecord, CertificateRecord, Issuance, KeyUsage, KeyringChange, Revocations,
+    RotationSchedule, Store, StoreError, TaskEnd, TaskRecord, TokenUse,
 };
 use crate::audit::{self, AuditEntry, AuditRecord, Outcome};
+
+mod audit_log;
+mod keyring;
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -240,50 +243,31 @@ impl Store for SqliteStore {
     }
 
     async fn ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, algorithm, state, fingerprint, public_key, private_key, created_at, \
-             activated_at, retired_at FROM ca_keys ORDER BY created_at, id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(rows
-            .iter()
-            .map(|row| CaKeyRecord {
-                id: row.get("id"),
-                algorithm: row.get("algorithm"),
-                state: row.get("state"),
-                fingerprint: row.get("fingerprint"),
-                public_key: row.get("public_key"),
-                private_key: row.get("private_key"),
-                created_at: row.get("created_at"),
-                activated_at: row.get("activated_at"),
-                retired_at: row.get("retired_at"),
-            })
-            .collect())
+        let rows = sqlx::query(keyring::SELECT_CA_KEYS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.iter().map(keyring::ca_key_record).collect())
     }
 
-    async fn insert_ca_key(&self, key: &CaKeyRecord, audit: &AuditEntry) -> Result<(), StoreError> {
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO ca_keys (id, algorithm, state, fingerprint, public_key, private_key, \
-             created_at, activated_at, retired_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&key.id)
-        .bind(&key.algorithm)
-        .bind(&key.state)
-        .bind(&key.fingerprint)
-        .bind(&key.public_key)
-        .bind(&key.private_key)
-        .bind(key.created_at)
-        .bind(key.activated_at)
-        .bind(key.retired_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        append(&mut tx, audit).await?;
-        tx.commit().await.map_err(unavailable)
+    async fn change_keyring(&self, change: &KeyringChange) -> Result<(), StoreError> {
+        keyring::change_keyring(self, change).await
+    }
+
+    async fn ca_key_usage(&self, now_unix: i64) -> Result<Vec<KeyUsage>, StoreError> {
+        keyring::ca_key_usage(self, now_unix).await
+    }
+
+    async fn rotation_schedule(&self) -> Result<Option<RotationSchedule>, StoreError> {
+        keyring::rotation_schedule(self).await
+    }
+
+    async fn set_rotation_schedule(
+        &self,
+        schedule: Option<RotationSchedule>,
+        audit: &AuditEntry,
+    ) -> Result<(), StoreError> {
+        keyring::set_rotation_schedule(self, schedule, audit).await
     }
 
     async fn record_issuance(&self, issuance: &Issuance) -> Result<(), StoreError> {

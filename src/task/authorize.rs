@@ -143,6 +143,7 @@ impl Issuer {
         }
         let trusted: Vec<ssh_key::Fingerprint> = self
             .keyring
+            .current()
             .trusted_keys()
             .map(|k| k.public_key.fingerprint(HashAlg::Sha256))
             .collect();

@@ -376,6 +376,7 @@ impl Issuer {
         let actor = Actor { issuer, subject };
         let fingerprints: Vec<(String, String)> = self
             .keyring
+            .current()
             .keys()
             .iter()
             .map(|k| (k.id.clone(), k.fingerprint.clone()))
@@ -421,19 +422,73 @@ impl Issuer {
         })
     }
 
-    /// A task as its owner or an admin sees it.
+    /// A task as its owner or an admin sees it. A refusal (unknown or someone else's
+    /// task) is audited as `task.denied`; a successful read is not recorded.
     pub async fn task(
         &self,
         caller: &Caller,
         task_id: &str,
+        context: &RequestContext,
         now: OffsetDateTime,
     ) -> Result<TaskView, IssueError> {
-        let (task, _) = self.visible_task(caller, task_id).await?;
+        let task = match self.visible_task(caller, task_id).await {
+            Ok((task, _)) => task,
+            Err(IssueError::StoreUnavailable(e)) => return Err(IssueError::StoreUnavailable(e)),
+            Err(error) => {
+                self.audit_refusal(event::TASK_DENIED, caller, task_id, &error, context)
+                    .await?;
+                return Err(error);
+            }
+        };
         self.view_task(&task.id, now.unix_timestamp()).await
     }
 
-    /// Revoke one certificate (owner of its task or admin).
+    /// Revoke one certificate (owner of its task or admin). A refusal (unknown or
+    /// invisible certificate, already revoked) is audited as `task.denied` naming the serial
+    /// and, when the certificate exists, its task.
     pub async fn revoke_certificate(
+        &self,
+        caller: &Caller,
+        serial: &str,
+        reason: Option<String>,
+        context: &RequestContext,
+        now: OffsetDateTime,
+    ) -> Result<(), IssueError> {
+        let error = match self
+            .try_revoke_certificate(caller, serial, reason, context, now)
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(IssueError::StoreUnavailable(e)) => return Err(IssueError::StoreUnavailable(e)),
+            Err(error) => error,
+        };
+        let serial = serial.parse::<i64>().ok().filter(|s| *s > 0);
+        let cert = match serial {
+            Some(s) => self.store.certificate(s).await.ok().flatten(),
+            None => None,
+        };
+        let task = match &cert {
+            Some(c) => self.store.task(&c.task_id).await.ok().flatten(),
+            None => None,
+        };
+        let (issuer, subject) = caller.subject_for_audit(task.as_ref());
+        let mut entry = AuditEntry::new(event::TASK_DENIED, Outcome::Failure);
+        entry.issuer = issuer;
+        entry.subject = subject;
+        entry.task_id = cert.as_ref().map(|c| c.task_id.clone());
+        entry.serial = serial.map(|s| s.to_string());
+        entry.key_fingerprint = cert.as_ref().map(|c| c.key_fingerprint.clone());
+        entry.reason = Some(format!("{}: {error}", error.code()));
+        entry.source_ip = context.source_ip.clone();
+        entry.request_id = context.request_id.clone();
+        self.store
+            .append_audit(&entry)
+            .await
+            .map_err(IssueError::StoreUnavailable)?;
+        Err(error)
+    }
+
+    async fn try_revoke_certificate(
         &self,
         caller: &Caller,
         serial: &str,
@@ -470,10 +525,14 @@ impl Issuer {
         entry.reason = reason;
         entry.source_ip = context.source_ip.clone();
         entry.request_id = context.request_id.clone();
-        self.store
+        let revoked = self
+            .store
             .revoke_certificate(cert.serial, now.unix_timestamp(), &entry)
             .await
             .map_err(IssueError::StoreUnavailable)?;
+        if !revoked {
+            return Err(IssueError::CertificateRevoked);
+        }
         Ok(())
     }
 
@@ -494,6 +553,7 @@ impl Issuer {
             .map_err(|_| bad("certificate does not parse"))?;
         let trusted: Vec<ssh_key::Fingerprint> = self
             .keyring
+            .current()
             .trusted_keys()
             .map(|k| k.public_key.fingerprint(HashAlg::Sha256))
             .collect();

@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 
 use crate::audit::{self, AuditEntry, Outcome, event};
 use crate::authority::keyring::random_serial;
-use crate::authority::{CertificateSpec, Keyring, sign_certificate};
+use crate::authority::{CertificateSpec, LiveKeyring, sign_certificate};
 use crate::cidr::Cidr;
 use crate::config::{CaConfig, KNOWN_EXTENSIONS};
 use crate::identity::{Identity, TokenError};
@@ -123,6 +123,9 @@ pub enum IssueError {
     /// No such certificate, or not visible to the caller (404).
     #[error("no such certificate")]
     CertificateNotFound,
+    /// The certificate is already revoked (409).
+    #[error("the certificate is already revoked")]
+    CertificateRevoked,
     /// The task is completed, revoked or expired (409).
     #[error("task is {0}")]
     TaskNotActive(&'static str),
@@ -164,6 +167,7 @@ impl IssueError {
             IssueError::TokenReplayed(e) => e.reason_code(),
             IssueError::TaskNotFound => "task_not_found",
             IssueError::CertificateNotFound => "certificate_not_found",
+            IssueError::CertificateRevoked => "certificate_revoked",
             IssueError::TaskNotActive(_) => "task_not_active",
             IssueError::Forbidden { code, .. } => code,
             IssueError::StoreUnavailable(_) => "audit_unavailable",
@@ -175,7 +179,7 @@ impl IssueError {
 /// Issues certificates for tasks.
 pub struct Issuer {
     store: Arc<dyn Store>,
-    keyring: Arc<Keyring>,
+    keyring: Arc<LiveKeyring>,
     policies: Policies,
     limits: CaConfig,
 }
@@ -184,7 +188,7 @@ impl Issuer {
     /// Build the issuance service.
     pub fn new(
         store: Arc<dyn Store>,
-        keyring: Arc<Keyring>,
+        keyring: Arc<LiveKeyring>,
         policies: Policies,
         limits: CaConfig,
     ) -> Issuer {
@@ -313,7 +317,10 @@ impl Issuer {
         let now_unix = now.unix_timestamp();
         let valid_after = now_unix - secs(self.limits.clock_skew);
         let valid_before = (now_unix + secs(grant.cert_ttl)).min(task.expires_at);
-        let signer = self.keyring.signer();
+        // One snapshot for the whole issuance: the signer and the key id recorded with
+        // the certificate must agree even if the keyring is reloaded meanwhile.
+        let keyring = self.keyring.current();
+        let signer = keyring.signer();
         let key_fingerprint = public_key.fingerprint(HashAlg::Sha256).to_string();
         let principals: Vec<String> = grant
             .logins
@@ -373,7 +380,7 @@ impl Issuer {
                     serial: i64::try_from(serial)
                         .map_err(|e| IssueError::Signing(e.to_string()))?,
                     task_id: task.id.clone(),
-                    ca_key_id: self.keyring.active_id().to_owned(),
+                    ca_key_id: keyring.active_id().to_owned(),
                     key_fingerprint: key_fingerprint.clone(),
                     principals: principals.clone(),
                     valid_after,

@@ -1,9 +1,24 @@
-//! Audit records and their hash chain (SPEC §6).
+//! Audit records and their hash chain (SPEC §6), and everything that makes the log
+//! something a SIEM and an auditor can trust.
 //!
 //! An [`AuditEntry`] is what callers describe; the store assigns `seq` and `time`-ordered
 //! position and computes the chain with [`chain_hash`] inside the same transaction as the
-//! change it records, so a certificate never leaves without its record. This module is
-//! pure: it defines the record and the canonical hashing, and never does I/O.
+//! change it records, so a certificate never leaves without its record.
+//!
+//! Pure parts (no I/O): this file (record, canonical hashing), [`checkpoint`] (signed
+//! statements "record N has hash H"), [`verify`] (walking the chain against checkpoints),
+//! [`export`] (JSON Lines and `--since`) and [`ocsf`] (the OCSF mapping).
+//! Parts that run inside `writ serve` and talk to the store: [`sink`] (delivering records
+//! to JSONL files and syslog as they commit) and [`service`] (the background tasks:
+//! sinks and periodic signed checkpoints). They only ever read the log and write their
+//! own bookkeeping; nothing here edits or reorders a record.
+
+pub mod checkpoint;
+pub mod export;
+pub mod ocsf;
+pub mod service;
+pub mod sink;
+pub mod verify;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -24,6 +39,19 @@ pub mod event {
     pub const CERT_DENIED: &str = "cert.denied";
     /// A CA key was created.
     pub const CA_KEY_CREATED: &str = "ca.key.created";
+    /// The CA rotated: next → active, active → retiring, a new next (`writ admin ca rotate`
+    /// or the schedule).
+    pub const CA_KEY_ROTATED: &str = "ca.key.rotated";
+    /// A retiring CA key retired: every certificate it signed has expired.
+    pub const CA_KEY_RETIRED: &str = "ca.key.retired";
+    /// A CA key was revoked in an emergency (`writ admin ca revoke`).
+    pub const CA_KEY_REVOKED: &str = "ca.key.revoked";
+    /// The automatic rotation schedule was set or cleared.
+    pub const CA_KEY_SCHEDULED: &str = "ca.key.scheduled";
+    /// Every CA key was re-encrypted with a new passphrase (`writ admin ca rewrap`).
+    pub const CA_KEY_REWRAPPED: &str = "ca.key.rewrapped";
+    /// The CA public keys were exported (`writ admin ca export-public`).
+    pub const CA_KEY_EXPORTED: &str = "ca.key.exported";
     /// A task was completed by its owner or an admin.
     pub const TASK_COMPLETED: &str = "task.completed";
     /// A task was revoked by an admin.
@@ -36,6 +64,8 @@ pub mod event {
     pub const CERT_USED: &str = "cert.used";
     /// A host's use of a certificate was refused by the CA.
     pub const CERT_USE_DENIED: &str = "cert.use_denied";
+    /// Old audit records were deleted up to a signed checkpoint (`writ admin audit prune`).
+    pub const AUDIT_PRUNED: &str = "audit.pruned";
 }
 
 /// Outcome of the audited action.

@@ -1,0 +1,523 @@
+//! `writ admin ca list|rotate|revoke|schedule|export-public|rewrap`: operators managing
+//! the CA keyring directly in the CA's store — the same store a running `writ serve`
+//! uses, which picks every change up within a few seconds (see
+//! [`crate::authority::live`]). Each change is one transaction with its `ca.key.*` audit
+//! record (see [`crate::authority::rotation`]).
+//!
+//! Nothing here prints, logs or returns private key material: only ids, fingerprints and
+//! public keys. Passphrases are read from files (or the environment), never from the
+//! command line.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand_core::OsRng;
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use super::task::LOCAL_ADMIN;
+use super::{AdminError, load_config};
+use crate::authority::keyring::{KeyState, public_half};
+use crate::authority::rotation::{
+    self, Actor, KeyRef, RotationError, RotationSettings, ScheduleStatus,
+};
+use crate::config::{Config, ConfigError};
+use crate::store::{self, Store, StoreError};
+
+/// A `writ admin ca` subcommand, as parsed by the binary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaCommand {
+    /// Every key with its state, history and live certificates; the schedule.
+    List,
+    /// next → active, active → retiring, new next.
+    Rotate {
+        /// Activate the next key even if hosts may not have it yet.
+        force: bool,
+    },
+    /// Emergency: remove a key from trust at once and list it in the KRL.
+    Revoke {
+        /// Key id or fingerprint.
+        key: String,
+        /// Why (audited).
+        reason: String,
+    },
+    /// Rotate automatically every `every` (`None`: stop).
+    Schedule {
+        /// The period.
+        every: Option<Duration>,
+    },
+    /// Print the public keys hosts must trust (`TrustedUserCAKeys`).
+    ExportPublic {
+        /// Every key, whatever its state, each line commented with id and state.
+        all: bool,
+    },
+    /// Re-encrypt every private key with the passphrase in this file.
+    Rewrap {
+        /// File holding the new passphrase.
+        new_passphrase_file: PathBuf,
+    },
+}
+
+/// Why a `writ admin ca` command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CaCommandError {
+    /// Configuration problem.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// The passphrase could not be read.
+    #[error(transparent)]
+    Passphrase(#[from] ConfigError),
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The keyring change was refused or failed.
+    #[error(transparent)]
+    Rotation(#[from] RotationError),
+    /// The new passphrase file could not be read or is empty.
+    #[error("cannot use the new passphrase file {path}: {detail}")]
+    NewPassphrase {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// One key as `list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyListing {
+    /// Key id.
+    pub id: String,
+    /// State.
+    pub state: String,
+    /// SSH algorithm.
+    pub algorithm: String,
+    /// `SHA256:…`
+    pub fingerprint: String,
+    /// OpenSSH public key line.
+    pub public_key: String,
+    /// Unix seconds (a `next` key is published from then on).
+    pub created_at: i64,
+    /// Unix seconds.
+    pub activated_at: Option<i64>,
+    /// Unix seconds.
+    pub deactivated_at: Option<i64>,
+    /// Unix seconds.
+    pub retired_at: Option<i64>,
+    /// Unix seconds.
+    pub revoked_at: Option<i64>,
+    /// Certificates it signed that are neither expired nor revoked.
+    pub valid_certificates: i64,
+    /// The latest expiry of a certificate it signed.
+    pub last_valid_before: Option<i64>,
+}
+
+/// The whole keyring as `list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyList {
+    /// Keys, oldest first.
+    pub keys: Vec<KeyListing>,
+    /// Automatic rotation period in seconds, if scheduled.
+    pub schedule_every_seconds: Option<i64>,
+    /// When the schedule rotates next (Unix seconds), if known.
+    pub next_rotation_at: Option<i64>,
+    /// `[ca] rotation_min_publish` in seconds.
+    pub rotation_min_publish_seconds: i64,
+    /// Earliest time `rotate` without `--force` is accepted (Unix seconds).
+    pub rotate_allowed_at: Option<i64>,
+}
+
+/// Who runs the command, for the audit record.
+fn actor(operator: &str) -> Actor {
+    Actor {
+        issuer: LOCAL_ADMIN.to_owned(),
+        subject: operator.to_owned(),
+    }
+}
+
+/// Run `command` against the configuration at `config_path` as `operator` (their login,
+/// for the audit record) at `now_unix`; returns what to print (JSON with `json`).
+pub fn run(
+    config_path: Option<&Path>,
+    command: CaCommand,
+    operator: &str,
+    json: bool,
+    now_unix: i64,
+) -> Result<String, CaCommandError> {
+    let path = config_path.ok_or(AdminError::NoConfig)?;
+    let config = load_config(Some(path))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CaCommandError::Runtime)?;
+    runtime.block_on(execute(&config, path, command, operator, json, now_unix))
+}
+
+/// The async body of [`run`].
+pub async fn execute(
+    config: &Config,
+    config_path: &Path,
+    command: CaCommand,
+    operator: &str,
+    json: bool,
+    now_unix: i64,
+) -> Result<String, CaCommandError> {
+    let store = store::open(&config.storage.url).await?;
+    let settings = RotationSettings::from_config(&config.ca);
+    let actor = actor(operator);
+    let render =
+        |value: &dyn erased::Render| -> String { if json { value.json() } else { value.text() } };
+    match command {
+        CaCommand::List => {
+            let list = list(store.as_ref(), &settings, now_unix).await?;
+            Ok(render(&list))
+        }
+        CaCommand::Rotate { force } => {
+            let passphrase = config.ca_passphrase(config_path)?;
+            let report = rotation::rotate(
+                store.as_ref(),
+                &passphrase,
+                &settings,
+                now_unix,
+                force,
+                &actor,
+                &mut OsRng,
+            )
+            .await?;
+            Ok(render(&Rotated(report, settings)))
+        }
+        CaCommand::Revoke { key, reason } => {
+            let passphrase = config.ca_passphrase(config_path)?;
+            let report = rotation::revoke(
+                store.as_ref(),
+                &passphrase,
+                &settings,
+                &key,
+                &reason,
+                now_unix,
+                &actor,
+                &mut OsRng,
+            )
+            .await?;
+            Ok(render(&report))
+        }
+        CaCommand::Schedule { every } => {
+            let schedule = rotation::set_schedule(store.as_ref(), every, now_unix, &actor).await?;
+            let list = list(store.as_ref(), &settings, now_unix).await?;
+            Ok(render(&Scheduled(schedule.map(|s| s.every_seconds), list)))
+        }
+        CaCommand::ExportPublic { all } => export_public(store, &actor, all).await,
+        CaCommand::Rewrap {
+            new_passphrase_file,
+        } => {
+            let old = config.ca_passphrase(config_path)?;
+            let new = read_new_passphrase(&new_passphrase_file)?;
+            let count = rotation::rewrap(store.as_ref(), &old, &new, &actor, &mut OsRng).await?;
+            Ok(render(&Rewrapped(count, new_passphrase_file)))
+        }
+    }
+}
+
+fn read_new_passphrase(path: &Path) -> Result<Zeroizing<String>, CaCommandError> {
+    let bad = |detail: String| CaCommandError::NewPassphrase {
+        path: path.to_owned(),
+        detail,
+    };
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?);
+    let pass = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned());
+    if pass.is_empty() {
+        return Err(bad("it is empty".into()));
+    }
+    Ok(pass)
+}
+
+/// The keyring with its certificate counts and schedule.
+pub async fn list(
+    store: &dyn Store,
+    settings: &RotationSettings,
+    now_unix: i64,
+) -> Result<KeyList, CaCommandError> {
+    let rows = store.ca_keys().await?;
+    let usage = store.ca_key_usage(now_unix).await?;
+    let schedule = store.rotation_schedule().await?;
+    let keys = rows
+        .iter()
+        .map(public_half)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(RotationError::from)?;
+    let next_rotation_at =
+        match rotation::schedule_status(schedule, &keys, now_unix, settings.min_publish_secs) {
+            ScheduleStatus::Unscheduled => None,
+            ScheduleStatus::NotDue { at } => Some(at),
+            ScheduleStatus::WaitingForNext { at } => at,
+            ScheduleStatus::Due => Some(now_unix),
+        };
+    let rotate_allowed_at = keys
+        .iter()
+        .find(|k| k.state == KeyState::Next)
+        .map(|k| k.created_at + settings.min_publish_secs);
+    let keys = keys
+        .iter()
+        .map(|k| {
+            let used = usage.iter().find(|u| u.key_id == k.id);
+            KeyListing {
+                id: k.id.clone(),
+                state: k.state.as_str().to_owned(),
+                algorithm: k.algorithm.clone(),
+                fingerprint: k.fingerprint.clone(),
+                public_key: k.public_key.to_openssh().unwrap_or_default(),
+                created_at: k.created_at,
+                activated_at: k.activated_at,
+                deactivated_at: k.deactivated_at,
+                retired_at: k.retired_at,
+                revoked_at: k.revoked_at,
+                valid_certificates: used.map_or(0, |u| u.valid_certificates),
+                last_valid_before: used.and_then(|u| u.last_valid_before),
+            }
+        })
+        .collect();
+    Ok(KeyList {
+        keys,
+        schedule_every_seconds: schedule.map(|s| s.every_seconds),
+        next_rotation_at,
+        rotation_min_publish_seconds: settings.min_publish_secs,
+        rotate_allowed_at,
+    })
+}
+
+async fn export_public(
+    store: Arc<dyn Store>,
+    actor: &Actor,
+    all: bool,
+) -> Result<String, CaCommandError> {
+    let rows = store.ca_keys().await?;
+    let mut text = String::new();
+    let mut exported = Vec::new();
+    for row in &rows {
+        let key = public_half(row).map_err(RotationError::from)?;
+        if !all && !key.state.is_trusted() {
+            continue;
+        }
+        let line = key
+            .public_key
+            .to_openssh()
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if all {
+            // A comment line per key: TrustedUserCAKeys ignores lines starting with '#'.
+            let _ = writeln!(text, "# {} {} {}", key.id, key.state, key.fingerprint);
+        }
+        text.push_str(&line);
+        text.push('\n');
+        exported.push(KeyRef {
+            id: key.id,
+            fingerprint: key.fingerprint,
+        });
+    }
+    rotation::record_export(store.as_ref(), &exported, actor).await?;
+    Ok(text)
+}
+
+/// Rendering of command results as text or JSON.
+mod erased {
+    /// Something a command prints.
+    pub trait Render {
+        /// For people.
+        fn text(&self) -> String;
+        /// For scripts.
+        fn json(&self) -> String;
+    }
+}
+
+fn pretty(value: &impl Serialize) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// RFC 3339 UTC, or `-`.
+fn when(t: Option<i64>) -> String {
+    t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+fn period(seconds: i64) -> String {
+    crate::duration::format(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
+}
+
+impl erased::Render for KeyList {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{:<16}  {:<8}  {:<19}  {:<50}  {:<20}  {:<20}  {:<20}  {:<20}  VALID CERTS",
+            "ID",
+            "STATE",
+            "ALGORITHM",
+            "FINGERPRINT",
+            "CREATED",
+            "ACTIVATED",
+            "DEACTIVATED",
+            "RETIRED/REVOKED"
+        );
+        for k in &self.keys {
+            let _ = writeln!(
+                out,
+                "{:<16}  {:<8}  {:<19}  {:<50}  {:<20}  {:<20}  {:<20}  {:<20}  {}",
+                k.id,
+                k.state,
+                k.algorithm,
+                k.fingerprint,
+                when(Some(k.created_at)),
+                when(k.activated_at),
+                when(k.deactivated_at),
+                when(k.retired_at.or(k.revoked_at)),
+                k.valid_certificates
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nrotation_min_publish: {} (a next key must be published this long before it signs)",
+            period(self.rotation_min_publish_seconds)
+        );
+        match self.rotate_allowed_at {
+            Some(at) => {
+                let _ = writeln!(out, "rotate allowed from: {}", when(Some(at)));
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "rotate allowed from: no next key yet (writ serve publishes one)"
+                );
+            }
+        }
+        match self.schedule_every_seconds {
+            Some(every) => {
+                let _ = writeln!(
+                    out,
+                    "automatic rotation: every {} (next: {})",
+                    period(every),
+                    when(self.next_rotation_at)
+                );
+            }
+            None => {
+                let _ = writeln!(out, "automatic rotation: off");
+            }
+        }
+        out
+    }
+
+    fn json(&self) -> String {
+        pretty(self)
+    }
+}
+
+struct Rotated(rotation::RotationReport, RotationSettings);
+
+impl erased::Render for Rotated {
+    fn text(&self) -> String {
+        let Rotated(r, settings) = self;
+        let mut out = String::new();
+        if r.forced {
+            let _ = writeln!(
+                out,
+                "FORCED: the new active key was published less than rotation_min_publish ago; \
+                 hosts that have not synced since refuse its certificates until they do."
+            );
+        }
+        let _ = writeln!(out, "active    {}  (signs from now on)", r.activated);
+        let _ = writeln!(
+            out,
+            "retiring  {}  (still trusted; retires once its certificates expired, at least {} from now)",
+            r.retiring,
+            period(settings.max_cert_ttl_secs)
+        );
+        let _ = writeln!(
+            out,
+            "next      {}  (published now; the next rotation is allowed in {})",
+            r.next,
+            period(settings.min_publish_secs)
+        );
+        let _ = writeln!(
+            out,
+            "Running writ serve instances pick this up within seconds."
+        );
+        out
+    }
+
+    fn json(&self) -> String {
+        pretty(&self.0)
+    }
+}
+
+impl erased::Render for rotation::RevocationReport {
+    fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "revoked   {}  (was {}; out of the trust bundle and in the KRL at the hosts' next sync)",
+            self.revoked, self.was
+        );
+        if let Some(a) = &self.activated {
+            let _ = writeln!(out, "active    {a}  (signs from now on)");
+        }
+        if let Some(n) = &self.next {
+            let _ = writeln!(out, "next      {n}  (published now)");
+        }
+        out
+    }
+
+    fn json(&self) -> String {
+        pretty(self)
+    }
+}
+
+struct Scheduled(Option<i64>, KeyList);
+
+impl erased::Render for Scheduled {
+    fn text(&self) -> String {
+        match self.0 {
+            Some(every) => format!(
+                "automatic rotation every {}; next rotation: {} (writ serve rotates when due and the next key has been published for rotation_min_publish)\n",
+                period(every),
+                when(self.1.next_rotation_at)
+            ),
+            None => "automatic rotation off\n".into(),
+        }
+    }
+
+    fn json(&self) -> String {
+        pretty(&serde_json::json!({
+            "every_seconds": self.0,
+            "next_rotation_at": self.1.next_rotation_at,
+        }))
+    }
+}
+
+struct Rewrapped(usize, PathBuf);
+
+impl erased::Render for Rewrapped {
+    fn text(&self) -> String {
+        format!(
+            "{} CA private keys re-encrypted with the passphrase in {}.\n\
+             Now make that the CA passphrase: replace the contents of passphrase_file with it \
+             (or point passphrase_file at {}) on every writ serve host. Running servers keep \
+             signing and re-read the passphrase file when they next need it.\n",
+            self.0,
+            self.1.display(),
+            self.1.display()
+        )
+    }
+
+    fn json(&self) -> String {
+        pretty(&serde_json::json!({ "rewrapped": self.0 }))
+    }
+}

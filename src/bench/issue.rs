@@ -1,0 +1,806 @@
+//! `writ bench issue`: closed-loop load on `POST /v1/certificates`, measured like the peer
+//! benchmarks (`../shared/peers/`) so the figures sit side by side.
+//!
+//! 1. Set-up (default): a temporary directory with a fresh bench issuer key and its JWKS,
+//!    a `writ.toml` (SQLite in that directory with the CA's durable defaults, the bench
+//!    issuer with `replay = "reject"`, a permissive policy for the bench subject, a
+//!    passphrase file), then `writ serve --config` from this same executable, optionally
+//!    under `taskset -c SERVER_CPUS`, waited for on `/readyz`. With `--target URL` an
+//!    existing CA is driven instead (configured once with [`issuer::config_tables`]).
+//! 2. One preflight request, whose answer is checked in full (a parseable certificate).
+//! 3. Token pool: single-use tokens, each with its own `jti`, minted on every core before
+//!    anything is measured. Its size is `--tokens`, or else 1.5 times the rate seen in a short
+//!    unmeasured probe run times the warm-up plus the window. If the pool runs out anyway,
+//!    the measured window ends there and the report says so.
+//! 4. The run: N worker threads, each with its own keep-alive `ureq::Agent` (one
+//!    connection), loop request → full response for the warm-up and then the measured
+//!    window (client pinned with `taskset -a -cp CLIENT_CPUS` when asked). A request counts
+//!    when it started and finished inside the window; OK means 2xx. CPU is sampled at the
+//!    window's edges: the server's `utime + stime`, this process's, and the machine's.
+//! 5. The server is stopped with SIGTERM and reaped; the temporary directory is removed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rand_core::{OsRng, RngCore};
+use serde::Serialize;
+
+use super::cpu::{Sample, Usage};
+use super::issuer::{self, Alg, BenchIssuer};
+use super::process::{self, Server, TempDir};
+use super::stats::{Summary, show};
+use super::{BenchError, build_profile};
+
+/// Headroom over the probe's rate when sizing the token pool.
+const POOL_HEADROOM: f64 = 1.5;
+/// Longest probe run (unmeasured) used to size the token pool.
+const PROBE_TIME: Duration = Duration::from_secs(1);
+/// Tokens per connection minted for the probe (bounded below).
+const PROBE_TOKENS_PER_CONNECTION: usize = 200;
+/// How long a started server gets to answer `/readyz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Per-request timeout of the load generator.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Margin added to token lifetimes beyond the run itself.
+const TOKEN_LIFETIME_MARGIN: Duration = Duration::from_secs(15 * 60);
+/// Largest error body kept as an example.
+const ERROR_EXAMPLE_BYTES: usize = 300;
+
+/// CPUs for server and client when pinning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinning {
+    /// `taskset -c` list for the server, e.g. `0`.
+    pub server_cpus: String,
+    /// `taskset -c` list for this load generator, e.g. `1`.
+    pub client_cpus: String,
+}
+
+/// An existing CA to drive instead of starting one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Base URL, e.g. `http://127.0.0.1:8422`.
+    pub url: String,
+    /// Where the bench issuer's JWKS is written (the target's `jwks_file`); the issuer's
+    /// private key is kept next to it as `<file>.key`.
+    pub jwks_out: PathBuf,
+    /// The target's PID, to measure its CPU.
+    pub server_pid: Option<u32>,
+}
+
+/// Options of `writ bench issue`.
+#[derive(Debug, Clone)]
+pub struct IssueOptions {
+    /// Token algorithm.
+    pub alg: Alg,
+    /// Closed-loop workers, one keep-alive connection each.
+    pub concurrency: usize,
+    /// The measured window.
+    pub duration: Duration,
+    /// Unmeasured load before the window.
+    pub warmup: Duration,
+    /// Pin server and client to CPUs.
+    pub pin: Option<Pinning>,
+    /// Drive an existing CA instead of starting one.
+    pub target: Option<Target>,
+    /// Token pool size (default: sized by a probe run).
+    pub tokens: Option<usize>,
+    /// The `writ` executable that serves (normally this one).
+    pub server_exe: PathBuf,
+    /// Keep the temporary directory (config, database, server log).
+    pub keep_dir: bool,
+}
+
+/// Token pool figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TokenReport {
+    /// Tokens minted for the measured run (probe and preflight not included).
+    pub minted: usize,
+    /// Tokens taken by the warm-up and the window.
+    pub used: usize,
+    /// The pool ran out: the window ended early (see `window_s`).
+    pub exhausted: bool,
+    /// Seconds spent minting the pool.
+    pub mint_s: f64,
+    /// Requests per second in the unmeasured probe that sized the pool.
+    pub probe_rate: Option<f64>,
+}
+
+/// The result of `writ bench issue`.
+#[derive(Debug, Clone, Serialize)]
+pub struct IssueReport {
+    /// Always `issue`.
+    pub bench: &'static str,
+    /// Short label, e.g. `writ-issue-RS256-c16-pinned`.
+    pub label: String,
+    /// Token algorithm.
+    pub alg: String,
+    /// Workers (connections).
+    pub concurrency: usize,
+    /// Warm-up seconds.
+    pub warmup_s: f64,
+    /// Requested window seconds.
+    pub duration_s: f64,
+    /// Actual window seconds (shorter only if the token pool ran out).
+    pub window_s: f64,
+    /// Whether server and client were pinned.
+    pub pinned: bool,
+    /// Server CPU list when pinned.
+    pub server_cpus: Option<String>,
+    /// Client CPU list when pinned.
+    pub client_cpus: Option<String>,
+    /// The target URL, or `None` when the bench started its own server.
+    pub target: Option<String>,
+    /// The server's PID (if known).
+    pub server_pid: Option<u32>,
+    /// OK (2xx) answers in the window.
+    pub ok: u64,
+    /// Failed requests in the window.
+    pub errors: u64,
+    /// Failures by HTTP status (or `transport`).
+    pub errors_by_status: BTreeMap<String, u64>,
+    /// The first failure of each kind, with the start of its body.
+    pub first_errors: BTreeMap<String, String>,
+    /// Failures during the warm-up.
+    pub warmup_errors: u64,
+    /// OK answers per wall-clock second.
+    pub ok_per_s: f64,
+    /// Latency of OK requests.
+    pub latency_ms: Summary,
+    /// Server CPU seconds in the window (utime + stime, all threads).
+    pub server_cpu_s: Option<f64>,
+    /// Server CPU in cores busy.
+    pub server_cores_busy: Option<f64>,
+    /// The headline: certificates per server CPU-second.
+    pub ok_per_server_cpu_s: Option<f64>,
+    /// This load generator's CPU seconds.
+    pub client_cpu_s: Option<f64>,
+    /// This load generator's cores busy.
+    pub client_cores_busy: Option<f64>,
+    /// CPU seconds used by other processes during the window.
+    pub other_cpu_s: Option<f64>,
+    /// Cores busy with other processes: well above ~0.15 means the run was disturbed.
+    pub other_cores_busy: Option<f64>,
+    /// Cores stolen by the hypervisor.
+    pub steal_cores: Option<f64>,
+    /// CPUs on the machine.
+    pub machine_cpus: usize,
+    /// Token pool figures.
+    pub tokens: TokenReport,
+    /// `release` or `debug`: debug-build figures are not comparable.
+    pub build: &'static str,
+    /// writ's version.
+    pub version: &'static str,
+    /// How the started server exited after SIGTERM.
+    pub server_exit: Option<String>,
+}
+
+/// Run the benchmark. Progress lines go to `progress` (stderr in the CLI).
+pub fn run(
+    options: &IssueOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<IssueReport, BenchError> {
+    if options.concurrency == 0 {
+        return Err(BenchError::Usage("--concurrency must be at least 1".into()));
+    }
+    if options.duration.is_zero() {
+        return Err(BenchError::Usage(
+            "--duration must be greater than zero".into(),
+        ));
+    }
+    let mut dir = TempDir::new("issue")?;
+    if options.keep_dir {
+        dir.keep();
+        progress(&format!("keeping {}", dir.path().display()));
+    }
+
+    // The issuer, and the CA that trusts it.
+    let (issuer, base_url, mut server) = match &options.target {
+        None => {
+            progress(&format!("generating the {} bench issuer key", options.alg));
+            let issuer = BenchIssuer::generate(options.alg)?;
+            let (url, server) = start_server(options, dir.path(), &issuer, progress)?;
+            (issuer, url, Some(server))
+        }
+        Some(target) => {
+            let key_path = PathBuf::from(format!("{}.key", target.jwks_out.display()));
+            let (issuer, created) = BenchIssuer::load_or_create(options.alg, &key_path)?;
+            write_file(&target.jwks_out, issuer.jwks_json().as_bytes(), 0o644)?;
+            if created {
+                return Err(BenchError::Usage(format!(
+                    "created the bench issuer key {} and wrote its JWKS to {}.\n\
+                     Add these tables to the target CA's configuration, restart it, and run \
+                     this command again:\n\n{}",
+                    key_path.display(),
+                    target.jwks_out.display(),
+                    issuer::config_tables(options.alg, &absolute(&target.jwks_out))
+                )));
+            }
+            (issuer, target.url.trim_end_matches('/').to_owned(), None)
+        }
+    };
+    let server_pid = server
+        .as_ref()
+        .map(Server::pid)
+        .or(options.target.as_ref().and_then(|t| t.server_pid));
+    let url = format!("{base_url}/v1/certificates");
+    let body = request_body()?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let lifetime = i64::try_from(
+        (options.warmup + options.duration + TOKEN_LIFETIME_MARGIN)
+            .as_secs()
+            .min(23 * 3600),
+    )
+    .unwrap_or(3600);
+
+    // Preflight: one request, checked in full.
+    let token = issuer.mint_pool(1, 1, now_unix(), lifetime)?;
+    preflight(&url, &body, &token[0])?;
+
+    // Size and mint the pool.
+    let mut tokens = TokenReport::default();
+    let count = match options.tokens {
+        Some(n) => n,
+        None => {
+            let n = (options.concurrency * PROBE_TOKENS_PER_CONNECTION).clamp(500, 8000);
+            let pool = Pool::new(issuer.mint_pool(n, threads, now_unix(), lifetime)?);
+            let probe = drive(
+                &url,
+                &body,
+                &pool,
+                options.concurrency,
+                Duration::ZERO,
+                PROBE_TIME,
+                server_pid,
+            );
+            let rate = probe.ok_in_window as f64 / probe.usage.wall_s.max(1e-3);
+            tokens.probe_rate = Some(rate);
+            let seconds = (options.warmup + options.duration).as_secs_f64();
+            let size = (POOL_HEADROOM * rate * seconds).ceil() as usize;
+            progress(&format!(
+                "probe: {rate:.0} certificates/s unmeasured; sizing the pool for {POOL_HEADROOM}x that"
+            ));
+            size.max(options.concurrency * 10) + options.concurrency
+        }
+    };
+    progress(&format!(
+        "minting {count} single-use {} tokens on {threads} threads",
+        options.alg
+    ));
+    let mint_start = Instant::now();
+    let pool = Pool::new(issuer.mint_pool(count, threads, now_unix(), lifetime)?);
+    tokens.minted = count;
+    tokens.mint_s = mint_start.elapsed().as_secs_f64();
+
+    // The run.
+    if let Some(pin) = &options.pin {
+        process::pin_self(&pin.client_cpus)?;
+    }
+    progress(&format!(
+        "running: {} connections, {}s warm-up, {}s measured",
+        options.concurrency,
+        options.warmup.as_secs_f64(),
+        options.duration.as_secs_f64()
+    ));
+    let run = drive(
+        &url,
+        &body,
+        &pool,
+        options.concurrency,
+        options.warmup,
+        options.duration,
+        server_pid,
+    );
+    if run.exhausted_before_window {
+        return Err(BenchError::Usage(format!(
+            "the pool of {count} tokens ran out during the warm-up; give a larger --tokens"
+        )));
+    }
+    tokens.used = pool.used();
+    tokens.exhausted = pool.exhausted.load(Ordering::Relaxed);
+    if tokens.exhausted {
+        progress(&format!(
+            "WARNING: the pool of {count} tokens ran out after {:.1}s of the window; the \
+             figures cover that shorter window (give a larger --tokens)",
+            run.usage.wall_s
+        ));
+    }
+
+    let server_exit = server.take().map(|server| match server.stop() {
+        Ok(status) => status.to_string(),
+        Err(e) => e.to_string(),
+    });
+    Ok(report(options, run, tokens, server_pid, server_exit))
+}
+
+/// Write the configuration and start `writ serve`; returns its base URL.
+fn start_server(
+    options: &IssueOptions,
+    dir: &Path,
+    issuer: &BenchIssuer,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(String, Server), BenchError> {
+    let jwks = dir.join("jwks.json");
+    write_file(&jwks, issuer.jwks_json().as_bytes(), 0o644)?;
+    let pass = dir.join("ca.pass");
+    let mut secret = [0u8; 32];
+    OsRng.fill_bytes(&mut secret);
+    write_file(&pass, crate::audit::hex(&secret).as_bytes(), 0o600)?;
+    let port = process::free_port()?;
+    let base_url = format!("http://127.0.0.1:{port}");
+    let config = format!(
+        "# Written by `writ bench issue`: a throwaway CA with writ's durable defaults.\n\
+         [server]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [storage]\nurl = {db}\n\n\
+         [ca]\npassphrase_file = {pass}\n\n{tables}",
+        db = issuer::toml_string(&format!("sqlite://{}", dir.join("writ.db").display())),
+        pass = issuer::toml_string(&pass.display().to_string()),
+        tables = issuer::config_tables(options.alg, &jwks),
+    );
+    let config_path = dir.join("writ.toml");
+    write_file(&config_path, config.as_bytes(), 0o600)?;
+    let pin = options.pin.as_ref().map(|p| p.server_cpus.as_str());
+    let mut server = Server::spawn(
+        &options.server_exe,
+        &config_path,
+        &dir.join("server.log"),
+        pin,
+    )?;
+    server.wait_ready(&base_url, READY_TIMEOUT)?;
+    progress(&format!(
+        "server ready: pid {}{}, {base_url}",
+        server.pid(),
+        pin.map(|c| format!(" on CPU {c}")).unwrap_or_default()
+    ));
+    Ok((base_url, server))
+}
+
+/// Write `bytes` to `path` with `mode` (if it creates the file).
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BenchError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(BenchError::io(path))?;
+    file.write_all(bytes).map_err(BenchError::io(path))
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The request every worker sends: a task for one login on one host, with a fixed
+/// ed25519 public key (the CA certifies the same key again and again, as for an agent
+/// that renews).
+fn request_body() -> Result<String, BenchError> {
+    let key = ssh_key::PrivateKey::random(&mut OsRng, ssh_key::Algorithm::Ed25519)
+        .map_err(|e| BenchError::Setup(format!("generating the client key: {e}")))?;
+    let public_key = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| BenchError::Setup(format!("encoding the client key: {e}")))?;
+    Ok(serde_json::json!({
+        "public_key": format!("{public_key} writ-bench"),
+        "task": {
+            "logins": ["deploy"],
+            "hosts": ["web-01.bench.invalid"],
+            "ttl_seconds": 900,
+            "purpose": "writ bench issue",
+        },
+        "ttl_seconds": 120,
+    })
+    .to_string())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(REQUEST_TIMEOUT))
+        .http_status_as_error(false)
+        .max_idle_connections_per_host(1)
+        .build()
+        .into()
+}
+
+/// One request, its answer checked in full: 2xx and a certificate that parses.
+fn preflight(url: &str, body: &str, token: &str) -> Result<(), BenchError> {
+    let mut response = agent()
+        .post(url)
+        .header("Authorization", &format!("Bearer {token}"))
+        .content_type("application/json")
+        .send(body)
+        .map_err(|e| BenchError::Server(format!("POST {url}: {e}")))?;
+    let status = response.status();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| BenchError::Server(format!("POST {url}: reading the answer: {e}")))?;
+    if !status.is_success() {
+        return Err(BenchError::Server(format!(
+            "the first request was refused: HTTP {status}: {}",
+            truncate(&text)
+        )));
+    }
+    let answer: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| BenchError::Server(format!("the first answer is not JSON: {e}")))?;
+    let certificate = answer
+        .get("certificate")
+        .and_then(|c| c.as_str())
+        .ok_or_else(|| BenchError::Server("the first answer has no certificate".into()))?;
+    ssh_key::Certificate::from_openssh(certificate)
+        .map_err(|e| BenchError::Server(format!("the first certificate does not parse: {e}")))?;
+    Ok(())
+}
+
+fn truncate(text: &str) -> String {
+    let mut end = text.len().min(ERROR_EXAMPLE_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].trim().to_owned()
+}
+
+/// Single-use tokens, handed out once each.
+struct Pool {
+    tokens: Vec<String>,
+    next: AtomicUsize,
+    exhausted: AtomicBool,
+}
+
+impl Pool {
+    fn new(tokens: Vec<String>) -> Pool {
+        Pool {
+            tokens,
+            next: AtomicUsize::new(0),
+            exhausted: AtomicBool::new(false),
+        }
+    }
+
+    fn take(&self) -> Option<&str> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = self.tokens.get(i).map(String::as_str);
+        if token.is_none() {
+            self.exhausted.store(true, Ordering::Relaxed);
+        }
+        token
+    }
+
+    fn used(&self) -> usize {
+        self.next.load(Ordering::Relaxed).min(self.tokens.len())
+    }
+}
+
+/// How one request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Status(u16),
+    Transport,
+}
+
+/// One request.
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    start: Instant,
+    end: Instant,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Default)]
+struct WorkerResult {
+    records: Vec<Record>,
+    first_errors: BTreeMap<String, String>,
+}
+
+fn outcome_key(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Ok => "ok".into(),
+        Outcome::Status(s) => s.to_string(),
+        Outcome::Transport => "transport".into(),
+    }
+}
+
+fn worker(url: &str, body: &str, pool: &Pool, stop: &AtomicBool) -> WorkerResult {
+    let agent = agent();
+    let mut result = WorkerResult {
+        records: Vec::with_capacity(1 << 14),
+        first_errors: BTreeMap::new(),
+    };
+    let mut bearer = String::with_capacity(2048);
+    while !stop.load(Ordering::Relaxed) {
+        let Some(token) = pool.take() else { break };
+        bearer.clear();
+        bearer.push_str("Bearer ");
+        bearer.push_str(token);
+        let start = Instant::now();
+        let answer = agent
+            .post(url)
+            .header("Authorization", bearer.as_str())
+            .content_type("application/json")
+            .send(body)
+            .and_then(|mut response| {
+                let status = response.status();
+                let bytes = response.body_mut().read_to_vec()?;
+                Ok((status, bytes))
+            });
+        let end = Instant::now();
+        let outcome = match &answer {
+            Ok((status, _)) if status.is_success() => Outcome::Ok,
+            Ok((status, _)) => Outcome::Status(status.as_u16()),
+            Err(_) => Outcome::Transport,
+        };
+        if outcome != Outcome::Ok {
+            result
+                .first_errors
+                .entry(outcome_key(outcome))
+                .or_insert_with(|| match &answer {
+                    Ok((_, bytes)) => truncate(&String::from_utf8_lossy(bytes)),
+                    Err(e) => e.to_string(),
+                });
+        }
+        result.records.push(Record {
+            start,
+            end,
+            outcome,
+        });
+    }
+    result
+}
+
+/// What one closed-loop run measured.
+struct Run {
+    usage: Usage,
+    ok_in_window: u64,
+    errors: BTreeMap<String, u64>,
+    first_errors: BTreeMap<String, String>,
+    warmup_errors: u64,
+    latencies: Vec<Duration>,
+    exhausted_before_window: bool,
+}
+
+/// `concurrency` workers load `url` for `warmup`, then CPU is sampled, then for `window`
+/// (or until the pool runs out), then CPU is sampled again and the workers stop.
+fn drive(
+    url: &str,
+    body: &str,
+    pool: &Pool,
+    concurrency: usize,
+    warmup: Duration,
+    window: Duration,
+    server_pid: Option<u32>,
+) -> Run {
+    let stop = AtomicBool::new(false);
+    let (start, end, results, exhausted_before_window) = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|_| scope.spawn(|| worker(url, body, pool, &stop)))
+            .collect();
+        let begin = Instant::now();
+        wait_until(begin + warmup, pool);
+        let exhausted_in_warmup = !warmup.is_zero() && pool.exhausted.load(Ordering::Relaxed);
+        let start = Sample::take(server_pid);
+        wait_until(start.at + window, pool);
+        let end = Sample::take(server_pid);
+        stop.store(true, Ordering::Relaxed);
+        let results: Vec<WorkerResult> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect();
+        (start, end, results, exhausted_in_warmup)
+    });
+    let usage = Usage::between(&start, &end);
+    let mut run = Run {
+        usage,
+        ok_in_window: 0,
+        errors: BTreeMap::new(),
+        first_errors: BTreeMap::new(),
+        warmup_errors: 0,
+        latencies: Vec::new(),
+        exhausted_before_window,
+    };
+    for result in results {
+        for (key, example) in result.first_errors {
+            run.first_errors.entry(key).or_insert(example);
+        }
+        for record in result.records {
+            if record.start < start.at {
+                if record.outcome != Outcome::Ok {
+                    run.warmup_errors += 1;
+                }
+                continue;
+            }
+            if record.end > end.at {
+                continue;
+            }
+            match record.outcome {
+                Outcome::Ok => {
+                    run.ok_in_window += 1;
+                    run.latencies.push(record.end - record.start);
+                }
+                other => *run.errors.entry(outcome_key(other)).or_default() += 1,
+            }
+        }
+    }
+    run
+}
+
+/// Sleep until `deadline`, waking early when the pool runs out.
+fn wait_until(deadline: Instant, pool: &Pool) {
+    loop {
+        let now = Instant::now();
+        if now >= deadline || pool.exhausted.load(Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(5)));
+    }
+}
+
+fn report(
+    options: &IssueOptions,
+    mut run: Run,
+    tokens: TokenReport,
+    server_pid: Option<u32>,
+    server_exit: Option<String>,
+) -> IssueReport {
+    let usage = run.usage;
+    let wall = usage.wall_s.max(1e-9);
+    let errors = run.errors.values().sum();
+    let pinned = options.pin.is_some();
+    let label = format!(
+        "writ-issue-{}-c{}-{}",
+        options.alg,
+        options.concurrency,
+        if pinned { "pinned" } else { "unpinned" }
+    );
+    IssueReport {
+        bench: "issue",
+        label,
+        alg: options.alg.to_string(),
+        concurrency: options.concurrency,
+        warmup_s: options.warmup.as_secs_f64(),
+        duration_s: options.duration.as_secs_f64(),
+        window_s: usage.wall_s,
+        pinned,
+        server_cpus: options.pin.as_ref().map(|p| p.server_cpus.clone()),
+        client_cpus: options.pin.as_ref().map(|p| p.client_cpus.clone()),
+        target: options.target.as_ref().map(|t| t.url.clone()),
+        server_pid,
+        ok: run.ok_in_window,
+        errors,
+        errors_by_status: run.errors,
+        first_errors: run.first_errors,
+        warmup_errors: run.warmup_errors,
+        ok_per_s: run.ok_in_window as f64 / wall,
+        latency_ms: Summary::of(&mut run.latencies),
+        server_cpu_s: usage.server_cpu_s,
+        server_cores_busy: usage.cores(usage.server_cpu_s),
+        ok_per_server_cpu_s: usage
+            .server_cpu_s
+            .filter(|s| *s > 0.0)
+            .map(|s| run.ok_in_window as f64 / s),
+        client_cpu_s: usage.client_cpu_s,
+        client_cores_busy: usage.cores(usage.client_cpu_s),
+        other_cpu_s: usage.other_cpu_s,
+        other_cores_busy: usage.cores(usage.other_cpu_s),
+        steal_cores: usage.cores(usage.steal_s),
+        machine_cpus: super::cpu::machine_cpus(),
+        tokens,
+        build: build_profile(),
+        version: env!("CARGO_PKG_VERSION"),
+        server_exit,
+    }
+}
+
+/// Above this many cores used by other processes, a run was probably disturbed (the
+/// threshold the peer scripts use).
+pub const DISTURBED_OTHER_CORES: f64 = 0.15;
+
+impl fmt::Display for IssueReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pinning = match (&self.server_cpus, &self.client_cpus) {
+            (Some(s), Some(c)) => format!("server on CPU {s}, client on CPU {c}"),
+            _ => "unpinned".to_owned(),
+        };
+        let server = match &self.target {
+            Some(url) => format!("target {url}"),
+            None => "own server (SQLite, synchronous=FULL)".to_owned(),
+        };
+        writeln!(
+            f,
+            "writ bench issue: {} tokens, {} connections, {:.1}s window after {:.1}s warm-up, {pinning}, {server}, {} build",
+            self.alg, self.concurrency, self.window_s, self.warmup_s, self.build
+        )?;
+        writeln!(f, "  ok            {} ({:.0}/s)", self.ok, self.ok_per_s)?;
+        let by_status: Vec<String> = self
+            .errors_by_status
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        writeln!(
+            f,
+            "  errors        {}{}",
+            self.errors,
+            if by_status.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by_status.join(", "))
+            }
+        )?;
+        for (kind, example) in &self.first_errors {
+            writeln!(f, "    first {kind}: {example}")?;
+        }
+        let l = &self.latency_ms;
+        writeln!(
+            f,
+            "  latency ms    p50 {}  p90 {}  p99 {}  max {}",
+            show(l.p50, 2),
+            show(l.p90, 2),
+            show(l.p99, 2),
+            show(l.max, 1)
+        )?;
+        writeln!(
+            f,
+            "  server CPU    {} cores ({} CPU-s)  =>  {} certificates per server CPU-second",
+            show(self.server_cores_busy, 2),
+            show(self.server_cpu_s, 2),
+            show(self.ok_per_server_cpu_s, 0)
+        )?;
+        writeln!(
+            f,
+            "  client CPU    {} cores",
+            show(self.client_cores_busy, 2)
+        )?;
+        let disturbed = self
+            .other_cores_busy
+            .is_some_and(|o| o > DISTURBED_OTHER_CORES);
+        writeln!(
+            f,
+            "  other CPU     {} cores, steal {}{}",
+            show(self.other_cores_busy, 2),
+            show(self.steal_cores, 2),
+            if disturbed {
+                "  (other processes were busy: rerun on a quiet machine)"
+            } else {
+                ""
+            }
+        )?;
+        writeln!(
+            f,
+            "  tokens        {} minted in {:.1}s, {} used{}",
+            self.tokens.minted,
+            self.tokens.mint_s,
+            self.tokens.used,
+            if self.tokens.exhausted {
+                " (RAN OUT: window cut short)"
+            } else {
+                ""
+            }
+        )?;
+        write!(
+            f,
+            "RESULT {} c={} ok={} fail={} rps={:.0} p50={}ms p90={}ms p99={}ms max={}ms server_cpu={}cores ({} ok/cpu-s) loadgen_cpu={}cores other_cpu={}cores steal={}cores",
+            self.label,
+            self.concurrency,
+            self.ok,
+            self.errors,
+            self.ok_per_s,
+            show(l.p50, 2),
+            show(l.p90, 2),
+            show(l.p99, 2),
+            show(l.max, 1),
+            show(self.server_cores_busy, 2),
+            show(self.ok_per_server_cpu_s, 0),
+            show(self.client_cores_busy, 2),
+            show(self.other_cores_busy, 2),
+            show(self.steal_cores, 2),
+        )
+    }
+}

@@ -1,0 +1,97 @@
+//! Smoke test of `writ bench` through the real binary: a tiny issuance load test against
+//! a server the bench starts itself, and a few `writ-principals check` runs. It checks
+//! that the JSON reports carry their fields and that work got done, never how fast
+//! (timings on a shared test machine mean nothing).
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(args: &[&str]) -> Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .arg("bench")
+        .args(args)
+        .env_remove("WRIT_CONFIG")
+        .output()
+        .expect("run writ bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "writ bench {args:?} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+        output.status
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "--json prints one line: {stdout}");
+    serde_json::from_str(lines[0]).expect("one JSON object")
+}
+
+fn number(report: &Value, path: &[&str]) -> f64 {
+    let mut value = report;
+    for key in path {
+        value = &value[key];
+    }
+    value
+        .as_f64()
+        .unwrap_or_else(|| panic!("{path:?} is not a number in {report}"))
+}
+
+#[test]
+fn bench_issue_reports_certificates_per_server_cpu_second() {
+    let report = bench(&[
+        "issue",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(report["bench"], "issue");
+    assert_eq!(report["alg"], "RS256");
+    assert_eq!(report["concurrency"], 2);
+    assert!(number(&report, &["ok"]) > 0.0, "{report}");
+    assert_eq!(number(&report, &["errors"]), 0.0, "{report}");
+    assert!(number(&report, &["ok_per_s"]) > 0.0);
+    for field in ["p50", "p90", "p99", "max", "mean"] {
+        assert!(number(&report, &["latency_ms", field]) > 0.0, "{field}");
+    }
+    for field in [
+        "server_cpu_s",
+        "server_cores_busy",
+        "ok_per_server_cpu_s",
+        "client_cpu_s",
+        "other_cores_busy",
+        "window_s",
+    ] {
+        assert!(
+            number(&report, &[field]) >= 0.0,
+            "{field} missing: {report}"
+        );
+    }
+    assert!(number(&report, &["server_pid"]) > 0.0);
+    assert!(number(&report, &["tokens", "minted"]) > 0.0);
+    assert_eq!(report["tokens"]["exhausted"], false, "{report}");
+    assert_eq!(report["server_exit"], "exit status: 0", "{report}");
+}
+
+#[test]
+fn bench_check_compares_writ_principals_with_the_spawn_floor() {
+    let report = bench(&["check", "--runs", "5", "--json"]);
+    assert_eq!(report["bench"], "check");
+    assert_eq!(report["runs"], 5);
+    assert!(
+        report["principal"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("writ:") && p.ends_with(":deploy")),
+        "{report}"
+    );
+    for which in ["check", "floor"] {
+        assert_eq!(number(&report, &[which, "wall_ms", "count"]), 5.0);
+        assert!(number(&report, &[which, "wall_ms", "p50"]) > 0.0);
+        assert!(number(&report, &[which, "wall_ms", "p90"]) > 0.0);
+    }
+    assert!(number(&report, &["ratio_p50"]) > 0.0);
+    assert!(number(&report, &["ratio_p90"]) > 0.0);
+}
