@@ -322,6 +322,8 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    // Before anything touches jsonwebtoken: token signatures are verified with ring.
+    writ::identity::crypto::install();
     let cli = Cli::parse();
     match cli.command {
         Command::Dev {

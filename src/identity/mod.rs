@@ -6,6 +6,7 @@
 //! (`jku`, `x5u`, `jwk`, `x5c`) are never used; `kid` is only a lookup key. Never logs a
 //! whole token.
 
+pub mod crypto;
 pub mod jwks;
 pub mod verify;
 

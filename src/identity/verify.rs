@@ -43,6 +43,11 @@ pub struct Verifier {
 impl Verifier {
     /// Build from `[[issuer]]` configuration (validated already).
     pub fn new(issuers: &[IssuerConfig]) -> Verifier {
+        if !super::crypto::install() {
+            tracing::warn!(
+                "another JWT crypto provider was installed first; token verification is slower"
+            );
+        }
         let by_iss = issuers
             .iter()
             .map(|config| {

@@ -269,9 +269,11 @@ pub trait Store: AuditLog + Send + Sync {
         schedule: Option<RotationSchedule>,
         audit: &AuditEntry,
     ) -> Result<(), StoreError>;
-    /// Commit an issuance. `Conflict` if the serial is taken, `TokenReused` if its token
-    /// was used before; either way nothing is written.
-    async fn record_issuance(&self, issuance: &Issuance) -> Result<(), StoreError>;
+    /// Commit an issuance (concurrent ones may share a transaction; each answer comes
+    /// only after its own rows are durable). `Conflict` if the serial is taken,
+    /// `TokenReused` if its token was used before, `TaskNotActive` if an existing task
+    /// has ended; in each case nothing of it is written.
+    async fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError>;
     /// Forget used tokens that expired before `now_unix`; returns how many.
     async fn prune_used_tokens(&self, now_unix: i64) -> Result<u64, StoreError>;
     /// Append one audit entry on its own.

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,12 +24,17 @@ use super::{
 use crate::audit::{self, AuditEntry, AuditRecord, Outcome};
 
 mod audit_log;
+mod group_commit;
 mod keyring;
+
+use group_commit::GroupCommit;
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     pool: SqlitePool,
-    write_lock: Mutex<()>,
+    /// Held by every writer in this process (the group-commit task included).
+    write_lock: Arc<Mutex<()>>,
+    group_commit: GroupCommit,
 }
 
 impl SqliteStore {
@@ -58,9 +64,11 @@ impl SqliteStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
+        let write_lock = Arc::new(Mutex::new(()));
         Ok(SqliteStore {
+            group_commit: GroupCommit::start(pool.clone(), write_lock.clone()),
             pool,
-            write_lock: Mutex::new(()),
+            write_lock,
         })
     }
 
@@ -89,22 +97,38 @@ fn from_json(text: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("bad JSON list: {e}")))
 }
 
+/// The newest record's `(seq, hash)`, or `(0, GENESIS_HASH)` for an empty chain.
+async fn chain_head(tx: &mut Transaction<'static, Sqlite>) -> Result<(i64, String), StoreError> {
+    let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+    Ok(match last {
+        Some(row) => (row.get::<i64, _>(0), row.get::<String, _>(1)),
+        None => (0, audit::GENESIS_HASH.to_owned()),
+    })
+}
+
 /// Append `entry` to the chain inside `tx`.
 async fn append(
     tx: &mut Transaction<'static, Sqlite>,
     entry: &AuditEntry,
 ) -> Result<(), StoreError> {
-    let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut **tx)
-        .await
-        .map_err(unavailable)?;
-    let (prev_seq, prev_hash) = match last {
-        Some(row) => (row.get::<i64, _>(0), row.get::<String, _>(1)),
-        None => (0, audit::GENESIS_HASH.to_owned()),
-    };
+    let head = chain_head(tx).await?;
+    append_after(tx, &head, entry).await.map(|_| ())
+}
+
+/// Insert `entry` as the record after `head` inside `tx`; returns the new head. The
+/// caller holds the writer lock, so `head` is the chain's real head.
+async fn append_after(
+    tx: &mut Transaction<'static, Sqlite>,
+    head: &(i64, String),
+    entry: &AuditEntry,
+) -> Result<(i64, String), StoreError> {
+    let (prev_seq, prev_hash) = head;
     let seq = prev_seq + 1;
     let time = audit::format_time(OffsetDateTime::now_utc());
-    let hash = audit::chain_hash(seq, &time, entry, &prev_hash);
+    let hash = audit::chain_hash(seq, &time, entry, prev_hash);
     sqlx::query(
         "INSERT INTO audit_events (seq, time, event, outcome, issuer, subject, policy, task_id, \
          serial, key_fingerprint, logins, hosts, host, ca_fingerprint, source_ip, reason, \
@@ -128,12 +152,12 @@ async fn append(
     .bind(&entry.source_ip)
     .bind(&entry.reason)
     .bind(&entry.request_id)
-    .bind(&prev_hash)
+    .bind(prev_hash)
     .bind(&hash)
     .execute(&mut **tx)
     .await
     .map_err(unavailable)?;
-    Ok(())
+    Ok((seq, hash))
 }
 
 /// Record a once-only token; `TokenReused` if it was recorded before.
@@ -270,62 +294,8 @@ impl Store for SqliteStore {
         keyring::set_rotation_schedule(self, schedule, audit).await
     }
 
-    async fn record_issuance(&self, issuance: &Issuance) -> Result<(), StoreError> {
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        if let Some(task) = &issuance.new_task {
-            sqlx::query(
-                "INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, purpose, state, \
-                 created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            )
-            .bind(&task.id)
-            .bind(&task.issuer)
-            .bind(&task.subject)
-            .bind(&task.policy)
-            .bind(to_json(&task.logins))
-            .bind(to_json(&task.hosts))
-            .bind(&task.purpose)
-            .bind(&task.state)
-            .bind(task.created_at)
-            .bind(task.expires_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        }
-        if let Some(token) = &issuance.token_use {
-            sqlx::query(
-                "INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ($1, $2, $3)",
-            )
-            .bind(&token.issuer)
-            .bind(&token.token_hash)
-            .bind(token.expires_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| match unavailable(e) {
-                StoreError::Conflict(_) => StoreError::TokenReused,
-                other => other,
-            })?;
-        }
-        let cert = &issuance.certificate;
-        sqlx::query(
-            "INSERT INTO certificates (serial, task_id, ca_key_id, key_fingerprint, principals, \
-             valid_after, valid_before, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(cert.serial)
-        .bind(&cert.task_id)
-        .bind(&cert.ca_key_id)
-        .bind(&cert.key_fingerprint)
-        .bind(to_json(&cert.principals))
-        .bind(cert.valid_after)
-        .bind(cert.valid_before)
-        .bind(cert.issued_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        for entry in &issuance.audit {
-            append(&mut tx, entry).await?;
-        }
-        tx.commit().await.map_err(unavailable)
+    async fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError> {
+        self.group_commit.record(issuance).await
     }
 
     async fn prune_used_tokens(&self, now_unix: i64) -> Result<u64, StoreError> {

@@ -391,7 +391,7 @@ impl Issuer {
                 audit,
                 token_use: token_use.clone(),
             };
-            match self.store.record_issuance(&record).await {
+            match self.store.record_issuance(record).await {
                 Ok(()) => {
                     tracing::info!(
                         task_id = %task.id, serial, subject = %identity.subject,

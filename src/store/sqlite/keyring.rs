@@ -250,7 +250,7 @@ mod tests {
     ) -> Result<(), StoreError> {
         let task_id = format!("{serial:032x}");
         store
-            .record_issuance(&Issuance {
+            .record_issuance(Issuance {
                 new_task: Some(TaskRecord {
                     id: task_id.clone(),
                     issuer: "i".into(),
