@@ -66,7 +66,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
         let write_lock = Arc::new(Mutex::new(()));
         Ok(SqliteStore {
-            group_commit: GroupCommit::start(pool.clone(), write_lock.clone()),
+            group_commit: GroupCommit::start(Path::new(path), write_lock.clone())?,
             pool,
             write_lock,
         })
@@ -97,9 +97,29 @@ fn from_json(text: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("bad JSON list: {e}")))
 }
 
+/// The newest audit record.
+const SQL_CHAIN_HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1";
+/// One audit record; parameters in [`AuditEntry`] order, see [`append_after`].
+const SQL_INSERT_AUDIT: &str = "INSERT INTO audit_events (seq, time, event, outcome, issuer, \
+     subject, policy, task_id, serial, key_fingerprint, logins, hosts, host, ca_fingerprint, \
+     source_ip, reason, request_id, prev_hash, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+/// A new task.
+const SQL_INSERT_TASK: &str = "INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, \
+     purpose, state, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+/// A consumed once-only token.
+const SQL_INSERT_USED_TOKEN: &str =
+    "INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ($1, $2, $3)";
+/// A new certificate.
+const SQL_INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, task_id, ca_key_id, \
+     key_fingerprint, principals, valid_after, valid_before, issued_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+/// A task's state and expiry.
+const SQL_TASK_STATE: &str = "SELECT state, expires_at FROM tasks WHERE id = $1";
+
 /// The newest record's `(seq, hash)`, or `(0, GENESIS_HASH)` for an empty chain.
 async fn chain_head(tx: &mut Transaction<'static, Sqlite>) -> Result<(i64, String), StoreError> {
-    let last = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+    let last = sqlx::query(SQL_CHAIN_HEAD)
         .fetch_optional(&mut **tx)
         .await
         .map_err(unavailable)?;
@@ -129,34 +149,29 @@ async fn append_after(
     let seq = prev_seq + 1;
     let time = audit::format_time(OffsetDateTime::now_utc());
     let hash = audit::chain_hash(seq, &time, entry, prev_hash);
-    sqlx::query(
-        "INSERT INTO audit_events (seq, time, event, outcome, issuer, subject, policy, task_id, \
-         serial, key_fingerprint, logins, hosts, host, ca_fingerprint, source_ip, reason, \
-         request_id, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
-    )
-    .bind(seq)
-    .bind(&time)
-    .bind(&entry.event)
-    .bind(entry.outcome.unwrap_or(Outcome::Success).as_str())
-    .bind(&entry.issuer)
-    .bind(&entry.subject)
-    .bind(&entry.policy)
-    .bind(&entry.task_id)
-    .bind(&entry.serial)
-    .bind(&entry.key_fingerprint)
-    .bind(to_json(&entry.logins))
-    .bind(to_json(&entry.hosts))
-    .bind(&entry.host)
-    .bind(&entry.ca_fingerprint)
-    .bind(&entry.source_ip)
-    .bind(&entry.reason)
-    .bind(&entry.request_id)
-    .bind(prev_hash)
-    .bind(&hash)
-    .execute(&mut **tx)
-    .await
-    .map_err(unavailable)?;
+    sqlx::query(SQL_INSERT_AUDIT)
+        .bind(seq)
+        .bind(&time)
+        .bind(&entry.event)
+        .bind(entry.outcome.unwrap_or(Outcome::Success).as_str())
+        .bind(&entry.issuer)
+        .bind(&entry.subject)
+        .bind(&entry.policy)
+        .bind(&entry.task_id)
+        .bind(&entry.serial)
+        .bind(&entry.key_fingerprint)
+        .bind(to_json(&entry.logins))
+        .bind(to_json(&entry.hosts))
+        .bind(&entry.host)
+        .bind(&entry.ca_fingerprint)
+        .bind(&entry.source_ip)
+        .bind(&entry.reason)
+        .bind(&entry.request_id)
+        .bind(prev_hash)
+        .bind(&hash)
+        .execute(&mut **tx)
+        .await
+        .map_err(unavailable)?;
     Ok((seq, hash))
 }
 
@@ -165,7 +180,7 @@ async fn consume_token(
     tx: &mut Transaction<'static, Sqlite>,
     token: &TokenUse,
 ) -> Result<(), StoreError> {
-    sqlx::query("INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ($1, $2, $3)")
+    sqlx::query(SQL_INSERT_USED_TOKEN)
         .bind(&token.issuer)
         .bind(&token.token_hash)
         .bind(token.expires_at)
@@ -184,7 +199,7 @@ async fn require_active(
     task_id: &str,
     now_unix: i64,
 ) -> Result<(), StoreError> {
-    let row = sqlx::query("SELECT state, expires_at FROM tasks WHERE id = $1")
+    let row = sqlx::query(SQL_TASK_STATE)
         .bind(task_id)
         .fetch_optional(&mut **tx)
         .await
