@@ -481,3 +481,79 @@ impl Store for SqliteStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::Connection;
+
+    use crate::audit::{self, AuditEntry, Outcome, event};
+
+    const BEFORE_0005: [&str; 4] = [
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+        include_str!("../../migrations/sqlite/0002_used_tokens.sql"),
+        include_str!("../../migrations/sqlite/0003_ca_key_rotation.sql"),
+        include_str!("../../migrations/sqlite/0004_audit_checkpoints_sinks_prune.sql"),
+    ];
+    const MIGRATION_0005: &str =
+        include_str!("../../migrations/sqlite/0005_fewer_pages_per_issuance.sql");
+
+    /// Migration 0005 rebuilds two tables: everything in them survives, and the guards
+    /// (unique tokens, append-only audit log) still hold afterwards.
+    #[test]
+    fn migration_0005_keeps_tokens_records_and_guards() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Connection::open(dir.path().join("writ.db")).expect("open");
+        for sql in BEFORE_0005 {
+            db.execute_batch(sql).expect("older migration");
+        }
+        db.execute(
+            "INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ('i', 'h1', 9)",
+            [],
+        )
+        .expect("token");
+        let mut prev = audit::GENESIS_HASH.to_owned();
+        let mut hashes = Vec::new();
+        for seq in 1..=3_i64 {
+            let mut entry = AuditEntry::new(event::CERT_ISSUED, Outcome::Success);
+            entry.serial = Some(seq.to_string());
+            let time = format!("2026-11-25T00:00:0{seq}Z");
+            let hash = audit::chain_hash(seq, &time, &entry, &prev);
+            db.execute(
+                "INSERT INTO audit_events (seq, time, event, outcome, serial, logins, hosts, \
+                 prev_hash, hash) VALUES (?1, ?2, ?3, 'success', ?4, '[]', '[]', ?5, ?6)",
+                rusqlite::params![seq, time, entry.event, entry.serial, prev, hash],
+            )
+            .expect("record");
+            hashes.push(hash.clone());
+            prev = hash;
+        }
+
+        db.execute_batch(MIGRATION_0005).expect("0005");
+
+        let token: i64 = db
+            .query_row("SELECT expires_at FROM used_tokens WHERE token_hash = 'h1'", [], |r| {
+                r.get(0)
+            })
+            .expect("token survives");
+        assert_eq!(token, 9);
+        assert!(
+            db.execute(
+                "INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ('i', 'h1', 9)",
+                [],
+            )
+            .is_err(),
+            "a token is still recorded once"
+        );
+        let mut read = db
+            .prepare("SELECT hash FROM audit_events ORDER BY seq")
+            .expect("select");
+        let after: Vec<String> = read
+            .query_map([], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("hashes");
+        assert_eq!(after, hashes);
+        assert!(db.execute("UPDATE audit_events SET reason = 'x'", []).is_err());
+        assert!(db.execute("DELETE FROM audit_events WHERE seq = 1", []).is_err());
+    }
+}
