@@ -76,6 +76,9 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     // The journal mode (WAL) is a property of the file, set when the store opened it.
     connection.pragma_update(None, "synchronous", "FULL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
+    // The per-issuance savepoints keep their undo pages in memory, not in a temporary
+    // file created and unlinked on every batch.
+    connection.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(connection)
 }
 
