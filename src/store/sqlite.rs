@@ -531,9 +531,11 @@ mod tests {
         db.execute_batch(MIGRATION_0005).expect("0005");
 
         let token: i64 = db
-            .query_row("SELECT expires_at FROM used_tokens WHERE token_hash = 'h1'", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT expires_at FROM used_tokens WHERE token_hash = 'h1'",
+                [],
+                |r| r.get(0),
+            )
             .expect("token survives");
         assert_eq!(token, 9);
         assert!(
@@ -553,7 +555,13 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("hashes");
         assert_eq!(after, hashes);
-        assert!(db.execute("UPDATE audit_events SET reason = 'x'", []).is_err());
-        assert!(db.execute("DELETE FROM audit_events WHERE seq = 1", []).is_err());
+        assert!(
+            db.execute("UPDATE audit_events SET reason = 'x'", [])
+                .is_err()
+        );
+        assert!(
+            db.execute("DELETE FROM audit_events WHERE seq = 1", [])
+                .is_err()
+        );
     }
 }

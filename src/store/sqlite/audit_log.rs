@@ -37,8 +37,8 @@ impl AuditLog for SqliteStore {
 
     async fn audit_trail(&self, task_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT * FROM audit_events WHERE task_id = $1 OR serial IN \
-             (SELECT serial FROM audit_events WHERE task_id = $1 AND serial IS NOT NULL) \
+            "SELECT * FROM audit_events WHERE task_id = $1 OR (task_id IS NULL AND serial IN \
+             (SELECT serial FROM audit_events WHERE task_id = $1 AND serial IS NOT NULL)) \
              ORDER BY seq",
         )
         .bind(task_id)
