@@ -9,7 +9,7 @@
 //!    existing CA is driven instead (configured once with [`issuer::config_tables`]).
 //! 2. One preflight request, whose answer is checked in full (a parseable certificate).
 //! 3. Token pool: single-use tokens, each with its own `jti`, minted on every core before
-//!    anything is measured. Its size is `--tokens`, or else 1.5 times the rate seen in a short
+//!    anything is measured. Its size is `--tokens`, or else 2 times the rate seen in a short
 //!    unmeasured probe run times the warm-up plus the window. If the pool runs out anyway,
 //!    the measured window ends there and the report says so.
 //! 4. The run: N worker threads, each with its own keep-alive `ureq::Agent` (one
@@ -35,7 +35,7 @@ use super::stats::{Summary, show};
 use super::{BenchError, build_profile};
 
 /// Headroom over the probe's rate when sizing the token pool.
-const POOL_HEADROOM: f64 = 1.5;
+const POOL_HEADROOM: f64 = 2.0;
 /// Longest probe run (unmeasured) used to size the token pool.
 const PROBE_TIME: Duration = Duration::from_secs(1);
 /// Tokens per connection minted for the probe (bounded below).
@@ -244,7 +244,7 @@ pub fn run(
     let count = match options.tokens {
         Some(n) => n,
         None => {
-            let n = (options.concurrency * PROBE_TOKENS_PER_CONNECTION).clamp(500, 8000);
+            let n = (options.concurrency * PROBE_TOKENS_PER_CONNECTION).clamp(2000, 8000);
             let pool = Pool::new(issuer.mint_pool(n, threads, now_unix(), lifetime)?);
             let probe = drive(
                 &url,
@@ -255,7 +255,12 @@ pub fn run(
                 PROBE_TIME,
                 server_pid,
             );
-            let rate = probe.ok_in_window as f64 / probe.usage.wall_s.max(1e-3);
+            let mut rate = probe.ok_in_window as f64 / probe.usage.wall_s.max(1e-3);
+            if pool.exhausted.load(Ordering::Relaxed) {
+                // The probe ran dry before its second was up: the server is faster than
+                // this rate says, by an unknown factor.
+                rate *= 2.0;
+            }
             tokens.probe_rate = Some(rate);
             let seconds = (options.warmup + options.duration).as_secs_f64();
             let size = (POOL_HEADROOM * rate * seconds).ceil() as usize;

@@ -89,6 +89,14 @@ fn unavailable(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// Queries here read every row (`fetch_all`) even when they want one: sqlx leaves a
+/// statement that was not stepped to its end active, and an active statement holds a read
+/// snapshot that stops the WAL from ever starting over (it grows without bound under
+/// load). A query that must return a row and returned none is this error.
+fn no_row() -> StoreError {
+    StoreError::Corrupt("a query that always returns a row returned none".into())
+}
+
 fn to_json(values: &[String]) -> String {
     serde_json::to_string(values).expect("a list of strings always serialises")
 }
@@ -120,9 +128,11 @@ const SQL_TASK_STATE: &str = "SELECT state, expires_at FROM tasks WHERE id = $1"
 /// The newest record's `(seq, hash)`, or `(0, GENESIS_HASH)` for an empty chain.
 async fn chain_head(tx: &mut Transaction<'static, Sqlite>) -> Result<(i64, String), StoreError> {
     let last = sqlx::query(SQL_CHAIN_HEAD)
-        .fetch_optional(&mut **tx)
+        .fetch_all(&mut **tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(unavailable)?
+        .into_iter()
+        .next();
     Ok(match last {
         Some(row) => (row.get::<i64, _>(0), row.get::<String, _>(1)),
         None => (0, audit::GENESIS_HASH.to_owned()),
@@ -201,9 +211,11 @@ async fn require_active(
 ) -> Result<(), StoreError> {
     let row = sqlx::query(SQL_TASK_STATE)
         .bind(task_id)
-        .fetch_optional(&mut **tx)
+        .fetch_all(&mut **tx)
         .await
-        .map_err(unavailable)?;
+        .map_err(unavailable)?
+        .into_iter()
+        .next();
     match row {
         Some(row) if row.get::<String, _>(0) == "active" && row.get::<i64, _>(1) > now_unix => {
             Ok(())
@@ -343,9 +355,11 @@ impl Store for SqliteStore {
     async fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
         let row = sqlx::query("SELECT * FROM tasks WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+            .into_iter()
+            .next();
         row.as_ref().map(task_record).transpose()
     }
 
@@ -362,9 +376,11 @@ impl Store for SqliteStore {
     async fn certificate(&self, serial: i64) -> Result<Option<CertificateRecord>, StoreError> {
         let row = sqlx::query("SELECT * FROM certificates WHERE serial = $1")
             .bind(serial)
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+            .into_iter()
+            .next();
         row.as_ref().map(certificate_record).transpose()
     }
 
@@ -445,9 +461,12 @@ impl Store for SqliteStore {
             .await
             .map_err(unavailable)?;
         let sequence: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
-            .fetch_one(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+            .into_iter()
+            .next()
+            .ok_or_else(no_row)?;
         let tasks = sqlx::query("SELECT id, expires_at FROM tasks WHERE state != 'active' AND expires_at > $1 ORDER BY id")
             .bind(now_unix)
             .fetch_all(&mut *tx)

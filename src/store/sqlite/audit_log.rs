@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use super::{SqliteStore, append, audit_record, unavailable};
+use super::{SqliteStore, append, audit_record, no_row, unavailable};
 use crate::audit::checkpoint::SignedCheckpoint;
 use crate::audit::{self, AuditEntry, AuditRecord};
 use crate::store::{AuditLog, StoreError};
@@ -14,25 +14,33 @@ use crate::store::{AuditLog, StoreError};
 impl AuditLog for SqliteStore {
     async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
         let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)?
+            .into_iter()
+            .next();
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
     async fn audit_first_seq(&self) -> Result<Option<i64>, StoreError> {
         sqlx::query_scalar("SELECT MIN(seq) FROM audit_events")
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?
+            .into_iter()
+            .next()
+            .ok_or_else(no_row)
     }
 
     async fn audit_seq_at_time(&self, time: &str) -> Result<Option<i64>, StoreError> {
         sqlx::query_scalar("SELECT MIN(seq) FROM audit_events WHERE time >= $1")
             .bind(time)
-            .fetch_one(&self.pool)
+            .fetch_all(&self.pool)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable)?
+            .into_iter()
+            .next()
+            .ok_or_else(no_row)
     }
 
     async fn audit_trail(&self, task_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
@@ -88,9 +96,11 @@ impl AuditLog for SqliteStore {
         let seq: Option<i64> =
             sqlx::query_scalar("SELECT seq FROM audit_sink_positions WHERE sink = $1")
                 .bind(sink)
-                .fetch_optional(&self.pool)
+                .fetch_all(&self.pool)
                 .await
-                .map_err(unavailable)?;
+                .map_err(unavailable)?
+                .into_iter()
+                .next();
         Ok(seq.unwrap_or(0))
     }
 
@@ -129,9 +139,11 @@ impl AuditLog for SqliteStore {
         let hash: Option<String> =
             sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = $1")
                 .bind(start_seq)
-                .fetch_optional(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await
-                .map_err(unavailable)?;
+                .map_err(unavailable)?
+                .into_iter()
+                .next();
         if hash.as_deref() != Some(start_hash) {
             return Err(StoreError::Conflict(format!(
                 "audit record {start_seq} is not the one its checkpoint names"

@@ -17,7 +17,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use time::OffsetDateTime;
@@ -41,11 +41,17 @@ struct Pending {
 }
 
 /// How often the checkpointer copies committed pages from the WAL into the database.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
+/// Most unlocked checkpoint passes before the locked one.
+const CATCH_UP_PASSES: usize = 4;
+/// Frames added during a pass below which the locked pass may follow.
+const SMALL_DELTA_FRAMES: i64 = 64;
 
-/// The callers' side of the writer thread; the thread ends when this is dropped.
+/// The callers' side of the writer and checkpointer threads; both end when this is
+/// dropped.
 pub struct GroupCommit {
     queue: mpsc::Sender<Pending>,
+    _stop_checkpointer: std::sync::mpsc::Sender<()>,
 }
 
 impl GroupCommit {
@@ -53,12 +59,24 @@ impl GroupCommit {
     /// start the writer thread.
     pub fn start(path: &Path, write_lock: Arc<Mutex<()>>) -> Result<GroupCommit, StoreError> {
         let connection = open(path).map_err(unavailable)?;
+        let checkpoint_connection = open(path).map_err(unavailable)?;
         let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
+        let (stop_checkpointer, stop) = std::sync::mpsc::channel();
+        let spawn_failed =
+            |e: std::io::Error| StoreError::Unavailable(format!("cannot start the writer: {e}"));
+        let writer_lock = write_lock.clone();
         std::thread::Builder::new()
             .name("writ-group-commit".into())
-            .spawn(move || run(connection, &write_lock, receiver))
-            .map_err(|e| StoreError::Unavailable(format!("cannot start the writer: {e}")))?;
-        Ok(GroupCommit { queue })
+            .spawn(move || run(connection, &writer_lock, receiver))
+            .map_err(spawn_failed)?;
+        std::thread::Builder::new()
+            .name("writ-checkpoint".into())
+            .spawn(move || checkpoint_until(&checkpoint_connection, &write_lock, &stop))
+            .map_err(spawn_failed)?;
+        Ok(GroupCommit {
+            queue,
+            _stop_checkpointer: stop_checkpointer,
+        })
     }
 
     /// Queue `issuance` and wait until its batch has committed (or failed).
@@ -85,25 +103,58 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
     // Keep the index pages issuances touch in this connection's cache (64 MiB) rather
     // than re-reading them from the OS for every batch.
     connection.pragma_update(None, "cache_size", -65_536)?;
-    // Checkpoints run between batches (see `checkpoint`), not inside a commit that callers
-    // are waiting for; a WAL that grew under a burst is cut back when it restarts.
+    // Checkpoints run on their own thread (see `checkpoint_until`), not inside a commit
+    // callers are waiting for; a WAL that grew under a burst is cut back when it restarts.
     connection.pragma_update(None, "wal_autocheckpoint", 0)?;
     connection.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     Ok(connection)
 }
 
-/// Copy committed pages from the WAL into the database (PASSIVE: it never waits for
-/// readers). Run by the writer between batches, after their callers were answered, it
-/// usually copies everything, so the next commit starts the WAL from the beginning again.
-fn checkpoint(connection: &Connection) {
-    if let Err(e) = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-        tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+/// Every [`CHECKPOINT_INTERVAL`] until `stop`'s sender is dropped, copy committed pages
+/// from the WAL into the database without holding up the writer, then copy the few pages
+/// committed meanwhile under the writer lock (a checkpoint only sees the WAL as it was
+/// when it started). The WAL is then fully copied, so the writer's next commit starts it
+/// from the beginning again and it stays bounded.
+fn checkpoint_until(
+    connection: &Connection,
+    write_lock: &Mutex<()>,
+    stop: &std::sync::mpsc::Receiver<()>,
+) {
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+        stop.recv_timeout(CHECKPOINT_INTERVAL)
+    {
+        let result = catch_up(connection).and_then(|()| {
+            let _guard = write_lock.blocking_lock();
+            checkpoint(connection).map(|_| ())
+        });
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "WAL checkpoint failed; will retry");
+        }
     }
+}
+
+/// Unlocked checkpoints until the writer added few frames during the last one (at most
+/// [`CATCH_UP_PASSES`]), so the locked pass that follows is short.
+fn catch_up(connection: &Connection) -> rusqlite::Result<()> {
+    let mut seen = checkpoint(connection)?;
+    for _ in 1..CATCH_UP_PASSES {
+        let now = checkpoint(connection)?;
+        if now.saturating_sub(seen) < SMALL_DELTA_FRAMES {
+            break;
+        }
+        seen = now;
+    }
+    Ok(())
+}
+
+/// One PASSIVE checkpoint (it never waits for the writer or for readers); returns how
+/// many frames the WAL held when it started.
+fn checkpoint(connection: &Connection) -> rusqlite::Result<i64> {
+    connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| row.get(1))
 }
 
 fn run(mut connection: Connection, write_lock: &Mutex<()>, mut receiver: mpsc::Receiver<Pending>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut last_checkpoint = Instant::now();
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH
@@ -129,10 +180,6 @@ fn run(mut connection: Connection, write_lock: &Mutex<()>, mut receiver: mpsc::R
         for (pending, result) in batch.drain(..).zip(results) {
             // A caller that went away just does not hear the answer; its rows stand.
             let _ = pending.reply.send(result);
-        }
-        if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL {
-            checkpoint(&connection);
-            last_checkpoint = Instant::now();
         }
     }
 }

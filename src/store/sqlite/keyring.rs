@@ -158,9 +158,11 @@ pub(super) async fn rotation_schedule(
     store: &SqliteStore,
 ) -> Result<Option<RotationSchedule>, StoreError> {
     let row = sqlx::query("SELECT every_seconds, set_at FROM ca_rotation_schedule WHERE id = 1")
-        .fetch_optional(&store.pool)
+        .fetch_all(&store.pool)
         .await
-        .map_err(unavailable)?;
+        .map_err(unavailable)?
+        .into_iter()
+        .next();
     Ok(row.map(|row| RotationSchedule {
         every_seconds: row.get(0),
         set_at: row.get(1),
