@@ -16,6 +16,7 @@
 
 use std::time::{Duration, Instant};
 
+use base64ct::Encoding as _;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{DecodingKey, Validation};
 use rand_core::OsRng;
@@ -92,6 +93,8 @@ fn tokens(issuer: &BenchIssuer) -> Vec<String> {
 }
 
 fn main() {
+    // As `writ` does first thing: token signatures are verified with ring.
+    assert!(writ::identity::crypto::install(), "ring provider installed");
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let wanted = |name: &str| filter.as_deref().is_none_or(|f| name.contains(f));
     let budget = Duration::from_secs_f64(
@@ -146,6 +149,34 @@ fn main() {
                 let identity = runtime.block_on(verifier.verify(&tokens[i], now()));
                 assert!(identity.is_ok(), "{identity:?}");
             }));
+        }
+        for (backend, provider) in [
+            ("ring", &writ::identity::crypto::PROVIDER),
+            (
+                "RustCrypto",
+                &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER,
+            ),
+        ] {
+            let name = format!("token signature {alg} only ({backend})");
+            if wanted(&name) {
+                let key = DecodingKey::from_jwk(jwk).expect("decoding key");
+                let parts: Vec<(String, Vec<u8>)> = tokens
+                    .iter()
+                    .map(|t| {
+                        let (message, signature) = t.rsplit_once('.').expect("three parts");
+                        let signature =
+                            base64ct::Base64UrlUnpadded::decode_vec(signature).expect("base64");
+                        (message.to_owned(), signature)
+                    })
+                    .collect();
+                let mut i = 0;
+                rows.push(measure(&name, budget, || {
+                    i = (i + 1) % TOKENS;
+                    let verifier = (provider.verifier_factory)(&alg.jwt(), &key).expect("verifier");
+                    let (message, signature) = &parts[i];
+                    assert!(verifier.verify(message.as_bytes(), signature).is_ok());
+                }));
+            }
         }
         let name = format!("token verify {alg} (jsonwebtoken::decode only)");
         if wanted(&name) {

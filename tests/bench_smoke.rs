@@ -95,3 +95,49 @@ fn bench_check_compares_writ_principals_with_the_spawn_floor() {
     assert!(number(&report, &["ratio_p50"]) > 0.0);
     assert!(number(&report, &["ratio_p90"]) > 0.0);
 }
+
+/// `--prefill-audit` grows the log before measuring, continuing the hash chain: the
+/// server's own records follow the synthetic ones and the whole log verifies.
+#[test]
+fn bench_issue_prefills_the_audit_log_and_the_chain_still_verifies() {
+    let output = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args(["bench", "issue", "--duration", "1s", "--warmup", "0s"])
+        .args([
+            "--concurrency",
+            "2",
+            "--prefill-audit",
+            "3000",
+            "--keep-dir",
+            "--json",
+        ])
+        .env_remove("WRIT_CONFIG")
+        .output()
+        .expect("run writ bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["prefill_audit"][0], 3000, "{report}");
+    assert!(number(&report, &["ok"]) > 0.0, "{report}");
+    let dir = stderr
+        .lines()
+        .find_map(|l| l.split_once("keeping ").map(|(_, d)| d.trim().to_owned()))
+        .expect("the kept directory");
+    let dir = std::path::PathBuf::from(dir);
+    let verify = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args(["admin", "--config"])
+        .arg(dir.join("writ.toml"))
+        .args(["audit", "verify"])
+        .output()
+        .expect("run writ admin audit verify");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    std::fs::remove_dir_all(&dir).expect("remove the kept directory");
+    assert!(verify.status.success(), "{said}");
+}

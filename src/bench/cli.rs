@@ -63,12 +63,16 @@ pub struct IssueArgs {
     /// With --target: the target's PID, to measure its CPU.
     #[arg(long, value_name = "PID", requires = "target")]
     server_pid: Option<u32>,
-    /// Token pool size (default: 1.5 × the rate of a short probe × (warm-up + window)).
+    /// Token pool size (default: 2 × the rate of a short probe × (warm-up + window)).
     #[arg(long, value_name = "N")]
     tokens: Option<usize>,
     /// Keep the temporary directory (configuration, database, server log).
     #[arg(long)]
     keep_dir: bool,
+    /// Before measuring, grow the started server's audit log by N synthetic issuance
+    /// records (e.g. 10000000), to compare latency on a large log with an empty one.
+    #[arg(long, value_name = "N", conflicts_with = "target", default_value_t = 0)]
+    prefill_audit: u64,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -141,6 +145,7 @@ pub fn run(command: BenchCommand) -> Result<(), BenchError> {
                     _ => None,
                 },
                 tokens: a.tokens,
+                prefill_audit: a.prefill_audit,
                 server_exe: current_exe()?,
                 keep_dir: a.keep_dir,
             };

@@ -34,6 +34,8 @@ use super::process::{self, Server, TempDir};
 use super::stats::{Summary, show};
 use super::{BenchError, build_profile};
 
+/// The started server's database, in the bench directory.
+const DATABASE_FILE: &str = "writ.db";
 /// Headroom over the probe's rate when sizing the token pool.
 const POOL_HEADROOM: f64 = 2.0;
 /// Longest probe run (unmeasured) used to size the token pool.
@@ -87,6 +89,8 @@ pub struct IssueOptions {
     pub target: Option<Target>,
     /// Token pool size (default: sized by a probe run).
     pub tokens: Option<usize>,
+    /// Synthetic audit records to add to the started server's log before measuring.
+    pub prefill_audit: u64,
     /// The `writ` executable that serves (normally this one).
     pub server_exe: PathBuf,
     /// Keep the temporary directory (config, database, server log).
@@ -169,6 +173,8 @@ pub struct IssueReport {
     pub machine_cpus: usize,
     /// Token pool figures.
     pub tokens: TokenReport,
+    /// Audit records added before measuring (`--prefill-audit`), and the seconds it took.
+    pub prefill_audit: Option<(u64, f64)>,
     /// `release` or `debug`: debug-build figures are not comparable.
     pub build: &'static str,
     /// writ's version.
@@ -234,6 +240,17 @@ pub fn run(
             .min(23 * 3600),
     )
     .unwrap_or(3600);
+
+    let prefill_audit = if options.prefill_audit > 0 {
+        let took = super::prefill::prefill_audit(
+            &dir.path().join(DATABASE_FILE),
+            options.prefill_audit,
+            &mut *progress,
+        )?;
+        Some((options.prefill_audit, took.as_secs_f64()))
+    } else {
+        None
+    };
 
     // Preflight: one request, checked in full.
     let token = issuer.mint_pool(1, 1, now_unix(), lifetime)?;
@@ -317,7 +334,9 @@ pub fn run(
         Ok(status) => status.to_string(),
         Err(e) => e.to_string(),
     });
-    Ok(report(options, run, tokens, server_pid, server_exit))
+    let mut report = report(options, run, tokens, server_pid, server_exit);
+    report.prefill_audit = prefill_audit;
+    Ok(report)
 }
 
 /// Write the configuration and start `writ serve`; returns its base URL.
@@ -340,7 +359,7 @@ fn start_server(
          [server]\nlisten = \"127.0.0.1:{port}\"\n\n\
          [storage]\nurl = {db}\n\n\
          [ca]\npassphrase_file = {pass}\n\n{tables}",
-        db = issuer::toml_string(&format!("sqlite://{}", dir.join("writ.db").display())),
+        db = issuer::toml_string(&format!("sqlite://{}", dir.join(DATABASE_FILE).display())),
         pass = issuer::toml_string(&pass.display().to_string()),
         tables = issuer::config_tables(options.alg, &jwks),
     );
@@ -698,6 +717,7 @@ fn report(
         steal_cores: usage.cores(usage.steal_s),
         machine_cpus: super::cpu::machine_cpus(),
         tokens,
+        prefill_audit: None,
         build: build_profile(),
         version: env!("CARGO_PKG_VERSION"),
         server_exit,
@@ -777,6 +797,12 @@ impl fmt::Display for IssueReport {
                 ""
             }
         )?;
+        if let Some((records, seconds)) = self.prefill_audit {
+            writeln!(
+                f,
+                "  prefill       {records} audit records before measuring ({seconds:.0}s)"
+            )?;
+        }
         writeln!(
             f,
             "  tokens        {} minted in {:.1}s, {} used{}",

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod cpu;
 pub mod issue;
 pub mod issuer;
+pub mod prefill;
 pub mod process;
 pub mod stats;
 
