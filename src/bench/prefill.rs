@@ -109,7 +109,7 @@ fn synthetic(n: u64, base_millis: u64) -> AuditEntry {
     let scrambled =
         u128::from(task).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) & ((1 << 80) - 1);
     let task_id = format!("{:012x}{scrambled:020x}", base_millis + task);
-    let name = if n % 2 == 0 {
+    let name = if n.is_multiple_of(2) {
         event::TASK_CREATED
     } else {
         event::CERT_ISSUED
