@@ -63,7 +63,7 @@ pub struct IssueArgs {
     /// With --target: the target's PID, to measure its CPU.
     #[arg(long, value_name = "PID", requires = "target")]
     server_pid: Option<u32>,
-    /// Token pool size (default: 2 × the rate of a short probe × (warm-up + window)).
+    /// Token pool size (default: 1.5 × the rate of a short probe × (warm-up + window)).
     #[arg(long, value_name = "N")]
     tokens: Option<usize>,
     /// Keep the temporary directory (configuration, database, server log).

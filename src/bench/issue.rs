@@ -9,7 +9,7 @@
 //!    existing CA is driven instead (configured once with [`issuer::config_tables`]).
 //! 2. One preflight request, whose answer is checked in full (a parseable certificate).
 //! 3. Token pool: single-use tokens, each with its own `jti`, minted on every core before
-//!    anything is measured. Its size is `--tokens`, or else 2 times the rate seen in a short
+//!    anything is measured. Its size is `--tokens`, or else 1.5 times the rate seen in a short
 //!    unmeasured probe run times the warm-up plus the window. If the pool runs out anyway,
 //!    the measured window ends there and the report says so.
 //! 4. The run: N worker threads, each with its own keep-alive `ureq::Agent` (one
@@ -37,7 +37,7 @@ use super::{BenchError, build_profile};
 /// The started server's database, in the bench directory.
 const DATABASE_FILE: &str = "writ.db";
 /// Headroom over the probe's rate when sizing the token pool.
-const POOL_HEADROOM: f64 = 2.0;
+const POOL_HEADROOM: f64 = 1.5;
 /// Longest probe run (unmeasured) used to size the token pool.
 const PROBE_TIME: Duration = Duration::from_secs(1);
 /// Tokens per connection minted for the probe (bounded below).
