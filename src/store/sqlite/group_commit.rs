@@ -358,6 +358,32 @@ mod tests {
         CertificateRecord, Issuance, KeyringChange, Store, StoreError, TaskRecord, TokenUse,
     };
 
+    /// A fresh store in a temporary directory with one active CA key; returns its id.
+    async fn store_with_active_key() -> (tempfile::TempDir, SqliteStore, String) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("writ.db");
+        let store = SqliteStore::open(path.to_str().expect("path"))
+            .await
+            .expect("open");
+        let key = new_key_record(
+            "pass",
+            KeyAlgorithm::Ed25519,
+            KeyState::Active,
+            0,
+            &mut OsRng,
+        )
+        .expect("key");
+        let key_id = key.id.clone();
+        store
+            .change_keyring(&KeyringChange {
+                new_keys: vec![key],
+                ..KeyringChange::default()
+            })
+            .await
+            .expect("key");
+        (dir, store, key_id)
+    }
+
     fn issuance(ca_key_id: &str, serial: i64, task: Option<&str>, token: &str) -> Issuance {
         let task_id = task.map_or_else(|| format!("{serial:032x}"), str::to_owned);
         Issuance {
@@ -402,29 +428,8 @@ mod tests {
     /// the others commit, and the audit chain stays unbroken with one record per success.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_issuances_share_commits_and_fail_one_by_one() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("writ.db");
-        let store = std::sync::Arc::new(
-            SqliteStore::open(path.to_str().expect("path"))
-                .await
-                .expect("open"),
-        );
-        let key = new_key_record(
-            "pass",
-            KeyAlgorithm::Ed25519,
-            KeyState::Active,
-            0,
-            &mut OsRng,
-        )
-        .expect("key");
-        let key_id = key.id.clone();
-        store
-            .change_keyring(&KeyringChange {
-                new_keys: vec![key],
-                ..KeyringChange::default()
-            })
-            .await
-            .expect("key");
+        let (_dir, store, key_id) = store_with_active_key().await;
+        let store = std::sync::Arc::new(store);
 
         let mut calls = Vec::new();
         for n in 1..=120_i64 {
@@ -498,27 +503,7 @@ mod tests {
     /// committed.
     #[tokio::test]
     async fn a_certificate_for_an_ended_task_is_not_committed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("writ.db");
-        let store = SqliteStore::open(path.to_str().expect("path"))
-            .await
-            .expect("open");
-        let key = new_key_record(
-            "pass",
-            KeyAlgorithm::Ed25519,
-            KeyState::Active,
-            0,
-            &mut OsRng,
-        )
-        .expect("key");
-        let key_id = key.id.clone();
-        store
-            .change_keyring(&KeyringChange {
-                new_keys: vec![key],
-                ..KeyringChange::default()
-            })
-            .await
-            .expect("key");
+        let (_dir, store, key_id) = store_with_active_key().await;
         store
             .record_issuance(issuance(&key_id, 7, None, "a"))
             .await
