@@ -220,6 +220,31 @@ pub fn hex(bytes: &[u8]) -> String {
         })
 }
 
+/// Test helper: `n` records chained from the genesis hash; `record(seq)` gives each
+/// one's time and entry.
+#[cfg(test)]
+pub(crate) fn chained(
+    n: i64,
+    mut record: impl FnMut(i64) -> (String, AuditEntry),
+) -> Vec<AuditRecord> {
+    let mut out: Vec<AuditRecord> = Vec::new();
+    for seq in 1..=n {
+        let prev_hash = out
+            .last()
+            .map_or(GENESIS_HASH.to_owned(), |r| r.hash.clone());
+        let (time, entry) = record(seq);
+        let hash = chain_hash(seq, &time, &entry, &prev_hash);
+        out.push(AuditRecord {
+            seq,
+            time,
+            entry,
+            prev_hash,
+            hash,
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -254,26 +254,15 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AuditEntry, GENESIS_HASH, chain_hash, event};
+    use crate::audit::{AuditEntry, chained, event};
 
     fn records(n: i64) -> Vec<AuditRecord> {
-        let mut out: Vec<AuditRecord> = Vec::new();
-        for seq in 1..=n {
-            let prev = out
-                .last()
-                .map_or(GENESIS_HASH.to_owned(), |r| r.hash.clone());
-            let time = "2026-01-01T00:00:00.000Z".to_owned();
-            let entry = AuditEntry::new(event::CERT_DENIED, Outcome::Failure);
-            let hash = chain_hash(seq, &time, &entry, &prev);
-            out.push(AuditRecord {
-                seq,
-                time,
-                entry,
-                prev_hash: prev,
-                hash,
-            });
-        }
-        out
+        chained(n, |_| {
+            (
+                "2026-01-01T00:00:00.000Z".to_owned(),
+                AuditEntry::new(event::CERT_DENIED, Outcome::Failure),
+            )
+        })
     }
 
     fn file_sink(path: &Path, format: &str) -> Sink {

@@ -323,27 +323,14 @@ fn pruned_start_from_reason(reason: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::{AuditEntry, Outcome};
+    use crate::audit::{AuditEntry, Outcome, chained};
 
     fn log(n: i64) -> Vec<AuditRecord> {
-        let mut out: Vec<AuditRecord> = Vec::new();
-        for seq in 1..=n {
-            let prev = out
-                .last()
-                .map_or(GENESIS_HASH.to_owned(), |r| r.hash.clone());
-            let time = format!("2026-01-01T00:00:{seq:02}.000Z");
+        chained(n, |seq| {
             let mut entry = AuditEntry::new(event::CERT_ISSUED, Outcome::Success);
             entry.serial = Some(seq.to_string());
-            let hash = chain_hash(seq, &time, &entry, &prev);
-            out.push(AuditRecord {
-                seq,
-                time,
-                entry,
-                prev_hash: prev,
-                hash,
-            });
-        }
-        out
+            (format!("2026-01-01T00:00:{seq:02}.000Z"), entry)
+        })
     }
 
     fn walk(
