@@ -12,6 +12,10 @@ use writ::admin::{self, explain};
 use writ::config::Config;
 use writ::{dev, duration, server};
 
+/// See Cargo.toml: measurably less CPU per certificate than glibc malloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// writ — an SSH certificate authority for AI agents and other workloads.
 ///
 /// Agents prove who they are with a workload identity token (OIDC JWT), name the task
