@@ -265,8 +265,9 @@ fn default_leeway() -> Duration {
     Duration::from_secs(30)
 }
 
-/// Longest accepted token leeway (RFC 8725 practice: keep it small).
-const MAX_LEEWAY: Duration = Duration::from_secs(60);
+/// Longest accepted token leeway (RFC 8725 practice: keep it small). A consumed token's
+/// record lives until `exp` + this, whatever the issuer's configured leeway.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
 
 /// Longest token lifetime an issuer may be configured to accept.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);

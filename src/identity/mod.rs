@@ -44,7 +44,11 @@ pub struct ReplayKey {
     pub issuer: String,
     /// SHA-256 (hex) of the token's `jti`, or of the whole token when it has none.
     pub token_hash: String,
-    /// When the record may be pruned: `exp` + leeway (Unix seconds).
+    /// The token's `exp` + [`MAX_LEEWAY`] (Unix seconds): part of the key, so it must not
+    /// depend on a setting that can change between two uses of one token; after it no
+    /// issuer accepts the token and the record may be pruned.
+    ///
+    /// [`MAX_LEEWAY`]: crate::config::MAX_LEEWAY
     pub expires_at: i64,
 }
 

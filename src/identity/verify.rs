@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use super::jwks::{CachePolicy, JwksSource, KeyCache};
 use super::{Identity, MAX_TOKEN_BYTES, ReplayKey, TokenError};
 use crate::audit;
-use crate::config::{IssuerConfig, Replay};
+use crate::config::{IssuerConfig, MAX_LEEWAY, Replay};
 
 /// One configured issuer with its key cache.
 pub struct TrustedIssuer {
@@ -173,7 +173,7 @@ impl Verifier {
             ReplayKey {
                 issuer: config.name.clone(),
                 token_hash: audit::hex(&digest),
-                expires_at: expires_at + leeway,
+                expires_at: expires_at.saturating_add(MAX_LEEWAY.as_secs() as i64),
             }
         });
         Ok(Identity {

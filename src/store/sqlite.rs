@@ -118,6 +118,9 @@ const SQL_INSERT_TASK: &str = "INSERT INTO tasks (id, issuer, subject, policy, l
 /// A consumed once-only token.
 const SQL_INSERT_USED_TOKEN: &str =
     "INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ($1, $2, $3)";
+/// Was this token consumed before migration 0006 (see that migration)?
+const SQL_USED_BEFORE_0006: &str =
+    "SELECT 1 FROM used_tokens_before_0006 WHERE issuer = $1 AND token_hash = $2";
 /// A new certificate.
 const SQL_INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, task_id, ca_key_id, \
      key_fingerprint, principals, valid_after, valid_before, issued_at) \
@@ -190,6 +193,15 @@ async fn consume_token(
     tx: &mut Transaction<'static, Sqlite>,
     token: &TokenUse,
 ) -> Result<(), StoreError> {
+    let used_before = sqlx::query(SQL_USED_BEFORE_0006)
+        .bind(&token.issuer)
+        .bind(&token.token_hash)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(unavailable)?;
+    if !used_before.is_empty() {
+        return Err(StoreError::TokenReused);
+    }
     sqlx::query(SQL_INSERT_USED_TOKEN)
         .bind(&token.issuer)
         .bind(&token.token_hash)
@@ -327,12 +339,19 @@ impl Store for SqliteStore {
 
     async fn prune_used_tokens(&self, now_unix: i64) -> Result<u64, StoreError> {
         let _guard = self.write_lock.lock().await;
-        let result = sqlx::query("DELETE FROM used_tokens WHERE expires_at < $1")
-            .bind(now_unix)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(result.rows_affected())
+        let mut pruned = 0;
+        for sql in [
+            "DELETE FROM used_tokens WHERE expires_at < $1",
+            "DELETE FROM used_tokens_before_0006 WHERE expires_at < $1",
+        ] {
+            pruned += sqlx::query(sql)
+                .bind(now_unix)
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+        }
+        Ok(pruned)
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
@@ -515,11 +534,14 @@ mod tests {
     ];
     const MIGRATION_0005: &str =
         include_str!("../../migrations/sqlite/0005_fewer_pages_per_issuance.sql");
+    const MIGRATION_0006: &str =
+        include_str!("../../migrations/sqlite/0006_used_tokens_by_expiry.sql");
 
-    /// Migration 0005 rebuilds two tables: everything in them survives, and the guards
-    /// (unique tokens, append-only audit log) still hold afterwards.
+    /// Migration 0005 rebuilds two tables and 0006 re-keys the consumed tokens: everything
+    /// in them survives, and the guards (unique tokens, append-only audit log) still hold
+    /// afterwards.
     #[test]
-    fn migration_0005_keeps_tokens_records_and_guards() {
+    fn migrations_0005_and_0006_keep_tokens_records_and_guards() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Connection::open(dir.path().join("writ.db")).expect("open");
         for sql in BEFORE_0005 {
@@ -582,5 +604,25 @@ mod tests {
             db.execute("DELETE FROM audit_events WHERE seq = 1", [])
                 .is_err()
         );
+
+        // 0006 keeps tokens recorded so far under their old key and starts a new table.
+        db.execute_batch(MIGRATION_0006).expect("0006");
+        let kept: i64 = db
+            .query_row(
+                "SELECT expires_at FROM used_tokens_before_0006 \
+                 WHERE issuer = 'i' AND token_hash = 'h1'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("old token kept");
+        assert_eq!(kept, 9);
+        let fresh: i64 = db
+            .query_row("SELECT COUNT(*) FROM used_tokens", [], |r| r.get(0))
+            .expect("new table");
+        assert_eq!(fresh, 0);
+        let insert =
+            "INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ('i', 'h2', 70)";
+        db.execute(insert, []).expect("new token");
+        assert!(db.execute(insert, []).is_err(), "a token is recorded once");
     }
 }

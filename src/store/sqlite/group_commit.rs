@@ -26,7 +26,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
     SQL_CHAIN_HEAD, SQL_INSERT_AUDIT, SQL_INSERT_CERTIFICATE, SQL_INSERT_TASK, SQL_TASK_STATE,
-    to_json,
+    SQL_USED_BEFORE_0006, to_json,
 };
 use crate::audit::{self, Outcome};
 use crate::store::{Issuance, StoreError};
@@ -47,7 +47,7 @@ const SQL_TASK_EXISTS: &str = "SELECT 1 FROM tasks WHERE id = $1";
 const SQL_SERIAL_EXISTS: &str = "SELECT 1 FROM certificates WHERE serial = $1";
 /// Record a once-only token; changes nothing (0 rows) when it was used before.
 const SQL_CONSUME_TOKEN: &str = "INSERT INTO used_tokens (issuer, token_hash, expires_at) \
-     VALUES ($1, $2, $3) ON CONFLICT (issuer, token_hash) DO NOTHING";
+     VALUES ($1, $2, $3) ON CONFLICT (expires_at, issuer, token_hash) DO NOTHING";
 
 /// How often the checkpointer copies committed pages from the WAL into the database.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(50);
@@ -265,6 +265,12 @@ fn refusal(tx: &Connection, issuance: &Issuance) -> rusqlite::Result<Option<Stor
         ))));
     }
     if let Some(token) = &issuance.token_use {
+        if tx
+            .prepare_cached(SQL_USED_BEFORE_0006)?
+            .exists([&token.issuer, &token.token_hash])?
+        {
+            return Ok(Some(StoreError::TokenReused));
+        }
         let consumed = tx.prepare_cached(SQL_CONSUME_TOKEN)?.execute(params![
             token.issuer,
             token.token_hash,
@@ -521,6 +527,29 @@ mod tests {
             issued_set.len(),
             "a refused issuance leaves no task"
         );
+    }
+
+    /// A token consumed before migration 0006 (kept in its own table, keyed without the
+    /// expiry) is still refused, and the refusal writes nothing.
+    #[tokio::test]
+    async fn a_token_consumed_before_migration_0006_is_still_refused() {
+        let (_dir, store, key_id) = store_with_active_key().await;
+        sqlx::query(
+            "INSERT INTO used_tokens_before_0006 (issuer, token_hash, expires_at) \
+             VALUES ('i', 'old', 10000)",
+        )
+        .execute(&store.pool)
+        .await
+        .expect("old token");
+        let again = store
+            .record_issuance(issuance(&key_id, 9, None, "old"))
+            .await;
+        assert!(matches!(again, Err(StoreError::TokenReused)), "{again:?}");
+        assert!(store.certificate(9).await.expect("read").is_none());
+        store
+            .record_issuance(issuance(&key_id, 10, None, "new"))
+            .await
+            .expect("a fresh token");
     }
 
     /// Another certificate for a task that ended after the request was checked is not
