@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::auth::authenticate;
-use super::{ApiError, AppState, request_context};
+use super::{ApiError, AppState, issuing_context};
 use crate::audit::{AuditEntry, Outcome, event};
 use crate::identity::Identity;
 use crate::task::{Issued, NewTask, RequestContext};
@@ -79,7 +79,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
-    let context = request_context(peer);
+    let context = issuing_context(&state, peer);
     let now = OffsetDateTime::now_utc();
     let identity = authenticate(&state, &headers, &context, now.unix_timestamp()).await?;
     let request = match decode_body(body) {

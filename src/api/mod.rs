@@ -78,6 +78,16 @@ pub fn request_context(peer: SocketAddr) -> RequestContext {
     RequestContext {
         source_ip: Some(peer.ip().to_string()),
         request_id: Some(audit::hex(&id)),
+        arrival: None,
+    }
+}
+
+/// [`request_context`] for a request that may issue a certificate: it announces itself
+/// to the store, whose writer waits for it briefly so concurrent issuances share a commit.
+pub fn issuing_context(state: &AppState, peer: SocketAddr) -> RequestContext {
+    RequestContext {
+        arrival: Some(Arc::new(state.issuer.store().arrivals().expect())),
+        ..request_context(peer)
     }
 }
 

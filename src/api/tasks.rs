@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use super::auth::caller;
 use super::certificates::{CertificateResponse, render, rfc3339};
 use super::refusal::{self, Who};
-use super::{ApiError, AppState, request_context};
+use super::{ApiError, AppState, issuing_context, request_context};
 use crate::audit::event;
 use crate::task::lifecycle::{Ending, NewCertificate, TaskView};
 
@@ -205,7 +205,7 @@ pub async fn renew(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
-    let context = request_context(peer);
+    let context = issuing_context(&state, peer);
     let now = OffsetDateTime::now_utc();
     let refused = |who: Who<'_>| refusal::entry(event::CERT_DENIED, who, Some(&task_id), &context);
     let bytes = match body_bytes(body) {

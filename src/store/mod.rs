@@ -6,6 +6,7 @@
 //! commits them in the same transaction, chained by the single writer (see
 //! [`crate::audit`]).
 
+pub mod arrivals;
 pub mod audit_log;
 pub mod sqlite;
 
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 
 use crate::audit::{AuditEntry, AuditRecord};
 
+pub use arrivals::{Arrival, Arrivals};
 pub use audit_log::AuditLog;
 
 /// A CA key as stored.
@@ -253,6 +255,11 @@ pub enum StoreError {
 pub trait Store: AuditLog + Send + Sync {
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Where requests announce an issuance before they record it (see [`Arrivals`]);
+    /// a store that does not group its commits keeps the default, which nobody reads.
+    fn arrivals(&self) -> Arrivals {
+        Arrivals::default()
+    }
     /// Every CA key, oldest first.
     async fn ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError>;
     /// Apply a [`KeyringChange`] and its audit entries in one transaction. `Conflict` (and

@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use tokio::sync::Mutex;
 
 use super::{
-    CaKeyRecord, CertificateRecord, Issuance, KeyUsage, KeyringChange, Revocations,
+    Arrivals, CaKeyRecord, CertificateRecord, Issuance, KeyUsage, KeyringChange, Revocations,
     RotationSchedule, Store, StoreError, TaskEnd, TaskRecord, TokenUse,
 };
 use crate::audit::{self, AuditEntry, AuditRecord, Outcome};
@@ -35,6 +35,8 @@ pub struct SqliteStore {
     /// Held by every writer in this process (the group-commit task included).
     write_lock: Arc<Mutex<()>>,
     group_commit: GroupCommit,
+    /// Issuances on their way to `group_commit`, which waits for them.
+    arrivals: Arrivals,
 }
 
 impl SqliteStore {
@@ -65,10 +67,16 @@ impl SqliteStore {
             .await
             .map_err(|e| StoreError::Unavailable(format!("migration failed: {e}")))?;
         let write_lock = Arc::new(Mutex::new(()));
+        let arrivals = Arrivals::default();
         Ok(SqliteStore {
-            group_commit: GroupCommit::start(Path::new(path), write_lock.clone())?,
+            group_commit: GroupCommit::start(
+                Path::new(path),
+                write_lock.clone(),
+                arrivals.clone(),
+            )?,
             pool,
             write_lock,
+            arrivals,
         })
     }
 
@@ -303,6 +311,10 @@ impl Store for SqliteStore {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    fn arrivals(&self) -> Arrivals {
+        self.arrivals.clone()
     }
 
     async fn ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError> {

@@ -26,7 +26,7 @@ use crate::config::{CaConfig, KNOWN_EXTENSIONS};
 use crate::identity::{Identity, TokenError};
 use crate::policy::{Grant, Policies, PolicyError, Request};
 use crate::profile;
-use crate::store::{CertificateRecord, Issuance, Store, StoreError, TaskRecord, TokenUse};
+use crate::store::{Arrival, CertificateRecord, Issuance, Store, StoreError, TaskRecord, TokenUse};
 
 /// Most logins one task may name.
 pub const MAX_LOGINS: usize = 16;
@@ -69,6 +69,9 @@ pub struct RequestContext {
     pub source_ip: Option<String>,
     /// Request id.
     pub request_id: Option<String>,
+    /// Set by requests that may issue a certificate: the store's writer waits for them
+    /// briefly (see [`crate::store::Arrivals`]).
+    pub arrival: Option<Arc<Arrival>>,
 }
 
 /// A certificate that was signed and recorded.
@@ -391,6 +394,9 @@ impl Issuer {
                 audit,
                 token_use: token_use.clone(),
             };
+            if let Some(arrival) = &context.arrival {
+                arrival.arrived();
+            }
             match self.store.record_issuance(record).await {
                 Ok(()) => {
                     tracing::info!(
