@@ -230,6 +230,17 @@ pub fn run(
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let fixture = fixture(dir.path(), now)?;
+    if options.keep_dir {
+        // What it takes to repeat one run by hand (e.g. under `perf stat`).
+        let path = dir.path().join("certificate.b64");
+        std::fs::write(&path, &fixture.certificate).map_err(setup)?;
+        progress(&format!(
+            "one run: {} check --config {} -- {LOGIN} \"$(cat {})\"",
+            options.principals.display(),
+            fixture.config.display(),
+            path.display()
+        ));
+    }
 
     // Once through the real binary: it must print exactly the principal.
     let output = command(&options.principals, &fixture)

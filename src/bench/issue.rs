@@ -12,8 +12,9 @@
 //!    anything is measured. Its size is `--tokens`, or else 1.5 times the rate seen in a short
 //!    unmeasured probe run times the warm-up plus the window. If the pool runs out anyway,
 //!    the measured window ends there and the report says so.
-//! 4. The run: N worker threads, each with its own keep-alive `ureq::Agent` (one
-//!    connection), loop request → full response for the warm-up and then the measured
+//! 4. The run: N worker threads, each with its own keep-alive connection (a minimal
+//!    client, [`super::http`], so the load generator takes little CPU from the server on a
+//!    shared machine), loop request → full response for the warm-up and then the measured
 //!    window (client pinned with `taskset -a -cp CLIENT_CPUS` when asked). A request counts
 //!    when it started and finished inside the window; OK means 2xx. CPU is sampled at the
 //!    window's edges: the server's `utime + stime`, this process's, and the machine's.
@@ -29,6 +30,7 @@ use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 
 use super::cpu::{Sample, Usage};
+use super::http;
 use super::issuer::{self, Alg, BenchIssuer};
 use super::process::{self, Server, TempDir};
 use super::stats::{Summary, show};
@@ -534,32 +536,27 @@ fn outcome_key(outcome: Outcome) -> String {
 }
 
 fn worker(url: &str, body: &str, pool: &Pool, stop: &AtomicBool) -> WorkerResult {
-    let agent = agent();
     let mut result = WorkerResult {
         records: Vec::with_capacity(1 << 14),
         first_errors: BTreeMap::new(),
     };
-    let mut bearer = String::with_capacity(2048);
+    let mut poster = match http::Poster::new(url, body, REQUEST_TIMEOUT) {
+        Ok(poster) => poster,
+        Err(e) => {
+            result
+                .first_errors
+                .insert("transport".into(), e.to_string());
+            return result;
+        }
+    };
     while !stop.load(Ordering::Relaxed) {
         let Some(token) = pool.take() else { break };
-        bearer.clear();
-        bearer.push_str("Bearer ");
-        bearer.push_str(token);
         let start = Instant::now();
-        let answer = agent
-            .post(url)
-            .header("Authorization", bearer.as_str())
-            .content_type("application/json")
-            .send(body)
-            .and_then(|mut response| {
-                let status = response.status();
-                let bytes = response.body_mut().read_to_vec()?;
-                Ok((status, bytes))
-            });
+        let answer = poster.post(token);
         let end = Instant::now();
         let outcome = match &answer {
-            Ok((status, _)) if status.is_success() => Outcome::Ok,
-            Ok((status, _)) => Outcome::Status(status.as_u16()),
+            Ok(answer) if (200..300).contains(&answer.status) => Outcome::Ok,
+            Ok(answer) => Outcome::Status(answer.status),
             Err(_) => Outcome::Transport,
         };
         if outcome != Outcome::Ok {
@@ -567,7 +564,7 @@ fn worker(url: &str, body: &str, pool: &Pool, stop: &AtomicBool) -> WorkerResult
                 .first_errors
                 .entry(outcome_key(outcome))
                 .or_insert_with(|| match &answer {
-                    Ok((_, bytes)) => truncate(&String::from_utf8_lossy(bytes)),
+                    Ok(answer) => truncate(&String::from_utf8_lossy(&answer.body)),
                     Err(e) => e.to_string(),
                 });
         }

@@ -24,6 +24,7 @@
 pub mod check;
 pub mod cli;
 pub mod cpu;
+pub mod http;
 pub mod issue;
 pub mod issuer;
 pub mod prefill;
