@@ -548,12 +548,14 @@ mod tests {
         include_str!("../../migrations/sqlite/0005_fewer_pages_per_issuance.sql");
     const MIGRATION_0006: &str =
         include_str!("../../migrations/sqlite/0006_used_tokens_by_expiry.sql");
+    const MIGRATION_0007: &str =
+        include_str!("../../migrations/sqlite/0007_certificates_in_issue_order.sql");
 
-    /// Migration 0005 rebuilds two tables and 0006 re-keys the consumed tokens: everything
-    /// in them survives, and the guards (unique tokens, append-only audit log) still hold
-    /// afterwards.
+    /// Migration 0005 rebuilds two tables, 0006 re-keys the consumed tokens and 0007 the
+    /// certificates: everything in them survives, and the guards (unique tokens and
+    /// serials, append-only audit log) still hold afterwards.
     #[test]
-    fn migrations_0005_and_0006_keep_tokens_records_and_guards() {
+    fn migrations_0005_to_0007_keep_tokens_records_certificates_and_guards() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Connection::open(dir.path().join("writ.db")).expect("open");
         for sql in BEFORE_0005 {
@@ -564,6 +566,15 @@ mod tests {
             [],
         )
         .expect("token");
+        db.execute_batch(
+            "INSERT INTO ca_keys (id, algorithm, state, fingerprint, public_key, private_key, \
+             created_at) VALUES ('k', 'ssh-ed25519', 'active', 'SHA256:k', 'pk', 'sk', 0); \
+             INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, state, created_at, \
+             expires_at) VALUES ('t', 'i', 's', 'p', '[]', '[]', 'active', 0, 9); \
+             INSERT INTO certificates (serial, task_id, ca_key_id, key_fingerprint, principals, \
+             valid_after, valid_before, issued_at) VALUES (77, 't', 'k', 'SHA256:x', '[]', 0, 9, 0);",
+        )
+        .expect("certificate");
         let mut prev = audit::GENESIS_HASH.to_owned();
         let mut hashes = Vec::new();
         for seq in 1..=3_i64 {
@@ -636,5 +647,26 @@ mod tests {
             "INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ('i', 'h2', 70)";
         db.execute(insert, []).expect("new token");
         assert!(db.execute(insert, []).is_err(), "a token is recorded once");
+
+        // 0007 stores certificates in issue order; the row and its serial's uniqueness stay.
+        db.execute_batch(MIGRATION_0007).expect("0007");
+        let task: String = db
+            .query_row(
+                "SELECT task_id FROM certificates WHERE serial = 77",
+                [],
+                |r| r.get(0),
+            )
+            .expect("certificate survives");
+        assert_eq!(task, "t");
+        assert!(
+            db.execute(
+                "INSERT INTO certificates (serial, task_id, ca_key_id, key_fingerprint, \
+                 principals, valid_after, valid_before, issued_at) \
+                 VALUES (77, 't', 'k', 'SHA256:y', '[]', 0, 9, 0)",
+                [],
+            )
+            .is_err(),
+            "a serial is issued once"
+        );
     }
 }

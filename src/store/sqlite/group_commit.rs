@@ -45,6 +45,8 @@ struct Pending {
     reply: oneshot::Sender<Result<(), StoreError>>,
 }
 
+/// A CA key's state.
+const SQL_CA_KEY_STATE: &str = "SELECT state FROM ca_keys WHERE id = $1";
 /// Is this task id taken?
 const SQL_TASK_EXISTS: &str = "SELECT 1 FROM tasks WHERE id = $1";
 /// Is this serial taken?
@@ -259,12 +261,23 @@ fn write_batch(
     Ok(results)
 }
 
-/// Why `issuance` must not commit, if it must not: its task id or serial is taken, its
-/// task is no longer live, or its token was used already. Checked inside the batch's
+/// Why `issuance` must not commit, if it must not: its CA key may no longer sign, its task
+/// id or serial is taken, its task is no longer live, or its token was used already. Checked inside the batch's
 /// write transaction by the only writer, before any of its rows is written, so a refused
 /// issuance writes nothing and needs no savepoint; the last check consumes the token.
 fn refusal(tx: &Connection, issuance: &Issuance) -> rusqlite::Result<Option<StoreError>> {
     let cert = &issuance.certificate;
+    // A key that is retired or revoked never signs again, even from a server whose
+    // keyring is stale; `retiring` still may until that server reloads (migration 0007).
+    let key_state = tx
+        .prepare_cached(SQL_CA_KEY_STATE)?
+        .query_row([&cert.ca_key_id], |row| row.get::<_, String>(0))
+        .optional()?;
+    if !matches!(key_state.as_deref(), Some("active" | "retiring")) {
+        return Ok(Some(StoreError::Unavailable(
+            "the signing CA key is retired or revoked".into(),
+        )));
+    }
     match &issuance.new_task {
         Some(task) => {
             if tx.prepare_cached(SQL_TASK_EXISTS)?.exists([&task.id])? {
