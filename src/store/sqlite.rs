@@ -551,6 +551,12 @@ mod tests {
     const MIGRATION_0007: &str =
         include_str!("../../migrations/sqlite/0007_certificates_in_issue_order.sql");
 
+    /// The single value `sql` selects.
+    fn one<T: rusqlite::types::FromSql>(db: &Connection, sql: &str) -> T {
+        db.query_row(sql, [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
     /// Migration 0005 rebuilds two tables, 0006 re-keys the consumed tokens and 0007 the
     /// certificates: everything in them survives, and the guards (unique tokens and
     /// serials, append-only audit log) still hold afterwards.
@@ -594,13 +600,10 @@ mod tests {
 
         db.execute_batch(MIGRATION_0005).expect("0005");
 
-        let token: i64 = db
-            .query_row(
-                "SELECT expires_at FROM used_tokens WHERE token_hash = 'h1'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("token survives");
+        let token: i64 = one(
+            &db,
+            "SELECT expires_at FROM used_tokens WHERE token_hash = 'h1'",
+        );
         assert_eq!(token, 9);
         assert!(
             db.execute(
@@ -630,18 +633,13 @@ mod tests {
 
         // 0006 keeps tokens recorded so far under their old key and starts a new table.
         db.execute_batch(MIGRATION_0006).expect("0006");
-        let kept: i64 = db
-            .query_row(
-                "SELECT expires_at FROM used_tokens_before_0006 \
-                 WHERE issuer = 'i' AND token_hash = 'h1'",
-                [],
-                |r| r.get(0),
-            )
-            .expect("old token kept");
+        let kept: i64 = one(
+            &db,
+            "SELECT expires_at FROM used_tokens_before_0006 \
+             WHERE issuer = 'i' AND token_hash = 'h1'",
+        );
         assert_eq!(kept, 9);
-        let fresh: i64 = db
-            .query_row("SELECT COUNT(*) FROM used_tokens", [], |r| r.get(0))
-            .expect("new table");
+        let fresh: i64 = one(&db, "SELECT COUNT(*) FROM used_tokens");
         assert_eq!(fresh, 0);
         let insert =
             "INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ('i', 'h2', 70)";
@@ -650,13 +648,7 @@ mod tests {
 
         // 0007 stores certificates in issue order; the row and its serial's uniqueness stay.
         db.execute_batch(MIGRATION_0007).expect("0007");
-        let task: String = db
-            .query_row(
-                "SELECT task_id FROM certificates WHERE serial = 77",
-                [],
-                |r| r.get(0),
-            )
-            .expect("certificate survives");
+        let task: String = one(&db, "SELECT task_id FROM certificates WHERE serial = 77");
         assert_eq!(task, "t");
         assert!(
             db.execute(
