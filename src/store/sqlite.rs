@@ -533,6 +533,60 @@ impl Store for SqliteStore {
 }
 
 #[cfg(test)]
+mod test_issuance {
+    use crate::audit::{AuditEntry, Outcome, event};
+    use crate::store::{CertificateRecord, Issuance, TaskRecord, TokenUse};
+
+    /// An issuance signed by `ca_key_id` with `serial`: for a new task (id derived from the
+    /// serial) unless `task` names an existing one, consuming `token` when given. The task
+    /// runs from 100 to 10,000 and the certificate is valid from 100 to 1,000 (Unix
+    /// seconds).
+    pub(super) fn issuance(
+        ca_key_id: &str,
+        serial: i64,
+        task: Option<&str>,
+        token: Option<&str>,
+    ) -> Issuance {
+        let task_id = task.map_or_else(|| format!("{serial:032x}"), str::to_owned);
+        Issuance {
+            new_task: task.is_none().then(|| TaskRecord {
+                id: task_id.clone(),
+                issuer: "i".into(),
+                subject: "s".into(),
+                policy: "p".into(),
+                logins: vec!["deploy".into()],
+                hosts: vec!["*".into()],
+                purpose: String::new(),
+                state: "active".into(),
+                created_at: 100,
+                expires_at: 10_000,
+            }),
+            certificate: CertificateRecord {
+                serial,
+                task_id: task_id.clone(),
+                ca_key_id: ca_key_id.into(),
+                key_fingerprint: "SHA256:x".into(),
+                principals: vec![format!("writ:{task_id}:deploy")],
+                valid_after: 100,
+                valid_before: 1_000,
+                issued_at: 100,
+                revoked_at: None,
+            },
+            audit: vec![{
+                let mut e = AuditEntry::new(event::CERT_ISSUED, Outcome::Success);
+                e.serial = Some(serial.to_string());
+                e
+            }],
+            token_use: token.map(|token| TokenUse {
+                issuer: "i".into(),
+                token_hash: token.into(),
+                expires_at: 10_000,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use rusqlite::Connection;
 

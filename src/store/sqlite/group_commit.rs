@@ -405,12 +405,11 @@ mod tests {
     use rand_core::OsRng;
 
     use super::super::SqliteStore;
-    use crate::audit::{self, AuditEntry, Outcome, event};
+    use super::super::test_issuance::issuance;
+    use crate::audit::{self, event};
     use crate::authority::keyring::{KeyState, new_key_record};
     use crate::config::KeyAlgorithm;
-    use crate::store::{
-        CertificateRecord, Issuance, KeyringChange, Store, StoreError, TaskRecord, TokenUse,
-    };
+    use crate::store::{KeyringChange, Store, StoreError};
 
     /// A fresh store in a temporary directory with one active CA key; returns its id.
     async fn store_with_active_key() -> (tempfile::TempDir, SqliteStore, String) {
@@ -438,45 +437,6 @@ mod tests {
         (dir, store, key_id)
     }
 
-    fn issuance(ca_key_id: &str, serial: i64, task: Option<&str>, token: &str) -> Issuance {
-        let task_id = task.map_or_else(|| format!("{serial:032x}"), str::to_owned);
-        Issuance {
-            new_task: task.is_none().then(|| TaskRecord {
-                id: task_id.clone(),
-                issuer: "i".into(),
-                subject: "s".into(),
-                policy: "p".into(),
-                logins: vec!["deploy".into()],
-                hosts: vec!["*".into()],
-                purpose: String::new(),
-                state: "active".into(),
-                created_at: 100,
-                expires_at: 10_000,
-            }),
-            certificate: CertificateRecord {
-                serial,
-                task_id: task_id.clone(),
-                ca_key_id: ca_key_id.into(),
-                key_fingerprint: "SHA256:x".into(),
-                principals: vec![format!("writ:{task_id}:deploy")],
-                valid_after: 100,
-                valid_before: 1_000,
-                issued_at: 100,
-                revoked_at: None,
-            },
-            audit: vec![{
-                let mut e = AuditEntry::new(event::CERT_ISSUED, Outcome::Success);
-                e.serial = Some(serial.to_string());
-                e
-            }],
-            token_use: Some(TokenUse {
-                issuer: "i".into(),
-                token_hash: token.into(),
-                expires_at: 10_000,
-            }),
-        }
-    }
-
     /// Many concurrent issuances, some of which must fail on their own (a token used
     /// twice, a serial taken twice, a task that is not active): each gets its own answer,
     /// the others commit, and the audit chain stays unbroken with one record per success.
@@ -497,7 +457,7 @@ mod tests {
             let serial = if n % 15 == 0 { 2 } else { n };
             let task = (n % 40 == 0).then_some("no-such-task");
             let store = store.clone();
-            let issuance = issuance(&key_id, serial, task, &token);
+            let issuance = issuance(&key_id, serial, task, Some(&token));
             calls.push(tokio::spawn(async move {
                 (n, store.record_issuance(issuance).await)
             }));
@@ -588,12 +548,12 @@ mod tests {
         .await
         .expect("old token");
         let again = store
-            .record_issuance(issuance(&key_id, 9, None, "old"))
+            .record_issuance(issuance(&key_id, 9, None, Some("old")))
             .await;
         assert!(matches!(again, Err(StoreError::TokenReused)), "{again:?}");
         assert!(store.certificate(9).await.expect("read").is_none());
         store
-            .record_issuance(issuance(&key_id, 10, None, "new"))
+            .record_issuance(issuance(&key_id, 10, None, Some("new")))
             .await
             .expect("a fresh token");
     }
@@ -607,7 +567,7 @@ mod tests {
         assert_eq!(store.arrivals().on_the_way(), 1);
         tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            store.record_issuance(issuance(&key_id, 11, None, "x")),
+            store.record_issuance(issuance(&key_id, 11, None, Some("x"))),
         )
         .await
         .expect("committed after the gather window")
@@ -622,7 +582,7 @@ mod tests {
     async fn a_certificate_for_an_ended_task_is_not_committed() {
         let (_dir, store, key_id) = store_with_active_key().await;
         store
-            .record_issuance(issuance(&key_id, 7, None, "a"))
+            .record_issuance(issuance(&key_id, 7, None, Some("a")))
             .await
             .expect("first");
         let task_id = format!("{:032x}", 7);
@@ -632,7 +592,7 @@ mod tests {
             .await
             .expect("end");
         let again = store
-            .record_issuance(issuance(&key_id, 8, Some(&task_id), "b"))
+            .record_issuance(issuance(&key_id, 8, Some(&task_id), Some("b")))
             .await;
         assert!(matches!(again, Err(StoreError::TaskNotActive)), "{again:?}");
         assert!(store.certificate(8).await.expect("read").is_none());

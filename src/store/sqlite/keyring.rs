@@ -195,11 +195,12 @@ pub(super) async fn set_rotation_schedule(
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_issuance::issuance;
     use super::*;
     use crate::audit::{Outcome, event};
     use crate::authority::keyring::{KeyState, new_key_record};
     use crate::config::KeyAlgorithm;
-    use crate::store::{CertificateRecord, Issuance, Store, TaskRecord};
+    use crate::store::Store;
     use rand_core::OsRng;
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
@@ -243,43 +244,21 @@ mod tests {
             .expect("key")
     }
 
-    /// A certificate signed by `ca_key_id`, valid until `valid_before`.
+    /// A certificate signed by `ca_key_id`, issued at 0 and valid until `valid_before`.
     async fn issue(
         store: &SqliteStore,
         ca_key_id: &str,
         serial: i64,
         valid_before: i64,
     ) -> Result<(), StoreError> {
-        let task_id = format!("{serial:032x}");
-        store
-            .record_issuance(Issuance {
-                new_task: Some(TaskRecord {
-                    id: task_id.clone(),
-                    issuer: "i".into(),
-                    subject: "s".into(),
-                    policy: "p".into(),
-                    logins: vec!["deploy".into()],
-                    hosts: vec!["*".into()],
-                    purpose: String::new(),
-                    state: "active".into(),
-                    created_at: 0,
-                    expires_at: valid_before,
-                }),
-                certificate: CertificateRecord {
-                    serial,
-                    task_id,
-                    ca_key_id: ca_key_id.into(),
-                    key_fingerprint: "SHA256:x".into(),
-                    principals: vec![],
-                    valid_after: 0,
-                    valid_before,
-                    issued_at: 0,
-                    revoked_at: None,
-                },
-                audit: vec![AuditEntry::new(event::CERT_ISSUED, Outcome::Success)],
-                token_use: None,
-            })
-            .await
+        let mut issuance = issuance(ca_key_id, serial, None, None);
+        if let Some(task) = &mut issuance.new_task {
+            (task.created_at, task.expires_at) = (0, valid_before);
+        }
+        let certificate = &mut issuance.certificate;
+        (certificate.valid_after, certificate.valid_before) = (0, valid_before);
+        certificate.issued_at = 0;
+        store.record_issuance(issuance).await
     }
 
     #[tokio::test]
