@@ -18,81 +18,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use common::agents::{POLICIES, World};
 use common::ca::{TestCa, certificate_request};
 use common::idp::{Key, TestIdp, sign_with};
 use common::{http, now, public_key, ssh_keygen};
 use serde_json::{Value, json};
 use writ::audit::{AuditRecord, Outcome, event};
 
-const POLICIES: &str = r#"
-name = "agents"
-subject = "agent-*"
-logins = ["deploy"]
-hosts = ["*.prod.example.com"]
-max_cert_ttl = "5m"
-
-[[policy]]
-name = "admins"
-issuer = "test"
-subject = "admin-*"
-role = "admin"
-
-[[policy]]
-name = "hosts"
-issuer = "test"
-subject = "host:*"
-role = "host"
-hosts = ["*.prod.example.com"]
-"#;
-
 /// Longest any wait for an observable condition may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-struct World {
-    idp: TestIdp,
-    ca: TestCa,
-    dir: tempfile::TempDir,
-    key: PathBuf,
-}
-
-/// A CA with the policies above; `audit` is appended (e.g. an `[audit]` table).
-fn world(audit: &str) -> World {
-    let idp = TestIdp::start(&[Key::Rsa, Key::Ed25519]);
-    let ca = TestCa::with_policy(&idp, "", &format!("{POLICIES}\n{audit}"));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
-    World { idp, ca, dir, key }
-}
-
 impl World {
-    fn token(&self, sub: &str) -> String {
-        self.idp.token(Key::Ed25519, sub)
-    }
-
-    fn open_task(&self) -> Value {
-        let response = self.ca.request_certificate(
-            Some(&self.token("agent-1")),
-            &certificate_request(
-                &public_key(&self.key),
-                &["deploy"],
-                &["web-*.prod.example.com"],
-                Some(120),
-            ),
-        );
-        assert_eq!(response.status, 201, "{}", response.text);
-        response.json()
-    }
-
-    fn post(&self, path: &str, token: &str, body: Value) -> http::Response {
-        http::post(&format!("{}{path}", self.ca.url), Some(token), &body)
-    }
-
     fn post_raw(&self, path: &str, token: &str, body: &str) -> http::Response {
         http::post_raw(&format!("{}{path}", self.ca.url), Some(token), body)
-    }
-
-    fn get(&self, path: &str, token: &str) -> http::Response {
-        get_with_token(&format!("{}{path}", self.ca.url), token)
     }
 
     fn authorize(&self, certificate: &str, login: &str, phase: &str, sub: &str) -> http::Response {
@@ -111,23 +49,6 @@ impl World {
     /// `writ admin --config … audit ARGS`
     fn audit_cli(&self, args: &[&str]) -> Output {
         writ_admin(&self.config(), "audit", args)
-    }
-}
-
-fn get_with_token(url: &str, token: &str) -> http::Response {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut response = agent
-        .get(url)
-        .header("authorization", &format!("Bearer {token}"))
-        .call()
-        .expect("GET");
-    http::Response {
-        status: response.status().as_u16(),
-        www_authenticate: None,
-        text: response.body_mut().read_to_string().expect("body"),
     }
 }
 
@@ -260,7 +181,7 @@ impl Tail {
 
 #[test]
 fn every_api_outcome_leaves_exactly_one_correctly_shaped_record() {
-    let w = world("");
+    let w = World::start("");
     let pubkey = public_key(&w.key);
 
     // CA keys created at start: one ca.key.created per stored key, naming it.
@@ -674,7 +595,7 @@ fn assert_broken_at(config: &Path, seq: i64, why: &str) -> String {
 
 #[test]
 fn verify_passes_on_a_clean_log_and_names_the_first_bad_record() {
-    let w = world("");
+    let w = World::start("");
     for _ in 0..3 {
         w.open_task();
     }
@@ -1071,7 +992,7 @@ impl Drop for Immutable {
 
 #[test]
 fn a_read_only_database_makes_issuance_fail_with_503_and_no_certificate() {
-    let w = world("");
+    let w = World::start("");
     w.open_task();
     let issued_before = w.ca.audit_events(event::CERT_ISSUED).len();
     // Every database file becomes unwritable under the running CA — what a read-only
@@ -1217,7 +1138,7 @@ fn a_full_disk_makes_issuance_fail_with_503_and_no_certificate() {
 
 #[test]
 fn completion_and_revocation_fail_with_503_when_their_records_cannot_be_written() {
-    let w = world("");
+    let w = World::start("");
     let task = w.open_task();
     let task_id = task["task_id"].as_str().expect("id");
     let serial = task["serial"].as_str().expect("serial");
@@ -1259,7 +1180,7 @@ fn completion_and_revocation_fail_with_503_when_their_records_cannot_be_written(
 
 #[test]
 fn export_as_json_lines_and_ocsf_since_a_seq_or_time_and_following() {
-    let w = world("");
+    let w = World::start("");
     let task = w.open_task();
     let cert = task["certificate"].as_str().expect("cert");
     assert_eq!(
@@ -1371,7 +1292,7 @@ fn export_as_json_lines_and_ocsf_since_a_seq_or_time_and_following() {
 
 #[test]
 fn trail_tells_the_whole_story_of_one_task() {
-    let w = world("");
+    let w = World::start("");
     let task = w.open_task();
     let task_id = task["task_id"].as_str().expect("id").to_owned();
     let cert = task["certificate"].as_str().expect("cert");
@@ -1456,7 +1377,7 @@ fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
 
 #[test]
 fn periodic_signed_checkpoints_verify_with_ssh_keygen_and_prune_keeps_the_log_verifiable() {
-    let w = world("[audit]\ncheckpoint_interval = \"1s\"\n");
+    let w = World::start("[audit]\ncheckpoint_interval = \"1s\"\n");
     for _ in 0..3 {
         w.open_task();
     }

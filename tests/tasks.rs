@@ -8,86 +8,15 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::ca::{TestCa, certificate_request};
-use common::idp::{Key, TestIdp};
+use common::agents::World;
 use common::{http, now, public_key, ssh_keygen};
 use serde_json::{Value, json};
 use writ::audit::event;
 use writ::revocation::feed;
 
-const POLICIES: &str = r#"
-name = "agents"
-subject = "agent-*"
-logins = ["deploy"]
-hosts = ["*.prod.example.com"]
-
-[[policy]]
-name = "admins"
-issuer = "test"
-subject = "admin-*"
-role = "admin"
-
-[[policy]]
-name = "hosts"
-issuer = "test"
-subject = "host:*"
-role = "host"
-hosts = ["*.prod.example.com"]
-"#;
-
-struct World {
-    idp: TestIdp,
-    ca: TestCa,
-    dir: tempfile::TempDir,
-    key: std::path::PathBuf,
-}
-
-fn world() -> World {
-    let idp = TestIdp::start(&[Key::Rsa, Key::Ed25519]);
-    let ca = TestCa::with_policy(&idp, "", POLICIES);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
-    World { idp, ca, dir, key }
-}
-
 impl World {
-    fn token(&self, sub: &str) -> String {
-        self.idp.token(Key::Ed25519, sub)
-    }
-
-    fn open_task(&self) -> Value {
-        let response = self.ca.request_certificate(
-            Some(&self.token("agent-1")),
-            &certificate_request(
-                &public_key(&self.key),
-                &["deploy"],
-                &["web-*.prod.example.com"],
-                Some(120),
-            ),
-        );
-        assert_eq!(response.status, 201, "{}", response.text);
-        response.json()
-    }
-
-    fn post(&self, path: &str, token: &str, body: Value) -> http::Response {
-        http::post(&format!("{}{path}", self.ca.url), Some(token), &body)
-    }
-
     fn get_task(&self, task_id: &str, token: &str) -> http::Response {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut response = agent
-            .get(&format!("{}/v1/tasks/{task_id}", self.ca.url))
-            .header("authorization", &format!("Bearer {token}"))
-            .call()
-            .expect("GET task");
-        http::Response {
-            status: response.status().as_u16(),
-            www_authenticate: None,
-            text: response.body_mut().read_to_string().expect("body"),
-        }
+        self.get(&format!("/v1/tasks/{task_id}"), token)
     }
 
     /// The verified feed as a host would see it.
@@ -154,7 +83,7 @@ fn fetch_bytes(url: &str) -> Vec<u8> {
 
 #[test]
 fn owner_renews_and_completes_and_everything_revokes() {
-    let w = world();
+    let w = World::start("");
     let first = w.open_task();
     let task_id = first["task_id"].as_str().expect("task_id").to_owned();
     let cert1 = first["certificate"].as_str().expect("cert").to_owned();
@@ -262,7 +191,7 @@ fn owner_renews_and_completes_and_everything_revokes() {
 
 #[test]
 fn only_admins_revoke_tasks() {
-    let w = world();
+    let w = World::start("");
     let task = w.open_task();
     let task_id = task["task_id"].as_str().expect("task_id");
     let path = format!("/v1/tasks/{task_id}/revoke");
@@ -288,7 +217,7 @@ fn only_admins_revoke_tasks() {
 
 #[test]
 fn a_single_certificate_can_be_revoked() {
-    let w = world();
+    let w = World::start("");
     let task = w.open_task();
     let serial = task["serial"].as_str().expect("serial");
     let cert = task["certificate"].as_str().expect("cert");
@@ -345,7 +274,7 @@ fn ssh_keygen_sign(key: &Path, message: &[u8]) -> String {
 
 #[test]
 fn proof_of_possession_replaces_a_fresh_token() {
-    let w = world();
+    let w = World::start("");
     let task = w.open_task();
     let task_id = task["task_id"].as_str().expect("task_id");
     let cert_line = task["certificate"].as_str().expect("cert");
@@ -409,7 +338,7 @@ fn proof_of_possession_replaces_a_fresh_token() {
 
 #[test]
 fn online_authorize_records_use_only_for_sessions() {
-    let w = world();
+    let w = World::start("");
     let task = w.open_task();
     let cert = task["certificate"].as_str().expect("cert");
     assert_eq!(w.authorize(cert, "deploy", "check")["allow"], true);
@@ -453,7 +382,7 @@ fn online_authorize_records_use_only_for_sessions() {
 
 #[test]
 fn operators_revoke_tasks_with_writ_admin_on_a_running_ca() {
-    let w = world();
+    let w = World::start("");
     let task = w.open_task();
     let task_id = task["task_id"].as_str().expect("task_id");
     let config = w.ca.dir().join("writ.toml");

@@ -58,6 +58,16 @@ pub fn get(url: &str) -> Response {
     finish(agent().get(url).call())
 }
 
+/// GET `url` with a bearer token.
+pub fn get_with_token(url: &str, token: &str) -> Response {
+    finish(
+        agent()
+            .get(url)
+            .header("authorization", &format!("Bearer {token}"))
+            .call(),
+    )
+}
+
 /// POST raw `body` to `url`, with a bearer token if given.
 pub fn post_raw(url: &str, token: Option<&str>, body: &str) -> Response {
     let mut request = agent().post(url).header("content-type", "application/json");

@@ -1,9 +1,10 @@
 //! Shared integration-test helpers: a real test identity provider ([`idp`]), a real CA
-//! server on an ephemeral port ([`ca`]), a blocking HTTP client ([`http`]), and real
+//! server on an ephemeral port ([`ca`]), the usual agent/admin/host world ([`agents`]), a blocking HTTP client ([`http`]), and real
 //! OpenSSH ([`sshd`]).
 
 #![allow(dead_code)]
 
+pub mod agents;
 pub mod ca;
 pub mod http;
 pub mod idp;

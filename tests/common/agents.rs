@@ -1,0 +1,88 @@
+//! The world most API tests start from: a real CA whose policies let `agent-*` log in as
+//! `deploy` on the prod hosts, make `admin-*` admins and `host:*` hosts; its test IdP; and
+//! an agent key made with `ssh-keygen`. Test files add their own methods in `impl World`.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::ca::{TestCa, certificate_request};
+use super::idp::{Key, TestIdp};
+use super::{http, public_key, ssh_keygen};
+
+/// The policies of every [`World`].
+pub const POLICIES: &str = r#"
+name = "agents"
+subject = "agent-*"
+logins = ["deploy"]
+hosts = ["*.prod.example.com"]
+max_cert_ttl = "5m"
+
+[[policy]]
+name = "admins"
+issuer = "test"
+subject = "admin-*"
+role = "admin"
+
+[[policy]]
+name = "hosts"
+issuer = "test"
+subject = "host:*"
+role = "host"
+hosts = ["*.prod.example.com"]
+"#;
+
+/// A CA, its IdP and an agent key.
+pub struct World {
+    /// Mints tokens (RS256 and EdDSA keys).
+    pub idp: TestIdp,
+    /// The CA, in process on an ephemeral port.
+    pub ca: TestCa,
+    /// Holds the agent key.
+    pub dir: tempfile::TempDir,
+    /// The agent's ed25519 private key.
+    pub key: PathBuf,
+}
+
+impl World {
+    /// Start the CA with [`POLICIES`] and `extra` appended to its configuration (e.g. an
+    /// `[audit]` table).
+    pub fn start(extra: &str) -> World {
+        let idp = TestIdp::start(&[Key::Rsa, Key::Ed25519]);
+        let ca = TestCa::with_policy(&idp, "", &format!("{POLICIES}\n{extra}"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
+        World { idp, ca, dir, key }
+    }
+
+    /// A fresh EdDSA token for `sub`.
+    pub fn token(&self, sub: &str) -> String {
+        self.idp.token(Key::Ed25519, sub)
+    }
+
+    /// Open a task as `agent-1` (login `deploy` on `web-*.prod.example.com`, a 120 s
+    /// certificate); the 201 answer.
+    pub fn open_task(&self) -> Value {
+        let response = self.ca.request_certificate(
+            Some(&self.token("agent-1")),
+            &certificate_request(
+                &public_key(&self.key),
+                &["deploy"],
+                &["web-*.prod.example.com"],
+                Some(120),
+            ),
+        );
+        assert_eq!(response.status, 201, "{}", response.text);
+        response.json()
+    }
+
+    /// POST `body` to the CA's `path` with `token`.
+    pub fn post(&self, path: &str, token: &str, body: Value) -> http::Response {
+        http::post(&format!("{}{path}", self.ca.url), Some(token), &body)
+    }
+
+    /// GET the CA's `path` with `token`.
+    pub fn get(&self, path: &str, token: &str) -> http::Response {
+        http::get_with_token(&format!("{}{path}", self.ca.url), token)
+    }
+}
