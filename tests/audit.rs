@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
-use common::agents::{POLICIES, World};
+use common::agents::{World, policies};
 use common::ca::{TestCa, certificate_request};
 use common::idp::{Key, TestIdp, sign_with};
 use common::{http, now, public_key, ssh_keygen};
@@ -839,9 +839,10 @@ fn serve_config(dir: &Path, db: &Path, idp: &TestIdp, extra: &str) -> PathBuf {
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\nurl = \"sqlite://{db}\"\n\n\
          [ca]\npassphrase_file = \"{pass}\"\n\n\
          [[issuer]]\nname = \"test\"\nissuer = \"{iss}\"\njwks_url = \"{jwks}\"\naudiences = [\"writ\"]\n\n\
-         [[policy]]\nissuer = \"test\"\n{POLICIES}\n{extra}\n",
+         [[policy]]\nissuer = \"test\"\n{policies}\n{extra}\n",
         db = db.display(),
         pass = pass.display(),
+        policies = policies(),
         iss = idp.issuer,
         jwks = idp.jwks_url(),
     );

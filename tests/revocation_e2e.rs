@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::agents::ADMINS_AND_HOSTS;
 use common::ca::{TestCa, certificate_request};
 use common::idp::{Key, TestIdp};
 use common::sshd::{
@@ -56,20 +57,7 @@ fn policies() -> String {
 subject = "agent-*"
 logins = ["{ALICE}"]
 hosts = ["*.prod.example.com"]
-
-[[policy]]
-name = "admins"
-issuer = "test"
-subject = "admin-*"
-role = "admin"
-
-[[policy]]
-name = "hosts"
-issuer = "test"
-subject = "host:*"
-role = "host"
-hosts = ["*.prod.example.com"]
-"#
+{ADMINS_AND_HOSTS}"#
     )
 }
 

@@ -10,14 +10,9 @@ use super::ca::{TestCa, certificate_request};
 use super::idp::{Key, TestIdp};
 use super::{http, public_key, ssh_keygen};
 
-/// The policies of every [`World`].
-pub const POLICIES: &str = r#"
-name = "agents"
-subject = "agent-*"
-logins = ["deploy"]
-hosts = ["*.prod.example.com"]
-max_cert_ttl = "5m"
-
+/// `admin-*` are admins; `host:*` are hosts that may ask `POST /v1/authorize` about the
+/// prod hosts. Two `[[policy]]` tables, to follow a first policy.
+pub const ADMINS_AND_HOSTS: &str = r#"
 [[policy]]
 name = "admins"
 issuer = "test"
@@ -32,6 +27,20 @@ role = "host"
 hosts = ["*.prod.example.com"]
 "#;
 
+/// The policies of every [`World`]: `agent-*` may log in as `deploy` on the prod hosts
+/// with certificates of at most 5 minutes, then [`ADMINS_AND_HOSTS`].
+pub fn policies() -> String {
+    format!(
+        r#"
+name = "agents"
+subject = "agent-*"
+logins = ["deploy"]
+hosts = ["*.prod.example.com"]
+max_cert_ttl = "5m"
+{ADMINS_AND_HOSTS}"#
+    )
+}
+
 /// A CA, its IdP and an agent key.
 pub struct World {
     /// Mints tokens (RS256 and EdDSA keys).
@@ -45,11 +54,11 @@ pub struct World {
 }
 
 impl World {
-    /// Start the CA with [`POLICIES`] and `extra` appended to its configuration (e.g. an
+    /// Start the CA with [`policies`] and `extra` appended to its configuration (e.g. an
     /// `[audit]` table).
     pub fn start(extra: &str) -> World {
         let idp = TestIdp::start(&[Key::Rsa, Key::Ed25519]);
-        let ca = TestCa::with_policy(&idp, "", &format!("{POLICIES}\n{extra}"));
+        let ca = TestCa::with_policy(&idp, "", &format!("{}\n{extra}", policies()));
         let dir = tempfile::tempdir().expect("tempdir");
         let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
         World { idp, ca, dir, key }
