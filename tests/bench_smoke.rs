@@ -7,7 +7,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn bench(args: &[&str]) -> Value {
+/// Run `writ bench ARGS` (with `--json`); its report and what it said on stderr.
+fn bench_with_stderr(args: &[&str]) -> (Value, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_writ"))
         .arg("bench")
         .args(args)
@@ -15,7 +16,7 @@ fn bench(args: &[&str]) -> Value {
         .output()
         .expect("run writ bench");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(
         output.status.success(),
         "writ bench {args:?} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
@@ -23,7 +24,14 @@ fn bench(args: &[&str]) -> Value {
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 1, "--json prints one line: {stdout}");
-    serde_json::from_str(lines[0]).expect("one JSON object")
+    (
+        serde_json::from_str(lines[0]).expect("one JSON object"),
+        stderr,
+    )
+}
+
+fn bench(args: &[&str]) -> Value {
+    bench_with_stderr(args).0
 }
 
 fn number(report: &Value, path: &[&str]) -> f64 {
@@ -100,26 +108,19 @@ fn bench_check_compares_writ_principals_with_the_spawn_floor() {
 /// server's own records follow the synthetic ones and the whole log verifies.
 #[test]
 fn bench_issue_prefills_the_audit_log_and_the_chain_still_verifies() {
-    let output = Command::new(env!("CARGO_BIN_EXE_writ"))
-        .args(["bench", "issue", "--duration", "1s", "--warmup", "0s"])
-        .args([
-            "--concurrency",
-            "2",
-            "--prefill-audit",
-            "3000",
-            "--keep-dir",
-            "--json",
-        ])
-        .env_remove("WRIT_CONFIG")
-        .output()
-        .expect("run writ bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "stdout: {stdout}\nstderr: {stderr}"
-    );
-    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    let (report, stderr) = bench_with_stderr(&[
+        "issue",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "2",
+        "--prefill-audit",
+        "3000",
+        "--keep-dir",
+        "--json",
+    ]);
     assert_eq!(report["prefill_audit"][0], 3000, "{report}");
     assert!(number(&report, &["ok"]) > 0.0, "{report}");
     let dir = stderr

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use rand_core::{OsRng, RngCore};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 use time::OffsetDateTime;
 
 use super::BenchError;
 use crate::audit::{self, AuditEntry, Outcome, event};
+use crate::store::sqlite::{insert_audit_row, read_chain_head};
 
 /// Records per transaction.
 const CHUNK: u64 = 100_000;
@@ -45,52 +46,15 @@ pub fn prefill_audit(
         let tx = connection
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(failed)?;
-        let (mut seq, mut prev) = tx
-            .query_row(
-                "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-                [],
-                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)),
-            )
-            .optional()
-            .map_err(failed)?
-            .unwrap_or_else(|| (0, audit::GENESIS_HASH.to_owned()));
-        {
-            let mut insert = tx
-                .prepare(
-                    "INSERT INTO audit_events (seq, time, event, outcome, issuer, subject, \
-                     policy, task_id, serial, key_fingerprint, logins, hosts, source_ip, \
-                     request_id, prev_hash, hash) \
-                     VALUES (?1, ?2, ?3, 'success', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-                     ?13, ?14, ?15)",
-                )
-                .map_err(failed)?;
-            let end = (written + CHUNK).min(records);
-            while written < end {
-                let entry = synthetic(written, base_millis);
-                seq += 1;
-                let hash = audit::chain_hash(seq, &time, &entry, &prev);
-                insert
-                    .execute(params![
-                        seq,
-                        time,
-                        entry.event,
-                        entry.issuer,
-                        entry.subject,
-                        entry.policy,
-                        entry.task_id,
-                        entry.serial,
-                        entry.key_fingerprint,
-                        serde_json::to_string(&entry.logins).unwrap_or_default(),
-                        serde_json::to_string(&entry.hosts).unwrap_or_default(),
-                        entry.source_ip,
-                        entry.request_id,
-                        prev,
-                        hash,
-                    ])
-                    .map_err(failed)?;
-                prev = hash;
-                written += 1;
-            }
+        let (mut seq, mut prev) = read_chain_head(&tx).map_err(failed)?;
+        let end = (written + CHUNK).min(records);
+        while written < end {
+            let entry = synthetic(written, base_millis);
+            seq += 1;
+            let hash = audit::chain_hash(seq, &time, &entry, &prev);
+            insert_audit_row(&tx, seq, &time, &entry, &prev, &hash).map_err(failed)?;
+            prev = hash;
+            written += 1;
         }
         tx.commit().map_err(failed)?;
         progress(&format!(

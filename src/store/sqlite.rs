@@ -28,6 +28,7 @@ mod group_commit;
 mod keyring;
 
 use group_commit::GroupCommit;
+pub(crate) use group_commit::{insert_audit_row, read_chain_head};
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {

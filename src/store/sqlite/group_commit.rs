@@ -28,7 +28,7 @@ use super::{
     SQL_CHAIN_HEAD, SQL_INSERT_AUDIT, SQL_INSERT_CERTIFICATE, SQL_INSERT_TASK, SQL_TASK_STATE,
     SQL_USED_BEFORE_0006, to_json,
 };
-use crate::audit::{self, Outcome};
+use crate::audit::{self, AuditEntry, Outcome};
 use crate::store::{Arrivals, Issuance, StoreError};
 
 /// Most issuances committed in one transaction.
@@ -239,13 +239,7 @@ fn write_batch(
     batch: &[Pending],
 ) -> rusqlite::Result<Vec<Result<(), StoreError>>> {
     let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let mut head = tx
-        .prepare_cached(SQL_CHAIN_HEAD)?
-        .query_row([], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
-        })
-        .optional()?
-        .unwrap_or_else(|| (0, audit::GENESIS_HASH.to_owned()));
+    let mut head = read_chain_head(&tx)?;
     let mut results = Vec::with_capacity(batch.len());
     for pending in batch {
         let result = match refusal(&tx, &pending.issuance)? {
@@ -362,13 +356,40 @@ fn write_one(
         cert.issued_at,
     ])?;
     let mut head = head.clone();
-    let mut insert = tx.prepare_cached(SQL_INSERT_AUDIT)?;
     for entry in &issuance.audit {
         let (prev_seq, prev_hash) = &head;
         let seq = prev_seq + 1;
         let time = audit::format_time(OffsetDateTime::now_utc());
         let hash = audit::chain_hash(seq, &time, entry, prev_hash);
-        insert.execute(params![
+        insert_audit_row(tx, seq, &time, entry, prev_hash, &hash)?;
+        head = (seq, hash);
+    }
+    Ok(head)
+}
+
+/// The audit chain's head `(seq, hash)`, or `(0, GENESIS_HASH)` for an empty log, read
+/// through a synchronous connection (the writer's, or the bench's prefill).
+pub(crate) fn read_chain_head(connection: &Connection) -> rusqlite::Result<(i64, String)> {
+    Ok(connection
+        .prepare_cached(SQL_CHAIN_HEAD)?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?
+        .unwrap_or_else(|| (0, audit::GENESIS_HASH.to_owned())))
+}
+
+/// Insert one audit record already chained (`seq`, `hash` over `prev_hash`) through a
+/// synchronous connection.
+pub(crate) fn insert_audit_row(
+    connection: &Connection,
+    seq: i64,
+    time: &str,
+    entry: &AuditEntry,
+    prev_hash: &str,
+    hash: &str,
+) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(SQL_INSERT_AUDIT)?
+        .execute(params![
             seq,
             time,
             entry.event,
@@ -389,9 +410,7 @@ fn write_one(
             prev_hash,
             hash,
         ])?;
-        head = (seq, hash);
-    }
-    Ok(head)
+    Ok(())
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
