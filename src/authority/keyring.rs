@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use rand_core::{CryptoRngCore, RngCore};
+use rand_core::CryptoRngCore;
 use ssh_key::{Algorithm, EcdsaCurve, HashAlg, LineEnding, PrivateKey, PublicKey};
 use zeroize::Zeroizing;
 
@@ -433,16 +433,6 @@ pub fn rewrap_private_key(
     Ok(encrypt(&key, new, rng)?.to_string())
 }
 
-/// A random, non-zero, 63-bit serial (fits a signed 64-bit database column).
-pub fn random_serial(rng: &mut impl RngCore) -> u64 {
-    loop {
-        let serial = rng.next_u64() >> 1;
-        if serial != 0 {
-            return serial;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,13 +543,5 @@ mod tests {
             all.iter().filter(|s| s.is_trusted()).collect::<Vec<_>>(),
             vec![&Next, &Active, &Retiring]
         );
-    }
-
-    #[test]
-    fn serials_are_non_zero_and_63_bit() {
-        for _ in 0..1000 {
-            let s = random_serial(&mut OsRng);
-            assert!(s > 0 && s <= i64::MAX as u64);
-        }
     }
 }

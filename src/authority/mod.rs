@@ -8,6 +8,7 @@
 //! - [`live`] — the running server's reloadable keyring and its maintenance round.
 //! - [`signer`] — the [`Signer`] trait, the only way anything signs (ed25519, ECDSA P-256).
 //! - [`certificate`] — building and signing one certificate.
+//! - [`serial`] — time-ordered certificate serial numbers.
 //!
 //! Never returns or logs private key material; only public keys and fingerprints leave.
 
@@ -15,6 +16,7 @@ pub mod certificate;
 pub mod keyring;
 pub mod live;
 pub mod rotation;
+pub mod serial;
 pub mod signer;
 
 pub use certificate::{CertificateSpec, sign_certificate};

@@ -6,18 +6,18 @@
 //! second connection (the server is idle then), in large transactions, continuing the hash
 //! chain from its head, so the log still verifies. They look like real issuance records:
 //! a `task.created` and a `cert.issued` per synthetic task, with time-ordered task ids and
-//! random serials, so every index grows as it would in production.
+//! time-ordered serials (`authority::serial`), so every index grows as it would in
+//! production.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-use rand_core::{OsRng, RngCore};
 
 use rusqlite::Connection;
 use time::OffsetDateTime;
 
 use super::BenchError;
 use crate::audit::{self, AuditEntry, Outcome, event};
+use crate::authority::serial::new_serial;
 use crate::store::sqlite::{insert_audit_row, read_chain_head};
 
 /// Records per transaction.
@@ -88,7 +88,7 @@ fn synthetic(n: u64, base_millis: u64) -> AuditEntry {
     entry.source_ip = Some("127.0.0.1".into());
     entry.request_id = Some(format!("prefill-{n}"));
     if n % 2 == 1 {
-        entry.serial = Some((OsRng.next_u64() >> 1).max(1).to_string());
+        entry.serial = Some(new_serial().to_string());
         entry.key_fingerprint = Some(format!("SHA256:prefill{task}"));
     }
     entry
