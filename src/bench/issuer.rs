@@ -308,13 +308,16 @@ impl BenchIssuer {
         Ok(token)
     }
 
-    /// `count` single-use tokens (each with its own random `jti`), valid from `now_unix`
-    /// for `lifetime_s`, minted on `threads` threads.
+    /// `count` single-use tokens (each with its own random `jti`), each valid from the
+    /// time `clock` gives when it is minted, for `lifetime_s`, minted on `threads`
+    /// threads. Like tokens a platform mints just before each use, their `exp` moves with
+    /// the clock (one shared `exp` would make every consumed token land on a random page
+    /// of the store's replay index, which production traffic does not).
     pub fn mint_pool(
         &self,
         count: usize,
         threads: usize,
-        now_unix: i64,
+        clock: &(dyn Fn() -> i64 + Sync),
         lifetime_s: i64,
     ) -> Result<Vec<String>, BenchError> {
         let threads = threads.clamp(1, count.max(1));
@@ -334,6 +337,7 @@ impl BenchIssuer {
                             }
                             OsRng.fill_bytes(&mut jti);
                             let jti = crate::audit::hex(&jti);
+                            let now_unix = clock();
                             let claims = Claims {
                                 iss: ISSUER,
                                 sub: SUBJECT,
@@ -442,7 +446,7 @@ mod tests {
     fn every_algorithm_mints_tokens_its_jwk_verifies() {
         for alg in Alg::ALL {
             let issuer = BenchIssuer::generate(alg).expect("generate");
-            let tokens = issuer.mint_pool(3, 2, 1_700_000_000, 600).expect("mint");
+            let tokens = issuer.mint_pool(3, 2, &|| 1_700_000_000, 600).expect("mint");
             assert_eq!(tokens.len(), 3);
             let set: JwkSet = serde_json::from_str(&issuer.jwks_json()).expect("jwks");
             let key = DecodingKey::from_jwk(&set.keys[0]).expect("decoding key");
