@@ -446,7 +446,9 @@ mod tests {
     fn every_algorithm_mints_tokens_its_jwk_verifies() {
         for alg in Alg::ALL {
             let issuer = BenchIssuer::generate(alg).expect("generate");
-            let tokens = issuer.mint_pool(3, 2, &|| 1_700_000_000, 600).expect("mint");
+            let tokens = issuer
+                .mint_pool(3, 2, &|| 1_700_000_000, 600)
+                .expect("mint");
             assert_eq!(tokens.len(), 3);
             let set: JwkSet = serde_json::from_str(&issuer.jwks_json()).expect("jwks");
             let key = DecodingKey::from_jwk(&set.keys[0]).expect("decoding key");

@@ -129,6 +129,9 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let now = SystemTime::now();
+    if let Some((config, login, cert)) = sshd_check_args(std::env::args_os().skip(1)) {
+        return run_check(&config, &login, &cert, now);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Check { login, cert_base64 } => run_check(&cli.config, &login, &cert_base64, now),
@@ -142,6 +145,33 @@ fn main() -> ExitCode {
         ),
         Command::Session => run_session(&cli.config, now),
     }
+}
+
+/// The arguments of the documented sshd_config line, `check --config FILE -- LOGIN CERT`,
+/// exactly and nothing else; `None` sends everything else (help, other shapes, bad
+/// UTF-8) through clap. sshd execs `check` on every authentication attempt, and building
+/// clap's whole command tree is ~5 % of that process's time (docs/performance.md). Both
+/// paths give `run_check` the same three values: the test `sshd_shape_is_parsed_like_clap`
+/// compares them.
+fn sshd_check_args(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Option<(PathBuf, String, String)> {
+    let args: Vec<std::ffi::OsString> = args.take(7).collect();
+    let [check, flag, config, dashes, login, cert] = args.as_slice() else {
+        return None;
+    };
+    let config = config.to_str()?;
+    let shape = check == "check"
+        && flag == "--config"
+        && !config.is_empty()
+        && !config.starts_with('-')
+        && dashes == "--";
+    shape.then_some(())?;
+    Some((
+        PathBuf::from(config),
+        login.to_str()?.to_owned(),
+        cert.to_str()?.to_owned(),
+    ))
 }
 
 fn unix_seconds(now: SystemTime) -> Option<u64> {
@@ -287,4 +317,78 @@ fn run_session(config_path: &Path, now: SystemTime) -> ExitCode {
         eprintln!("writ-principals: session: could not report the use to the CA: {detail}");
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn args(line: &[&str]) -> Vec<OsString> {
+        line.iter().map(OsString::from).collect()
+    }
+
+    fn via_clap(line: &[&str]) -> Option<(PathBuf, String, String)> {
+        let argv = std::iter::once("writ-principals").chain(line.iter().copied());
+        let cli = Cli::try_parse_from(argv).ok()?;
+        match cli.command {
+            Command::Check { login, cert_base64 } => Some((cli.config, login, cert_base64)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn sshd_shape_is_parsed_like_clap() {
+        for line in [
+            &[
+                "check",
+                "--config",
+                "/etc/writ/host.toml",
+                "--",
+                "deploy",
+                "AAAAC3Nz",
+            ][..],
+            &["check", "--config", "host.toml", "--", "-rf", "--help"],
+            &["check", "--config", "host.toml", "--", "", ""],
+        ] {
+            let fast = sshd_check_args(args(line).into_iter());
+            assert!(fast.is_some(), "{line:?}");
+            assert_eq!(fast, via_clap(line), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn every_other_shape_goes_to_clap() {
+        for line in [
+            &["check", "--config", "host.toml", "deploy", "AAAA"][..],
+            &["check", "--", "deploy", "AAAA"],
+            &["check", "--config", "host.toml", "--", "deploy"],
+            &[
+                "check",
+                "--config",
+                "host.toml",
+                "--",
+                "deploy",
+                "AAAA",
+                "extra",
+            ],
+            &["check", "--config", "--help", "--", "deploy", "AAAA"],
+            &["check", "--config", "", "--", "deploy", "AAAA"],
+            &["check", "--config=host.toml", "--", "deploy", "AAAA", "x"],
+            &["sync", "--config", "host.toml", "--", "deploy", "AAAA"],
+            &["--help"],
+            &[],
+        ] {
+            assert_eq!(sshd_check_args(args(line).into_iter()), None, "{line:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn arguments_that_are_not_utf8_go_to_clap() {
+        use std::os::unix::ffi::OsStringExt;
+        let mut line = args(&["check", "--config", "host.toml", "--", "deploy", "AAAA"]);
+        line[4] = OsString::from_vec(vec![0xff, 0xfe]);
+        assert_eq!(sshd_check_args(line.into_iter()), None);
+    }
 }

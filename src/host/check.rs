@@ -634,8 +634,12 @@ pub fn trusted_keys(path: &Path) -> Result<Vec<PublicKey>, CheckError> {
 
 /// Read at most `limit` bytes of `path`; a longer file is an error.
 fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    File::open(path)?.take(limit + 1).read_to_end(&mut bytes)?;
+    let file = File::open(path)?;
+    // Sized from the file's length, the read takes one call (and one to see the end)
+    // instead of a growing series from 32 bytes up; the limit still bounds it.
+    let expected = file.metadata().map_or(0, |m| m.len()).min(limit + 1);
+    let mut bytes = Vec::with_capacity(usize::try_from(expected).unwrap_or(0) + 1);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > limit {
         return Err(io::Error::other(format!("larger than {limit} bytes")));
     }
