@@ -136,6 +136,16 @@ const SQL_INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, task_id,
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 /// A task's state and expiry.
 const SQL_TASK_STATE: &str = "SELECT state, expires_at FROM tasks WHERE id = $1";
+/// The revocation feed's tasks: ended before they expired, read through the partial index
+/// `tasks_ended_expires_at` (migration 0008) so the feed costs what it lists. `INDEXED BY`:
+/// without statistics SQLite prefers walking the whole table in `id` order to sorting.
+const SQL_FEED_TASKS: &str = "SELECT id, expires_at FROM tasks INDEXED BY tasks_ended_expires_at \
+     WHERE state != 'active' AND expires_at > $1 ORDER BY id";
+/// The revocation feed's certificates: revoked and still inside their validity window,
+/// through the partial index `certificates_revoked_valid_before` (migration 0008).
+const SQL_FEED_CERTIFICATES: &str = "SELECT serial, ca_key_id, valid_before FROM certificates \
+     INDEXED BY certificates_revoked_valid_before \
+     WHERE revoked_at IS NOT NULL AND valid_before > $1 ORDER BY serial";
 
 /// The newest record's `(seq, hash)`, or `(0, GENESIS_HASH)` for an empty chain.
 async fn chain_head(tx: &mut Transaction<'static, Sqlite>) -> Result<(i64, String), StoreError> {
@@ -499,7 +509,7 @@ impl Store for SqliteStore {
             .into_iter()
             .next()
             .ok_or_else(no_row)?;
-        let tasks = sqlx::query("SELECT id, expires_at FROM tasks WHERE state != 'active' AND expires_at > $1 ORDER BY id")
+        let tasks = sqlx::query(SQL_FEED_TASKS)
             .bind(now_unix)
             .fetch_all(&mut *tx)
             .await
@@ -507,23 +517,20 @@ impl Store for SqliteStore {
             .iter()
             .map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1)))
             .collect();
-        let certificates = sqlx::query(
-            "SELECT serial, ca_key_id, valid_before FROM certificates \
-             WHERE revoked_at IS NOT NULL AND valid_before > $1 ORDER BY serial",
-        )
-        .bind(now_unix)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .iter()
-        .map(|row| {
-            (
-                row.get::<i64, _>(0),
-                row.get::<String, _>(1),
-                row.get::<i64, _>(2),
-            )
-        })
-        .collect();
+        let certificates = sqlx::query(SQL_FEED_CERTIFICATES)
+            .bind(now_unix)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(|row| {
+                (
+                    row.get::<i64, _>(0),
+                    row.get::<String, _>(1),
+                    row.get::<i64, _>(2),
+                )
+            })
+            .collect();
         tx.commit().await.map_err(unavailable)?;
         Ok(Revocations {
             tasks,
@@ -591,6 +598,8 @@ mod test_issuance {
 mod tests {
     use rusqlite::Connection;
 
+    use super::{SQL_FEED_CERTIFICATES, SQL_FEED_TASKS};
+
     use crate::audit::{self, AuditEntry, Outcome, event};
 
     const BEFORE_0005: [&str; 4] = [
@@ -605,6 +614,8 @@ mod tests {
         include_str!("../../migrations/sqlite/0006_used_tokens_by_expiry.sql");
     const MIGRATION_0007: &str =
         include_str!("../../migrations/sqlite/0007_certificates_in_issue_order.sql");
+    const MIGRATION_0008: &str =
+        include_str!("../../migrations/sqlite/0008_feed_indexes_for_ended_only.sql");
 
     /// The single value `sql` selects.
     fn one<T: rusqlite::types::FromSql>(db: &Connection, sql: &str) -> T {
@@ -612,11 +623,12 @@ mod tests {
             .unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
-    /// Migration 0005 rebuilds two tables, 0006 re-keys the consumed tokens and 0007 the
-    /// certificates: everything in them survives, and the guards (unique tokens and
-    /// serials, append-only audit log) still hold afterwards.
+    /// Migration 0005 rebuilds two tables, 0006 re-keys the consumed tokens, 0007 the
+    /// certificates and 0008 the feed's indexes: everything in them survives, the guards
+    /// (unique tokens and serials, append-only audit log) still hold afterwards, and the
+    /// feed's queries read its partial indexes.
     #[test]
-    fn migrations_0005_to_0007_keep_tokens_records_certificates_and_guards() {
+    fn migrations_0005_to_0008_keep_tokens_records_certificates_and_guards() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Connection::open(dir.path().join("writ.db")).expect("open");
         for sql in BEFORE_0005 {
@@ -715,5 +727,56 @@ mod tests {
             .is_err(),
             "a serial is issued once"
         );
+
+        // 0008: the feed's range indexes hold only ended tasks and revoked certificates,
+        // and the feed's queries read them.
+        db.execute_batch(MIGRATION_0008).expect("0008");
+        db.execute_batch(
+            "INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, state, created_at, \
+             expires_at, ended_at) VALUES ('done', 'i', 's', 'p', '[]', '[]', 'completed', 0, 99, 5); \
+             INSERT INTO certificates (serial, task_id, ca_key_id, key_fingerprint, principals, \
+             valid_after, valid_before, issued_at, revoked_at) \
+             VALUES (78, 'done', 'k', 'SHA256:z', '[]', 0, 99, 0, 5);",
+        )
+        .expect("ended task and revoked certificate");
+        let in_index = |index: &str| -> i64 {
+            one(
+                &db,
+                &format!(
+                    "SELECT COUNT(*) FROM tasks INDEXED BY {index} WHERE state != 'active' AND expires_at > 0"
+                ),
+            )
+        };
+        assert_eq!(in_index("tasks_ended_expires_at"), 1);
+        let revoked: i64 = one(
+            &db,
+            "SELECT COUNT(*) FROM certificates INDEXED BY certificates_revoked_valid_before \
+             WHERE revoked_at IS NOT NULL AND valid_before > 0",
+        );
+        assert_eq!(revoked, 1);
+        for (sql, index) in [
+            (SQL_FEED_TASKS, "tasks_ended_expires_at"),
+            (SQL_FEED_CERTIFICATES, "certificates_revoked_valid_before"),
+        ] {
+            let plan: Vec<String> = db
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("plan")
+                .query_map([10], |r| r.get(3))
+                .expect("plan rows")
+                .collect::<Result<_, _>>()
+                .expect("plan text");
+            assert!(
+                plan.iter().any(|step| step.contains(index)),
+                "{sql} should read {index}: {plan:?}"
+            );
+        }
+        let feed_tasks: Vec<String> = db
+            .prepare(SQL_FEED_TASKS)
+            .expect("feed tasks")
+            .query_map([10], |r| r.get(0))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("ids");
+        assert_eq!(feed_tasks, ["done"]);
     }
 }
