@@ -47,6 +47,7 @@ struct Pending {
 
 /// A CA key's state.
 const SQL_CA_KEY_STATE: &str = "SELECT state FROM ca_keys WHERE id = $1";
+const SQL_ANY_USED_BEFORE_0006: &str = "SELECT 1 FROM used_tokens_before_0006 LIMIT 1";
 /// Is this task id taken?
 const SQL_TASK_EXISTS: &str = "SELECT 1 FROM tasks WHERE id = $1";
 /// Is this serial taken?
@@ -240,9 +241,10 @@ fn write_batch(
 ) -> rusqlite::Result<Vec<Result<(), StoreError>>> {
     let tx = connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let mut head = read_chain_head(&tx)?;
+    let mut facts = BatchFacts::read(&tx)?;
     let mut results = Vec::with_capacity(batch.len());
     for pending in batch {
-        let result = match refusal(&tx, &pending.issuance)? {
+        let result = match refusal(&tx, &mut facts, &pending.issuance)? {
             Some(refused) => Err(refused),
             None => {
                 head = write_one(&tx, &pending.issuance, &head)?;
@@ -255,19 +257,51 @@ fn write_batch(
     Ok(results)
 }
 
+/// What every issuance of a batch checks and no issuance of it changes, read once per
+/// batch inside its write transaction (no other connection writes until it commits).
+struct BatchFacts {
+    /// CA key id → whether it may still sign (`active` or `retiring`).
+    key_may_sign: Vec<(String, bool)>,
+    /// Whether tokens consumed before migration 0006 are still kept (that table only
+    /// shrinks, by pruning).
+    tokens_before_0006: bool,
+}
+
+impl BatchFacts {
+    fn read(tx: &Connection) -> rusqlite::Result<BatchFacts> {
+        Ok(BatchFacts {
+            key_may_sign: Vec::new(),
+            tokens_before_0006: tx.prepare_cached(SQL_ANY_USED_BEFORE_0006)?.exists([])?,
+        })
+    }
+
+    /// A key that is retired or revoked never signs again, even from a server whose
+    /// keyring is stale; `retiring` still may until that server reloads (migration 0007).
+    fn key_may_sign(&mut self, tx: &Connection, ca_key_id: &str) -> rusqlite::Result<bool> {
+        if let Some((_, may)) = self.key_may_sign.iter().find(|(id, _)| id == ca_key_id) {
+            return Ok(*may);
+        }
+        let state = tx
+            .prepare_cached(SQL_CA_KEY_STATE)?
+            .query_row([ca_key_id], |row| row.get::<_, String>(0))
+            .optional()?;
+        let may = matches!(state.as_deref(), Some("active" | "retiring"));
+        self.key_may_sign.push((ca_key_id.to_owned(), may));
+        Ok(may)
+    }
+}
+
 /// Why `issuance` must not commit, if it must not: its CA key may no longer sign, its task
 /// id or serial is taken, its task is no longer live, or its token was used already. Checked inside the batch's
 /// write transaction by the only writer, before any of its rows is written, so a refused
 /// issuance writes nothing and needs no savepoint; the last check consumes the token.
-fn refusal(tx: &Connection, issuance: &Issuance) -> rusqlite::Result<Option<StoreError>> {
+fn refusal(
+    tx: &Connection,
+    facts: &mut BatchFacts,
+    issuance: &Issuance,
+) -> rusqlite::Result<Option<StoreError>> {
     let cert = &issuance.certificate;
-    // A key that is retired or revoked never signs again, even from a server whose
-    // keyring is stale; `retiring` still may until that server reloads (migration 0007).
-    let key_state = tx
-        .prepare_cached(SQL_CA_KEY_STATE)?
-        .query_row([&cert.ca_key_id], |row| row.get::<_, String>(0))
-        .optional()?;
-    if !matches!(key_state.as_deref(), Some("active" | "retiring")) {
+    if !facts.key_may_sign(tx, &cert.ca_key_id)? {
         return Ok(Some(StoreError::Unavailable(
             "the signing CA key is retired or revoked".into(),
         )));
@@ -305,9 +339,10 @@ fn refusal(tx: &Connection, issuance: &Issuance) -> rusqlite::Result<Option<Stor
         ))));
     }
     if let Some(token) = &issuance.token_use {
-        if tx
-            .prepare_cached(SQL_USED_BEFORE_0006)?
-            .exists([&token.issuer, &token.token_hash])?
+        if facts.tokens_before_0006
+            && tx
+                .prepare_cached(SQL_USED_BEFORE_0006)?
+                .exists([&token.issuer, &token.token_hash])?
         {
             return Ok(Some(StoreError::TokenReused));
         }
