@@ -255,7 +255,7 @@ pub fn run(
     };
 
     // Preflight: one request, checked in full.
-    let token = issuer.mint_pool(1, 1, &now_unix, lifetime)?;
+    let token = issuer.mint_pool(1, 1, now_unix(), lifetime, 1)?;
     preflight(&url, &body, &token[0])?;
 
     // Size and mint the pool.
@@ -264,7 +264,7 @@ pub fn run(
         Some(n) => n,
         None => {
             let n = (options.concurrency * PROBE_TOKENS_PER_CONNECTION).clamp(2000, 8000);
-            let pool = Pool::new(issuer.mint_pool(n, threads, &now_unix, lifetime)?);
+            let pool = Pool::new(issuer.mint_pool(n, threads, now_unix(), lifetime, n)?);
             let probe = drive(
                 &url,
                 &body,
@@ -294,7 +294,10 @@ pub fn run(
         options.alg
     ));
     let mint_start = Instant::now();
-    let pool = Pool::new(issuer.mint_pool(count, threads, &now_unix, lifetime)?);
+    // One `exp` second per second of traffic at the rate the pool was sized for.
+    let seconds = (options.warmup + options.duration).as_secs_f64().max(1.0);
+    let per_second = tokens.probe_rate.unwrap_or(count as f64 / seconds).ceil() as usize;
+    let pool = Pool::new(issuer.mint_pool(count, threads, now_unix(), lifetime, per_second)?);
     tokens.minted = count;
     tokens.mint_s = mint_start.elapsed().as_secs_f64();
 

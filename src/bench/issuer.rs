@@ -308,43 +308,49 @@ impl BenchIssuer {
         Ok(token)
     }
 
-    /// `count` single-use tokens (each with its own random `jti`), each valid from the
-    /// time `clock` gives when it is minted, for `lifetime_s`, minted on `threads`
-    /// threads. Like tokens a platform mints just before each use, their `exp` moves with
-    /// the clock (one shared `exp` would make every consumed token land on a random page
-    /// of the store's replay index, which production traffic does not).
+    /// `count` single-use tokens (each with its own random `jti`), valid from `now_unix`,
+    /// minted on `threads` threads, to be used in order. Their `exp` models a stream of
+    /// `per_second` requests a second whose tokens a platform mints just before each use:
+    /// token `i` expires `lifetime_s + i / per_second` seconds after `now_unix`, so each
+    /// second of traffic shares one `exp`, as it would in production. (One `exp` for the
+    /// whole pool would put every consumed token on a random page of the store's replay
+    /// index; an `exp` taken from the minting clock would make the workload depend on how
+    /// fast the bench mints.)
     pub fn mint_pool(
         &self,
         count: usize,
         threads: usize,
-        clock: &(dyn Fn() -> i64 + Sync),
+        now_unix: i64,
         lifetime_s: i64,
+        per_second: usize,
     ) -> Result<Vec<String>, BenchError> {
+        let per_second = per_second.max(1);
         let threads = threads.clamp(1, count.max(1));
         let per_thread = count.div_ceil(threads);
         let failed = AtomicBool::new(false);
         let chunks: Vec<Result<Vec<String>, BenchError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
-                    let n = per_thread.min(count.saturating_sub(t * per_thread));
+                    let first = t * per_thread;
+                    let n = per_thread.min(count.saturating_sub(first));
                     let failed = &failed;
                     scope.spawn(move || {
                         let mut out = Vec::with_capacity(n);
                         let mut jti = [0u8; 16];
-                        for _ in 0..n {
+                        for i in first..first + n {
                             if failed.load(Ordering::Relaxed) {
                                 break;
                             }
                             OsRng.fill_bytes(&mut jti);
                             let jti = crate::audit::hex(&jti);
-                            let now_unix = clock();
+                            let second = i64::try_from(i / per_second).unwrap_or(i64::MAX);
                             let claims = Claims {
                                 iss: ISSUER,
                                 sub: SUBJECT,
                                 aud: AUDIENCE,
                                 iat: now_unix,
                                 nbf: now_unix,
-                                exp: now_unix + lifetime_s,
+                                exp: now_unix + lifetime_s + second,
                                 jti: &jti,
                             };
                             match self.mint(&claims) {
@@ -446,10 +452,9 @@ mod tests {
     fn every_algorithm_mints_tokens_its_jwk_verifies() {
         for alg in Alg::ALL {
             let issuer = BenchIssuer::generate(alg).expect("generate");
-            let tokens = issuer
-                .mint_pool(3, 2, &|| 1_700_000_000, 600)
-                .expect("mint");
+            let tokens = issuer.mint_pool(3, 2, 1_700_000_000, 600, 2).expect("mint");
             assert_eq!(tokens.len(), 3);
+            let mut exps = Vec::new();
             let set: JwkSet = serde_json::from_str(&issuer.jwks_json()).expect("jwks");
             let key = DecodingKey::from_jwk(&set.keys[0]).expect("decoding key");
             let mut validation = Validation::new(alg.jwt());
@@ -461,7 +466,11 @@ mod tests {
                     .expect("verifies");
                 assert_eq!(data.header.kid.as_deref(), Some(issuer.kid.as_str()));
                 assert!(jtis.insert(data.claims["jti"].as_str().expect("jti").to_owned()));
+                assert_eq!(data.claims["nbf"], 1_700_000_000);
+                exps.push(data.claims["exp"].as_i64().expect("exp"));
             }
+            // Two tokens per `exp` second, in pool order.
+            assert_eq!(exps, [1_700_000_600, 1_700_000_600, 1_700_000_601]);
         }
     }
 
