@@ -23,29 +23,19 @@ impl AuditLog for SqliteStore {
     }
 
     async fn audit_first_seq(&self) -> Result<Option<i64>, StoreError> {
-        sqlx::query_scalar("SELECT MIN(seq) FROM audit_events")
-            .fetch_all(&self.pool)
+        self.min_seq("SELECT MIN(seq) FROM audit_events", None)
             .await
-            .map_err(unavailable)?
-            .into_iter()
-            .next()
-            .ok_or_else(no_row)
     }
 
     async fn audit_seq_at_time(&self, time: &str) -> Result<Option<i64>, StoreError> {
         // Through the time index, this reads the records from `time` on (which an export
         // from there reads anyway); left to itself SQLite walks the log from its first
         // record in seq order until a time matches.
-        sqlx::query_scalar(
+        self.min_seq(
             "SELECT MIN(seq) FROM audit_events INDEXED BY audit_events_time WHERE time >= $1",
+            Some(time),
         )
-        .bind(time)
-        .fetch_all(&self.pool)
         .await
-        .map_err(unavailable)?
-        .into_iter()
-        .next()
-        .ok_or_else(no_row)
     }
 
     async fn audit_trail(&self, task_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
@@ -172,5 +162,28 @@ impl AuditLog for SqliteStore {
         append(&mut tx, &record(deleted)).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(deleted)
+    }
+}
+
+impl SqliteStore {
+    /// The one value of a `MIN(seq)` query (`None` on an empty match), with `time` bound
+    /// when given. Read with `fetch_all`, so the statement runs to its end and no pooled
+    /// connection keeps a read snapshot (and with it the WAL) pinned.
+    async fn min_seq(
+        &self,
+        sql: &'static str,
+        time: Option<&str>,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut query = sqlx::query_scalar(sql);
+        if let Some(time) = time {
+            query = query.bind(time);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .next()
+            .ok_or_else(no_row)
     }
 }
