@@ -911,11 +911,8 @@ fn cached_keys_keep_working_while_the_issuer_is_down() {
 
 #[test]
 fn an_issuer_never_reached_gives_503() {
-    // A port nobody listens on.
-    let port = {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
+    // A port nobody listens on, held for the whole test.
+    let (_held, port) = common::refusing_port();
     let idp = TestIdp::start(&[Key::Rsa]);
     let ca = TestCa::start(
         "",

@@ -10,7 +10,10 @@
 set -eu
 
 ca_url=""
-binary="$(dirname "$0")/../../target/release/writ-principals"
+# Default: the host build (contrib/host/build.sh) if there is one, else the release build.
+repo="$(dirname "$0")/../.."
+binary="$repo/target/x86_64-unknown-linux-gnu/host/writ-principals"
+[ -x "$binary" ] || binary="$repo/target/release/writ-principals"
 host_name=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -21,7 +24,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$ca_url" ] || { echo "install.sh: --ca-url is required" >&2; exit 2; }
-[ -x "$binary" ] || { echo "install.sh: no executable at $binary (build with cargo build --release)" >&2; exit 2; }
+[ -x "$binary" ] || { echo "install.sh: no executable at $binary (build with contrib/host/build.sh, or cargo build --release)" >&2; exit 2; }
 root="${ROOT:-}"
 here="$(cd "$(dirname "$0")" && pwd)"
 

@@ -1407,11 +1407,12 @@ pub(crate) mod tests {
     fn online_unreachable_ca_with_missing_or_stale_feed_denies() {
         let mut f = Fixture::new();
         let cert = issue(&f.ca, Spec::default());
-        // Nothing listens on this port any more: connection refused.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        // Bound but never listening, for the whole test: connection refused, and no
+        // other test's server can be given this port meanwhile.
+        let held = tokio::net::TcpSocket::new_v4().expect("socket");
+        held.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind");
+        let port = held.local_addr().expect("local addr").port();
         f.go_online(format!("http://127.0.0.1:{port}"));
         assert!(
             f.check("deploy", &cert).is_ok(),

@@ -25,6 +25,22 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// A loopback port that refuses connections for as long as the returned socket lives:
+/// bound but never listening, so no other server (of a test running in parallel) can be
+/// given the same port, as it can a port that was found free and closed again.
+pub fn refusing_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .expect("bind");
+    let port = socket.local_addr().expect("local addr").port();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "a bound, non-listening port refuses"
+    );
+    (socket, port)
+}
+
 /// Current Unix time in seconds.
 pub fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
