@@ -71,6 +71,9 @@ pub enum ClientError {
     /// The answer was not understood.
     #[error("unexpected answer from the CA: {0}")]
     BadAnswer(String),
+    /// The ssh destination would be read as an option.
+    #[error("refusing ssh destination {0:?}: a host name cannot start with '-'")]
+    BadDestination(String),
     /// Signing the proof of possession failed.
     #[error("cannot sign the proof of possession: {0}")]
     Sign(String),
@@ -237,6 +240,30 @@ pub struct SshInvocation {
     pub command: Vec<String>,
 }
 
+/// ssh's arguments: our options, the caller's options, then `--`, the destination and the
+/// remote command. The destination is data, never an option: one starting with `-` is
+/// refused (before any task is opened), and `--` ends ssh's option parsing so nothing
+/// after it — destination or command — is read as an option.
+pub fn ssh_arguments(
+    invocation: &SshInvocation,
+    key_path: &std::path::Path,
+    certificate_path: &std::path::Path,
+) -> Result<Vec<std::ffi::OsString>, ClientError> {
+    if invocation.host.is_empty() || invocation.host.starts_with('-') {
+        return Err(ClientError::BadDestination(invocation.host.clone()));
+    }
+    let mut arguments: Vec<std::ffi::OsString> = vec!["-i".into(), key_path.into(), "-o".into()];
+    arguments.push(format!("CertificateFile={}", certificate_path.display()).into());
+    for fixed in ["-o", "IdentitiesOnly=yes", "-l", &invocation.login] {
+        arguments.push(fixed.into());
+    }
+    arguments.extend(invocation.options.iter().map(Into::into));
+    arguments.push("--".into());
+    arguments.push(invocation.host.clone().into());
+    arguments.extend(invocation.command.iter().map(Into::into));
+    Ok(arguments)
+}
+
 /// `writ ssh`: open a task with a fresh key, run `ssh` with the certificate, then complete
 /// the task (unless `keep_task`). Returns ssh's exit code.
 pub fn ssh(
@@ -247,6 +274,11 @@ pub fn ssh(
     keep_task: bool,
 ) -> Result<i32, ClientError> {
     let ephemeral = EphemeralKey::new()?;
+    let arguments = ssh_arguments(
+        invocation,
+        &ephemeral.key_path(),
+        &ephemeral.certificate_path(),
+    )?;
     let issued = open_task(ca_url, token, &ephemeral.public_key()?, request)?;
     std::fs::write(
         ephemeral.certificate_path(),
@@ -258,17 +290,7 @@ pub fn ssh(
         issued.task_id, issued.task_expires_at, issued.serial
     );
     let status = std::process::Command::new("ssh")
-        .arg("-i")
-        .arg(ephemeral.key_path())
-        .arg("-o")
-        .arg(format!(
-            "CertificateFile={}",
-            ephemeral.certificate_path().display()
-        ))
-        .args(["-o", "IdentitiesOnly=yes", "-l", &invocation.login])
-        .args(&invocation.options)
-        .arg(&invocation.host)
-        .args(&invocation.command)
+        .args(arguments)
         .status()
         .map_err(|e| ClientError::Unreachable {
             url: "ssh".into(),
@@ -294,4 +316,45 @@ pub fn ssh(
         }
     }
     Ok(status.code().unwrap_or(255))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+    use std::path::Path;
+
+    use super::*;
+
+    fn invocation(host: &str) -> SshInvocation {
+        SshInvocation {
+            login: "deploy".into(),
+            host: host.into(),
+            options: vec!["-p".into(), "2222".into()],
+            command: vec!["-v".into(), "uptime".into()],
+        }
+    }
+
+    #[test]
+    fn destination_and_command_follow_the_end_of_options() {
+        let arguments =
+            ssh_arguments(&invocation("web-01"), Path::new("/k"), Path::new("/c")).expect("ok");
+        let end = arguments
+            .iter()
+            .position(|a| a == "--")
+            .expect("`--` present");
+        let after: Vec<OsString> = arguments[end + 1..].to_vec();
+        assert_eq!(after, ["web-01", "-v", "uptime"].map(OsString::from));
+        assert!(arguments[..end].contains(&OsString::from("2222")));
+    }
+
+    #[test]
+    fn a_destination_that_looks_like_an_option_is_refused() {
+        for host in ["-b127.0.0.1", "-oProxyCommand=x", "-", ""] {
+            let refused = ssh_arguments(&invocation(host), Path::new("/k"), Path::new("/c"));
+            assert!(
+                matches!(refused, Err(ClientError::BadDestination(_))),
+                "{host:?}"
+            );
+        }
+    }
 }

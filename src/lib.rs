@@ -23,8 +23,10 @@
 //! - [`config`] — the CA's TOML configuration.
 //! - [`host`] — `writ-principals`: admitting certificates on SSH hosts. It uses only the
 //!   pure format modules below (never `store`, `api` or an async runtime).
-//! - [`profile`], [`glob`], [`duration`], [`cidr`] — pure formats shared by CA and hosts: how a task
-//!   is written into a certificate, pattern matching, durations in config files.
+//! - [`logging`] — the CA's log: every field value escaped ([`text`]).
+//! - [`profile`], [`glob`], [`duration`], [`cidr`], [`text`] — pure formats shared by CA
+//!   and hosts: how a task is written into a certificate, pattern matching, durations in
+//!   config files, characters unsafe to display.
 
 pub mod admin;
 pub mod api;
@@ -39,9 +41,11 @@ pub mod duration;
 pub mod glob;
 pub mod host;
 pub mod identity;
+pub mod logging;
 pub mod policy;
 pub mod profile;
 pub mod revocation;
 pub mod server;
 pub mod store;
 pub mod task;
+pub mod text;

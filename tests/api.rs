@@ -438,6 +438,46 @@ fn trusted_keys_health_and_readiness() {
 }
 
 #[test]
+fn wrong_method_gets_405_in_the_json_envelope_with_allow() {
+    let (_idp, ca, _dir, _) = setup();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for (method, path, allowed) in [
+        ("GET", "/v1/certificates", "POST"),
+        ("DELETE", "/v1/krl", "GET,HEAD"),
+        ("PUT", "/v1/tasks/abc/complete", "POST"),
+    ] {
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", ca.url))
+            .body(())
+            .expect("request");
+        let mut response = agent.run(request).expect("HTTP request");
+        assert_eq!(response.status().as_u16(), 405, "{method} {path}");
+        let allow = response
+            .headers()
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        assert_eq!(allow.as_deref(), Some(allowed), "{method} {path}");
+        let text = response.body_mut().read_to_string().expect("body");
+        let body: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text:?}"));
+        assert_eq!(
+            body["error"]["code"], "method_not_allowed",
+            "{method} {path}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+}
+
+#[test]
 fn ca_private_key_is_encrypted_at_rest() {
     let (_idp, ca, _dir, _) = setup();
     let rows = common::runtime()

@@ -293,6 +293,32 @@ fn writ_ssh_runs_a_task_scoped_session_and_completes_the_task() {
 }
 
 #[test]
+fn writ_ssh_never_passes_the_destination_as_an_ssh_option() {
+    // A policy wide enough to grant the host pattern `-b127.0.0.1` (valid DNS characters):
+    // before the fix the task was opened and ssh read the "host" as its `-b` option.
+    let idp = TestIdp::start(&[Key::Rsa]);
+    let ca = TestCa::with_policy(
+        &idp,
+        "",
+        &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*\"]\n"),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args(["ssh", "--ca-url", &ca.url, "--token"])
+        .arg(idp.token(Key::Rsa, "agent-1"))
+        .args(["--login", ALICE, "--host=-b127.0.0.1", "--purpose", "probe"])
+        .args(["--ssh-arg=-oBatchMode=yes", "--", "true"])
+        .output()
+        .expect("run writ ssh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot start with '-'"), "{stderr}");
+    assert!(
+        ca.audit_events(writ::audit::event::TASK_CREATED).is_empty(),
+        "no task is opened for a destination that would be an option"
+    );
+}
+
+#[test]
 fn writ_cert_certifies_an_existing_key() {
     require_root_and_sshd();
     ensure_user(ALICE);

@@ -34,6 +34,15 @@ impl ApiError {
     pub fn not_found() -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
     }
+
+    /// 405 for a known path with a method it does not serve (the router adds `Allow`).
+    pub fn method_not_allowed() -> ApiError {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this endpoint does not accept that method; see the Allow header",
+        )
+    }
 }
 
 impl From<&TokenError> for ApiError {

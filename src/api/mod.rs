@@ -66,6 +66,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         router = router.route("/v1/dev/jwks", get(ca::dev_jwks));
     }
     router
+        // After every route: applies to each path's method router. axum adds `Allow`.
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|| async { ApiError::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)

@@ -312,19 +312,6 @@ enum DevCommand {
     },
 }
 
-fn init_logging() {
-    use tracing_subscriber::filter::Targets;
-    use tracing_subscriber::prelude::*;
-    let filter: Targets = std::env::var("WRIT_LOG")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .with(filter)
-        .init();
-}
-
 fn main() -> ExitCode {
     // Before anything touches jsonwebtoken: token signatures are verified with ring.
     writ::identity::crypto::install();
@@ -425,7 +412,7 @@ fn main() -> ExitCode {
             data_dir,
             listen,
         } => {
-            init_logging();
+            writ::logging::init();
             let prepared = if dev {
                 dev::prepare(&data_dir, listen)
                     .map(|(config, jwks)| (config, data_dir.join("(dev)"), Some(jwks)))

@@ -401,7 +401,7 @@ impl Issuer {
             match self.store.record_issuance(record).await {
                 Ok(()) => {
                     tracing::info!(
-                        task_id = %task.id, serial, subject = %identity.subject,
+                        task_id = %task.id, serial, subject = ?identity.subject,
                         policy = %grant.policy, "certificate issued"
                     );
                     return Ok(Issued {
@@ -576,11 +576,14 @@ fn validate_task_shape(request: &NewTask) -> Result<(), IssueError> {
             "task.logins lists a login twice",
         ));
     }
-    if request.purpose.len() > MAX_PURPOSE_BYTES || request.purpose.chars().any(char::is_control) {
+    if request.purpose.len() > MAX_PURPOSE_BYTES
+        || request.purpose.chars().any(crate::text::is_unsafe_char)
+    {
         return Err(IssueError::bad(
             "invalid_task",
             format!(
-                "task.purpose must be at most {MAX_PURPOSE_BYTES} bytes without control characters"
+                "task.purpose must be at most {MAX_PURPOSE_BYTES} bytes without control, \
+                 line-separator or bidirectional-formatting characters"
             ),
         ));
     }

@@ -1,0 +1,62 @@
+//! Characters that must never reach a person or a log reader unescaped: controls (C0, DEL,
+//! C1), line and paragraph separators, and the bidirectional formatting characters that
+//! reorder what a terminal shows ("Trojan Source"). Pure; used to refuse such characters
+//! in free text the CA stores (a task's `purpose`) and to escape them in the CA's log.
+
+/// Whether `c` may change how surrounding text is displayed or split into lines.
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' // line and paragraph separators
+                | '\u{061c}' | '\u{200e}' | '\u{200f}' // bidi marks
+                | '\u{202a}'..='\u{202e}' // bidi embeddings and overrides
+                | '\u{2066}'..='\u{2069}' // bidi isolates
+                | '\u{feff}' // zero-width no-break space (byte-order mark)
+        )
+}
+
+/// Write `text` with every [`is_unsafe_char`] replaced by its `\u{…}` escape.
+pub fn write_escaped(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Result {
+    let mut start = 0;
+    for (at, c) in text.char_indices() {
+        if is_unsafe_char(c) {
+            out.write_str(&text[start..at])?;
+            write!(out, "\\u{{{:x}}}", u32::from(c))?;
+            start = at + c.len_utf8();
+        }
+    }
+    out.write_str(&text[start..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escaped(text: &str) -> String {
+        let mut out = String::new();
+        write_escaped(&mut out, text).expect("write to a String");
+        out
+    }
+
+    #[test]
+    fn plain_text_is_unchanged() {
+        assert_eq!(
+            escaped("rotate nginx logs — héllo"),
+            "rotate nginx logs — héllo"
+        );
+        assert!(!"rotate nginx logs".chars().any(is_unsafe_char));
+    }
+
+    #[test]
+    fn controls_separators_and_bidi_are_escaped() {
+        assert_eq!(escaped("a\nb"), "a\\u{a}b");
+        assert_eq!(escaped("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(escaped("x\u{2028}y\u{2029}z"), "x\\u{2028}y\\u{2029}z");
+        assert_eq!(escaped("\u{202e}evil"), "\\u{202e}evil");
+        assert_eq!(escaped("\u{2066}\u{85}"), "\\u{2066}\\u{85}");
+        for c in ['\u{0}', '\u{7f}', '\u{9b}', '\u{200f}', '\u{feff}'] {
+            assert!(is_unsafe_char(c), "{c:?}");
+        }
+    }
+}
