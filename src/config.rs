@@ -71,13 +71,21 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8422))
 }
 
-/// `[storage]`
-#[derive(Debug, Clone, Deserialize)]
+/// `[storage]`. `Debug` shows the URL without its password.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// `sqlite://PATH` (the default, embedded) or `postgres://…`.
     #[serde(default = "default_storage_url")]
     pub url: String,
+}
+
+impl std::fmt::Debug for StorageConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageConfig")
+            .field("url", &crate::text::redact_url(&self.url))
+            .finish()
+    }
 }
 
 impl Default for StorageConfig {
@@ -98,24 +106,20 @@ fn default_storage_url() -> String {
 pub struct CaConfig {
     /// File holding the passphrase that encrypts CA private keys at rest.
     pub passphrase_file: Option<PathBuf>,
-    /// Certificate lifetime when a request names none.
-    #[serde(
-        default = "default_cert_ttl",
-        deserialize_with = "duration::deserialize"
-    )]
-    pub default_cert_ttl: Duration,
+    /// Certificate lifetime when a request names none (unset: 5m, capped by
+    /// `max_cert_ttl`); see [`CaConfig::cert_ttl_default`].
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub default_cert_ttl: Option<Duration>,
     /// Longest certificate any policy may grant.
     #[serde(
         default = "default_max_cert_ttl",
         deserialize_with = "duration::deserialize"
     )]
     pub max_cert_ttl: Duration,
-    /// Task lifetime when a request names none.
-    #[serde(
-        default = "default_task_ttl",
-        deserialize_with = "duration::deserialize"
-    )]
-    pub default_task_ttl: Duration,
+    /// Task lifetime when a request names none (unset: 1h, capped by `max_task_ttl`); see
+    /// [`CaConfig::task_ttl_default`].
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub default_task_ttl: Option<Duration>,
     /// Longest task any policy may grant.
     #[serde(
         default = "default_max_task_ttl",
@@ -160,9 +164,9 @@ impl Default for CaConfig {
     fn default() -> Self {
         CaConfig {
             passphrase_file: None,
-            default_cert_ttl: default_cert_ttl(),
+            default_cert_ttl: None,
             max_cert_ttl: default_max_cert_ttl(),
-            default_task_ttl: default_task_ttl(),
+            default_task_ttl: None,
             max_task_ttl: default_max_task_ttl(),
             clock_skew: default_clock_skew(),
             key_algorithm: KeyAlgorithm::default(),
@@ -171,14 +175,27 @@ impl Default for CaConfig {
     }
 }
 
-fn default_cert_ttl() -> Duration {
-    Duration::from_secs(5 * 60)
+/// Certificate lifetime when neither the request nor `default_cert_ttl` names one.
+const BUILT_IN_CERT_TTL: Duration = Duration::from_secs(5 * 60);
+/// Task lifetime when neither the request nor `default_task_ttl` names one.
+const BUILT_IN_TASK_TTL: Duration = Duration::from_secs(60 * 60);
+
+impl CaConfig {
+    /// The certificate lifetime a request without one gets (before a policy's own cap).
+    pub fn cert_ttl_default(&self) -> Duration {
+        self.default_cert_ttl
+            .unwrap_or(BUILT_IN_CERT_TTL.min(self.max_cert_ttl))
+    }
+
+    /// The task lifetime a request without one gets (before a policy's own cap).
+    pub fn task_ttl_default(&self) -> Duration {
+        self.default_task_ttl
+            .unwrap_or(BUILT_IN_TASK_TTL.min(self.max_task_ttl))
+    }
 }
+
 fn default_max_cert_ttl() -> Duration {
     Duration::from_secs(10 * 60)
-}
-fn default_task_ttl() -> Duration {
-    Duration::from_secs(60 * 60)
 }
 fn default_max_task_ttl() -> Duration {
     Duration::from_secs(8 * 60 * 60)
@@ -368,6 +385,9 @@ pub enum ConfigError {
         "no CA passphrase: set [ca] passphrase_file in {path} or the {PASSPHRASE_ENV} environment variable"
     )]
     NoPassphrase { path: PathBuf },
+    /// The passphrase file is empty.
+    #[error("the CA passphrase file {path} is empty (it is named by [ca] passphrase_file)")]
+    EmptyPassphraseFile { path: PathBuf },
     /// The passphrase file could not be read.
     #[error("cannot read CA passphrase file {path}: {source}")]
     PassphraseRead {
@@ -421,6 +441,16 @@ impl Config {
                     .into(),
             ));
         }
+        if !self.storage.url.starts_with("sqlite://") {
+            return Err(invalid(
+                "storage.url".into(),
+                format!(
+                    "{} names no backend of this release: use sqlite://PATH \
+                     (PostgreSQL is not available yet)",
+                    crate::text::redact_url(&self.storage.url)
+                ),
+            ));
+        }
         let ca = &self.ca;
         if ca.clock_skew > MAX_CLOCK_SKEW {
             return Err(invalid("ca.clock_skew".into(), "must be at most 5m".into()));
@@ -444,6 +474,37 @@ impl Config {
                 "ca.max_cert_ttl".into(),
                 "must not exceed ca.max_task_ttl (a certificate never outlives its task)".into(),
             ));
+        }
+        for (key, default, max_key, max) in [
+            (
+                "ca.default_cert_ttl",
+                ca.default_cert_ttl,
+                "ca.max_cert_ttl",
+                ca.max_cert_ttl,
+            ),
+            (
+                "ca.default_task_ttl",
+                ca.default_task_ttl,
+                "ca.max_task_ttl",
+                ca.max_task_ttl,
+            ),
+        ] {
+            match default {
+                Some(d) if d < Duration::from_secs(1) => {
+                    return Err(invalid(key.into(), "must be at least 1s".into()));
+                }
+                Some(d) if d > max => {
+                    return Err(invalid(
+                        key.into(),
+                        format!(
+                            "{} exceeds {max_key} ({}): a default must be allowed by the maximum",
+                            duration::format(d),
+                            duration::format(max)
+                        ),
+                    ));
+                }
+                _ => {}
+            }
         }
 
         let mut issuer_names = HashSet::new();
@@ -555,6 +616,19 @@ impl Config {
                     ));
                 }
             }
+            if let (Some(cert), Some(task)) = (policy.max_cert_ttl, policy.max_task_ttl)
+                && cert > task
+            {
+                return Err(invalid(
+                    key("max_cert_ttl"),
+                    format!(
+                        "{} exceeds the same policy's max_task_ttl ({}): a certificate never \
+                         outlives its task",
+                        duration::format(cert),
+                        duration::format(task)
+                    ),
+                ));
+            }
             if policy.max_cert_ttl.is_some_and(|t| t > ca.max_cert_ttl) {
                 return Err(invalid(
                     key("max_cert_ttl"),
@@ -598,12 +672,12 @@ impl Config {
                     path: file.clone(),
                     source,
                 })?;
+            let text = Zeroizing::new(text);
             let pass = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned());
             if pass.is_empty() {
-                return Err(ConfigError::NoPassphrase {
-                    path: config_path.to_owned(),
-                });
+                return Err(ConfigError::EmptyPassphraseFile { path: file.clone() });
             }
+            warn_if_readable_by_others(file);
             return Ok(pass);
         }
         match std::env::var(PASSPHRASE_ENV) {
@@ -611,6 +685,21 @@ impl Config {
             _ => Err(ConfigError::NoPassphrase {
                 path: config_path.to_owned(),
             }),
+        }
+    }
+}
+
+/// Warn when a secret file can be read by its group or by every local user.
+fn warn_if_readable_by_others(file: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(metadata) = std::fs::metadata(file) {
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode & 0o044 != 0 {
+            tracing::warn!(
+                file = ?file.display().to_string(),
+                mode = format!("{mode:04o}"),
+                "the CA passphrase file is readable by other users: chmod 0600 it"
+            );
         }
     }
 }
@@ -693,6 +782,83 @@ extensions = ["permit-pty"]
         );
         assert_eq!(config.issuers[0].algorithms, default_algorithms());
         assert_eq!(config.server.listen, default_listen());
+    }
+
+    #[test]
+    fn contradictions_are_errors_naming_both_keys() {
+        let cases = [
+            (
+                GOOD.replace(
+                    "max_cert_ttl = \"10m\"\n",
+                    "max_cert_ttl = \"10m\"\ndefault_cert_ttl = \"20m\"\n",
+                ),
+                ["ca.default_cert_ttl", "ca.max_cert_ttl"],
+            ),
+            (
+                GOOD.replace(
+                    "max_cert_ttl = \"10m\"\n",
+                    "max_cert_ttl = \"10m\"\ndefault_task_ttl = \"9h\"\n",
+                ),
+                ["ca.default_task_ttl", "ca.max_task_ttl"],
+            ),
+            (
+                GOOD.replace(
+                    "max_cert_ttl = \"5m\"",
+                    "max_cert_ttl = \"5m\"\nmax_task_ttl = \"2m\"",
+                ),
+                ["max_cert_ttl", "max_task_ttl"],
+            ),
+        ];
+        for (text, keys) in cases {
+            let message = parse(&text).expect_err("contradiction").to_string();
+            for key in keys {
+                assert!(message.contains(key), "{key} not in {message}");
+            }
+        }
+        // An unset default follows a smaller maximum instead of contradicting it.
+        let small = parse(
+            &GOOD
+                .replace("max_cert_ttl = \"10m\"", "max_cert_ttl = \"2m\"")
+                .replace("max_cert_ttl = \"5m\"", "max_cert_ttl = \"1m\""),
+        )
+        .expect("valid");
+        assert_eq!(small.ca.cert_ttl_default(), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn a_storage_password_is_never_shown() {
+        let text = format!("[storage]\nurl = \"postgres://writ:hunter2@db/writ\"\n{GOOD}");
+        let message = parse(&text).expect_err("not available").to_string();
+        assert!(message.contains("storage.url"), "{message}");
+        assert!(message.contains("postgres://writ:***@db/writ"), "{message}");
+        let mut config = parse(GOOD).expect("valid");
+        config.storage.url = "postgres://writ:hunter2@db/writ".into();
+        assert!(!format!("{config:?}").contains("hunter2"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let error = runtime
+            .block_on(crate::store::open("postgres://writ:hunter2@db/writ"))
+            .err()
+            .expect("unsupported")
+            .to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(error.contains("writ:***@db"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_passphrase_file_is_named_as_empty() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("ca.pass");
+        std::fs::write(&file, "\n").expect("write");
+        let mut config = parse(GOOD).expect("valid");
+        config.ca.passphrase_file = Some(file.clone());
+        let message = config
+            .ca_passphrase(Path::new("writ.toml"))
+            .expect_err("empty")
+            .to_string();
+        assert!(message.contains("is empty"), "{message}");
+        assert!(message.contains(&file.display().to_string()), "{message}");
     }
 
     #[test]

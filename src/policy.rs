@@ -435,7 +435,7 @@ impl Policies {
                 });
             }
             Some(ttl) => ttl,
-            None => self.limits.default_cert_ttl.min(max_cert),
+            None => self.limits.cert_ttl_default().min(max_cert),
         };
         let task_ttl = match request.task_ttl {
             Some(ttl) if ttl > max_task => {
@@ -446,7 +446,7 @@ impl Policies {
                 });
             }
             Some(ttl) => ttl,
-            None => self.limits.default_task_ttl.min(max_task),
+            None => self.limits.task_ttl_default().min(max_task),
         };
         let extensions = match &request.extensions {
             None => policy.extensions.clone(),

@@ -2,6 +2,7 @@
 //! C1), line and paragraph separators, and the bidirectional formatting characters that
 //! reorder what a terminal shows ("Trojan Source"). Pure; used to refuse such characters
 //! in free text the CA stores (a task's `purpose`) and to escape them in the CA's log.
+//! Also [`redact_url`]: a URL as it may be shown, without its password.
 
 /// Whether `c` may change how surrounding text is displayed or split into lines.
 pub fn is_unsafe_char(c: char) -> bool {
@@ -29,6 +30,43 @@ pub fn write_escaped(out: &mut impl std::fmt::Write, text: &str) -> std::fmt::Re
     out.write_str(&text[start..])
 }
 
+/// `url` with the password of its `user:password@` part, and the value of any
+/// `password=` query parameter, replaced by `***`. Everything writ prints about a URL
+/// (errors, logs, `Debug`) goes through this.
+pub fn redact_url(url: &str) -> String {
+    let (before_query, query) = match url.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (url, None),
+    };
+    let mut out = match before_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            match authority.rsplit_once('@') {
+                Some((userinfo, host)) => {
+                    let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+                    let hidden = if userinfo.contains(':') { ":***" } else { "" };
+                    format!("{scheme}://{user}{hidden}@{host}{path}")
+                }
+                None => before_query.to_owned(),
+            }
+        }
+        None => before_query.to_owned(),
+    };
+    if let Some(query) = query {
+        let parameters: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) if name.eq_ignore_ascii_case("password") => format!("{name}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&parameters.join("&"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,6 +75,30 @@ mod tests {
         let mut out = String::new();
         write_escaped(&mut out, text).expect("write to a String");
         out
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        for (url, shown) in [
+            (
+                "postgres://writ:s3cr3t@db:5432/writ",
+                "postgres://writ:***@db:5432/writ",
+            ),
+            (
+                "postgres://writ:p@ss@db/writ",
+                "postgres://writ:***@db/writ",
+            ),
+            ("postgres://writ@db/writ", "postgres://writ@db/writ"),
+            (
+                "postgres://db/writ?user=w&password=x&sslmode=require",
+                "postgres://db/writ?user=w&password=***&sslmode=require",
+            ),
+            ("sqlite://writ-data/writ.db", "sqlite://writ-data/writ.db"),
+            ("https://ca.example.com:8422", "https://ca.example.com:8422"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+            assert!(!redact_url(url).contains("s3cr3t"));
+        }
     }
 
     #[test]

@@ -478,6 +478,32 @@ fn wrong_method_gets_405_in_the_json_envelope_with_allow() {
 }
 
 #[test]
+fn database_files_are_readable_by_their_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let (idp, ca, dir, key) = setup();
+    // An issuance writes the WAL (and its shared-memory index) too.
+    let issued = ca.request_certificate(
+        Some(&idp.token(Key::Ed25519, "agent-1")),
+        &certificate_request(&key, &["deploy"], &["web-01.prod.example.com"], None),
+    );
+    assert_eq!(issued.status, 201, "{}", issued.text);
+    let mut checked = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        let path = std::path::PathBuf::from(format!("{}{suffix}", ca.db_path().display()));
+        if let Ok(metadata) = std::fs::metadata(&path) {
+            let mode = metadata.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} has mode {mode:o}", path.display());
+            checked.push(suffix);
+        }
+    }
+    assert!(
+        checked.contains(&"") && checked.contains(&"-wal"),
+        "{checked:?}"
+    );
+    drop(dir);
+}
+
+#[test]
 fn ca_private_key_is_encrypted_at_rest() {
     let (_idp, ca, _dir, _) = setup();
     let rows = common::runtime()

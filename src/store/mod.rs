@@ -245,7 +245,7 @@ pub enum StoreError {
     /// The issuance's token was already used; nothing was written.
     #[error("token already used")]
     TokenReused,
-    /// The URL names no supported backend.
+    /// The URL names no supported backend (held redacted: [`crate::text::redact_url`]).
     #[error("unsupported storage URL {0:?}: use sqlite://PATH")]
     UnsupportedUrl(String),
 }
@@ -320,6 +320,6 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
         Ok(Arc::new(sqlite::SqliteStore::open(path).await?))
     } else {
-        Err(StoreError::UnsupportedUrl(url.to_owned()))
+        Err(StoreError::UnsupportedUrl(crate::text::redact_url(url)))
     }
 }

@@ -26,6 +26,7 @@ use crate::audit::{self, AuditEntry, AuditRecord, Outcome};
 mod audit_log;
 mod group_commit;
 mod keyring;
+mod private_files;
 
 use group_commit::GroupCommit;
 pub(crate) use group_commit::{insert_audit_row, read_chain_head};
@@ -43,14 +44,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Open or create the database file at `path` and run migrations.
     pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
-        if let Some(parent) = Path::new(path)
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-            })?;
-        }
+        private_files::prepare(Path::new(path))?;
         let options = SqliteConnectOptions::from_str(&format!("sqlite://{path}"))
             .map_err(unavailable)?
             .create_if_missing(true)
