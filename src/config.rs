@@ -55,6 +55,46 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS (not yet supported; see README).
     pub tls_key: Option<PathBuf>,
+    /// Longest wait for a request's headers; also closes keep-alive connections idle
+    /// this long.
+    #[serde(
+        default = "default_client_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub client_timeout: Duration,
+    /// Longest time to receive a whole request and answer it (else 408).
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub request_timeout: Duration,
+    /// Longest time shutdown waits for requests in flight before dropping them.
+    #[serde(
+        default = "default_shutdown_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub shutdown_timeout: Duration,
+}
+
+fn default_client_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl ServerConfig {
+    /// The connection loop's time limits.
+    pub fn limits(&self) -> crate::server::Limits {
+        crate::server::Limits {
+            client_timeout: self.client_timeout,
+            request_timeout: self.request_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -63,6 +103,9 @@ impl Default for ServerConfig {
             listen: default_listen(),
             tls_cert: None,
             tls_key: None,
+            client_timeout: default_client_timeout(),
+            request_timeout: default_request_timeout(),
+            shutdown_timeout: default_shutdown_timeout(),
         }
     }
 }
@@ -450,6 +493,15 @@ impl Config {
                     crate::text::redact_url(&self.storage.url)
                 ),
             ));
+        }
+        for (key, value) in [
+            ("server.client_timeout", self.server.client_timeout),
+            ("server.request_timeout", self.server.request_timeout),
+            ("server.shutdown_timeout", self.server.shutdown_timeout),
+        ] {
+            if value < Duration::from_secs(1) || value > Duration::from_secs(600) {
+                return Err(invalid(key.into(), "must be between 1s and 10m".into()));
+            }
         }
         let ca = &self.ca;
         if ca.clock_skew > MAX_CLOCK_SKEW {

@@ -125,8 +125,7 @@ pub fn prepare(
     let config = Config {
         server: ServerConfig {
             listen,
-            tls_cert: None,
-            tls_key: None,
+            ..ServerConfig::default()
         },
         storage: StorageConfig {
             url: format!("sqlite://{}", data_dir.join("writ.db").display()),

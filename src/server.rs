@@ -20,6 +20,10 @@ use crate::policy::Policies;
 use crate::store::{self, StoreError};
 use crate::task::Issuer;
 
+pub mod connections;
+
+pub use connections::Limits;
+
 /// Why the CA could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -88,19 +92,17 @@ pub async fn build(
     }))
 }
 
-/// Serve the API on `listener` until `shutdown` resolves; in-flight requests finish.
+/// Serve the API on `listener` until `shutdown` resolves; requests in flight are answered
+/// within `limits.shutdown_timeout` ([`connections`]).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+    limits: Limits,
+) {
     let maintenance = tokio::spawn(maintain_keyring(Arc::clone(&state)));
-    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    connections::serve(listener, api::router(state), shutdown, limits).await;
     maintenance.abort();
-    served
 }
 
 /// Background upkeep of the CA keyring while serving, every [`MAINTENANCE_INTERVAL`]:

@@ -457,10 +457,10 @@ fn main() -> ExitCode {
                 if is_dev {
                     print_dev_banner(&addr, &data_dir);
                 }
-                match server::serve(listener, state, server::shutdown_signal()).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => fail(&e),
-                }
+                let limits = config.server.limits();
+                server::serve(listener, state, server::shutdown_signal(), limits).await;
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
             })
         }
     }

@@ -46,9 +46,15 @@ impl TestCa {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let serving = Arc::clone(&state);
         runtime().spawn(async move {
-            let _ = writ::server::serve(listener, serving, async {
-                let _ = rx.await;
-            })
+            let limits = config.server.limits();
+            writ::server::serve(
+                listener,
+                serving,
+                async {
+                    let _ = rx.await;
+                },
+                limits,
+            )
             .await;
         });
         TestCa {

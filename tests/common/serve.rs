@@ -1,34 +1,30 @@
-//! The CA's own log, written by the real `writ serve` binary: values that came from
-//! outside (a signed token's `sub`) are escaped, so a client cannot forge log lines or
-//! send terminal escape sequences to whoever reads the log; a task's `purpose` with
-//! line-separator or bidirectional-formatting characters is refused.
-
-mod common;
+//! A real `writ serve` process (the shipped binary, not the library) with its log in a
+//! file: for what only the process shows — its log, its signals and shutdown.
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::ca::certificate_request;
-use common::idp::{Key, TestIdp};
-use common::{http, public_key, ssh_keygen};
-
-const FORGED: &str = "2026-12-02T04:00:00.000000Z  INFO writ: admin granted root";
+use super::idp::TestIdp;
 
 /// `writ serve` with its log in a file, stopped (and its files removed) on drop.
-struct Server {
+pub struct Server {
     child: Child,
     dir: tempfile::TempDir,
-    url: String,
+    /// `http://ADDR`
+    pub url: String,
 }
 
 impl Server {
-    fn start(idp: &TestIdp) -> Server {
+    /// Start `writ serve` trusting `idp` (issuer `test`, policy `agents`: subjects
+    /// `agent-*`, login `deploy`, hosts `*.example.com`); `server_extra` is added to
+    /// `[server]`. Returns once the server listens.
+    pub fn start(idp: &TestIdp, server_extra: &str) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let pass = dir.path().join("ca.pass");
         std::fs::write(&pass, "test passphrase\n").expect("passphrase");
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\n\n[storage]\nurl = \"sqlite://{db}\"\n\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\n{server_extra}\n\n[storage]\nurl = \"sqlite://{db}\"\n\n\
              [ca]\npassphrase_file = \"{pass}\"\n\n\
              [[issuer]]\nname = \"test\"\nissuer = \"{iss}\"\njwks_url = \"{jwks}\"\naudiences = [\"writ\"]\n\n\
              [[policy]]\nname = \"agents\"\nissuer = \"test\"\nsubject = \"agent-*\"\n\
@@ -79,7 +75,37 @@ impl Server {
         server
     }
 
-    fn log(&self) -> String {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Wait up to `limit` for the process to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20)); // poll interval
+        }
+    }
+
+    /// Send a signal (e.g. `INT`, `TERM`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
         let mut bytes = Vec::new();
         std::fs::File::open(self.dir.path().join("writ.log"))
             .and_then(|mut f| f.read_to_end(&mut bytes))
@@ -92,59 +118,5 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn a_subject_cannot_forge_log_lines_or_send_escape_sequences() {
-    let idp = TestIdp::start(&[Key::Rsa]);
-    let server = Server::start(&idp);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = public_key(&ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]));
-    let subject = format!("agent-1\n{FORGED}\u{1b}[2J\u{2028}{FORGED}\r");
-    let token = idp.token(Key::Rsa, &subject);
-    let issued = http::post(
-        &format!("{}/v1/certificates", server.url),
-        Some(&token),
-        &certificate_request(&key, &["deploy"], &["web.example.com"], None),
-    );
-    assert_eq!(issued.status, 201, "{}", issued.text);
-
-    // The issuance line is logged before the response is sent.
-    let log = server.log();
-    let issuance = log
-        .lines()
-        .find(|l| l.contains("certificate issued"))
-        .unwrap_or_else(|| panic!("no issuance line:\n{log}"));
-    assert!(issuance.contains("agent-1"), "{issuance}");
-    assert!(
-        !log.lines().any(|l| l.starts_with(FORGED)),
-        "a forged line reached the log:\n{log}"
-    );
-    assert!(!log.contains('\u{1b}'), "raw ESC in the log:\n{log:?}");
-    assert!(!log.contains('\r') && !log.contains('\u{2028}'), "{log:?}");
-}
-
-#[test]
-fn a_purpose_with_separators_or_bidi_controls_is_refused() {
-    let idp = TestIdp::start(&[Key::Rsa]);
-    let server = Server::start(&idp);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = public_key(&ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]));
-    for purpose in [
-        "line\u{2028}break",
-        "para\u{2029}",
-        "\u{202e}gol",
-        "iso\u{2066}late",
-    ] {
-        let mut body = certificate_request(&key, &["deploy"], &["web.example.com"], None);
-        body["task"]["purpose"] = purpose.into();
-        let refused = http::post(
-            &format!("{}/v1/certificates", server.url),
-            Some(&idp.token(Key::Rsa, "agent-1")),
-            &body,
-        );
-        assert_eq!(refused.status, 400, "{purpose:?}: {}", refused.text);
-        assert_eq!(refused.error_code(), "invalid_task", "{purpose:?}");
     }
 }
