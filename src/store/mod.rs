@@ -151,6 +151,21 @@ pub struct TaskRecord {
     pub created_at: i64,
     /// Unix seconds.
     pub expires_at: i64,
+    /// What every certificate of the task carries at most; `None` for a task opened
+    /// before migration 0009, which did not record them.
+    pub restrictions: Option<TaskRestrictions>,
+}
+
+/// The certificate options a task was granted when it opened: its renewals may narrow
+/// them, never widen them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskRestrictions {
+    /// Standard extensions (may be empty).
+    pub extensions: Vec<String>,
+    /// `force-command`, if any.
+    pub force_command: Option<String>,
+    /// `source-address` blocks, if any.
+    pub source_address: Option<Vec<String>>,
 }
 
 /// A certificate as stored.

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 
 use super::{
     Arrivals, CaKeyRecord, CertificateRecord, Issuance, KeyUsage, KeyringChange, Revocations,
-    RotationSchedule, Store, StoreError, TaskEnd, TaskRecord, TokenUse,
+    RotationSchedule, Store, StoreError, TaskEnd, TaskRecord, TaskRestrictions, TokenUse,
 };
 use crate::audit::{self, AuditEntry, AuditRecord, Outcome};
 
@@ -121,9 +121,10 @@ const SQL_INSERT_AUDIT: &str = "INSERT INTO audit_events (seq, time, event, outc
      subject, policy, task_id, serial, key_fingerprint, logins, hosts, host, ca_fingerprint, \
      source_ip, reason, request_id, prev_hash, hash) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
-/// A new task.
+/// A new task; its restrictions are bound with [`restriction_columns`].
 const SQL_INSERT_TASK: &str = "INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, \
-     purpose, state, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     purpose, state, created_at, expires_at, extensions, force_command, source_address) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 /// A consumed once-only token.
 const SQL_INSERT_USED_TOKEN: &str =
     "INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ($1, $2, $3)";
@@ -255,6 +256,21 @@ async fn require_active(
     }
 }
 
+/// A task's restrictions as the `extensions`, `force_command` and `source_address` columns
+/// store them (see migration 0009).
+fn restriction_columns(
+    restrictions: Option<&TaskRestrictions>,
+) -> (Option<String>, Option<String>, Option<String>) {
+    match restrictions {
+        Some(r) => (
+            Some(to_json(&r.extensions)),
+            r.force_command.clone(),
+            r.source_address.as_deref().map(to_json),
+        ),
+        None => (None, None, None),
+    }
+}
+
 fn certificate_record(row: &SqliteRow) -> Result<CertificateRecord, StoreError> {
     Ok(CertificateRecord {
         serial: row.get("serial"),
@@ -311,6 +327,17 @@ fn task_record(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
         state: row.get("state"),
         created_at: row.get("created_at"),
         expires_at: row.get("expires_at"),
+        restrictions: match row.get::<Option<&str>, _>("extensions") {
+            None => None,
+            Some(extensions) => Some(TaskRestrictions {
+                extensions: from_json(extensions)?,
+                force_command: row.get("force_command"),
+                source_address: row
+                    .get::<Option<&str>, _>("source_address")
+                    .map(from_json)
+                    .transpose()?,
+            }),
+        },
     })
 }
 
@@ -568,6 +595,7 @@ mod test_issuance {
                 state: "active".into(),
                 created_at: 100,
                 expires_at: 10_000,
+                restrictions: Some(Default::default()),
             }),
             certificate: CertificateRecord {
                 serial,
@@ -616,6 +644,7 @@ mod tests {
         include_str!("../../migrations/sqlite/0007_certificates_in_issue_order.sql");
     const MIGRATION_0008: &str =
         include_str!("../../migrations/sqlite/0008_feed_indexes_for_ended_only.sql");
+    const MIGRATION_0009: &str = include_str!("../../migrations/sqlite/0009_task_restrictions.sql");
 
     /// The single value `sql` selects.
     fn one<T: rusqlite::types::FromSql>(db: &Connection, sql: &str) -> T {
@@ -778,5 +807,34 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("ids");
         assert_eq!(feed_tasks, ["done"]);
+    }
+
+    /// Migration 0009: tasks opened before it keep NULL restrictions, read as "not
+    /// recorded".
+    #[test]
+    fn migration_0009_leaves_older_tasks_unrecorded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Connection::open(dir.path().join("writ.db")).expect("open");
+        for sql in BEFORE_0005.iter().chain(&[
+            MIGRATION_0005,
+            MIGRATION_0006,
+            MIGRATION_0007,
+            MIGRATION_0008,
+        ]) {
+            db.execute_batch(sql).expect("older migration");
+        }
+        db.execute_batch(
+            "INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, state, created_at, \
+             expires_at) VALUES ('old', 'i', 's', 'p', '[]', '[]', 'active', 0, 9);",
+        )
+        .expect("a task before 0009");
+
+        db.execute_batch(MIGRATION_0009).expect("0009");
+        let unrecorded: i64 = one(
+            &db,
+            "SELECT COUNT(*) FROM tasks WHERE id = 'old' AND extensions IS NULL \
+             AND force_command IS NULL AND source_address IS NULL",
+        );
+        assert_eq!(unrecorded, 1);
     }
 }

@@ -26,7 +26,9 @@ use crate::config::{CaConfig, KNOWN_EXTENSIONS};
 use crate::identity::{Identity, TokenError};
 use crate::policy::{Grant, Policies, PolicyError, Request};
 use crate::profile;
-use crate::store::{Arrival, CertificateRecord, Issuance, Store, StoreError, TaskRecord, TokenUse};
+use crate::store::{
+    Arrival, CertificateRecord, Issuance, Store, StoreError, TaskRecord, TaskRestrictions, TokenUse,
+};
 
 /// Most logins one task may name.
 pub const MAX_LOGINS: usize = 16;
@@ -274,6 +276,12 @@ impl Issuer {
             state: "active".into(),
             created_at: now_unix,
             expires_at: now_unix + secs(grant.task_ttl),
+            // Every later certificate of the task carries at most these (`lifecycle::within_task`).
+            restrictions: Some(TaskRestrictions {
+                extensions: grant.extensions.clone(),
+                force_command: grant.force_command.clone(),
+                source_address: grant.source_address.clone(),
+            }),
         };
         let token_use = identity.replay_key.as_ref().map(|k| TokenUse {
             issuer: k.issuer.clone(),

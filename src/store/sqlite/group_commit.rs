@@ -26,7 +26,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
     SQL_CHAIN_HEAD, SQL_INSERT_AUDIT, SQL_INSERT_CERTIFICATE, SQL_INSERT_TASK, SQL_TASK_STATE,
-    SQL_USED_BEFORE_0006, to_json,
+    SQL_USED_BEFORE_0006, restriction_columns, to_json,
 };
 use crate::audit::{self, AuditEntry, Outcome};
 use crate::store::{Arrivals, Issuance, StoreError};
@@ -367,6 +367,8 @@ fn write_one(
 ) -> rusqlite::Result<(i64, String)> {
     let cert = &issuance.certificate;
     if let Some(task) = &issuance.new_task {
+        let (extensions, force_command, source_address) =
+            restriction_columns(task.restrictions.as_ref());
         tx.prepare_cached(SQL_INSERT_TASK)?.execute(params![
             task.id,
             task.issuer,
@@ -378,6 +380,9 @@ fn write_one(
             task.state,
             task.created_at,
             task.expires_at,
+            extensions,
+            force_command,
+            source_address,
         ])?;
     }
     tx.prepare_cached(SQL_INSERT_CERTIFICATE)?.execute(params![
