@@ -7,6 +7,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Barrier};
 
 use common::agents::{ADMINS_AND_HOSTS, World};
 use common::ca::{TestCa, certificate_request};
@@ -688,4 +689,181 @@ fn a_task_without_recorded_restrictions_renews_within_its_policy() {
         .filter(|k| k.starts_with("permit-"))
         .collect();
     assert_eq!(permits, ["permit-pty"]);
+}
+
+/// Revoking one certificate S while 16 renewals by proof of possession of S race it: no
+/// certificate renewed from S is recorded after S's revocation (whatever the
+/// interleaving), and every certificate renewed from S before it — directly or through
+/// another renewal — is revoked with it, each with its own `cert.revoked` record naming
+/// its parent. A certificate of the same task got with a fresh token is not.
+#[test]
+fn revoking_a_certificate_revokes_its_renewals_and_no_renewal_outruns_it() {
+    let w = World::start("");
+    let first = w.open_task();
+    let task_id = first["task_id"].as_str().expect("task_id").to_owned();
+    let s_cert = first["certificate"].as_str().expect("cert").to_owned();
+    let s_serial = first["serial"].as_str().expect("serial").to_owned();
+
+    // Before the race: a child of S (for key2), a grandchild through the child, and a
+    // sibling got with a fresh token.
+    let key2 = ssh_keygen(w.dir.path(), "agent2", &["-t", "ed25519"]);
+    let child = w.renew_by_pop(
+        &task_id,
+        &s_cert,
+        &w.key,
+        &json!({"public_key": public_key(&key2)}),
+    );
+    assert_eq!(child.status, 201, "{}", child.text);
+    let child = child.json();
+    let child_cert = child["certificate"].as_str().expect("cert").to_owned();
+    let child_serial = child["serial"].as_str().expect("serial").to_owned();
+    let grandchild = w.renew_by_pop(
+        &task_id,
+        &child_cert,
+        &key2,
+        &json!({"public_key": public_key(&key2)}),
+    );
+    assert_eq!(grandchild.status, 201, "{}", grandchild.text);
+    let grandchild = grandchild.json();
+    let grandchild_cert = grandchild["certificate"].as_str().expect("cert").to_owned();
+    let grandchild_serial = grandchild["serial"].as_str().expect("serial").to_owned();
+    let sibling = w.post(
+        &format!("/v1/tasks/{task_id}/certificates"),
+        &w.token("agent-1"),
+        json!({"public_key": public_key(&key2)}),
+    );
+    assert_eq!(sibling.status, 201, "{}", sibling.text);
+    let sibling = sibling.json();
+    let sibling_serial = sibling["serial"].as_str().expect("serial").to_owned();
+
+    // 16 renewals by proof of possession of S (signed beforehand, each over its own body)
+    // and the revocation of S, released together.
+    let path = format!("/v1/tasks/{task_id}/certificates");
+    let url = format!("{}{path}", w.ca.url);
+    let renewals: Vec<(String, String)> = (0..16)
+        .map(|i| {
+            let body = json!({"public_key": public_key(&w.key), "ttl_seconds": 30 + i}).to_string();
+            (pop_header(&s_cert, &w.key, &path, &body), body)
+        })
+        .collect();
+    let start = Arc::new(Barrier::new(renewals.len() + 1));
+    let racers: Vec<_> = renewals
+        .into_iter()
+        .map(|(header, body)| {
+            let (start, url) = (start.clone(), url.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                post_authorized(&url, &header, &body)
+            })
+        })
+        .collect();
+    let revoke_url = format!("{}/v1/certificates/{s_serial}/revoke", w.ca.url);
+    let owner = w.token("agent-1");
+    let revoker = {
+        let start = start.clone();
+        std::thread::spawn(move || {
+            start.wait();
+            http::post(&revoke_url, Some(&owner), &json!({"reason": "key leaked"}))
+        })
+    };
+    let revoked = revoker.join().expect("revoker");
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    let mut raced = Vec::new();
+    for racer in racers {
+        let answer = racer.join().expect("racer");
+        match answer.status {
+            201 => raced.push(answer.json()["serial"].as_str().expect("serial").to_owned()),
+            401 => {}
+            other => panic!("renewal answered {other}: {}", answer.text),
+        }
+    }
+
+    let log = w.ca.audit();
+    assert_eq!(
+        writ::audit::verify_chain(&log, writ::audit::GENESIS_HASH),
+        Ok(())
+    );
+    let seq_of = |name: &str, serial: &str| -> Vec<i64> {
+        log.iter()
+            .filter(|r| r.entry.event == name && r.entry.serial.as_deref() == Some(serial))
+            .map(|r| r.seq)
+            .collect()
+    };
+    let s_revoked = seq_of(event::CERT_REVOKED, &s_serial);
+    assert_eq!(s_revoked.len(), 1, "S is revoked once");
+    let s_revoked = s_revoked[0];
+    // The invariant: nothing renewed from S is recorded after S's revocation, whether
+    // found by the answers or by the audit log's own account of the parent.
+    let from_s = format!("renewed_from: {s_serial}");
+    let issued_from_s: Vec<&writ::audit::AuditRecord> = log
+        .iter()
+        .filter(|r| {
+            r.entry.event == event::CERT_ISSUED && r.entry.reason.as_deref() == Some(&from_s)
+        })
+        .collect();
+    for serial in &raced {
+        let issued = seq_of(event::CERT_ISSUED, serial);
+        assert_eq!(issued.len(), 1);
+        assert!(
+            issued[0] < s_revoked,
+            "certificate {serial} renewed from S was recorded (seq {}) after S's revocation (seq {s_revoked})",
+            issued[0]
+        );
+    }
+    assert!(issued_from_s.iter().all(|r| r.seq < s_revoked));
+    assert_eq!(
+        issued_from_s.len(),
+        raced.len() + 1,
+        "the child and the racers that won"
+    );
+
+    // Everything renewed from S before its revocation is revoked with it, each naming its
+    // parent; the sibling is not.
+    let feed = w.feed();
+    let in_feed = |serial: &str| feed.revoked_serials.iter().any(|s| s.serial == serial);
+    let mut descendants: Vec<(String, String)> = vec![
+        (child_serial.clone(), s_serial.clone()),
+        (grandchild_serial.clone(), child_serial.clone()),
+    ];
+    descendants.extend(raced.iter().map(|s| (s.clone(), s_serial.clone())));
+    for (serial, parent) in &descendants {
+        assert!(
+            in_feed(serial),
+            "certificate {serial} renewed from S is still live"
+        );
+        let records: Vec<&writ::audit::AuditRecord> = log
+            .iter()
+            .filter(|r| {
+                r.entry.event == event::CERT_REVOKED && r.entry.serial.as_deref() == Some(serial)
+            })
+            .collect();
+        assert_eq!(records.len(), 1, "one cert.revoked for {serial}");
+        assert!(records[0].seq > s_revoked);
+        let reason = records[0].entry.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains(&format!("renewed_from: {parent}")),
+            "{reason}"
+        );
+    }
+    assert!(
+        w.krl_revokes(&grandchild_cert),
+        "the KRL lists the grandchild"
+    );
+    assert!(
+        !in_feed(&sibling_serial),
+        "a certificate got with a token stays live"
+    );
+    assert!(
+        feed.revoked_tasks.is_empty(),
+        "the task itself stays active"
+    );
+
+    // A revoked descendant proves nothing any more.
+    let late = w.renew_by_pop(
+        &task_id,
+        &child_cert,
+        &key2,
+        &json!({"public_key": public_key(&key2)}),
+    );
+    assert_eq!(late.status, 401, "{}", late.text);
 }

@@ -133,8 +133,19 @@ const SQL_USED_BEFORE_0006: &str =
     "SELECT 1 FROM used_tokens_before_0006 WHERE issuer = $1 AND token_hash = $2";
 /// A new certificate.
 const SQL_INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, task_id, ca_key_id, \
-     key_fingerprint, principals, valid_after, valid_before, issued_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+     key_fingerprint, principals, valid_after, valid_before, issued_at, renewed_from) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// Whether a certificate is live (not revoked): `None` when there is no such certificate.
+/// One lookup in the serial index, made only for renewals by proof of possession.
+const SQL_CERTIFICATE_LIVE: &str = "SELECT revoked_at IS NULL FROM certificates WHERE serial = $1";
+/// A certificate and every certificate renewed from it, directly or through other
+/// renewals, that is not revoked yet: the certificate first, then in issue order. Each
+/// step of the walk reads the partial index `certificates_renewed_from` (migration 0010).
+const SQL_LIVE_RENEWAL_TREE: &str = "WITH RECURSIVE tree (serial) AS (SELECT $1 \
+     UNION SELECT c.serial FROM certificates c JOIN tree ON c.renewed_from = tree.serial) \
+     SELECT certificates.* FROM certificates JOIN tree USING (serial) \
+     WHERE certificates.revoked_at IS NULL \
+     ORDER BY certificates.serial != $1, certificates.rowid";
 /// A task's state and expiry.
 const SQL_TASK_STATE: &str = "SELECT state, expires_at FROM tasks WHERE id = $1";
 /// The revocation feed's tasks: ended before they expired, read through the partial index
@@ -282,6 +293,7 @@ fn certificate_record(row: &SqliteRow) -> Result<CertificateRecord, StoreError> 
         valid_before: row.get("valid_before"),
         issued_at: row.get("issued_at"),
         revoked_at: row.get("revoked_at"),
+        renewed_from: row.get("renewed_from"),
     })
 }
 
@@ -503,25 +515,37 @@ impl Store for SqliteStore {
         &self,
         serial: i64,
         now_unix: i64,
-        audit: &AuditEntry,
-    ) -> Result<bool, StoreError> {
+        audit: &(dyn for<'c> Fn(&'c [CertificateRecord]) -> Vec<AuditEntry> + Send + Sync),
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        // Under the writer lock, like the group-commit writer: a renewal from any of these
+        // certificates either committed before (and is found here) or commits after and
+        // is refused there (`group_commit::refusal`).
         let _guard = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
-        let changed = sqlx::query(
-            "UPDATE certificates SET revoked_at = $1 WHERE serial = $2 AND revoked_at IS NULL",
-        )
-        .bind(now_unix)
-        .bind(serial)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        if changed == 0 {
-            return Ok(false);
+        let live = sqlx::query(SQL_LIVE_RENEWAL_TREE)
+            .bind(serial)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(certificate_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        if live.first().map(|c| c.serial) != Some(serial) {
+            return Ok(Vec::new());
         }
-        append(&mut tx, audit).await?;
+        for cert in &live {
+            sqlx::query("UPDATE certificates SET revoked_at = $1 WHERE serial = $2")
+                .bind(now_unix)
+                .bind(cert.serial)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        for entry in audit(&live) {
+            append(&mut tx, &entry).await?;
+        }
         tx.commit().await.map_err(unavailable)?;
-        Ok(true)
+        Ok(live)
     }
 
     async fn revocations(&self, now_unix: i64) -> Result<Revocations, StoreError> {
@@ -607,6 +631,7 @@ mod test_issuance {
                 valid_before: 1_000,
                 issued_at: 100,
                 revoked_at: None,
+                renewed_from: None,
             },
             audit: vec![{
                 let mut e = AuditEntry::new(event::CERT_ISSUED, Outcome::Success);
@@ -626,7 +651,9 @@ mod test_issuance {
 mod tests {
     use rusqlite::Connection;
 
-    use super::{SQL_FEED_CERTIFICATES, SQL_FEED_TASKS};
+    use super::{
+        SQL_CERTIFICATE_LIVE, SQL_FEED_CERTIFICATES, SQL_FEED_TASKS, SQL_LIVE_RENEWAL_TREE,
+    };
 
     use crate::audit::{self, AuditEntry, Outcome, event};
 
@@ -645,6 +672,8 @@ mod tests {
     const MIGRATION_0008: &str =
         include_str!("../../migrations/sqlite/0008_feed_indexes_for_ended_only.sql");
     const MIGRATION_0009: &str = include_str!("../../migrations/sqlite/0009_task_restrictions.sql");
+    const MIGRATION_0010: &str =
+        include_str!("../../migrations/sqlite/0010_certificates_renewed_from.sql");
 
     /// The single value `sql` selects.
     fn one<T: rusqlite::types::FromSql>(db: &Connection, sql: &str) -> T {
@@ -809,10 +838,22 @@ mod tests {
         assert_eq!(feed_tasks, ["done"]);
     }
 
-    /// Migration 0009: tasks opened before it keep NULL restrictions, read as "not
-    /// recorded".
+    /// The steps of SQLite's plan for `sql` with `parameter`.
+    fn plan(db: &Connection, sql: &str, parameter: i64) -> Vec<String> {
+        db.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("plan")
+            .query_map([parameter], |r| r.get(3))
+            .expect("plan rows")
+            .collect::<Result<_, _>>()
+            .expect("plan text")
+    }
+
+    /// Migrations 0009 and 0010: tasks opened before them keep NULL restrictions (read as
+    /// "not recorded"), certificates issued before them were renewed from nothing, and
+    /// both lookups of the renewal rules read an index: the proving certificate's state by
+    /// serial, and the renewals of a certificate by the partial index of renewals.
     #[test]
-    fn migration_0009_leaves_older_tasks_unrecorded() {
+    fn migrations_0009_0010_leave_older_rows_unrecorded_and_index_renewals() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Connection::open(dir.path().join("writ.db")).expect("open");
         for sql in BEFORE_0005.iter().chain(&[
@@ -824,17 +865,57 @@ mod tests {
             db.execute_batch(sql).expect("older migration");
         }
         db.execute_batch(
-            "INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, state, created_at, \
-             expires_at) VALUES ('old', 'i', 's', 'p', '[]', '[]', 'active', 0, 9);",
+            "INSERT INTO ca_keys (id, algorithm, state, fingerprint, public_key, private_key, \
+             created_at) VALUES ('k', 'ssh-ed25519', 'active', 'SHA256:k', 'pk', 'sk', 0); \
+             INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, state, created_at, \
+             expires_at) VALUES ('old', 'i', 's', 'p', '[]', '[]', 'active', 0, 9); \
+             INSERT INTO certificates (serial, task_id, ca_key_id, key_fingerprint, principals, \
+             valid_after, valid_before, issued_at) VALUES (77, 'old', 'k', 'SHA256:x', '[]', 0, 9, 0);",
         )
-        .expect("a task before 0009");
+        .expect("rows before 0009 and 0010");
 
         db.execute_batch(MIGRATION_0009).expect("0009");
+        db.execute_batch(MIGRATION_0010).expect("0010");
         let unrecorded: i64 = one(
             &db,
             "SELECT COUNT(*) FROM tasks WHERE id = 'old' AND extensions IS NULL \
              AND force_command IS NULL AND source_address IS NULL",
         );
         assert_eq!(unrecorded, 1);
+        let parentless: i64 = one(
+            &db,
+            "SELECT COUNT(*) FROM certificates WHERE serial = 77 AND renewed_from IS NULL",
+        );
+        assert_eq!(parentless, 1);
+        db.execute_batch(
+            "INSERT INTO certificates (serial, task_id, ca_key_id, key_fingerprint, principals, \
+             valid_after, valid_before, issued_at, renewed_from) \
+             VALUES (78, 'old', 'k', 'SHA256:y', '[]', 0, 9, 0, 77), \
+                    (79, 'old', 'k', 'SHA256:y', '[]', 0, 9, 0, 78);",
+        )
+        .expect("renewals");
+        let tree: Vec<i64> = db
+            .prepare(SQL_LIVE_RENEWAL_TREE)
+            .expect("tree")
+            .query_map([77], |r| r.get("serial"))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("serials");
+        assert_eq!(tree, [77, 78, 79]);
+        let in_index: i64 = one(
+            &db,
+            "SELECT COUNT(*) FROM certificates INDEXED BY certificates_renewed_from \
+             WHERE renewed_from IS NOT NULL",
+        );
+        assert_eq!(in_index, 2, "the index holds renewals only");
+        let steps = plan(&db, SQL_LIVE_RENEWAL_TREE, 77);
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("certificates_renewed_from")),
+            "{steps:?}"
+        );
+        let steps = plan(&db, SQL_CERTIFICATE_LIVE, 77);
+        assert!(steps.iter().all(|s| s.contains("INDEX")), "{steps:?}");
     }
 }

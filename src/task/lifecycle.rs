@@ -13,6 +13,12 @@
 //! migration 0009 recorded none; its renewals are bounded by its policy as it is now, as
 //! they were before.
 //!
+//! A certificate renewed by proof of possession records the certificate it was renewed
+//! from. Revoking one certificate revokes every certificate renewed from it, directly or
+//! through other renewals, in the same transaction: whoever held the revoked key could
+//! have renewed. Once that revocation commits nothing more is renewed from it (the store
+//! checks the proving certificate when it commits the renewal).
+//!
 //! Every refusal is audited; every change commits with its audit records.
 
 use ssh_key::{Certificate, HashAlg, PublicKey, SshSig};
@@ -29,6 +35,11 @@ use crate::profile;
 use crate::store::{
     CertificateRecord, Store, StoreError, TaskEnd, TaskRecord, TaskRestrictions, TokenUse,
 };
+
+/// Why a proof of possession is refused when its certificate is unknown or revoked, at
+/// verification or when the renewal it allowed commits.
+pub(crate) const POSSESSION_REVOKED: &str =
+    "proof of possession: certificate is unknown or revoked";
 
 /// Who is calling a task endpoint.
 #[derive(Debug, Clone)]
@@ -338,8 +349,22 @@ impl Issuer {
         let mut identity = identity;
         identity.replay_key = None;
         let token_use = caller.token_use();
+        let renewed_from = match caller {
+            Caller::Possession { serial, .. } => Some(
+                i64::try_from(*serial)
+                    .map_err(|_| IssueError::TokenReplayed(possession_revoked()))?,
+            ),
+            Caller::Token(_) => None,
+        };
         self.issue_with_token(
-            &identity, &task, &grant, public_key, token_use, context, now,
+            &identity,
+            &task,
+            &grant,
+            public_key,
+            token_use,
+            renewed_from,
+            context,
+            now,
         )
         .await
     }
@@ -542,20 +567,45 @@ impl Issuer {
         entry.subject = subject;
         entry.policy = Some(task.policy.clone());
         entry.task_id = Some(task.id.clone());
-        entry.serial = Some(cert.serial.to_string());
-        entry.key_fingerprint = Some(cert.key_fingerprint.clone());
         entry.logins = task.logins.clone();
         entry.hosts = task.hosts.clone();
-        entry.reason = reason;
         entry.source_ip = context.source_ip.clone();
         entry.request_id = context.request_id.clone();
+        // One record per certificate: the one asked for with the caller's reason, each
+        // renewal of it naming its parent, then the reason.
+        let build_audit = |revoked: &[CertificateRecord]| {
+            revoked
+                .iter()
+                .map(|c| {
+                    let mut record = entry.clone();
+                    record.serial = Some(c.serial.to_string());
+                    record.key_fingerprint = Some(c.key_fingerprint.clone());
+                    record.reason = match (c.serial == cert.serial, c.renewed_from, &reason) {
+                        (false, Some(parent), Some(why)) => {
+                            Some(format!("renewed_from: {parent} (revoked); {why}"))
+                        }
+                        (false, Some(parent), None) => {
+                            Some(format!("renewed_from: {parent} (revoked)"))
+                        }
+                        _ => reason.clone(),
+                    };
+                    record
+                })
+                .collect()
+        };
         let revoked = self
             .store
-            .revoke_certificate(cert.serial, now.unix_timestamp(), &entry)
+            .revoke_certificate(cert.serial, now.unix_timestamp(), &build_audit)
             .await
             .map_err(IssueError::StoreUnavailable)?;
-        if !revoked {
+        if revoked.is_empty() {
             return Err(IssueError::CertificateRevoked);
+        }
+        if revoked.len() > 1 {
+            tracing::info!(
+                task_id = %task.id, serial = cert.serial, renewals = revoked.len() - 1,
+                "certificate revoked with the certificates renewed from it"
+            );
         }
         Ok(())
     }
@@ -598,7 +648,7 @@ impl Issuer {
             .map_err(|e| TokenError::IssuerUnavailable(e.to_string()))?;
         match record {
             Some(r) if r.task_id == task_id && r.revoked_at.is_none() => {}
-            _ => return Err(bad("certificate is unknown or revoked")),
+            _ => return Err(possession_revoked()),
         }
         let signature = SshSig::from_pem(possession.signature_pem.as_bytes())
             .map_err(|_| bad("signature does not parse"))?;
@@ -682,6 +732,10 @@ pub async fn end_in_store(
         token_use,
     };
     store.end_task(&end, &build_audit).await
+}
+
+fn possession_revoked() -> TokenError {
+    TokenError::Malformed(POSSESSION_REVOKED.into())
 }
 
 /// What a renewal of a task restricted to `task` may carry for `request`: at most the
