@@ -7,8 +7,11 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Barrier};
 
-use common::agents::World;
+use common::agents::{ADMINS_AND_HOSTS, World};
+use common::ca::{TestCa, certificate_request};
+use common::idp::{Key, TestIdp};
 use common::{http, now, public_key, ssh_keygen};
 use serde_json::{Value, json};
 use writ::audit::event;
@@ -272,6 +275,53 @@ fn ssh_keygen_sign(key: &Path, message: &[u8]) -> String {
     std::fs::read_to_string(dir.join("pop-message.sig")).expect("signature")
 }
 
+/// The `Authorization` value of a proof of possession by `key`, the private key of the
+/// certificate `cert_line`, for `POST path` with `body`.
+fn pop_header(cert_line: &str, key: &Path, path: &str, body: &str) -> String {
+    let cert_blob = <base64ct::Base64 as base64ct::Encoding>::decode_vec(
+        cert_line.split_whitespace().nth(1).expect("blob"),
+    )
+    .expect("base64 certificate");
+    let ts = now();
+    let message = writ::task::possession::message("POST", path, ts, body.as_bytes());
+    writ::task::possession::header(&cert_blob, ts, &ssh_keygen_sign(key, &message))
+}
+
+/// POST `body` to `url` with the `Authorization` value `authorization`.
+fn post_authorized(url: &str, authorization: &str, body: &str) -> http::Response {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(url)
+        .header("authorization", authorization)
+        .header("content-type", "application/json")
+        .send(body)
+        .expect("POST");
+    http::Response {
+        status: r.status().as_u16(),
+        www_authenticate: None,
+        text: r.body_mut().read_to_string().expect("body"),
+    }
+}
+
+impl World {
+    /// Renew `task_id` by proof of possession of `cert_line` (whose private key is `key`).
+    fn renew_by_pop(
+        &self,
+        task_id: &str,
+        cert_line: &str,
+        key: &Path,
+        body: &Value,
+    ) -> http::Response {
+        let path = format!("/v1/tasks/{task_id}/certificates");
+        let body = body.to_string();
+        let header = pop_header(cert_line, key, &path, &body);
+        post_authorized(&format!("{}{path}", self.ca.url), &header, &body)
+    }
+}
+
 #[test]
 fn proof_of_possession_replaces_a_fresh_token() {
     let w = World::start("");
@@ -428,4 +478,392 @@ fn operators_revoke_tasks_with_writ_admin_on_a_running_ca() {
     assert!(show.status.success());
     let report: Value = serde_json::from_slice(&show.stdout).expect("json");
     assert_eq!(report["state"], "revoked");
+}
+
+/// A renewal carries at most what its task carries. The task is opened with a forced
+/// command, a source address and no extensions under a policy that grants `permit-pty` and
+/// `permit-port-forwarding`: a renewal that asks for an extension, another command, no
+/// command or a wider source address is refused (403, audited); one that asks for nothing
+/// gets exactly the task's restrictions; one that narrows the source address gets that.
+#[test]
+fn a_renewal_keeps_the_tasks_restrictions() {
+    let idp = TestIdp::start(&[Key::Ed25519]);
+    let ca = TestCa::with_policy(
+        &idp,
+        "",
+        &format!(
+            "name = \"agents\"\nsubject = \"agent-*\"\nlogins = [\"deploy\"]\n\
+             hosts = [\"*.prod.example.com\"]\nmax_cert_ttl = \"5m\"\n\
+             extensions = [\"permit-pty\", \"permit-port-forwarding\"]\n{ADMINS_AND_HOSTS}"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
+    let w = World { idp, ca, dir, key };
+
+    let mut open = certificate_request(
+        &public_key(&w.key),
+        &["deploy"],
+        &["web-*.prod.example.com"],
+        Some(120),
+    );
+    open["extensions"] = json!([]);
+    open["force_command"] = json!("/usr/local/bin/rotate-logs");
+    open["source_address"] = json!(["10.1.0.0/16"]);
+    let first = w.ca.request_certificate(Some(&w.token("agent-1")), &open);
+    assert_eq!(first.status, 201, "{}", first.text);
+    let first = first.json();
+    let task_id = first["task_id"].as_str().expect("task_id").to_owned();
+    let cert = first["certificate"].as_str().expect("cert").to_owned();
+    let options = |line: &str| {
+        let cert = ssh_key::Certificate::from_openssh(line).expect("certificate");
+        let critical: Vec<(String, String)> = cert
+            .critical_options()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let permits: Vec<String> = cert
+            .extensions()
+            .keys()
+            .filter(|k| k.starts_with("permit-"))
+            .cloned()
+            .collect();
+        (critical, permits)
+    };
+    let task_options = vec![
+        (
+            "force-command".to_owned(),
+            "/usr/local/bin/rotate-logs".to_owned(),
+        ),
+        ("source-address".to_owned(), "10.1.0.0/16".to_owned()),
+    ];
+    assert_eq!(options(&cert), (task_options.clone(), vec![]));
+
+    let pk = public_key(&w.key);
+    let wider = [
+        (
+            json!({"public_key": pk, "extensions": ["permit-pty"]}),
+            "extension_not_in_task",
+        ),
+        (
+            json!({"public_key": pk, "force_command": "/bin/sh"}),
+            "force_command_not_in_task",
+        ),
+        (
+            json!({"public_key": pk, "source_address": ["10.0.0.0/8"]}),
+            "source_address_not_in_task",
+        ),
+        (
+            json!({"public_key": pk, "source_address": ["10.1.0.0/16", "192.168.0.1"]}),
+            "source_address_not_in_task",
+        ),
+    ];
+    for (body, code) in &wider {
+        let refused = w.renew_by_pop(&task_id, &cert, &w.key, body);
+        assert_eq!(refused.status, 403, "{body}: {}", refused.text);
+        assert_eq!(refused.error_code(), *code, "{body}");
+    }
+    // The task's restrictions hold whoever asks: a fresh token of the owner too.
+    let by_token = w.post(
+        &format!("/v1/tasks/{task_id}/certificates"),
+        &w.token("agent-1"),
+        json!({"public_key": pk, "extensions": ["permit-port-forwarding"]}),
+    );
+    assert_eq!(by_token.status, 403, "{}", by_token.text);
+    assert_eq!(by_token.error_code(), "extension_not_in_task");
+    let denied = w.ca.audit_events(event::CERT_DENIED);
+    assert_eq!(denied.len(), wider.len() + 1, "every refusal is audited");
+    for (record, code) in denied.iter().zip(
+        wider
+            .iter()
+            .map(|(_, c)| *c)
+            .chain(["extension_not_in_task"]),
+    ) {
+        assert_eq!(record.entry.task_id.as_deref(), Some(task_id.as_str()));
+        assert!(
+            record
+                .entry
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(code)),
+            "{:?}",
+            record.entry.reason
+        );
+    }
+
+    // Asking for nothing gets the task's restrictions, not the policy's defaults.
+    let same = w.renew_by_pop(&task_id, &cert, &w.key, &json!({"public_key": pk}));
+    assert_eq!(same.status, 201, "{}", same.text);
+    let same = same.json()["certificate"]
+        .as_str()
+        .expect("cert")
+        .to_owned();
+    assert_eq!(options(&same), (task_options, vec![]));
+
+    // Narrowing is allowed: a block inside the task's, the same command, no extensions.
+    let narrower = w.renew_by_pop(
+        &task_id,
+        &same,
+        &w.key,
+        &json!({"public_key": pk, "source_address": ["10.1.2.0/24"],
+                "force_command": "/usr/local/bin/rotate-logs", "extensions": []}),
+    );
+    assert_eq!(narrower.status, 201, "{}", narrower.text);
+    let narrower = narrower.json()["certificate"]
+        .as_str()
+        .expect("cert")
+        .to_owned();
+    assert_eq!(
+        options(&narrower),
+        (
+            vec![
+                (
+                    "force-command".to_owned(),
+                    "/usr/local/bin/rotate-logs".to_owned()
+                ),
+                ("source-address".to_owned(), "10.1.2.0/24".to_owned()),
+            ],
+            vec![]
+        )
+    );
+}
+
+/// A task opened before migration 0009 has no recorded restrictions (NULL columns): its
+/// renewals are bounded by its policy as it is now — what they got before, with the
+/// policy's forced `source-address` — and a request for more than that is refused.
+#[test]
+fn a_task_without_recorded_restrictions_renews_within_its_policy() {
+    let idp = TestIdp::start(&[Key::Ed25519]);
+    let ca = TestCa::with_policy(
+        &idp,
+        "",
+        &format!(
+            "name = \"agents\"\nsubject = \"agent-*\"\nlogins = [\"deploy\"]\n\
+             hosts = [\"*.prod.example.com\"]\nmax_cert_ttl = \"5m\"\n\
+             extensions = [\"permit-pty\"]\nsource_address = [\"10.0.0.0/8\"]\n{ADMINS_AND_HOSTS}"
+        ),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
+    let w = World { idp, ca, dir, key };
+    let first = w.open_task();
+    let task_id = first["task_id"].as_str().expect("task_id").to_owned();
+    let cert = first["certificate"].as_str().expect("cert").to_owned();
+    let db = rusqlite::Connection::open(w.ca.db_path()).expect("open database");
+    db.busy_timeout(std::time::Duration::from_secs(5))
+        .expect("busy timeout");
+    let changed = db
+        .execute(
+            "UPDATE tasks SET extensions = NULL, force_command = NULL, source_address = NULL \
+             WHERE id = ?1",
+            [&task_id],
+        )
+        .expect("as before 0009");
+    assert_eq!(changed, 1);
+
+    let pk = public_key(&w.key);
+    let wider = w.renew_by_pop(
+        &task_id,
+        &cert,
+        &w.key,
+        &json!({"public_key": pk, "source_address": ["192.168.0.0/16"]}),
+    );
+    assert_eq!(wider.status, 403, "{}", wider.text);
+    assert_eq!(wider.error_code(), "source_address_not_in_task");
+    let renewed = w.renew_by_pop(&task_id, &cert, &w.key, &json!({"public_key": pk}));
+    assert_eq!(renewed.status, 201, "{}", renewed.text);
+    let renewed =
+        ssh_key::Certificate::from_openssh(renewed.json()["certificate"].as_str().expect("cert"))
+            .expect("certificate");
+    assert_eq!(
+        renewed
+            .critical_options()
+            .get("source-address")
+            .map(String::as_str),
+        Some("10.0.0.0/8")
+    );
+    assert!(renewed.critical_options().get("force-command").is_none());
+    let permits: Vec<&String> = renewed
+        .extensions()
+        .keys()
+        .filter(|k| k.starts_with("permit-"))
+        .collect();
+    assert_eq!(permits, ["permit-pty"]);
+}
+
+/// Revoking one certificate S while 16 renewals by proof of possession of S race it: no
+/// certificate renewed from S is recorded after S's revocation (whatever the
+/// interleaving), and every certificate renewed from S before it — directly or through
+/// another renewal — is revoked with it, each with its own `cert.revoked` record naming
+/// its parent. A certificate of the same task got with a fresh token is not.
+#[test]
+fn revoking_a_certificate_revokes_its_renewals_and_no_renewal_outruns_it() {
+    let w = World::start("");
+    let first = w.open_task();
+    let task_id = first["task_id"].as_str().expect("task_id").to_owned();
+    let s_cert = first["certificate"].as_str().expect("cert").to_owned();
+    let s_serial = first["serial"].as_str().expect("serial").to_owned();
+
+    // Before the race: a child of S (for key2), a grandchild through the child, and a
+    // sibling got with a fresh token.
+    let key2 = ssh_keygen(w.dir.path(), "agent2", &["-t", "ed25519"]);
+    let child = w.renew_by_pop(
+        &task_id,
+        &s_cert,
+        &w.key,
+        &json!({"public_key": public_key(&key2)}),
+    );
+    assert_eq!(child.status, 201, "{}", child.text);
+    let child = child.json();
+    let child_cert = child["certificate"].as_str().expect("cert").to_owned();
+    let child_serial = child["serial"].as_str().expect("serial").to_owned();
+    let grandchild = w.renew_by_pop(
+        &task_id,
+        &child_cert,
+        &key2,
+        &json!({"public_key": public_key(&key2)}),
+    );
+    assert_eq!(grandchild.status, 201, "{}", grandchild.text);
+    let grandchild = grandchild.json();
+    let grandchild_cert = grandchild["certificate"].as_str().expect("cert").to_owned();
+    let grandchild_serial = grandchild["serial"].as_str().expect("serial").to_owned();
+    let sibling = w.post(
+        &format!("/v1/tasks/{task_id}/certificates"),
+        &w.token("agent-1"),
+        json!({"public_key": public_key(&key2)}),
+    );
+    assert_eq!(sibling.status, 201, "{}", sibling.text);
+    let sibling = sibling.json();
+    let sibling_serial = sibling["serial"].as_str().expect("serial").to_owned();
+
+    // 16 renewals by proof of possession of S (signed beforehand, each over its own body)
+    // and the revocation of S, released together.
+    let path = format!("/v1/tasks/{task_id}/certificates");
+    let url = format!("{}{path}", w.ca.url);
+    let renewals: Vec<(String, String)> = (0..16)
+        .map(|i| {
+            let body = json!({"public_key": public_key(&w.key), "ttl_seconds": 30 + i}).to_string();
+            (pop_header(&s_cert, &w.key, &path, &body), body)
+        })
+        .collect();
+    let start = Arc::new(Barrier::new(renewals.len() + 1));
+    let racers: Vec<_> = renewals
+        .into_iter()
+        .map(|(header, body)| {
+            let (start, url) = (start.clone(), url.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                post_authorized(&url, &header, &body)
+            })
+        })
+        .collect();
+    let revoke_url = format!("{}/v1/certificates/{s_serial}/revoke", w.ca.url);
+    let owner = w.token("agent-1");
+    let revoker = {
+        let start = start.clone();
+        std::thread::spawn(move || {
+            start.wait();
+            http::post(&revoke_url, Some(&owner), &json!({"reason": "key leaked"}))
+        })
+    };
+    let revoked = revoker.join().expect("revoker");
+    assert_eq!(revoked.status, 200, "{}", revoked.text);
+    let mut raced = Vec::new();
+    for racer in racers {
+        let answer = racer.join().expect("racer");
+        match answer.status {
+            201 => raced.push(answer.json()["serial"].as_str().expect("serial").to_owned()),
+            401 => {}
+            other => panic!("renewal answered {other}: {}", answer.text),
+        }
+    }
+
+    let log = w.ca.audit();
+    assert_eq!(
+        writ::audit::verify_chain(&log, writ::audit::GENESIS_HASH),
+        Ok(())
+    );
+    let seq_of = |name: &str, serial: &str| -> Vec<i64> {
+        log.iter()
+            .filter(|r| r.entry.event == name && r.entry.serial.as_deref() == Some(serial))
+            .map(|r| r.seq)
+            .collect()
+    };
+    let s_revoked = seq_of(event::CERT_REVOKED, &s_serial);
+    assert_eq!(s_revoked.len(), 1, "S is revoked once");
+    let s_revoked = s_revoked[0];
+    // The invariant: nothing renewed from S is recorded after S's revocation, whether
+    // found by the answers or by the audit log's own account of the parent.
+    let from_s = format!("renewed_from: {s_serial}");
+    let issued_from_s: Vec<&writ::audit::AuditRecord> = log
+        .iter()
+        .filter(|r| {
+            r.entry.event == event::CERT_ISSUED && r.entry.reason.as_deref() == Some(&from_s)
+        })
+        .collect();
+    for serial in &raced {
+        let issued = seq_of(event::CERT_ISSUED, serial);
+        assert_eq!(issued.len(), 1);
+        assert!(
+            issued[0] < s_revoked,
+            "certificate {serial} renewed from S was recorded (seq {}) after S's revocation (seq {s_revoked})",
+            issued[0]
+        );
+    }
+    assert!(issued_from_s.iter().all(|r| r.seq < s_revoked));
+    assert_eq!(
+        issued_from_s.len(),
+        raced.len() + 1,
+        "the child and the racers that won"
+    );
+
+    // Everything renewed from S before its revocation is revoked with it, each naming its
+    // parent; the sibling is not.
+    let feed = w.feed();
+    let in_feed = |serial: &str| feed.revoked_serials.iter().any(|s| s.serial == serial);
+    let mut descendants: Vec<(String, String)> = vec![
+        (child_serial.clone(), s_serial.clone()),
+        (grandchild_serial.clone(), child_serial.clone()),
+    ];
+    descendants.extend(raced.iter().map(|s| (s.clone(), s_serial.clone())));
+    for (serial, parent) in &descendants {
+        assert!(
+            in_feed(serial),
+            "certificate {serial} renewed from S is still live"
+        );
+        let records: Vec<&writ::audit::AuditRecord> = log
+            .iter()
+            .filter(|r| {
+                r.entry.event == event::CERT_REVOKED && r.entry.serial.as_deref() == Some(serial)
+            })
+            .collect();
+        assert_eq!(records.len(), 1, "one cert.revoked for {serial}");
+        assert!(records[0].seq > s_revoked);
+        let reason = records[0].entry.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains(&format!("renewed_from: {parent}")),
+            "{reason}"
+        );
+    }
+    assert!(
+        w.krl_revokes(&grandchild_cert),
+        "the KRL lists the grandchild"
+    );
+    assert!(
+        !in_feed(&sibling_serial),
+        "a certificate got with a token stays live"
+    );
+    assert!(
+        feed.revoked_tasks.is_empty(),
+        "the task itself stays active"
+    );
+
+    // A revoked descendant proves nothing any more.
+    let late = w.renew_by_pop(
+        &task_id,
+        &child_cert,
+        &key2,
+        &json!({"public_key": public_key(&key2)}),
+    );
+    assert_eq!(late.status, 401, "{}", late.text);
 }

@@ -151,6 +151,21 @@ pub struct TaskRecord {
     pub created_at: i64,
     /// Unix seconds.
     pub expires_at: i64,
+    /// What every certificate of the task carries at most; `None` for a task opened
+    /// before migration 0009, which did not record them.
+    pub restrictions: Option<TaskRestrictions>,
+}
+
+/// The certificate options a task was granted when it opened: its renewals may narrow
+/// them, never widen them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskRestrictions {
+    /// Standard extensions (may be empty).
+    pub extensions: Vec<String>,
+    /// `force-command`, if any.
+    pub force_command: Option<String>,
+    /// `source-address` blocks, if any.
+    pub source_address: Option<Vec<String>>,
 }
 
 /// A certificate as stored.
@@ -172,8 +187,11 @@ pub struct CertificateRecord {
     pub valid_before: i64,
     /// Unix seconds.
     pub issued_at: i64,
-    /// Unix seconds, when revoked (directly or by its task ending).
+    /// Unix seconds, when revoked (directly, by its task ending, or with the certificate
+    /// it was renewed from).
     pub revoked_at: Option<i64>,
+    /// Serial of the certificate whose proof of possession allowed this one, if one did.
+    pub renewed_from: Option<i64>,
 }
 
 /// One issuance: an optional new task, the certificate, and their audit entries, committed
@@ -245,6 +263,10 @@ pub enum StoreError {
     /// The issuance's token was already used; nothing was written.
     #[error("token already used")]
     TokenReused,
+    /// The certificate whose proof of possession allowed the issuance is revoked or
+    /// unknown; nothing was written.
+    #[error("the certificate it was renewed from is revoked")]
+    RenewedFromRevoked,
     /// The URL names no supported backend (held redacted: [`crate::text::redact_url`]).
     #[error("unsupported storage URL {0:?}: use sqlite://PATH")]
     UnsupportedUrl(String),
@@ -279,7 +301,8 @@ pub trait Store: AuditLog + Send + Sync {
     /// Commit an issuance (concurrent ones may share a transaction; each answer comes
     /// only after its own rows are durable). `Conflict` if the serial is taken,
     /// `TokenReused` if its token was used before, `TaskNotActive` if an existing task
-    /// has ended; in each case nothing of it is written.
+    /// has ended, `RenewedFromRevoked` if the certificate it is renewed from is revoked by
+    /// then; in each case nothing of it is written.
     async fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError>;
     /// Forget used tokens that expired before `now_unix`; returns how many.
     async fn prune_used_tokens(&self, now_unix: i64) -> Result<u64, StoreError>;
@@ -302,14 +325,17 @@ pub trait Store: AuditLog + Send + Sync {
         end: &TaskEnd,
         audit: &(dyn for<'c> Fn(&'c [CertificateRecord]) -> Vec<AuditEntry> + Send + Sync),
     ) -> Result<Vec<CertificateRecord>, StoreError>;
-    /// Revoke one certificate (if not revoked already) with its audit entry.
-    /// Returns false if it was already revoked.
+    /// Revoke one certificate (if not revoked already) and every live certificate renewed
+    /// from it, directly or through other renewals, with the audit entries built by
+    /// `audit` from them, all in one transaction. Returns them, the certificate first and
+    /// then its renewals in issue order; empty (and nothing written) if the certificate was
+    /// already revoked.
     async fn revoke_certificate(
         &self,
         serial: i64,
         now_unix: i64,
-        audit: &AuditEntry,
-    ) -> Result<bool, StoreError>;
+        audit: &(dyn for<'c> Fn(&'c [CertificateRecord]) -> Vec<AuditEntry> + Send + Sync),
+    ) -> Result<Vec<CertificateRecord>, StoreError>;
     /// What hosts must refuse at `now_unix`: ended tasks that have not expired yet and
     /// revoked certificates still inside their validity window.
     async fn revocations(&self, now_unix: i64) -> Result<Revocations, StoreError>;

@@ -19,7 +19,7 @@ use tokio::sync::Mutex;
 
 use super::{
     Arrivals, CaKeyRecord, CertificateRecord, Issuance, KeyUsage, KeyringChange, Revocations,
-    RotationSchedule, Store, StoreError, TaskEnd, TaskRecord, TokenUse,
+    RotationSchedule, Store, StoreError, TaskEnd, TaskRecord, TaskRestrictions, TokenUse,
 };
 use crate::audit::{self, AuditEntry, AuditRecord, Outcome};
 
@@ -115,9 +115,10 @@ const SQL_INSERT_AUDIT: &str = "INSERT INTO audit_events (seq, time, event, outc
      subject, policy, task_id, serial, key_fingerprint, logins, hosts, host, ca_fingerprint, \
      source_ip, reason, request_id, prev_hash, hash) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
-/// A new task.
+/// A new task; its restrictions are bound with [`restriction_columns`].
 const SQL_INSERT_TASK: &str = "INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, \
-     purpose, state, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     purpose, state, created_at, expires_at, extensions, force_command, source_address) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 /// A consumed once-only token.
 const SQL_INSERT_USED_TOKEN: &str =
     "INSERT INTO used_tokens (issuer, token_hash, expires_at) VALUES ($1, $2, $3)";
@@ -126,8 +127,19 @@ const SQL_USED_BEFORE_0006: &str =
     "SELECT 1 FROM used_tokens_before_0006 WHERE issuer = $1 AND token_hash = $2";
 /// A new certificate.
 const SQL_INSERT_CERTIFICATE: &str = "INSERT INTO certificates (serial, task_id, ca_key_id, \
-     key_fingerprint, principals, valid_after, valid_before, issued_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+     key_fingerprint, principals, valid_after, valid_before, issued_at, renewed_from) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// Whether a certificate is live (not revoked): `None` when there is no such certificate.
+/// One lookup in the serial index, made only for renewals by proof of possession.
+const SQL_CERTIFICATE_LIVE: &str = "SELECT revoked_at IS NULL FROM certificates WHERE serial = $1";
+/// A certificate and every certificate renewed from it, directly or through other
+/// renewals, that is not revoked yet: the certificate first, then in issue order. Each
+/// step of the walk reads the partial index `certificates_renewed_from` (migration 0010).
+const SQL_LIVE_RENEWAL_TREE: &str = "WITH RECURSIVE tree (serial) AS (SELECT $1 \
+     UNION SELECT c.serial FROM certificates c JOIN tree ON c.renewed_from = tree.serial) \
+     SELECT certificates.* FROM certificates JOIN tree USING (serial) \
+     WHERE certificates.revoked_at IS NULL \
+     ORDER BY certificates.serial != $1, certificates.rowid";
 /// A task's state and expiry.
 const SQL_TASK_STATE: &str = "SELECT state, expires_at FROM tasks WHERE id = $1";
 /// The revocation feed's tasks: ended before they expired, read through the partial index
@@ -249,6 +261,21 @@ async fn require_active(
     }
 }
 
+/// A task's restrictions as the `extensions`, `force_command` and `source_address` columns
+/// store them (see migration 0009).
+fn restriction_columns(
+    restrictions: Option<&TaskRestrictions>,
+) -> (Option<String>, Option<String>, Option<String>) {
+    match restrictions {
+        Some(r) => (
+            Some(to_json(&r.extensions)),
+            r.force_command.clone(),
+            r.source_address.as_deref().map(to_json),
+        ),
+        None => (None, None, None),
+    }
+}
+
 fn certificate_record(row: &SqliteRow) -> Result<CertificateRecord, StoreError> {
     Ok(CertificateRecord {
         serial: row.get("serial"),
@@ -260,6 +287,7 @@ fn certificate_record(row: &SqliteRow) -> Result<CertificateRecord, StoreError> 
         valid_before: row.get("valid_before"),
         issued_at: row.get("issued_at"),
         revoked_at: row.get("revoked_at"),
+        renewed_from: row.get("renewed_from"),
     })
 }
 
@@ -305,6 +333,17 @@ fn task_record(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
         state: row.get("state"),
         created_at: row.get("created_at"),
         expires_at: row.get("expires_at"),
+        restrictions: match row.get::<Option<&str>, _>("extensions") {
+            None => None,
+            Some(extensions) => Some(TaskRestrictions {
+                extensions: from_json(extensions)?,
+                force_command: row.get("force_command"),
+                source_address: row
+                    .get::<Option<&str>, _>("source_address")
+                    .map(from_json)
+                    .transpose()?,
+            }),
+        },
     })
 }
 
@@ -470,25 +509,37 @@ impl Store for SqliteStore {
         &self,
         serial: i64,
         now_unix: i64,
-        audit: &AuditEntry,
-    ) -> Result<bool, StoreError> {
+        audit: &(dyn for<'c> Fn(&'c [CertificateRecord]) -> Vec<AuditEntry> + Send + Sync),
+    ) -> Result<Vec<CertificateRecord>, StoreError> {
+        // Under the writer lock, like the group-commit writer: a renewal from any of these
+        // certificates either committed before (and is found here) or commits after and
+        // is refused there (`group_commit::refusal`).
         let _guard = self.write_lock.lock().await;
         let mut tx = self.begin_write().await?;
-        let changed = sqlx::query(
-            "UPDATE certificates SET revoked_at = $1 WHERE serial = $2 AND revoked_at IS NULL",
-        )
-        .bind(now_unix)
-        .bind(serial)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        if changed == 0 {
-            return Ok(false);
+        let live = sqlx::query(SQL_LIVE_RENEWAL_TREE)
+            .bind(serial)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(unavailable)?
+            .iter()
+            .map(certificate_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        if live.first().map(|c| c.serial) != Some(serial) {
+            return Ok(Vec::new());
         }
-        append(&mut tx, audit).await?;
+        for cert in &live {
+            sqlx::query("UPDATE certificates SET revoked_at = $1 WHERE serial = $2")
+                .bind(now_unix)
+                .bind(cert.serial)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        for entry in audit(&live) {
+            append(&mut tx, &entry).await?;
+        }
         tx.commit().await.map_err(unavailable)?;
-        Ok(true)
+        Ok(live)
     }
 
     async fn revocations(&self, now_unix: i64) -> Result<Revocations, StoreError> {
@@ -562,6 +613,7 @@ mod test_issuance {
                 state: "active".into(),
                 created_at: 100,
                 expires_at: 10_000,
+                restrictions: Some(Default::default()),
             }),
             certificate: CertificateRecord {
                 serial,
@@ -573,6 +625,7 @@ mod test_issuance {
                 valid_before: 1_000,
                 issued_at: 100,
                 revoked_at: None,
+                renewed_from: None,
             },
             audit: vec![{
                 let mut e = AuditEntry::new(event::CERT_ISSUED, Outcome::Success);
@@ -592,7 +645,9 @@ mod test_issuance {
 mod tests {
     use rusqlite::Connection;
 
-    use super::{SQL_FEED_CERTIFICATES, SQL_FEED_TASKS};
+    use super::{
+        SQL_CERTIFICATE_LIVE, SQL_FEED_CERTIFICATES, SQL_FEED_TASKS, SQL_LIVE_RENEWAL_TREE,
+    };
 
     use crate::audit::{self, AuditEntry, Outcome, event};
 
@@ -610,6 +665,9 @@ mod tests {
         include_str!("../../migrations/sqlite/0007_certificates_in_issue_order.sql");
     const MIGRATION_0008: &str =
         include_str!("../../migrations/sqlite/0008_feed_indexes_for_ended_only.sql");
+    const MIGRATION_0009: &str = include_str!("../../migrations/sqlite/0009_task_restrictions.sql");
+    const MIGRATION_0010: &str =
+        include_str!("../../migrations/sqlite/0010_certificates_renewed_from.sql");
 
     /// The single value `sql` selects.
     fn one<T: rusqlite::types::FromSql>(db: &Connection, sql: &str) -> T {
@@ -772,5 +830,86 @@ mod tests {
             .collect::<Result<_, _>>()
             .expect("ids");
         assert_eq!(feed_tasks, ["done"]);
+    }
+
+    /// The steps of SQLite's plan for `sql` with `parameter`.
+    fn plan(db: &Connection, sql: &str, parameter: i64) -> Vec<String> {
+        db.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .expect("plan")
+            .query_map([parameter], |r| r.get(3))
+            .expect("plan rows")
+            .collect::<Result<_, _>>()
+            .expect("plan text")
+    }
+
+    /// Migrations 0009 and 0010: tasks opened before them keep NULL restrictions (read as
+    /// "not recorded"), certificates issued before them were renewed from nothing, and
+    /// both lookups of the renewal rules read an index: the proving certificate's state by
+    /// serial, and the renewals of a certificate by the partial index of renewals.
+    #[test]
+    fn migrations_0009_0010_leave_older_rows_unrecorded_and_index_renewals() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Connection::open(dir.path().join("writ.db")).expect("open");
+        for sql in BEFORE_0005.iter().chain(&[
+            MIGRATION_0005,
+            MIGRATION_0006,
+            MIGRATION_0007,
+            MIGRATION_0008,
+        ]) {
+            db.execute_batch(sql).expect("older migration");
+        }
+        db.execute_batch(
+            "INSERT INTO ca_keys (id, algorithm, state, fingerprint, public_key, private_key, \
+             created_at) VALUES ('k', 'ssh-ed25519', 'active', 'SHA256:k', 'pk', 'sk', 0); \
+             INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, state, created_at, \
+             expires_at) VALUES ('old', 'i', 's', 'p', '[]', '[]', 'active', 0, 9); \
+             INSERT INTO certificates (serial, task_id, ca_key_id, key_fingerprint, principals, \
+             valid_after, valid_before, issued_at) VALUES (77, 'old', 'k', 'SHA256:x', '[]', 0, 9, 0);",
+        )
+        .expect("rows before 0009 and 0010");
+
+        db.execute_batch(MIGRATION_0009).expect("0009");
+        db.execute_batch(MIGRATION_0010).expect("0010");
+        let unrecorded: i64 = one(
+            &db,
+            "SELECT COUNT(*) FROM tasks WHERE id = 'old' AND extensions IS NULL \
+             AND force_command IS NULL AND source_address IS NULL",
+        );
+        assert_eq!(unrecorded, 1);
+        let parentless: i64 = one(
+            &db,
+            "SELECT COUNT(*) FROM certificates WHERE serial = 77 AND renewed_from IS NULL",
+        );
+        assert_eq!(parentless, 1);
+        db.execute_batch(
+            "INSERT INTO certificates (serial, task_id, ca_key_id, key_fingerprint, principals, \
+             valid_after, valid_before, issued_at, renewed_from) \
+             VALUES (78, 'old', 'k', 'SHA256:y', '[]', 0, 9, 0, 77), \
+                    (79, 'old', 'k', 'SHA256:y', '[]', 0, 9, 0, 78);",
+        )
+        .expect("renewals");
+        let tree: Vec<i64> = db
+            .prepare(SQL_LIVE_RENEWAL_TREE)
+            .expect("tree")
+            .query_map([77], |r| r.get("serial"))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("serials");
+        assert_eq!(tree, [77, 78, 79]);
+        let in_index: i64 = one(
+            &db,
+            "SELECT COUNT(*) FROM certificates INDEXED BY certificates_renewed_from \
+             WHERE renewed_from IS NOT NULL",
+        );
+        assert_eq!(in_index, 2, "the index holds renewals only");
+        let steps = plan(&db, SQL_LIVE_RENEWAL_TREE, 77);
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("certificates_renewed_from")),
+            "{steps:?}"
+        );
+        let steps = plan(&db, SQL_CERTIFICATE_LIVE, 77);
+        assert!(steps.iter().all(|s| s.contains("INDEX")), "{steps:?}");
     }
 }

@@ -7,6 +7,18 @@
 //! - an **admin** is an identity matching a `role = "admin"` policy;
 //! - callers who may not see a task get 404, as if it did not exist.
 //!
+//! A task's restrictions (extensions, `force-command`, `source-address`) are fixed when it
+//! opens and stored with it: every later certificate carries at most those
+//! ([`within_task`]), and the policy's forced values still apply. A task opened before
+//! migration 0009 recorded none; its renewals are bounded by its policy as it is now, as
+//! they were before.
+//!
+//! A certificate renewed by proof of possession records the certificate it was renewed
+//! from. Revoking one certificate revokes every certificate renewed from it, directly or
+//! through other renewals, in the same transaction: whoever held the revoked key could
+//! have renewed. Once that revocation commits nothing more is renewed from it (the store
+//! checks the proving certificate when it commits the renewal).
+//!
 //! Every refusal is audited; every change commits with its audit records.
 
 use ssh_key::{Certificate, HashAlg, PublicKey, SshSig};
@@ -15,11 +27,19 @@ use time::OffsetDateTime;
 use super::possession::{self, Possession};
 use super::{IssueError, Issued, Issuer, RequestContext, parse_public_key, validate_options};
 use crate::audit::{AuditEntry, Outcome, event};
+use crate::cidr::Cidr;
 use crate::config::Role;
 use crate::identity::{Identity, TokenError};
 use crate::policy::Request;
 use crate::profile;
-use crate::store::{CertificateRecord, Store, StoreError, TaskEnd, TaskRecord, TokenUse};
+use crate::store::{
+    CertificateRecord, Store, StoreError, TaskEnd, TaskRecord, TaskRestrictions, TokenUse,
+};
+
+/// Why a proof of possession is refused when its certificate is unknown or revoked, at
+/// verification or when the renewal it allowed commits.
+pub(crate) const POSSESSION_REVOKED: &str =
+    "proof of possession: certificate is unknown or revoked";
 
 /// Who is calling a task endpoint.
 #[derive(Debug, Clone)]
@@ -270,6 +290,21 @@ impl Issuer {
                     task.policy
                 ),
             })?;
+        // A task opened before migration 0009 recorded no restrictions: the most its
+        // policy grants now, which is what its renewals got before.
+        let restrictions = task
+            .restrictions
+            .clone()
+            .unwrap_or_else(|| TaskRestrictions {
+                extensions: policy.extensions.clone(),
+                force_command: policy.force_command.clone(),
+                source_address: policy.source_address.clone(),
+            });
+        let mut allowed = within_task(&restrictions, request)?;
+        if request.extensions.is_none() {
+            // Left out: the task's, less any its policy has stopped granting since.
+            allowed.extensions.retain(|e| policy.extensions.contains(e));
+        }
         // A token caller must still match the task's policy; logins and hosts were granted
         // when the task opened and are fixed, so only lifetimes and options are re-checked.
         let identity = match caller {
@@ -304,9 +339,9 @@ impl Issuer {
             hosts: Vec::new(),
             task_ttl: None,
             cert_ttl: request.cert_ttl_seconds.map(std::time::Duration::from_secs),
-            extensions: request.extensions.clone(),
-            force_command: request.force_command.clone(),
-            source_address: request.source_address.clone(),
+            extensions: Some(allowed.extensions),
+            force_command: allowed.force_command,
+            source_address: allowed.source_address,
         };
         let mut grant = self.policies.grant(policy, &identity, &policy_request)?;
         grant.logins = task.logins.clone();
@@ -314,8 +349,22 @@ impl Issuer {
         let mut identity = identity;
         identity.replay_key = None;
         let token_use = caller.token_use();
+        let renewed_from = match caller {
+            Caller::Possession { serial, .. } => Some(
+                i64::try_from(*serial)
+                    .map_err(|_| IssueError::TokenReplayed(possession_revoked()))?,
+            ),
+            Caller::Token(_) => None,
+        };
         self.issue_with_token(
-            &identity, &task, &grant, public_key, token_use, context, now,
+            &identity,
+            &task,
+            &grant,
+            public_key,
+            token_use,
+            renewed_from,
+            context,
+            now,
         )
         .await
     }
@@ -518,20 +567,45 @@ impl Issuer {
         entry.subject = subject;
         entry.policy = Some(task.policy.clone());
         entry.task_id = Some(task.id.clone());
-        entry.serial = Some(cert.serial.to_string());
-        entry.key_fingerprint = Some(cert.key_fingerprint.clone());
         entry.logins = task.logins.clone();
         entry.hosts = task.hosts.clone();
-        entry.reason = reason;
         entry.source_ip = context.source_ip.clone();
         entry.request_id = context.request_id.clone();
+        // One record per certificate: the one asked for with the caller's reason, each
+        // renewal of it naming its parent, then the reason.
+        let build_audit = |revoked: &[CertificateRecord]| {
+            revoked
+                .iter()
+                .map(|c| {
+                    let mut record = entry.clone();
+                    record.serial = Some(c.serial.to_string());
+                    record.key_fingerprint = Some(c.key_fingerprint.clone());
+                    record.reason = match (c.serial == cert.serial, c.renewed_from, &reason) {
+                        (false, Some(parent), Some(why)) => {
+                            Some(format!("renewed_from: {parent} (revoked); {why}"))
+                        }
+                        (false, Some(parent), None) => {
+                            Some(format!("renewed_from: {parent} (revoked)"))
+                        }
+                        _ => reason.clone(),
+                    };
+                    record
+                })
+                .collect()
+        };
         let revoked = self
             .store
-            .revoke_certificate(cert.serial, now.unix_timestamp(), &entry)
+            .revoke_certificate(cert.serial, now.unix_timestamp(), &build_audit)
             .await
             .map_err(IssueError::StoreUnavailable)?;
-        if !revoked {
+        if revoked.is_empty() {
             return Err(IssueError::CertificateRevoked);
+        }
+        if revoked.len() > 1 {
+            tracing::info!(
+                task_id = %task.id, serial = cert.serial, renewals = revoked.len() - 1,
+                "certificate revoked with the certificates renewed from it"
+            );
         }
         Ok(())
     }
@@ -574,7 +648,7 @@ impl Issuer {
             .map_err(|e| TokenError::IssuerUnavailable(e.to_string()))?;
         match record {
             Some(r) if r.task_id == task_id && r.revoked_at.is_none() => {}
-            _ => return Err(bad("certificate is unknown or revoked")),
+            _ => return Err(possession_revoked()),
         }
         let signature = SshSig::from_pem(possession.signature_pem.as_bytes())
             .map_err(|_| bad("signature does not parse"))?;
@@ -660,10 +734,173 @@ pub async fn end_in_store(
     store.end_task(&end, &build_audit).await
 }
 
+fn possession_revoked() -> TokenError {
+    TokenError::Malformed(POSSESSION_REVOKED.into())
+}
+
+/// What a renewal of a task restricted to `task` may carry for `request`: at most the
+/// task's. What the request leaves out is the task's; what it names must be inside the
+/// task's, or it is refused (403) naming the option: each extension one the task has;
+/// the task's forced command, if it has one, exactly (a task without one may be narrowed
+/// to one); each `source-address` block inside one of the task's blocks, if it has any.
+/// The policy then checks the result like any request, so its forced values still apply.
+fn within_task(
+    task: &TaskRestrictions,
+    request: &NewCertificate,
+) -> Result<TaskRestrictions, IssueError> {
+    let wider = |code: &'static str, what: String| IssueError::Forbidden {
+        code,
+        message: format!("{what}; a renewal may narrow its task's options, never widen them"),
+    };
+    let extensions = match &request.extensions {
+        None => task.extensions.clone(),
+        Some(asked) => {
+            if let Some(extension) = asked.iter().find(|e| !task.extensions.contains(e)) {
+                return Err(wider(
+                    "extension_not_in_task",
+                    format!("the task does not carry extension {extension:?}"),
+                ));
+            }
+            asked.clone()
+        }
+    };
+    let force_command = match (&task.force_command, &request.force_command) {
+        (Some(forced), Some(asked)) if forced != asked => {
+            return Err(wider(
+                "force_command_not_in_task",
+                "the task forces another command".into(),
+            ));
+        }
+        (Some(forced), _) => Some(forced.clone()),
+        (None, asked) => asked.clone(),
+    };
+    let source_address = match (&task.source_address, &request.source_address) {
+        (Some(allowed), Some(asked)) => {
+            let allowed: Vec<Cidr> = allowed.iter().filter_map(|a| Cidr::parse(a)).collect();
+            if let Some(outside) = asked.iter().find(|address| {
+                !Cidr::parse(address).is_some_and(|c| allowed.iter().any(|a| a.contains(&c)))
+            }) {
+                return Err(wider(
+                    "source_address_not_in_task",
+                    format!("source address {outside:?} is outside the task's"),
+                ));
+            }
+            Some(asked.clone())
+        }
+        (Some(allowed), None) => Some(allowed.clone()),
+        (None, asked) => asked.clone(),
+    };
+    Ok(TaskRestrictions {
+        extensions,
+        force_command,
+        source_address,
+    })
+}
+
 fn replayed(caller: &Caller) -> IssueError {
     let issuer = match caller {
         Caller::Token(identity) => identity.issuer_name.clone(),
         Caller::Possession { .. } => "proof-of-possession".into(),
     };
     IssueError::TokenReplayed(TokenError::Replayed { issuer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task() -> TaskRestrictions {
+        TaskRestrictions {
+            extensions: vec!["permit-pty".into()],
+            force_command: Some("/usr/bin/backup".into()),
+            source_address: Some(vec!["10.1.0.0/16".into(), "192.168.7.7".into()]),
+        }
+    }
+
+    fn asking(
+        extensions: Option<&[&str]>,
+        force_command: Option<&str>,
+        source_address: Option<&[&str]>,
+    ) -> NewCertificate {
+        let list = |l: &[&str]| l.iter().map(|s| (*s).to_owned()).collect();
+        NewCertificate {
+            extensions: extensions.map(list),
+            force_command: force_command.map(str::to_owned),
+            source_address: source_address.map(list),
+            ..NewCertificate::default()
+        }
+    }
+
+    fn refusal(request: &NewCertificate) -> &'static str {
+        match within_task(&task(), request) {
+            Err(e) => e.code(),
+            Ok(granted) => panic!("{request:?} was granted {granted:?}"),
+        }
+    }
+
+    #[test]
+    fn a_renewal_gets_the_tasks_restrictions_when_it_names_none() {
+        assert_eq!(
+            within_task(&task(), &asking(None, None, None)).expect("same"),
+            task()
+        );
+    }
+
+    #[test]
+    fn a_renewal_may_narrow_its_tasks_restrictions() {
+        let narrower = within_task(
+            &task(),
+            &asking(Some(&[]), Some("/usr/bin/backup"), Some(&["10.1.2.0/24"])),
+        )
+        .expect("narrower");
+        assert_eq!(
+            narrower,
+            TaskRestrictions {
+                extensions: vec![],
+                force_command: Some("/usr/bin/backup".into()),
+                source_address: Some(vec!["10.1.2.0/24".into()]),
+            }
+        );
+        // A task without a command or blocks may be narrowed to one.
+        let open = TaskRestrictions::default();
+        let request = asking(None, Some("/bin/true"), Some(&["10.0.0.1"]));
+        let narrowed = within_task(&open, &request).expect("narrowed");
+        assert_eq!(narrowed.force_command.as_deref(), Some("/bin/true"));
+        assert_eq!(narrowed.source_address, Some(vec!["10.0.0.1".to_owned()]));
+        assert!(narrowed.extensions.is_empty());
+    }
+
+    #[test]
+    fn a_renewal_never_widens_its_tasks_restrictions() {
+        assert_eq!(
+            refusal(&asking(
+                Some(&["permit-pty", "permit-port-forwarding"]),
+                None,
+                None
+            )),
+            "extension_not_in_task"
+        );
+        assert_eq!(
+            refusal(&asking(None, Some("/bin/sh"), None)),
+            "force_command_not_in_task"
+        );
+        for blocks in [
+            &["10.0.0.0/8"][..],
+            &["10.1.0.0/16", "10.2.0.1"],
+            &["192.168.7.0/24"],
+        ] {
+            assert_eq!(
+                refusal(&asking(None, None, Some(blocks))),
+                "source_address_not_in_task",
+                "{blocks:?}"
+            );
+        }
+        let none = TaskRestrictions::default();
+        let pty = asking(Some(&["permit-pty"]), None, None);
+        assert_eq!(
+            within_task(&none, &pty).map_err(|e| e.code()).err(),
+            Some("extension_not_in_task"),
+            "a task without extensions gets none"
+        );
+    }
 }

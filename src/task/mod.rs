@@ -26,7 +26,9 @@ use crate::config::{CaConfig, KNOWN_EXTENSIONS};
 use crate::identity::{Identity, TokenError};
 use crate::policy::{Grant, Policies, PolicyError, Request};
 use crate::profile;
-use crate::store::{Arrival, CertificateRecord, Issuance, Store, StoreError, TaskRecord, TokenUse};
+use crate::store::{
+    Arrival, CertificateRecord, Issuance, Store, StoreError, TaskRecord, TaskRestrictions, TokenUse,
+};
 
 /// Most logins one task may name.
 pub const MAX_LOGINS: usize = 16;
@@ -118,7 +120,8 @@ pub enum IssueError {
     /// Policy refused (403).
     #[error(transparent)]
     Denied(#[from] PolicyError),
-    /// The token was already used (401).
+    /// The token or proof of possession was refused when the issuance committed: the token
+    /// was already used, or the proving certificate was revoked meanwhile (401).
     #[error(transparent)]
     TokenReplayed(TokenError),
     /// No such task, or not visible to the caller (404).
@@ -274,6 +277,12 @@ impl Issuer {
             state: "active".into(),
             created_at: now_unix,
             expires_at: now_unix + secs(grant.task_ttl),
+            // Every later certificate of the task carries at most these (`lifecycle::within_task`).
+            restrictions: Some(TaskRestrictions {
+                extensions: grant.extensions.clone(),
+                force_command: grant.force_command.clone(),
+                source_address: grant.source_address.clone(),
+            }),
         };
         let token_use = identity.replay_key.as_ref().map(|k| TokenUse {
             issuer: k.issuer.clone(),
@@ -281,12 +290,13 @@ impl Issuer {
             expires_at: k.expires_at,
         });
         self.issue(
-            identity, &task, true, &grant, public_key, token_use, context, now,
+            identity, &task, true, &grant, public_key, token_use, None, context, now,
         )
         .await
     }
 
-    /// Another certificate for an existing task, consuming `token_use`.
+    /// Another certificate for an existing task, consuming `token_use`; `renewed_from` is
+    /// the serial of the certificate whose proof of possession allowed it, if one did.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn issue_with_token(
         &self,
@@ -295,11 +305,20 @@ impl Issuer {
         grant: &Grant,
         public_key: PublicKey,
         token_use: Option<TokenUse>,
+        renewed_from: Option<i64>,
         context: &RequestContext,
         now: OffsetDateTime,
     ) -> Result<Issued, IssueError> {
         self.issue(
-            identity, task, false, grant, public_key, token_use, context, now,
+            identity,
+            task,
+            false,
+            grant,
+            public_key,
+            token_use,
+            renewed_from,
+            context,
+            now,
         )
         .await
     }
@@ -314,6 +333,7 @@ impl Issuer {
         grant: &Grant,
         public_key: PublicKey,
         token_use: Option<TokenUse>,
+        renewed_from: Option<i64>,
         context: &RequestContext,
         now: OffsetDateTime,
     ) -> Result<Issued, IssueError> {
@@ -374,6 +394,8 @@ impl Issuer {
             }
             let mut issued = base(event::CERT_ISSUED);
             issued.serial = Some(serial.to_string());
+            // Names the parent, as the `cert.revoked` records of a cascade do.
+            issued.reason = renewed_from.map(|parent| format!("renewed_from: {parent}"));
             issued.key_fingerprint = Some(key_fingerprint.clone());
             issued.ca_fingerprint = Some(signer.fingerprint().to_owned());
             audit.push(issued);
@@ -391,6 +413,7 @@ impl Issuer {
                     valid_before,
                     issued_at: now_unix,
                     revoked_at: None,
+                    renewed_from,
                 },
                 audit,
                 token_use: token_use.clone(),
@@ -422,6 +445,12 @@ impl Issuer {
                     return Err(IssueError::TokenReplayed(TokenError::Replayed {
                         issuer: identity.issuer_name.clone(),
                     }));
+                }
+                Err(StoreError::RenewedFromRevoked) => {
+                    // The same answer as a proof that arrives after the revocation.
+                    return Err(IssueError::TokenReplayed(TokenError::Malformed(
+                        lifecycle::POSSESSION_REVOKED.into(),
+                    )));
                 }
                 Err(StoreError::Conflict(what)) => {
                     // Expected now and then under load (authority::serial); harmless.

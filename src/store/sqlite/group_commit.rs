@@ -25,8 +25,8 @@ use time::OffsetDateTime;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{
-    SQL_CHAIN_HEAD, SQL_INSERT_AUDIT, SQL_INSERT_CERTIFICATE, SQL_INSERT_TASK, SQL_TASK_STATE,
-    SQL_USED_BEFORE_0006, to_json,
+    SQL_CERTIFICATE_LIVE, SQL_CHAIN_HEAD, SQL_INSERT_AUDIT, SQL_INSERT_CERTIFICATE,
+    SQL_INSERT_TASK, SQL_TASK_STATE, SQL_USED_BEFORE_0006, restriction_columns, to_json,
 };
 use crate::audit::{self, AuditEntry, Outcome};
 use crate::store::{Arrivals, Issuance, StoreError};
@@ -292,9 +292,11 @@ impl BatchFacts {
 }
 
 /// Why `issuance` must not commit, if it must not: its CA key may no longer sign, its task
-/// id or serial is taken, its task is no longer live, or its token was used already. Checked inside the batch's
-/// write transaction by the only writer, before any of its rows is written, so a refused
-/// issuance writes nothing and needs no savepoint; the last check consumes the token.
+/// id or serial is taken, its task is no longer live, the certificate it is renewed from
+/// (by proof of possession) is revoked, or its token was used already. Checked inside the
+/// batch's write transaction by the only writer, before any of its rows is written, so a
+/// refused issuance writes nothing and needs no savepoint; the last check consumes the
+/// token.
 fn refusal(
     tx: &Connection,
     facts: &mut BatchFacts,
@@ -327,6 +329,19 @@ fn refusal(
             if !matches!(state, Some((s, expires)) if s == "active" && expires > cert.issued_at) {
                 return Ok(Some(StoreError::TaskNotActive));
             }
+        }
+    }
+    // A renewal by proof of possession: the proving certificate must still be live when
+    // this one commits, not only when the request was checked, so that once its
+    // revocation has committed (which revokes what was renewed from it before) nothing
+    // more is renewed from it. One lookup in the serial index; none for a token issuance.
+    if let Some(parent) = cert.renewed_from {
+        let live = tx
+            .prepare_cached(SQL_CERTIFICATE_LIVE)?
+            .query_row([parent], |row| row.get::<_, bool>(0))
+            .optional()?;
+        if live != Some(true) {
+            return Ok(Some(StoreError::RenewedFromRevoked));
         }
     }
     if tx
@@ -367,6 +382,8 @@ fn write_one(
 ) -> rusqlite::Result<(i64, String)> {
     let cert = &issuance.certificate;
     if let Some(task) = &issuance.new_task {
+        let (extensions, force_command, source_address) =
+            restriction_columns(task.restrictions.as_ref());
         tx.prepare_cached(SQL_INSERT_TASK)?.execute(params![
             task.id,
             task.issuer,
@@ -378,6 +395,9 @@ fn write_one(
             task.state,
             task.created_at,
             task.expires_at,
+            extensions,
+            force_command,
+            source_address,
         ])?;
     }
     tx.prepare_cached(SQL_INSERT_CERTIFICATE)?.execute(params![
@@ -389,6 +409,7 @@ fn write_one(
         cert.valid_after,
         cert.valid_before,
         cert.issued_at,
+        cert.renewed_from,
     ])?;
     let mut head = head.clone();
     for entry in &issuance.audit {
@@ -650,5 +671,86 @@ mod tests {
             .await;
         assert!(matches!(again, Err(StoreError::TaskNotActive)), "{again:?}");
         assert!(store.certificate(8).await.expect("read").is_none());
+    }
+
+    /// Revoke `serial` through the store, one plain record per certificate revoked.
+    async fn revoke(store: &SqliteStore, serial: i64) -> Vec<i64> {
+        let audit = |revoked: &[crate::store::CertificateRecord]| {
+            revoked
+                .iter()
+                .map(|c| {
+                    let mut e =
+                        crate::audit::AuditEntry::new(event::CERT_REVOKED, audit::Outcome::Success);
+                    e.serial = Some(c.serial.to_string());
+                    e
+                })
+                .collect()
+        };
+        store
+            .revoke_certificate(serial, 500, &audit)
+            .await
+            .expect("revoke")
+            .iter()
+            .map(|c| c.serial)
+            .collect()
+    }
+
+    /// Revoking a certificate revokes what was renewed from it, directly or not, and
+    /// nothing else; once that has committed, a renewal from it (checked before the
+    /// revocation, committed after) is refused and writes nothing, its token included.
+    #[tokio::test]
+    async fn revocation_takes_renewals_along_and_stops_later_ones() {
+        let (_dir, store, key_id) = store_with_active_key().await;
+        let task_id = format!("{:032x}", 7);
+        store
+            .record_issuance(issuance(&key_id, 7, None, Some("a")))
+            .await
+            .expect("first");
+        for (serial, parent) in [(8, Some(7)), (9, Some(8)), (10, None), (11, Some(10))] {
+            let mut renewal =
+                issuance(&key_id, serial, Some(&task_id), Some(&format!("t{serial}")));
+            renewal.certificate.renewed_from = parent;
+            store.record_issuance(renewal).await.expect("renewal");
+        }
+        assert_eq!(revoke(&store, 7).await, [7, 8, 9]);
+        assert!(revoke(&store, 7).await.is_empty(), "already revoked");
+        for serial in [10, 11] {
+            let cert = store
+                .certificate(serial)
+                .await
+                .expect("read")
+                .expect("cert");
+            assert_eq!(cert.revoked_at, None, "{serial} was not renewed from 7");
+        }
+        let records = store.audit_records(0, 100).await.expect("records");
+        let revoked: Vec<&str> = records
+            .iter()
+            .filter(|r| r.entry.event == event::CERT_REVOKED)
+            .filter_map(|r| r.entry.serial.as_deref())
+            .collect();
+        assert_eq!(revoked, ["7", "8", "9"]);
+
+        for parent in [7, 9, 12345] {
+            let mut late = issuance(&key_id, 20 + parent, Some(&task_id), Some("late"));
+            late.certificate.renewed_from = Some(parent);
+            let refused = store.record_issuance(late).await;
+            assert!(
+                matches!(refused, Err(StoreError::RenewedFromRevoked)),
+                "from {parent}: {refused:?}"
+            );
+            assert!(
+                store
+                    .certificate(20 + parent)
+                    .await
+                    .expect("read")
+                    .is_none()
+            );
+        }
+        let mut fresh = issuance(&key_id, 30, Some(&task_id), Some("late"));
+        fresh.certificate.renewed_from = Some(11);
+        store
+            .record_issuance(fresh)
+            .await
+            .expect("the refusals did not consume the token");
     }
 }
