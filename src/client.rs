@@ -77,6 +77,33 @@ pub enum ClientError {
     /// Signing the proof of possession failed.
     #[error("cannot sign the proof of possession: {0}")]
     Sign(String),
+    /// A key or certificate file could not be used.
+    #[error("cannot use {path}: {detail}")]
+    KeyFile {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Not a task id (refused before anything is sent).
+    #[error("{0:?} is not a task id")]
+    BadTaskId(String),
+    /// The certificate belongs to another task.
+    #[error("the certificate {path} is for task {actual}, not {wanted}")]
+    WrongTask {
+        /// The certificate file.
+        path: String,
+        /// The task it names.
+        actual: String,
+        /// The task asked for.
+        wanted: String,
+    },
+    /// The CA did not accept the proof of possession.
+    #[error(
+        "the CA refused the certificate as proof of possession ({0}); a certificate stops \
+         working when its task ends or it expires: give --token for a fresh workload token"
+    )]
+    PossessionRefused(String),
 }
 
 fn agent() -> ureq::Agent {
@@ -316,6 +343,249 @@ pub fn ssh(
         }
     }
     Ok(status.code().unwrap_or(255))
+}
+
+/// How an agent authenticates a task call (`writ task show|complete`): a fresh workload
+/// token, or a proof of possession signed by the private key of one of the task's live
+/// certificates (no token needed, but it stops working once the task has ended).
+pub enum Credential<'a> {
+    /// A workload token.
+    Token(&'a str),
+    /// The certificate (OpenSSH line) and its private key.
+    Possession {
+        /// OpenSSH certificate line.
+        certificate: &'a str,
+        /// The certified private key.
+        key: &'a PrivateKey,
+    },
+}
+
+/// A task as the CA shows it: the answer of `GET /v1/tasks/{id}` and of completing it.
+pub use crate::api::tasks::TaskResponse as TaskStatus;
+
+/// Read a private key file and its certificate for [`Credential::Possession`] on
+/// `task_id`: `certificate_path` defaults to `<key>-cert.pub`, where `writ cert` wrote it.
+/// Refused here, before anything is sent: a passphrase-protected key (use a token
+/// instead), a certificate for another key or for another task.
+pub fn load_possession(
+    key_path: &std::path::Path,
+    certificate_path: Option<&std::path::Path>,
+    task_id: &str,
+) -> Result<(String, PrivateKey), ClientError> {
+    if !crate::profile::is_valid_task_id(task_id) {
+        return Err(ClientError::BadTaskId(task_id.chars().take(64).collect()));
+    }
+    let key_file = key_path
+        .to_string_lossy()
+        .trim_end_matches(".pub")
+        .to_owned();
+    let certificate_file = certificate_path.map_or_else(
+        || format!("{key_file}-cert.pub"),
+        |p| p.to_string_lossy().into_owned(),
+    );
+    let key_error = |detail: String| ClientError::KeyFile {
+        path: key_file.clone(),
+        detail,
+    };
+    let key = PrivateKey::read_openssh_file(std::path::Path::new(&key_file))
+        .map_err(|e| key_error(e.to_string()))?;
+    if key.is_encrypted() {
+        return Err(key_error(
+            "the key is passphrase-protected; give --token instead".into(),
+        ));
+    }
+    let certificate = std::fs::read_to_string(&certificate_file)
+        .map(|text| text.trim().to_owned())
+        .map_err(|e| ClientError::KeyFile {
+            path: certificate_file.clone(),
+            detail: e.to_string(),
+        })?;
+    let parsed =
+        ssh_key::Certificate::from_openssh(&certificate).map_err(|e| ClientError::KeyFile {
+            path: certificate_file.clone(),
+            detail: format!("not an OpenSSH certificate ({e})"),
+        })?;
+    if parsed.public_key() != key.public_key().key_data() {
+        return Err(ClientError::KeyFile {
+            path: certificate_file,
+            detail: format!("it does not certify the key {key_file}"),
+        });
+    }
+    if let Some(actual) = certificate_task(&certificate).filter(|t| t != task_id) {
+        return Err(ClientError::WrongTask {
+            path: certificate_file,
+            actual,
+            wanted: task_id.to_owned(),
+        });
+    }
+    Ok((certificate, key))
+}
+
+/// The task a writ certificate (OpenSSH line) was issued for.
+pub fn certificate_task(certificate: &str) -> Option<String> {
+    ssh_key::Certificate::from_openssh(certificate)
+        .ok()?
+        .extensions()
+        .get(crate::profile::EXT_TASK)
+        .cloned()
+}
+
+/// `writ task show ID`: the task's state, logins, hosts, expiry and certificates.
+pub fn task_status(
+    ca_url: &str,
+    task_id: &str,
+    credential: &Credential<'_>,
+    now_unix: i64,
+) -> Result<TaskStatus, ClientError> {
+    task_call(
+        "GET",
+        ca_url,
+        &format!("/v1/tasks/{task_id}"),
+        task_id,
+        credential,
+        now_unix,
+    )
+}
+
+/// `writ task complete ID`: end the task (its certificates stop working everywhere) and
+/// return its final state.
+pub fn finish_task(
+    ca_url: &str,
+    task_id: &str,
+    credential: &Credential<'_>,
+    now_unix: i64,
+) -> Result<TaskStatus, ClientError> {
+    let path = format!("/v1/tasks/{task_id}/complete");
+    task_call("POST", ca_url, &path, task_id, credential, now_unix)
+}
+
+/// One authenticated task call: `GET` has no body, `POST` sends `{}`.
+fn task_call(
+    method: &str,
+    ca_url: &str,
+    path: &str,
+    task_id: &str,
+    credential: &Credential<'_>,
+    now_unix: i64,
+) -> Result<TaskStatus, ClientError> {
+    if !crate::profile::is_valid_task_id(task_id) {
+        return Err(ClientError::BadTaskId(task_id.chars().take(64).collect()));
+    }
+    let body: &[u8] = if method == "GET" { b"" } else { b"{}" };
+    let authorization = match credential {
+        Credential::Token(token) => format!("Bearer {token}"),
+        Credential::Possession { certificate, key } => {
+            let message = possession::message(method, path, now_unix, body);
+            let signature = key
+                .sign(possession::NAMESPACE, HashAlg::Sha512, &message)
+                .and_then(|s| s.to_pem(ssh_key::LineEnding::LF))
+                .map_err(|e| ClientError::Sign(e.to_string()))?;
+            let blob = certificate
+                .split_whitespace()
+                .nth(1)
+                .and_then(|b| <base64ct::Base64 as base64ct::Encoding>::decode_vec(b).ok())
+                .ok_or_else(|| {
+                    ClientError::BadAnswer("certificate is not an OpenSSH certificate line".into())
+                })?;
+            possession::header(&blob, now_unix, &signature)
+        }
+    };
+    let url = format!("{}{path}", ca_url.trim_end_matches('/'));
+    let answer = if method == "GET" {
+        get(&url, &authorization)
+    } else {
+        post(&url, &authorization, "{}")
+    };
+    let value = match answer {
+        Err(ClientError::Refused {
+            status: 401,
+            message,
+            ..
+        }) if matches!(credential, Credential::Possession { .. }) => {
+            return Err(ClientError::PossessionRefused(message));
+        }
+        other => other?,
+    };
+    serde_json::from_value(value).map_err(|e| ClientError::BadAnswer(e.to_string()))
+}
+
+fn get(url: &str, authorization: &str) -> Result<Value, ClientError> {
+    let unreachable = |e: ureq::Error| ClientError::Unreachable {
+        url: url.to_owned(),
+        detail: e.to_string(),
+    };
+    let mut response = agent()
+        .get(url)
+        .header("authorization", authorization)
+        .call()
+        .map_err(unreachable)?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(1024 * 1024)
+        .read_to_string()
+        .map_err(unreachable)?;
+    let value: Value =
+        serde_json::from_str(&text).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+    if (200..300).contains(&status) {
+        return Ok(value);
+    }
+    Err(ClientError::Refused {
+        status,
+        code: value["error"]["code"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_owned(),
+        message: value["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    })
+}
+
+/// A task for people: state, owner, logins, hosts, expiry (RFC 3339 and how far away) and
+/// each certificate. Text from the CA is escaped ([`crate::text`]) before it reaches a
+/// terminal.
+pub fn describe_task(task: &TaskStatus, now_unix: i64) -> String {
+    use std::fmt::Write as _;
+    let safe = |text: &str| {
+        let mut out = String::new();
+        let _ = crate::text::write_escaped(&mut out, text);
+        out
+    };
+    let when = |rfc3339: &str| {
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+            .map(|t| crate::cli::time_and_distance(t.unix_timestamp(), now_unix))
+            .unwrap_or_else(|_| safe(rfc3339))
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "task      {}", safe(&task.task_id));
+    let _ = writeln!(out, "state     {}", safe(&task.state));
+    let _ = writeln!(
+        out,
+        "owner     {} / {}",
+        safe(&task.issuer),
+        safe(&task.subject)
+    );
+    let _ = writeln!(out, "policy    {}", safe(&task.policy));
+    let _ = writeln!(out, "logins    {}", safe(&task.logins.join(", ")));
+    let _ = writeln!(out, "hosts     {}", safe(&task.hosts.join(", ")));
+    if !task.purpose.is_empty() {
+        let _ = writeln!(out, "purpose   {}", safe(&task.purpose));
+    }
+    let _ = writeln!(out, "created   {}", when(&task.created_at));
+    let _ = writeln!(out, "expires   {}", when(&task.expires_at));
+    for c in &task.certificates {
+        let _ = writeln!(
+            out,
+            "cert      {} valid until {}{}",
+            safe(&c.serial),
+            when(&c.valid_before),
+            if c.revoked { " (revoked)" } else { "" }
+        );
+    }
+    out
 }
 
 #[cfg(test)]

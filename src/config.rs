@@ -48,8 +48,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address to listen on; plain HTTP is only allowed on loopback.
-    #[serde(default = "default_listen")]
+    /// Address to listen on; plain HTTP is only allowed on loopback. `IP:PORT`, or
+    /// `NAME:PORT` resolved when the configuration loads ([`resolve_listen`]).
+    #[serde(default = "default_listen", deserialize_with = "deserialize_listen")]
     pub listen: SocketAddr,
     /// PEM certificate chain for TLS (not yet supported; see README).
     pub tls_cert: Option<PathBuf>,
@@ -112,6 +113,29 @@ impl Default for ServerConfig {
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8422))
+}
+
+/// A listen address: `IP:PORT` (`127.0.0.1:8422`, `[::1]:8422`), or `NAME:PORT`
+/// (`localhost:8422`) resolved now; a name is bound at its first IPv4 address (else its
+/// first address), and the loopback rule applies to that address.
+pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(text)
+        .map_err(|e| format!("{text:?} is neither IP:PORT nor a HOST:PORT that resolves ({e})"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    resolve_listen(&text).map_err(serde::de::Error::custom)
 }
 
 /// `[storage]`. `Debug` shows the URL without its password.

@@ -7,7 +7,10 @@
 //! - [`admin`] — operator commands (`writ admin …`), e.g. `policy explain`: verifies a
 //!   token and explains what the policies do with it, without issuing or writing anything.
 //! - [`server`] — builds the running CA from a [`config::Config`] and serves [`api`].
-//! - [`client`] — the agent side (`writ cert`, `writ ssh`): certificates over HTTP.
+//! - [`client`] — the agent side (`writ cert`, `writ ssh`, `writ task`): certificates
+//!   and task calls over HTTP.
+//! - [`cli`] — what every command line shares: stdout that survives `| head`, times for
+//!   people.
 //! - [`dev`] — `writ serve --dev` and `writ dev token`: a local development issuer.
 //! - [`bench`](mod@bench) — `writ bench`: load tests of a real `writ serve` and of
 //!   `writ-principals check`, measured from the outside (HTTP, processes, `/proc`).
@@ -34,6 +37,7 @@ pub mod audit;
 pub mod authority;
 pub mod bench;
 pub mod cidr;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;

@@ -152,6 +152,11 @@ pub fn run(config_path: Option<&Path>, command: AuditCommand) -> ExitCode {
         eprintln!("writ: error: {e}");
         ExitCode::FAILURE
     };
+    // Print, then exit with `code`; a reader that went away (`| head`) is not an error.
+    let print_then = |text: &str, code: ExitCode| match crate::cli::print(text) {
+        Ok(()) => code,
+        Err(e) => fail(&AuditCommandError::Output(e)),
+    };
     let config = match super::load_config(config_path) {
         Ok(c) => c,
         Err(e) => return fail(&e),
@@ -179,9 +184,7 @@ pub fn run(config_path: Option<&Path>, command: AuditCommand) -> ExitCode {
                 let poll = follow.then_some(FOLLOW_POLL);
                 match export(store.as_ref(), format, since.as_ref(), poll, &mut stdout).await {
                     Ok(_) => ExitCode::SUCCESS,
-                    Err(AuditCommandError::Output(e))
-                        if e.kind() == std::io::ErrorKind::BrokenPipe =>
-                    {
+                    Err(AuditCommandError::Output(e)) if crate::cli::is_closed_pipe(&e) => {
                         ExitCode::SUCCESS
                     }
                     Err(e) => fail(&e),
@@ -204,52 +207,54 @@ pub fn run(config_path: Option<&Path>, command: AuditCommand) -> ExitCode {
                 };
                 match verify(store.as_ref(), &options).await {
                     Ok(report) => {
-                        if json {
-                            println!(
-                                "{}",
-                                serde_json::to_string_pretty(&report).unwrap_or_default()
-                            );
+                        let text = if json {
+                            let mut text =
+                                serde_json::to_string_pretty(&report).unwrap_or_default();
+                            text.push('\n');
+                            text
                         } else {
-                            print!("{report}");
-                        }
-                        if report.ok {
+                            report.to_string()
+                        };
+                        let code = if report.ok {
                             ExitCode::SUCCESS
                         } else {
                             ExitCode::FAILURE
-                        }
+                        };
+                        print_then(&text, code)
                     }
                     Err(e) => fail(&e),
                 }
             }
             AuditCommand::Trail { task, json } => match trail(store.as_ref(), &task).await {
                 Ok(trail) => {
-                    if json {
-                        for record in &trail.records {
-                            println!("{}", Format::Jsonl.line(record));
-                        }
+                    let text = if json {
+                        trail
+                            .records
+                            .iter()
+                            .map(|record| Format::Jsonl.line(record) + "\n")
+                            .collect()
                     } else {
-                        print!("{trail}");
-                    }
-                    ExitCode::SUCCESS
+                        trail.to_string()
+                    };
+                    print_then(&text, ExitCode::SUCCESS)
                 }
                 Err(e) => fail(&e),
             },
-            AuditCommand::Checkpoint => {
-                match checkpoint(&config, config_path, &store, now).await {
-                    Ok(Some(c)) => {
-                        println!(
-                            "checkpoint: seq {} hash {} signed by {} at {}",
-                            c.seq, c.hash, c.ca_fingerprint, c.time
-                        );
-                        ExitCode::SUCCESS
-                    }
-                    Ok(None) => {
-                        println!("nothing to checkpoint: the head of the log is already checkpointed (or the log is empty)");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => fail(&e),
-                }
-            }
+            AuditCommand::Checkpoint => match checkpoint(&config, config_path, &store, now).await {
+                Ok(Some(c)) => print_then(
+                    &format!(
+                        "checkpoint: seq {} hash {} signed by {} at {}\n",
+                        c.seq, c.hash, c.ca_fingerprint, c.time
+                    ),
+                    ExitCode::SUCCESS,
+                ),
+                Ok(None) => print_then(
+                    "nothing to checkpoint: the head of the log is already checkpointed \
+                         (or the log is empty)\n",
+                    ExitCode::SUCCESS,
+                ),
+                Err(e) => fail(&e),
+            },
             AuditCommand::Prune { before } => {
                 let files = config
                     .audit
@@ -257,23 +262,13 @@ pub fn run(config_path: Option<&Path>, command: AuditCommand) -> ExitCode {
                     .into_iter()
                     .map(|p| (p, false))
                     .collect();
-                match prune(store.as_ref(), &before, &operator(), files).await {
-                    Ok(report) => {
-                        print!("{report}");
-                        ExitCode::SUCCESS
-                    }
+                match prune(store.as_ref(), &before, &super::operator(), files).await {
+                    Ok(report) => print_then(&report.to_string(), ExitCode::SUCCESS),
                     Err(e) => fail(&e),
                 }
             }
         }
     })
-}
-
-/// The operator's login, for audit records of admin commands.
-pub fn operator() -> String {
-    std::env::var("SUDO_USER")
-        .or_else(|_| std::env::var("USER"))
-        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Write records after `since` to `out` in `format`. With `follow`, keep polling at that

@@ -69,6 +69,44 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, AdminError> {
     Ok(Config::load(path)?)
 }
 
+/// The operator's login, for the audit records of admin commands: `$SUDO_USER` (the person
+/// behind `sudo`), else `$USER`, else the name of the effective uid in `/etc/passwd`
+/// (cron jobs and service managers often set no `$USER`), else `uid:N`.
+pub fn operator() -> String {
+    let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    if let Some(name) = from_env("SUDO_USER").or_else(|| from_env("USER")) {
+        return name;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    match effective_uid(&status) {
+        Some(uid) => {
+            let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+            user_name(&passwd, uid).unwrap_or_else(|| format!("uid:{uid}"))
+        }
+        None => "unknown".into(),
+    }
+}
+
+/// The effective uid in `/proc/self/status` text (`Uid: real effective saved fs`).
+fn effective_uid(status: &str) -> Option<u32> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|uid| uid.parse().ok())
+}
+
+/// The first login with `uid` in `/etc/passwd` text (`name:x:uid:gid:…`).
+fn user_name(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let uid_field = fields.nth(1)?;
+        (!name.is_empty() && !name.starts_with('#') && uid_field.parse() == Ok(uid))
+            .then(|| name.to_owned())
+    })
+}
+
 /// The token named by a `--token` argument: `-` reads it from `stdin`, `@FILE` from a
 /// file, anything else is the token itself. Surrounding whitespace is removed.
 pub fn read_token(arg: &str, stdin: &mut dyn Read) -> Result<Zeroizing<String>, AdminError> {
@@ -152,5 +190,17 @@ mod tests {
             Err(AdminError::TokenInputTooLarge { .. })
         ));
         assert!(matches!(load_config(None), Err(AdminError::NoConfig)));
+    }
+
+    #[test]
+    fn operator_name_from_the_effective_uid() {
+        let status = "Name:\tcat\nUid:\t1000\t0\t0\t0\nGid:\t0\t0\t0\t0\n";
+        assert_eq!(effective_uid(status), Some(0));
+        assert_eq!(effective_uid("Name:\tcat\n"), None);
+        let passwd =
+            "# comment\nroot:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        assert_eq!(user_name(passwd, 0).as_deref(), Some("root"));
+        assert_eq!(user_name(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(user_name(passwd, 4242), None);
     }
 }

@@ -56,6 +56,9 @@ pub struct TaskReport {
     pub expires_at: i64,
     /// Serials, with whether each is revoked.
     pub certificates: Vec<(String, bool)>,
+    /// When the report was made (Unix seconds), so text can say how far away the expiry is.
+    #[serde(skip)]
+    pub now: i64,
 }
 
 impl TaskReport {
@@ -72,6 +75,7 @@ impl TaskReport {
                 .iter()
                 .map(|c| (c.serial.to_string(), c.revoked_at.is_some()))
                 .collect(),
+            now: now_unix,
         }
     }
 }
@@ -84,7 +88,11 @@ impl fmt::Display for TaskReport {
         writeln!(f, "policy    {}", self.policy)?;
         writeln!(f, "logins    {}", self.logins.join(", "))?;
         writeln!(f, "hosts     {}", self.hosts.join(", "))?;
-        writeln!(f, "expires   {}", self.expires_at)?;
+        writeln!(
+            f,
+            "expires   {}",
+            crate::cli::time_and_distance(self.expires_at, self.now)
+        )?;
         for (serial, revoked) in &self.certificates {
             writeln!(
                 f,

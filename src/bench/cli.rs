@@ -112,14 +112,15 @@ fn print(
     value: &impl serde::Serialize,
     text: &dyn std::fmt::Display,
 ) -> Result<(), BenchError> {
-    if json {
-        let line = serde_json::to_string(value)
-            .map_err(|e| BenchError::Setup(format!("cannot render JSON: {e}")))?;
-        println!("{line}");
+    let line = if json {
+        serde_json::to_string(value)
+            .map_err(|e| BenchError::Setup(format!("cannot render JSON: {e}")))?
     } else {
-        println!("{text}");
-    }
-    Ok(())
+        text.to_string()
+    };
+    // A closed pipe (`| head`) is a quiet end, not a panic.
+    crate::cli::println(&line)
+        .map_err(|e| BenchError::Setup(format!("cannot write the report: {e}")))
 }
 
 /// Run a `writ bench` subcommand, printing its report on stdout.

@@ -1,29 +1,50 @@
-//! `writ`: the CA server (`writ serve`), operator commands (`writ admin …`) and the
-//! development helpers (`writ dev …`). Parses arguments and calls the library; nothing else.
+//! `writ`: the CA server (`writ serve`), operator commands (`writ admin …`), the agent
+//! side (`writ cert`, `writ ssh`, `writ task`), the development helpers (`writ dev …`) and
+//! shell completions and the manual page. Parses arguments and calls the library; nothing
+//! else. Everything printed on stdout goes through [`writ::cli`], so `writ … | head` ends
+//! quietly instead of panicking.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use time::OffsetDateTime;
 use writ::admin::{self, explain};
-use writ::config::Config;
+use writ::config::{Config, resolve_listen};
 use writ::{dev, duration, server};
 
 /// See Cargo.toml: measurably less CPU per certificate than glibc malloc.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// writ — an SSH certificate authority for AI agents and other workloads.
+/// Where `writ serve --dev` listens unless told otherwise.
+const DEV_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8422);
+
+const EXAMPLES: &str = "\
+Examples:
+  writ serve --dev                                   a local development CA
+  writ serve --config /etc/writ/writ.toml            the CA
+  writ dev token --sub agent-1 | writ cert --ca-url http://127.0.0.1:8422 --token - \\
+      --login deploy --host web-01.example.com --key ~/.ssh/id_ed25519
+  writ task complete TASK_ID --ca-url http://127.0.0.1:8422 --key ~/.ssh/id_ed25519
+  writ admin --config writ.toml task show TASK_ID
+  writ completions bash > /etc/bash_completion.d/writ
+
+Environment: WRIT_CONFIG (for --config), WRIT_CA_URL (for --ca-url).
+See `writ COMMAND --help`, and `writ man` for the manual page.";
+
+/// An SSH certificate authority for AI agents and other workloads.
 ///
 /// Agents prove who they are with a workload identity token (OIDC JWT), name the task
 /// they are about to do, and get a minute-scale SSH certificate bound to that task.
 #[derive(Parser)]
-#[command(version, propagate_version = true)]
+#[command(version, propagate_version = true, after_help = EXAMPLES)]
 struct Cli {
-    /// CA configuration file (TOML).
+    /// CA configuration file (TOML), for `serve` and `admin`; other commands refuse it.
     #[arg(long, global = true, env = "WRIT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -36,6 +57,13 @@ enum Command {
     ///
     /// Opens a task for --login/--host with the workload token and writes the
     /// certificate next to the key as <key>-cert.pub, which ssh picks up automatically.
+    /// Prints the task id: end the task with `writ task complete ID --key KEY` when done.
+    #[command(after_help = "\
+Example:
+  writ cert --ca-url https://ca.example.com --token @/var/run/secrets/writ/token \\
+      --login deploy --host web-01.prod.example.com --key ~/.ssh/id_ed25519 \\
+      --ttl 5m --task-ttl 30m --purpose 'rotate nginx logs'
+  ssh deploy@web-01.prod.example.com            # uses ~/.ssh/id_ed25519-cert.pub")]
     Cert {
         #[command(flatten)]
         agent: AgentArgs,
@@ -45,9 +73,10 @@ enum Command {
     },
     /// Open a task, ssh to the host with a fresh key and certificate, then complete the
     /// task so the certificate stops working everywhere.
-    ///
-    /// Example: writ ssh --ca-url https://ca.example.com --token @/var/run/token
-    ///          --login deploy --host web-01.prod.example.com -- uptime
+    #[command(after_help = "\
+Example:
+  writ ssh --ca-url https://ca.example.com --token @/var/run/token \\
+      --login deploy --host web-01.prod.example.com -- uptime")]
     Ssh {
         #[command(flatten)]
         agent: AgentArgs,
@@ -61,23 +90,43 @@ enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Show or complete your task at the CA (agents; authenticated by the certificate's
+    /// key, or a fresh workload token).
+    Task {
+        #[command(subcommand)]
+        command: AgentTaskCommand,
+    },
     /// Run the CA.
     ///
-    /// With --config, serves that configuration. With --dev, runs like `vault server -dev`:
-    /// state under ./writ-data (SQLite, a generated CA key and passphrase), a built-in
-    /// development token issuer and a permissive policy. Never use --dev in production.
+    /// With --config, serves that configuration; --listen overrides its [server] listen.
+    /// With --dev, runs like `vault server -dev`: state under ./writ-data (SQLite, a
+    /// generated CA key and passphrase), a built-in development token issuer and a
+    /// permissive policy; WRIT_CONFIG is ignored. Never use --dev in production.
+    #[command(after_help = "\
+Examples:
+  writ serve --dev
+  writ serve --config /etc/writ/writ.toml
+  writ serve --config /etc/writ/writ.toml --listen localhost:9000")]
     Serve {
         /// Development mode (see above).
-        #[arg(long, conflicts_with = "config")]
+        #[arg(long)]
         dev: bool,
         /// Data directory for --dev.
-        #[arg(long, default_value = dev::DEFAULT_DATA_DIR, requires = "dev")]
+        #[arg(long, default_value = dev::DEFAULT_DATA_DIR, requires = "dev", value_name = "DIR")]
         data_dir: PathBuf,
-        /// Listen address for --dev.
-        #[arg(long, default_value = "127.0.0.1:8422", requires = "dev")]
-        listen: SocketAddr,
+        /// Listen address, IP:PORT or HOST:PORT (default: the configuration's [server]
+        /// listen; 127.0.0.1:8422 with --dev). Plain HTTP only on loopback.
+        #[arg(long, value_name = "ADDR", value_parser = resolve_listen)]
+        listen: Option<SocketAddr>,
     },
     /// Operator commands on a CA configuration (give --config FILE or WRIT_CONFIG).
+    #[command(after_help = "\
+Examples:
+  writ admin --config writ.toml ca list
+  writ admin --config writ.toml task show TASK_ID
+  writ admin --config writ.toml task revoke TASK_ID --reason 'key leaked'
+  writ admin --config writ.toml audit verify
+  writ admin --config writ.toml policy explain --token @token --logins deploy --hosts web-01")]
     Admin {
         #[command(subcommand)]
         command: AdminCommand,
@@ -93,6 +142,74 @@ enum Command {
         #[command(subcommand)]
         command: writ::bench::BenchCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    #[command(after_help = "\
+Examples:
+  writ completions bash > /etc/bash_completion.d/writ
+  writ completions zsh > \"${fpath[1]}/_writ\"
+  writ completions fish > ~/.config/fish/completions/writ.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page writ(1) (roff), or write one page per command with --dir.
+    #[command(after_help = "\
+Examples:
+  writ man | man -l -
+  writ man --dir /usr/local/share/man/man1")]
+    Man {
+        /// Write writ.1, writ-serve.1, writ-admin-ca-list.1, … into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `writ task show|complete`.
+#[derive(Subcommand)]
+enum AgentTaskCommand {
+    /// Show a task: state, logins, hosts, expiry and certificates.
+    #[command(after_help = "\
+Examples:
+  writ task show TASK_ID --ca-url https://ca.example.com --key ~/.ssh/id_ed25519
+  writ task show TASK_ID --ca-url https://ca.example.com --token @/var/run/token --json")]
+    Show {
+        #[command(flatten)]
+        call: TaskCall,
+    },
+    /// Complete a task: every certificate of the task stops working at once, on every
+    /// host (audited as task.completed).
+    #[command(after_help = "\
+Example:
+  writ task complete TASK_ID --ca-url https://ca.example.com --key ~/.ssh/id_ed25519")]
+    Complete {
+        #[command(flatten)]
+        call: TaskCall,
+    },
+}
+
+/// Which task, at which CA, and how to prove it is ours.
+#[derive(clap::Args)]
+struct TaskCall {
+    /// Task id (`writ cert` prints it).
+    #[arg(value_name = "ID")]
+    id: String,
+    /// The CA's base URL.
+    #[arg(long, env = "WRIT_CA_URL", value_name = "URL")]
+    ca_url: String,
+    /// Prove possession with this private key, the one `writ cert --key` certified; its
+    /// certificate is <key>-cert.pub. Works while the certificate is valid and the task
+    /// active.
+    #[arg(long, value_name = "PATH", required_unless_present = "token")]
+    key: Option<PathBuf>,
+    /// The certificate of --key, if not at <key>-cert.pub.
+    #[arg(long = "cert", value_name = "PATH", requires = "key")]
+    certificate: Option<PathBuf>,
+    /// Or a fresh workload token: `-` reads stdin, `@FILE` a file, else the token itself.
+    #[arg(long, value_name = "TOKEN|-|@FILE", conflicts_with = "key")]
+    token: Option<String>,
+    /// Print the task as JSON (the CA's answer).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -201,7 +318,7 @@ enum TaskCommand {
     },
     /// Revoke a task now: all its certificates are revoked and the next revocation feed
     /// and KRL (what hosts sync) list them. Recorded as `task.revoked` by `local-admin`
-    /// and your login ($SUDO_USER or $USER).
+    /// and your login ($SUDO_USER, else $USER, else your uid's name).
     Revoke {
         /// Task id.
         id: String,
@@ -265,19 +382,35 @@ struct AgentArgs {
     #[arg(long, value_name = "TOKEN|-|@FILE")]
     token: String,
     /// Login for the task (repeat or comma-separate for several).
-    #[arg(long = "login", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "login",
+        value_delimiter = ',',
+        required = true,
+        value_name = "LOGIN"
+    )]
     logins: Vec<String>,
     /// Host (pattern) for the task (repeat or comma-separate); `writ ssh` connects to the first.
-    #[arg(long = "host", value_delimiter = ',', required = true)]
+    #[arg(
+        long = "host",
+        value_delimiter = ',',
+        required = true,
+        value_name = "HOST"
+    )]
     hosts: Vec<String>,
-    /// Certificate lifetime, e.g. 5m (default: the CA's).
-    #[arg(long, value_parser = duration::parse)]
+    /// Lifetime of this certificate, e.g. 5m (default: the CA's default_cert_ttl).
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
     ttl: Option<Duration>,
-    /// Task lifetime, e.g. 30m (default: the CA's).
-    #[arg(long, value_parser = duration::parse)]
+    /// Lifetime of the task, e.g. 30m: once it ends, every certificate of the task stops
+    /// working, however long it was issued for (default: the CA's default_task_ttl).
+    #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
     task_ttl: Option<Duration>,
     /// What the task is for (recorded in the audit log).
-    #[arg(long, default_value = "")]
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        value_name = "TEXT"
+    )]
     purpose: String,
 }
 
@@ -296,26 +429,55 @@ impl AgentArgs {
 #[derive(Subcommand)]
 enum DevCommand {
     /// Print a workload token from the development issuer of `writ serve --dev`.
+    #[command(after_help = "\
+Example (same directory as `writ serve --dev`):
+  writ dev token --sub agent-1 | writ cert --ca-url http://127.0.0.1:8422 --token - \\
+      --login deploy --host web-01.example.com --key ./agent_key")]
     Token {
         /// Subject (`sub`) of the token, e.g. agent-1.
-        #[arg(long)]
+        #[arg(long, value_name = "NAME")]
         sub: String,
         /// Audience (`aud`).
-        #[arg(long, default_value = "writ")]
+        #[arg(long, default_value = "writ", value_name = "AUD")]
         aud: String,
         /// Lifetime, e.g. 5m.
-        #[arg(long, default_value = "5m", value_parser = duration::parse)]
+        #[arg(long, default_value = "5m", value_parser = duration::parse, value_name = "DURATION")]
         ttl: Duration,
         /// Data directory of `writ serve --dev`.
-        #[arg(long, default_value = dev::DEFAULT_DATA_DIR)]
+        #[arg(long, default_value = dev::DEFAULT_DATA_DIR, value_name = "DIR")]
         data_dir: PathBuf,
     },
+}
+
+/// `--config`, and whether it was typed on this command line (rather than WRIT_CONFIG).
+struct ConfigArg {
+    path: Option<PathBuf>,
+    typed: bool,
+}
+
+impl ConfigArg {
+    /// Refuse a typed --config for a command that reads no CA configuration; WRIT_CONFIG
+    /// in the environment is ignored there.
+    fn refuse(&self, command: &str, instead: &str) -> Result<(), ExitCode> {
+        if self.typed {
+            return Err(fail(&format!(
+                "`writ {command}` reads no CA configuration ({instead}): drop --config"
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn main() -> ExitCode {
     // Before anything touches jsonwebtoken: token signatures are verified with ring.
     writ::identity::crypto::install();
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let config = ConfigArg {
+        path: cli.config,
+        typed: matches.value_source("config") == Some(ValueSource::CommandLine),
+    };
+    let over_http = "it talks to the CA at --ca-url";
     match cli.command {
         Command::Dev {
             command:
@@ -326,12 +488,12 @@ fn main() -> ExitCode {
                     data_dir,
                 },
         } => {
+            if let Err(code) = config.refuse("dev token", "it reads --data-dir") {
+                return code;
+            }
             let now = OffsetDateTime::now_utc().unix_timestamp();
             match dev::mint_token(&data_dir, &sub, &aud, ttl, now) {
-                Ok(token) => {
-                    println!("{token}");
-                    ExitCode::SUCCESS
-                }
+                Ok(token) => print_then(&format!("{}\n", token.as_str()), ExitCode::SUCCESS),
                 Err(e) => fail(&e),
             }
         }
@@ -355,41 +517,70 @@ fn main() -> ExitCode {
                 cert_ttl: ttl,
                 task_ttl,
             };
-            policy_explain(cli.config.as_deref(), &token, &request, json)
+            policy_explain(config.path.as_deref(), &token, &request, json)
         }
         Command::Admin {
             command: AdminCommand::Task { command },
-        } => task_command(cli.config.as_deref(), command),
+        } => task_command(config.path.as_deref(), command),
         Command::Admin {
             command: AdminCommand::Audit { command },
-        } => admin::audit::run(cli.config.as_deref(), command),
+        } => admin::audit::run(config.path.as_deref(), command),
         Command::Admin {
             command: AdminCommand::Ca { command, json },
         } => {
             let now = OffsetDateTime::now_utc().unix_timestamp();
-            let operator = std::env::var("SUDO_USER")
-                .or_else(|_| std::env::var("USER"))
-                .unwrap_or_else(|_| "unknown".into());
             let command = command.into_library();
-            match admin::ca::run(cli.config.as_deref(), command, &operator, json, now) {
-                Ok(output) => {
-                    print!("{output}");
-                    ExitCode::SUCCESS
-                }
+            let operator = admin::operator();
+            match admin::ca::run(config.path.as_deref(), command, &operator, json, now) {
+                Ok(output) => print_then(&output, ExitCode::SUCCESS),
                 Err(e) => fail(&e),
             }
         }
-        Command::Cert { agent, key } => cert_command(&agent, &key),
-        Command::Bench { command } => match writ::bench::run(command) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(&e),
+        Command::Cert { agent, key } => match config.refuse("cert", over_http) {
+            Ok(()) => cert_command(&agent, &key),
+            Err(code) => code,
         },
+        Command::Task { command } => match config.refuse("task", over_http) {
+            Ok(()) => agent_task_command(command),
+            Err(code) => code,
+        },
+        Command::Bench { command } => {
+            if let Err(code) = config.refuse("bench", "it starts its own CA or drives --target") {
+                return code;
+            }
+            match writ::bench::run(command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "writ", &mut script);
+            print_then(&String::from_utf8_lossy(&script), ExitCode::SUCCESS)
+        }
+        Command::Man { dir: Some(dir) } => match clap_mangen::generate_to(Cli::command(), &dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&format!(
+                "cannot write manual pages to {}: {e}",
+                dir.display()
+            )),
+        },
+        Command::Man { dir: None } => {
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => print_then(&String::from_utf8_lossy(&page), ExitCode::SUCCESS),
+                Err(e) => fail(&e),
+            }
+        }
         Command::Ssh {
             agent,
             keep_task,
             ssh_options,
             command,
         } => {
+            if let Err(code) = config.refuse("ssh", over_http) {
+                return code;
+            }
             let token = match admin::read_token(&agent.token, &mut std::io::stdin()) {
                 Ok(t) => t,
                 Err(e) => return fail(&e),
@@ -411,64 +602,86 @@ fn main() -> ExitCode {
             dev,
             data_dir,
             listen,
-        } => {
-            writ::logging::init();
-            let prepared = if dev {
-                dev::prepare(&data_dir, listen)
-                    .map(|(config, jwks)| (config, data_dir.join("(dev)"), Some(jwks)))
-                    .map_err(|e| e.to_string())
-            } else {
-                match cli.config {
-                    Some(path) => Config::load(&path)
-                        .map(|c| (c, path, None))
-                        .map_err(|e| e.to_string()),
-                    None => Err(
-                        "give --config FILE (or WRIT_CONFIG), or --dev for a local development CA"
-                            .into(),
-                    ),
-                }
-            };
-            let (config, config_path, dev_jwks) = match prepared {
-                Ok(p) => p,
-                Err(e) => return fail(&e),
-            };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return fail(&e),
-            };
-            runtime.block_on(async move {
-                let is_dev = dev_jwks.is_some();
-                let state = match server::build(&config, &config_path, dev_jwks).await {
-                    Ok(state) => state,
-                    Err(e) => return fail(&e),
-                };
-                let listener = match server::bind(&config).await {
-                    Ok(l) => l,
-                    Err(e) => return fail(&e),
-                };
-                let addr = listener
-                    .local_addr()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-                tracing::info!(%addr, "listening");
-                if is_dev {
-                    print_dev_banner(&addr, &data_dir);
-                }
-                let limits = config.server.limits();
-                server::serve(listener, state, server::shutdown_signal(), limits).await;
-                tracing::info!("stopped");
-                ExitCode::SUCCESS
-            })
-        }
+        } => serve(config, dev, &data_dir, listen),
     }
+}
+
+/// `writ serve`.
+fn serve(config: ConfigArg, dev: bool, data_dir: &Path, listen: Option<SocketAddr>) -> ExitCode {
+    writ::logging::init();
+    let prepared = if dev {
+        if config.typed {
+            return fail(
+                &"--dev serves its own configuration from --data-dir: drop --config FILE \
+                  (or drop --dev to serve FILE)",
+            );
+        }
+        if config.path.is_some() {
+            eprintln!("writ: --dev: ignoring WRIT_CONFIG");
+        }
+        dev::prepare(data_dir, listen.unwrap_or(DEV_LISTEN))
+            .map(|(config, jwks)| (config, data_dir.join("(dev)"), Some(jwks)))
+            .map_err(|e| e.to_string())
+    } else {
+        match config.path {
+            Some(path) => load_serving(&path, listen).map(|c| (c, path, None)),
+            None => Err(
+                "give --config FILE (or WRIT_CONFIG), or --dev for a local development CA".into(),
+            ),
+        }
+    };
+    let (config, config_path, dev_jwks) = match prepared {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&e),
+    };
+    runtime.block_on(async move {
+        let is_dev = dev_jwks.is_some();
+        let state = match server::build(&config, &config_path, dev_jwks).await {
+            Ok(state) => state,
+            Err(e) => return fail(&e),
+        };
+        let listener = match server::bind(&config).await {
+            Ok(l) => l,
+            Err(e) => return fail(&e),
+        };
+        let addr = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(%addr, "listening");
+        if is_dev {
+            print_dev_banner(&addr, data_dir);
+        }
+        let limits = config.server.limits();
+        server::serve(listener, state, server::shutdown_signal(), limits).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+/// The configuration at `path`, with `--listen` (if given) in place of `[server] listen`
+/// and validated again (the loopback rule applies to the override too).
+fn load_serving(path: &Path, listen: Option<SocketAddr>) -> Result<Config, String> {
+    let mut config = Config::load(path).map_err(|e| e.to_string())?;
+    if let Some(addr) = listen {
+        config.server.listen = addr;
+        config
+            .validate(path)
+            .map_err(|e| format!("--listen {addr}: {e}"))?;
+    }
+    Ok(config)
 }
 
 /// `writ admin policy explain`.
 fn policy_explain(
-    config: Option<&std::path::Path>,
+    config: Option<&Path>,
     token: &str,
     request: &explain::ExplainRequest,
     json: bool,
@@ -490,21 +703,22 @@ fn policy_explain(
     };
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let explanation = runtime.block_on(explain::explain(&config, &token, request, now));
-    if json {
+    let text = if json {
         match explanation.to_json() {
-            Ok(text) => println!("{text}"),
+            Ok(text) => format!("{text}\n"),
             Err(e) => return fail(&e),
         }
     } else {
-        print!("{explanation}");
-    }
-    match explanation.outcome() {
+        explanation.to_string()
+    };
+    let code = match explanation.outcome() {
         explain::Outcome::TokenRefused => ExitCode::FAILURE,
         explain::Outcome::Allowed | explain::Outcome::Denied => ExitCode::SUCCESS,
-    }
+    };
+    print_then(&text, code)
 }
 
-fn cert_command(agent: &AgentArgs, key: &std::path::Path) -> ExitCode {
+fn cert_command(agent: &AgentArgs, key: &Path) -> ExitCode {
     let token = match admin::read_token(&agent.token, &mut std::io::stdin()) {
         Ok(t) => t,
         Err(e) => return fail(&e),
@@ -520,17 +734,72 @@ fn cert_command(agent: &AgentArgs, key: &std::path::Path) -> ExitCode {
             if let Err(e) = std::fs::write(&path, format!("{}\n", issued.certificate)) {
                 return fail(&format!("cannot write {path}: {e}"));
             }
-            println!("task {}", issued.task_id);
-            println!("serial {}", issued.serial);
-            println!("certificate {path} (valid until {})", issued.valid_before);
-            println!("principals {}", issued.principals.join(","));
-            ExitCode::SUCCESS
+            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprintln!(
+                    "writ: when done: writ task complete {} --ca-url {} --key {base}",
+                    issued.task_id, agent.ca_url
+                );
+            }
+            print_then(
+                &format!(
+                    "task {}\nserial {}\ncertificate {path} (valid until {})\nprincipals {}\n",
+                    issued.task_id,
+                    issued.serial,
+                    issued.valid_before,
+                    issued.principals.join(",")
+                ),
+                ExitCode::SUCCESS,
+            )
         }
         Err(e) => fail(&e),
     }
 }
 
-fn task_command(config: Option<&std::path::Path>, command: TaskCommand) -> ExitCode {
+/// `writ task show|complete` (the agent's side, over HTTP).
+fn agent_task_command(command: AgentTaskCommand) -> ExitCode {
+    let (call, complete) = match command {
+        AgentTaskCommand::Show { call } => (call, false),
+        AgentTaskCommand::Complete { call } => (call, true),
+    };
+    let token;
+    let possession;
+    let credential = match (&call.key, &call.token) {
+        (Some(key), _) => {
+            match writ::client::load_possession(key, call.certificate.as_deref(), &call.id) {
+                Ok(p) => possession = p,
+                Err(e) => return fail(&e),
+            }
+            writ::client::Credential::Possession {
+                certificate: &possession.0,
+                key: &possession.1,
+            }
+        }
+        (None, Some(arg)) => {
+            match admin::read_token(arg, &mut std::io::stdin()) {
+                Ok(t) => token = t,
+                Err(e) => return fail(&e),
+            }
+            writ::client::Credential::Token(&token)
+        }
+        (None, None) => return fail(&"give --key PATH or --token TOKEN"),
+    };
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let answer = if complete {
+        writ::client::finish_task(&call.ca_url, &call.id, &credential, now)
+    } else {
+        writ::client::task_status(&call.ca_url, &call.id, &credential, now)
+    };
+    match answer {
+        Ok(task) if call.json => {
+            let text = serde_json::to_string_pretty(&task).unwrap_or_default();
+            print_then(&format!("{text}\n"), ExitCode::SUCCESS)
+        }
+        Ok(task) => print_then(&writ::client::describe_task(&task, now), ExitCode::SUCCESS),
+        Err(e) => fail(&e),
+    }
+}
+
+fn task_command(config: Option<&Path>, command: TaskCommand) -> ExitCode {
     let config = match writ::admin::load_config(config) {
         Ok(c) => c,
         Err(e) => return fail(&e),
@@ -549,9 +818,7 @@ fn task_command(config: Option<&std::path::Path>, command: TaskCommand) -> ExitC
                 (writ::admin::task::show(&config, &id, now).await, json)
             }
             TaskCommand::Revoke { id, reason, json } => {
-                let operator = std::env::var("SUDO_USER")
-                    .or_else(|_| std::env::var("USER"))
-                    .unwrap_or_else(|_| "unknown".into());
+                let operator = admin::operator();
                 (
                     writ::admin::task::revoke(&config, &id, &reason, &operator, now).await,
                     json,
@@ -561,17 +828,20 @@ fn task_command(config: Option<&std::path::Path>, command: TaskCommand) -> ExitC
     });
     match result {
         Ok(report) if json => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&report).unwrap_or_default()
-            );
-            ExitCode::SUCCESS
+            let text = serde_json::to_string_pretty(&report).unwrap_or_default();
+            print_then(&format!("{text}\n"), ExitCode::SUCCESS)
         }
-        Ok(report) => {
-            print!("{report}");
-            ExitCode::SUCCESS
-        }
+        Ok(report) => print_then(&report.to_string(), ExitCode::SUCCESS),
         Err(e) => fail(&e),
+    }
+}
+
+/// Print `text` on stdout, then exit with `code`. A reader that went away (`| head`) is a
+/// quiet, normal end; only other write errors fail.
+fn print_then(text: &str, code: ExitCode) -> ExitCode {
+    match writ::cli::print(text) {
+        Ok(()) => code,
+        Err(e) => fail(&format!("cannot write the output: {e}")),
     }
 }
 
@@ -591,13 +861,12 @@ fn print_dev_banner(addr: &str, data_dir: &std::path::Path) {
     Get a certificate for a task (in another shell, same directory):
 
       ssh-keygen -q -t ed25519 -N '' -f agent_key
-      TOKEN=$(writ dev token --sub agent-1)
-      curl -s http://{addr}/v1/certificates \
-        -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-        -d "{{\"public_key\": \"$(cat agent_key.pub)\",
-             \"task\": {{\"logins\": [\"deploy\"], \"hosts\": [\"*.example.com\"],
-                       \"ttl_seconds\": 900, \"purpose\": \"try writ\"}}}}"
+      writ dev token --sub agent-1 | writ cert --ca-url http://{addr} --token - \
+        --login deploy --host web-01.example.com --key agent_key --purpose 'try writ'
+      ssh-keygen -L -f agent_key-cert.pub
+      writ task complete TASK_ID --ca-url http://{addr} --key agent_key   # when done
 
+    Or over HTTP: POST http://{addr}/v1/certificates (README, "Quickstart").
     Hosts trust this CA with:  curl -s http://{addr}/v1/ca/trusted-keys
 "#
     );
