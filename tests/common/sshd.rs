@@ -235,6 +235,10 @@ impl Drop for TestHost {
 /// Knobs for [`Sshd::start`].
 #[derive(Debug, Clone, Default)]
 pub struct SshdOptions {
+    /// Written at the top of the generated sshd_config, ahead of the harness's own lines:
+    /// sshd keeps the first value it reads for a keyword, so these win (as a drop-in
+    /// `Include`d at the top of Debian's sshd_config does).
+    pub prelude: String,
     /// Written as `RevokedKeys <path>` when set.
     pub revoked_keys: Option<PathBuf>,
     /// Appended verbatim to the generated sshd_config.
@@ -254,6 +258,7 @@ pub struct SshdOptions {
 pub struct Sshd {
     child: Child,
     port: u16,
+    config_path: PathBuf,
     log_path: PathBuf,
 }
 
@@ -279,7 +284,11 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn sshd_config(host: &TestHost, opts: &SshdOptions, host_key: &Path, port: u16) -> String {
-    let mut cfg = format!(
+    let mut cfg = opts.prelude.clone();
+    if !cfg.is_empty() && !cfg.ends_with('\n') {
+        cfg.push('\n');
+    }
+    cfg.push_str(&format!(
         "ListenAddress 127.0.0.1\n\
          Port {port}\n\
          HostKey {host_key}\n\
@@ -296,7 +305,7 @@ fn sshd_config(host: &TestHost, opts: &SshdOptions, host_key: &Path, port: u16) 
         host_key = host_key.display(),
         trusted = host.trusted_keys_path().display(),
         use_pam = if opts.use_pam { "yes" } else { "no" },
-    );
+    ));
     if !opts.no_principals_command {
         cfg.push_str(&format!(
             "AuthorizedPrincipalsCommand {bin} check --config {config} -- %u %k\n\
@@ -374,6 +383,7 @@ impl Sshd {
                     return Sshd {
                         child,
                         port,
+                        config_path: cfg_path,
                         log_path,
                     };
                 }
@@ -436,6 +446,11 @@ impl Sshd {
     /// The PID of the sshd listener.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Path of the generated sshd_config (`<host dir>/sshd_config`).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
     }
 
     /// Path of sshd's log (its stderr).
