@@ -3,13 +3,19 @@
 #
 #   sudo contrib/host/install.sh --ca-url https://ca.example.com [--binary PATH]
 #       [--host-name NAME] [--sshd-config PATH] [--user NAME] [--no-reload]
+#   sudo /usr/share/writ-principals/install.sh --packaged [--ca-url URL] [...]
+#
+# --packaged: the writ-principals .deb is installed (README "Packages"): the binary is the
+# package's /usr/bin/writ-principals and the sync service its unit, so neither is copied;
+# --ca-url may be left out when /etc/writ/host.toml (the package's conffile) names it.
 #
 # Steps, in this order (nothing that changes how sshd authenticates is in place before 4):
 #   1. Preflight: arguments, the binary, the user sshd runs the check as (created if
 #      missing), and `sshd -t` of the current sshd configuration.
 #   2. The binary, root-owned, as /usr/local/bin/writ-principals (sshd insists); the config
-#      /etc/writ/host.toml (an existing one is kept); the state directory /var/lib/writ;
-#      then a first `writ-principals sync`, which must succeed.
+#      /etc/writ/host.toml (an existing one is kept, with --ca-url and --host-name set in
+#      it); the state directory /var/lib/writ; then a first `writ-principals sync`, which
+#      must succeed.
 #   3. Keeping the state current: with a running systemd, writ-principals-sync.service;
 #      without, the cron file /etc/cron.d/writ-principals-sync (when cron's directory
 #      exists), and the foreground command is printed.
@@ -36,13 +42,15 @@ me="install.sh"
 say() { printf '%s: %s\n' "$me" "$*"; }
 warn() { printf '%s: %s\n' "$me" "$*" >&2; }
 usage() {
-    warn "usage: install.sh --ca-url URL [--binary PATH] [--host-name NAME] [--sshd-config PATH] [--user NAME] [--no-reload]"
+    warn "usage: install.sh --ca-url URL [--binary PATH] [--host-name NAME] [--sshd-config PATH] [--user NAME] [--no-reload] [--packaged]"
     exit 2
 }
 # Refuse before anything is written (exit 2).
 refuse() { warn "$*"; exit 2; }
 
 ca_url=""
+config_edits=""
+packaged=0
 host_name=""
 sshd_config=""
 user="writ"
@@ -65,6 +73,7 @@ while [ $# -gt 0 ]; do
             shift 2
             ;;
         --no-reload) reload=0; shift ;;
+        --packaged) packaged=1; shift ;;
         -h | --help) usage ;;
         *) warn "unknown argument $1"; usage ;;
     esac
@@ -72,15 +81,15 @@ done
 
 # --- 1. Preflight ----------------------------------------------------------------------
 # Values end up in sed replacements, sshd_config and a cron line: accept plain characters.
-[ -n "$ca_url" ] || refuse "--ca-url is required"
-case "$ca_url" in
-    http://* | https://*) ;;
-    *) refuse "--ca-url must start with https:// (or http:// to a loopback address)" ;;
-esac
-case "$ca_url" in *[!]A-Za-z0-9.:/_~%@+[-]*) refuse "--ca-url has characters it should not have" ;; esac
+if [ -n "$ca_url" ]; then
+    case "$ca_url" in
+        http://* | https://*) ;;
+        *) refuse "--ca-url must start with https:// (or http:// to a loopback address)" ;;
+    esac
+    case "$ca_url" in *[!]A-Za-z0-9.:/_~%@+[-]*) refuse "--ca-url has characters it should not have" ;; esac
+fi
 case "$host_name" in *[!A-Za-z0-9.-]*) refuse "--host-name must be a DNS name" ;; esac
 case "$user" in "" | -* | *[!A-Za-z0-9._-]*) refuse "--user must be a plain user name" ;; esac
-[ -x "$binary" ] || refuse "no executable at $binary (build with contrib/host/build.sh, or cargo build --release)"
 
 root="${ROOT:-}"
 root="${root%/}"
@@ -91,7 +100,13 @@ case "$root" in
 esac
 [ "$(id -u)" = 0 ] || refuse "run as root (sshd only runs a root-owned AuthorizedPrincipalsCommand)"
 
-bin_path="$root/usr/local/bin/writ-principals"
+if [ "$packaged" = 1 ]; then
+    bin_path="$root/usr/bin/writ-principals"
+    [ -x "$bin_path" ] || refuse "--packaged, but there is no $bin_path: install the writ-principals package first"
+else
+    bin_path="$root/usr/local/bin/writ-principals"
+    [ -x "$binary" ] || refuse "no executable at $binary (build with contrib/host/build.sh, or cargo build --release)"
+fi
 config_path="$root/etc/writ/host.toml"
 state_dir="$root/var/lib/writ"
 dropin_dir="$root/etc/ssh/sshd_config.d"
@@ -124,9 +139,18 @@ if [ -f "$config_path" ]; then
         *) refuse "state_dir in $config_path must be an absolute path" ;;
     esac
     existing_url="$(sed -n 's/^[[:space:]]*ca_url[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$config_path" | tail -n 1)"
-    if [ "$existing_url" != "$ca_url" ]; then
-        warn "keeping the existing $config_path, whose ca_url is $existing_url (not $ca_url)"
+    # --ca-url and --host-name given for an existing config are set in it (backed up and
+    # restored on failure, like every file replaced); everything else in it is kept.
+    if [ -n "$ca_url" ] && [ "$existing_url" != "$ca_url" ]; then
+        config_edits="s|^[[:space:]]*ca_url[[:space:]]*=.*|ca_url = \"$ca_url\"|"
     fi
+    if [ -n "$host_name" ] && ! grep -qx "host_name = \"$host_name\"" "$config_path"; then
+        grep -q '^[[:space:]]*#*[[:space:]]*host_name[[:space:]]*=' "$config_path" ||
+            refuse "$config_path has no host_name line to set: add host_name = \"$host_name\" yourself"
+        config_edits="${config_edits:+$config_edits;}s|^[[:space:]]*#*[[:space:]]*host_name[[:space:]]*=.*|host_name = \"$host_name\"|"
+    fi
+else
+    [ -n "$ca_url" ] || refuse "--ca-url is required (there is no $config_path yet)"
 fi
 
 # --- The transaction journal ------------------------------------------------------------
@@ -215,6 +239,7 @@ put() {
 # that contains another template path is not rewritten again).
 render() {
     sed -e 's|/usr/local/bin/writ-principals|@WRIT_BIN@|g' \
+        -e 's|/usr/bin/writ-principals|@WRIT_BIN@|g' \
         -e 's|/etc/writ/host.toml|@WRIT_CONFIG@|g' \
         -e 's|/var/lib/writ|@WRIT_STATE@|g' \
         -e 's|^AuthorizedPrincipalsCommandUser writ$|AuthorizedPrincipalsCommandUser @WRIT_USER@|' \
@@ -236,7 +261,7 @@ fi
 
 # --- 2. Binary, config, state, first sync ----------------------------------------------
 make_dirs "$(dirname "$bin_path")" "$(dirname "$config_path")"
-put "$binary" "$bin_path" 0755
+[ "$packaged" = 1 ] || put "$binary" "$bin_path" 0755
 if [ ! -e "$config_path" ]; then
     name_expr='s|^# host_name = |&|' # unchanged: the system hostname
     [ -z "$host_name" ] || name_expr="s|^# host_name = .*|host_name = \"$host_name\"|"
@@ -245,6 +270,10 @@ if [ ! -e "$config_path" ]; then
         -e "$name_expr" \
         "$here/host.toml" >"$tmp/host.toml"
     put "$tmp/host.toml" "$config_path" 0644
+elif [ -n "$config_edits" ]; then
+    sed -e "$config_edits" "$config_path" >"$tmp/host.toml"
+    put "$tmp/host.toml" "$config_path" 0644
+    say "updated $config_path (ca_url/host_name as given; the rest kept)"
 fi
 if [ ! -d "$state_dir" ]; then
     make_dirs "$state_dir"
@@ -260,9 +289,11 @@ done
 
 # --- 3. Keeping the state current ------------------------------------------------------
 if [ "$use_systemd" = 1 ]; then
-    make_dirs "$(dirname "$unit_path")"
-    render "$here/../systemd/$unit_name" >"$tmp/$unit_name"
-    put "$tmp/$unit_name" "$unit_path" 0644
+    if [ "$packaged" = 0 ]; then # else the package's unit
+        make_dirs "$(dirname "$unit_path")"
+        render "$here/../systemd/$unit_name" >"$tmp/$unit_name"
+        put "$tmp/$unit_name" "$unit_path" 0644
+    fi
     if systemctl is-enabled --quiet "$unit_name" 2>/dev/null; then unit_was_enabled=1; fi
     systemctl daemon-reload || fail "systemctl daemon-reload failed"
     unit_enabled=1
