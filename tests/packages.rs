@@ -184,6 +184,8 @@ fn packages_build_install_and_fail_closed() {
     let version = stdout(Command::new(root.join("usr/bin/writ-principals")).arg("--version"));
     assert_eq!(version.trim(), format!("writ-principals {VERSION}"));
 
+    writ::config::Config::load(&root.join("etc/writ/writ.toml"))
+        .expect("the shipped writ.toml is valid");
     let shipped = root.join("etc/writ/host.toml");
     writ::host::config::HostConfig::load(&shipped).expect("the shipped host.toml is valid");
     let state = dir.path().join("empty-state");
