@@ -83,6 +83,13 @@ fn password_locked(name: &str) -> bool {
 
 /// Creates local user `name` (shell `/bin/sh`, home directory) unless it already exists.
 ///
+/// The fixed-name users the tests share (`writ_alice`, `writ_bob`) are kept, not removed:
+/// every test binary, and every test run on the machine at the same time, uses the same
+/// names, so no one of them can tell when the last user is done (removing one at the end
+/// of a binary would pull it from under a parallel run). They have no password and no
+/// `authorized_keys`; README "Running the tests" says how to remove them. A test that
+/// gives a user a way in makes its own uniquely named user and removes it.
+///
 /// Idempotent and safe under concurrent tests: serialised in-process by a mutex, and a
 /// `useradd` that loses a race with another process (user exists, passwd file locked)
 /// is tolerated. The password field is set to `*` (no password, but *not* locked: with
@@ -145,7 +152,8 @@ static HOST_COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// A root-owned directory `/opt/writ-tests/<pid>-<counter>-<random>` laid out as a host:
 /// `bin/writ-principals` (a copy of the binary under test), `state/` and `host.toml`.
 /// Every directory from `/opt` down is root-owned 0755, as sshd requires for an
-/// `AuthorizedPrincipalsCommand`. Dropping it removes the directory (best effort).
+/// `AuthorizedPrincipalsCommand`. Dropping it removes the directory, and `/opt/writ-tests`
+/// with it when that is left empty (best effort).
 #[derive(Debug)]
 pub struct TestHost {
     dir: PathBuf,
@@ -156,9 +164,15 @@ impl TestHost {
     pub fn new(principals_binary: &Path) -> TestHost {
         require_root_and_sshd();
         let root = Path::new(TEST_ROOT);
-        fs::create_dir_all(root).unwrap_or_else(|e| panic!("mkdir {TEST_ROOT}: {e}"));
-        set_mode(root, 0o755);
         let dir = loop {
+            // The last host of any test process to go removes TEST_ROOT (see Drop), so it
+            // is created (again) on every attempt, and may vanish before the mkdir below.
+            fs::create_dir_all(root).unwrap_or_else(|e| panic!("mkdir {TEST_ROOT}: {e}"));
+            match fs::set_permissions(root, fs::Permissions::from_mode(0o755)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("chmod 755 {TEST_ROOT}: {e}"),
+            }
             let candidate = root.join(format!(
                 "{}-{}-{:016x}",
                 std::process::id(),
@@ -167,7 +181,14 @@ impl TestHost {
             ));
             match fs::create_dir(&candidate) {
                 Ok(()) => break candidate,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound
+                    ) =>
+                {
+                    continue;
+                }
                 Err(e) => panic!("mkdir {}: {e}", candidate.display()),
             }
         };
@@ -229,12 +250,18 @@ impl TestHost {
 impl Drop for TestHost {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.dir);
+        // Succeeds only when no other host (of any test process) is left in it.
+        let _ = fs::remove_dir(TEST_ROOT);
     }
 }
 
 /// Knobs for [`Sshd::start`].
 #[derive(Debug, Clone, Default)]
 pub struct SshdOptions {
+    /// Written at the top of the generated sshd_config, ahead of the harness's own lines:
+    /// sshd keeps the first value it reads for a keyword, so these win (as a drop-in
+    /// `Include`d at the top of Debian's sshd_config does).
+    pub prelude: String,
     /// Written as `RevokedKeys <path>` when set.
     pub revoked_keys: Option<PathBuf>,
     /// Appended verbatim to the generated sshd_config.
@@ -254,6 +281,7 @@ pub struct SshdOptions {
 pub struct Sshd {
     child: Child,
     port: u16,
+    config_path: PathBuf,
     log_path: PathBuf,
 }
 
@@ -279,7 +307,11 @@ fn run(cmd: &mut Command) -> Output {
 }
 
 fn sshd_config(host: &TestHost, opts: &SshdOptions, host_key: &Path, port: u16) -> String {
-    let mut cfg = format!(
+    let mut cfg = opts.prelude.clone();
+    if !cfg.is_empty() && !cfg.ends_with('\n') {
+        cfg.push('\n');
+    }
+    cfg.push_str(&format!(
         "ListenAddress 127.0.0.1\n\
          Port {port}\n\
          HostKey {host_key}\n\
@@ -296,7 +328,7 @@ fn sshd_config(host: &TestHost, opts: &SshdOptions, host_key: &Path, port: u16) 
         host_key = host_key.display(),
         trusted = host.trusted_keys_path().display(),
         use_pam = if opts.use_pam { "yes" } else { "no" },
-    );
+    ));
     if !opts.no_principals_command {
         cfg.push_str(&format!(
             "AuthorizedPrincipalsCommand {bin} check --config {config} -- %u %k\n\
@@ -374,6 +406,7 @@ impl Sshd {
                     return Sshd {
                         child,
                         port,
+                        config_path: cfg_path,
                         log_path,
                     };
                 }
@@ -436,6 +469,11 @@ impl Sshd {
     /// The PID of the sshd listener.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Path of the generated sshd_config (`<host dir>/sshd_config`).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
     }
 
     /// Path of sshd's log (its stderr).
