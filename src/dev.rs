@@ -158,13 +158,9 @@ pub fn prepare(
             hosts: vec!["*".into()],
             max_cert_ttl: None,
             max_task_ttl: None,
-            extensions: vec![
-                "permit-pty".into(),
-                "permit-port-forwarding".into(),
-                "permit-agent-forwarding".into(),
-                "permit-X11-forwarding".into(),
-                "permit-user-rc".into(),
-            ],
+            // A terminal and nothing else, as a sane production policy grants: no
+            // forwarding of ports, agents or X11, no ~/.ssh/rc.
+            extensions: vec!["permit-pty".into()],
             force_command: None,
             source_address: None,
         }],
@@ -195,4 +191,22 @@ pub fn mint_token(
         "iat": now_unix, "nbf": now_unix, "exp": exp, "jti": random_hex(16),
     });
     jsonwebtoken::encode(&header, &claims, &encoding).map_err(|e| DevError::Sign(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_dev_policy_grants_a_terminal_and_no_forwarding() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (config, _jwks) = prepare(
+            &dir.path().join("data"),
+            "127.0.0.1:0".parse().expect("addr"),
+        )
+        .expect("prepare");
+        assert_eq!(config.policies.len(), 1);
+        assert_eq!(config.policies[0].extensions, ["permit-pty"]);
+        config.validate(Path::new("(dev)")).expect("valid");
+    }
 }

@@ -46,7 +46,6 @@ async fn reject(
     entry.reason = Some(format!("{}: {error}", error.reason_code()));
     entry.source_ip = context.source_ip.clone();
     entry.request_id = context.request_id.clone();
-    tracing::info!(reason = error.reason_code(), source_ip = ?context.source_ip, "credentials rejected");
     if let Err(e) = state.store.append_audit(&entry).await {
         tracing::error!(error = %e, "could not record token.rejected");
         return ApiError::new(

@@ -79,6 +79,11 @@ impl From<&IssueError> for ApiError {
     }
 }
 
+/// The error code of a response built from an [`ApiError`], kept in the response's
+/// extensions for the log line of the connection loop (`server::connections`).
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let message =
@@ -89,6 +94,7 @@ impl IntoResponse for ApiError {
             };
         let body = json!({"error": {"code": self.code, "message": message}});
         let mut response = (self.status, Json(body)).into_response();
+        response.extensions_mut().insert(ErrorCode(self.code));
         if self.status == StatusCode::UNAUTHORIZED {
             let value = format!(
                 "Bearer error=\"invalid_token\", error_description=\"{}\"",

@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use crate::api::ApiError;
+use crate::api::error::ErrorCode;
 
 /// Time limits of the connection loop (`[server]` `client_timeout`, `request_timeout`,
 /// `shutdown_timeout`).
@@ -106,6 +107,7 @@ async fn serve_connection(
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         let router = router.clone();
+        let (method, uri) = (request.method().clone(), request.uri().clone());
         async move {
             let answer = router.oneshot(request.map(axum::body::Body::new));
             let response = match tokio::time::timeout(limits.request_timeout, answer).await {
@@ -113,6 +115,7 @@ async fn serve_connection(
                 Ok(Err(never)) => match never {},
                 Err(_elapsed) => request_timeout(limits.request_timeout),
             };
+            log_refusal(&response, &method, &uri, peer);
             Ok::<Response, Infallible>(response)
         }
     });
@@ -129,6 +132,25 @@ async fn serve_connection(
             connection.as_mut().graceful_shutdown();
             log_connection_end(connection.await);
         }
+    }
+}
+
+/// One log line per refused request (4xx at info, 5xx at warn) with its error code; the
+/// audit record, where there is one, says the rest.
+fn log_refusal(response: &Response, method: &hyper::Method, uri: &hyper::Uri, peer: SocketAddr) {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return;
+    }
+    let code = response
+        .extensions()
+        .get::<ErrorCode>()
+        .map_or("none", |c| c.0);
+    let (status, source_ip, path) = (status.as_u16(), peer.ip(), uri.path());
+    if response.status().is_server_error() {
+        tracing::warn!(status, code, %method, path, %source_ip, "request failed");
+    } else {
+        tracing::info!(status, code, %method, path, %source_ip, "request refused");
     }
 }
 
