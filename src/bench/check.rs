@@ -130,8 +130,8 @@ fn fixture(dir: &Path, now: i64) -> Result<Fixture, BenchError> {
     let state = dir.join("state");
     std::fs::create_dir(&state).map_err(BenchError::io(&state))?;
     let trusted = state.join(TRUSTED_KEYS_FILE);
-    let line = ca_key.public_key().to_openssh().map_err(setup)?;
-    std::fs::write(&trusted, format!("{line}\n")).map_err(BenchError::io(&trusted))?;
+    let line = format!("{}\n", ca_key.public_key().to_openssh().map_err(setup)?);
+    std::fs::write(&trusted, &line).map_err(BenchError::io(&trusted))?;
 
     let feed = Feed {
         version: feed::VERSION,
@@ -139,6 +139,7 @@ fn fixture(dir: &Path, now: i64) -> Result<Fixture, BenchError> {
         sequence: 1,
         revoked_tasks: Vec::new(),
         revoked_serials: Vec::new(),
+        binding: Some(feed::Binding::of(line.as_bytes(), b"")),
     };
     let json = feed.to_json();
     let signature = sign_sshsig(&signer, feed::NAMESPACE, json.as_bytes()).map_err(setup)?;

@@ -753,7 +753,8 @@ pub(crate) mod tests {
         Base64::encode_string(&cert.to_bytes().expect("encode certificate"))
     }
 
-    /// A signed revocation feed document.
+    /// A signed revocation feed document (version 2; `check` does not look at its
+    /// binding, so it binds empty documents).
     pub(crate) fn signed_feed(
         signer: &PrivateKey,
         issued_at: i64,
@@ -767,7 +768,13 @@ pub(crate) mod tests {
             sequence,
             revoked_tasks,
             revoked_serials,
+            binding: Some(feed::Binding::of(b"", b"")),
         };
+        sign_feed(signer, &feed)
+    }
+
+    /// `feed`, signed by `signer`, as the CA serves it.
+    pub(crate) fn sign_feed(signer: &PrivateKey, feed: &Feed) -> String {
         let json = feed.to_json();
         let signature = signer
             .sign(feed::NAMESPACE, HashAlg::Sha512, json.as_bytes())

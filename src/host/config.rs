@@ -21,8 +21,9 @@ pub const KRL_FILE: &str = "revoked.krl";
 /// Name of the signed revocation feed inside `state_dir`.
 pub const REVOCATIONS_FILE: &str = "revocations.json";
 /// How far in the future a revocation feed's `issued_at` may lie (clock skew between the
-/// CA and this host) before it is refused.
-pub const FEED_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// CA and this host) before it is refused; defined with the feed format, because the CA
+/// keeps revocations published this much longer ([`crate::revocation::feed::HOST_CLOCK_SKEW`]).
+pub const FEED_CLOCK_SKEW: Duration = crate::revocation::feed::HOST_CLOCK_SKEW;
 /// Default for `max_staleness`: how old revocation data may be before hosts deny.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(120);
 /// Default for `timeout`. `check` runs while sshd holds a pre-authentication slot, so any
