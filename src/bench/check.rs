@@ -150,6 +150,11 @@ fn fixture(dir: &Path, now: i64) -> Result<Fixture, BenchError> {
     .map_err(setup)?;
     let feed_path = state.join(REVOCATIONS_FILE);
     std::fs::write(&feed_path, signed).map_err(BenchError::io(&feed_path))?;
+    // `check` refuses state writable by group or others, whatever the umask was.
+    for (path, mode) in [(&state, 0o755), (&trusted, 0o644), (&feed_path, 0o644)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(BenchError::io(path))?;
+    }
 
     let config = dir.join("host.toml");
     let toml = format!(
@@ -158,8 +163,13 @@ fn fixture(dir: &Path, now: i64) -> Result<Fixture, BenchError> {
          host_name = \"{HOST}\"\n\
          state_dir = {state}\n\
          mode = \"offline\"\n\
-         max_staleness = \"1h\"\n",
+         max_staleness = \"1h\"\n\
+         sync_user = {owner}\n",
         state = super::issuer::toml_string(&state.display().to_string()),
+        // The state is ours (root's, or the benchmarking user's): trust its owner.
+        owner = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata(&state).map_err(BenchError::io(&state))?
+        ),
     );
     std::fs::write(&config, toml).map_err(BenchError::io(&config))?;
 

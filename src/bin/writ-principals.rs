@@ -49,6 +49,8 @@ All three are fetched and verified first (the feed's signature against the new k
 bundle, its age against max_staleness, that it is not older than the installed one, and
 that the bundle and KRL are exactly the ones it names by digest; a mismatch is retried
 3 rounds at most); if anything fails, nothing is written and the exit status is 1.
+state_dir and its files must be owned by root (or sync_user) and not group/world-writable,
+or sync (and check) refuse them.
 
 With --watch, syncs every --interval forever, logging each round to stderr and keeping the
 last good files when a round fails; run it as a service (e.g. systemd, Restart=always).";

@@ -7,7 +7,10 @@
 //! | `GET /v1/ca/trusted-keys`               | `trusted_user_ca_keys` | sshd, check        |
 //! | `GET /v1/krl?sequence=S&issued_at=T`    | `revoked.krl`          | sshd `RevokedKeys` |
 //!
-//! Everything is fetched and validated before anything is written: the feed must be version 2, naming the digests of the trust bundle and KRL it
+//! First the state directory is checked ([`crate::host::state`]: owned by root or
+//! `sync_user`, not writable by group or others, nor the files already in it), or
+//! nothing is fetched. Then everything is fetched and validated before anything is
+//! written: the feed must be version 2, naming the digests of the trust bundle and KRL it
 //! was published with; the bundle must list at least one OpenSSH public key; the feed
 //! must verify against the keys *just fetched*, be fresh (`max_staleness`,
 //! [`FEED_CLOCK_SKEW`]) and not be older than the feed already installed (if that one
@@ -31,7 +34,7 @@
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::ops::ControlFlow;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -41,6 +44,7 @@ use crate::host::config::{
     FEED_CLOCK_SKEW, HostConfig, KRL_FILE, REVOCATIONS_FILE, TRUSTED_KEYS_FILE,
 };
 use crate::host::online::http_agent;
+use crate::host::state::{self, InsecureState, Owners};
 use crate::revocation::feed::{self, Feed, FeedError};
 use crate::revocation::krl::{KRL_FORMAT_VERSION, KRL_MAGIC};
 
@@ -197,6 +201,10 @@ pub enum SyncError {
         /// Rounds tried.
         attempts: usize,
     },
+    /// The state directory or a file in it is not owned and protected as `check`
+    /// requires ([`crate::host::state`]).
+    #[error(transparent)]
+    Insecure(InsecureState),
     /// A sync round panicked (a bug); `watch` carries on with the next round.
     #[error("sync panicked: {0}")]
     Panicked(String),
@@ -235,6 +243,8 @@ struct Fetched {
 
 /// [`sync`] with the time given (Unix seconds), for judging the feed's freshness.
 pub fn sync_at(config: &HostConfig, now_unix: i64) -> Result<SyncReport, SyncError> {
+    let owners = Owners::new(config.sync_user.as_ref());
+    check_state(config, &owners)?;
     let agent = http_agent(config.timeout);
     let mut attempt = 1;
     let fetched = loop {
@@ -268,6 +278,18 @@ pub fn sync_at(config: &HostConfig, now_unix: i64) -> Result<SyncReport, SyncErr
         )
         .map_err(write_error)?,
     ];
+    // `check` trusts only files owned by root or sync_user: refuse to install files it
+    // would refuse (sync running as some other user).
+    if !owners.allows(staged[0].owner) {
+        return Err(SyncError::Insecure(InsecureState {
+            path: config.state_dir.clone(),
+            reason: format!(
+                "sync runs as uid {}, but check trusts only files owned by {}",
+                staged[0].owner,
+                owners.describe()
+            ),
+        }));
+    }
     commit(&config.state_dir, staged).map_err(write_error)?;
 
     Ok(SyncReport {
@@ -282,6 +304,32 @@ pub fn sync_at(config: &HostConfig, now_unix: i64) -> Result<SyncReport, SyncErr
         revocations_path: config.revocations_path(),
         previous_feed: fetched.previous_feed,
     })
+}
+
+/// The state directory (created, mode 0755, if missing) and the files already in it must
+/// be owned and protected as [`crate::host::state`] requires before sync writes there.
+fn check_state(config: &HostConfig, owners: &Owners<'_>) -> Result<(), SyncError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&config.state_dir)
+        .map_err(|source| SyncError::Write {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+    state::check_dir(&config.state_dir, owners).map_err(SyncError::Insecure)?;
+    for path in [
+        config.trusted_keys_path(),
+        config.krl_path(),
+        config.revocations_path(),
+    ] {
+        match fs::metadata(&path) {
+            Ok(meta) => state::check_file(&path, &meta, owners).map_err(SyncError::Insecure)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SyncError::Write { path, source }),
+        }
+    }
+    Ok(())
 }
 
 /// One round: the feed (version 2), the bundle it names, the feed verified against that
@@ -514,6 +562,8 @@ fn parse_bundle<'a>(body: &'a str, url: &str) -> Result<(Vec<&'a str>, Vec<Publi
 struct Staged {
     tmp: PathBuf,
     target: PathBuf,
+    /// Owner of the written file (the user sync runs as).
+    owner: u32,
     committed: bool,
 }
 
@@ -526,21 +576,17 @@ impl Drop for Staged {
     }
 }
 
-/// Write `contents` to a temporary file next to `dir/name` (mode 0644, fsynced); creates
-/// `dir` (mode 0755) if missing. On error, returns the path involved.
+/// Write `contents` to a temporary file next to `dir/name` (mode 0644, fsynced). On
+/// error, returns the path involved.
 fn stage(dir: &Path, name: &str, contents: &[u8]) -> Result<Staged, (PathBuf, io::Error)> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-        .map_err(|e| (dir.to_owned(), e))?;
     // The process id keeps two concurrent syncs from writing into the same file; a
     // leftover from a crashed process that had the same id is ours to replace.
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
-    let staged = Staged {
+    let mut staged = Staged {
         tmp,
         target: dir.join(name),
+        owner: u32::MAX,
         committed: false,
     };
     let written = (|| {
@@ -552,10 +598,14 @@ fn stage(dir: &Path, name: &str, contents: &[u8]) -> Result<Staged, (PathBuf, io
         file.write_all(contents)?;
         // The mode given to open is reduced by the umask; set it exactly.
         file.set_permissions(Permissions::from_mode(0o644))?;
-        file.sync_all()
+        file.sync_all()?;
+        file.metadata().map(|m| m.uid())
     })();
     match written {
-        Ok(()) => Ok(staged),
+        Ok(owner) => {
+            staged.owner = owner;
+            Ok(staged)
+        }
         Err(e) => Err((staged.tmp.clone(), e)),
     }
 }
@@ -751,6 +801,7 @@ mod tests {
             max_staleness: Duration::from_secs(120),
             token_file: None,
             timeout: Duration::from_secs(2),
+            sync_user: None,
         }
     }
 
@@ -819,7 +870,7 @@ mod tests {
         );
 
         // What sync installs, check accepts: the feed verifies against the bundle.
-        let keys = crate::host::check::trusted_keys(&config.trusted_keys_path()).expect("keys");
+        let keys = crate::host::check::trusted_keys(&config).expect("keys");
         let feed = crate::host::check::load_feed(&config, &keys, NOW as u64).expect("feed");
         assert_eq!(feed.sequence, 3);
     }
@@ -1065,6 +1116,52 @@ mod tests {
         assert_eq!(report.feed_sequence, 6);
         assert_eq!(report.trusted_keys, 1);
         assert_eq!(feeds.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn an_insecure_state_directory_or_file_is_refused_before_fetching() {
+        use std::os::unix::fs::PermissionsExt;
+        let key = new_key();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&requests);
+        let ca = Ca::new(&key, 1);
+        let feed = ca.feed();
+        let url = serve(move |target| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            match route(target) {
+                TRUSTED_KEYS_PATH => ca.bundle.clone(),
+                KRL_PATH => ca.krl.clone(),
+                _ => feed.clone(),
+            }
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let config = config(url, &state);
+        sync_at(&config, NOW).expect("first sync");
+        let good = requests.load(Ordering::SeqCst);
+        let set_mode = |path: &Path, mode: u32| {
+            fs::set_permissions(path, Permissions::from_mode(mode)).expect("chmod");
+        };
+        let trusted = config.trusted_keys_path();
+        for (path, mode, good_mode) in [
+            (&state, 0o777, 0o755),
+            (&state, 0o775, 0o755),
+            (&trusted, 0o666, 0o644),
+            (&trusted, 0o646, 0o644),
+        ] {
+            set_mode(path, mode);
+            let before = contents(&state);
+            let error = sync_at(&config, NOW).expect_err("insecure");
+            assert!(matches!(error, SyncError::Insecure(_)), "{error}");
+            assert!(
+                error.to_string().contains("writable by group or others"),
+                "{error}"
+            );
+            assert_eq!(contents(&state), before);
+            set_mode(path, good_mode);
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), good, "nothing was fetched");
+        sync_at(&config, NOW).expect("secure again");
     }
 
     #[test]
