@@ -89,6 +89,7 @@ pub async fn build(
         keyring,
         store,
         dev_jwks,
+        revocation_retention: crate::revocation::feed::retention_after_end(config.ca.clock_skew),
     }))
 }
 

@@ -64,6 +64,8 @@ impl Fixture {
                 })
                 .collect(),
             revoked_serials: vec![],
+            // `check` does not look at the binding; `sync` checks it.
+            binding: Some(writ::revocation::feed::Binding::of(b"", b"")),
         };
         let json = feed.to_json();
         let message = self.dir.path().join("feed.json");

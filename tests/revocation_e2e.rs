@@ -289,9 +289,10 @@ fn feed_of(signed_json: &[u8]) -> Feed {
     serde_json::from_str(&signed.feed).expect("feed json")
 }
 
-/// `GET /v1/revocations`, as served.
+/// `GET /v1/revocations?version=2` (the feed with its binding, which `sync` requires), as
+/// served.
 fn ca_feed(ca_url: &str) -> String {
-    let response = http::get(&format!("{ca_url}/v1/revocations"));
+    let response = http::get(&format!("{ca_url}/v1/revocations?version=2"));
     assert_eq!(response.status, 200, "{}", response.text);
     response.text
 }
@@ -311,14 +312,16 @@ fn ca_signing_key(ca: &TestCa) -> PrivateKey {
         .expect("decrypt CA key")
 }
 
-/// A feed document revoking nothing, signed with `key` as the CA signs its feeds.
-fn signed_feed(key: &PrivateKey, issued_at: i64, sequence: i64) -> String {
+/// A feed document revoking nothing, signed with `key` as the CA signs its feeds, bound
+/// to the trust bundle and KRL that `bound_to` (a feed document) names.
+fn signed_feed(key: &PrivateKey, issued_at: i64, sequence: i64, bound_to: &[u8]) -> String {
     let feed = Feed {
         version: feed::VERSION,
         issued_at,
         sequence,
         revoked_tasks: vec![],
         revoked_serials: vec![],
+        binding: feed_of(bound_to).binding,
     };
     let json = feed.to_json();
     let signature = key
@@ -520,7 +523,8 @@ impl Mitm {
             .nth(1)
             .unwrap_or_default()
             .to_owned();
-        let (status, content_type, body) = match path.as_str() {
+        let route = path.split('?').next().unwrap_or_default();
+        let (status, content_type, body) = match route {
             "/v1/ca/trusted-keys" | "/v1/krl" => {
                 let mut response = ureq::get(&format!("{ca_url}{path}"))
                     .call()
@@ -649,7 +653,7 @@ fn replayed_foreign_missing_and_stale_feeds_deny() {
     // Signed by the real CA key, newer, but an hour old: stale.
     let ca_key = ca_signing_key(w.ca());
     let sequence = feed_of(&installed).sequence + 1000;
-    let stale = signed_feed(&ca_key, now() - 3600, sequence);
+    let stale = signed_feed(&ca_key, now() - 3600, sequence, &installed);
     refused(&stale, "stale feed", "stale");
     drop(mitm);
     w.host.write_host_config(&real_config);
@@ -663,7 +667,7 @@ fn replayed_foreign_missing_and_stale_feeds_deny() {
     install_state_file(revocations_path(&w.host).as_path(), stale.as_bytes());
     w.assert_denied_by_principals(&sshd, &live, "stale feed");
     // …and admitted again with the same document freshly issued (control).
-    let fresh = signed_feed(&ca_key, now(), sequence);
+    let fresh = signed_feed(&ca_key, now(), sequence, &installed);
     install_state_file(revocations_path(&w.host).as_path(), fresh.as_bytes());
     w.assert_login_ok(&sshd, &live, "fresh CA-signed feed");
 }
@@ -719,6 +723,7 @@ fn online_mode_denies_at_once_and_falls_back_only_to_a_fresh_feed() {
     // Stop the CA. With the fresh local feed, check falls back and admits.
     let ca_key = ca_signing_key(w.ca());
     let ca_url = w.ca().url.clone();
+    let synced = read(&revocations_path(&w.host));
     w.stop_ca();
     w.assert_login_ok(&sshd, &live, "CA stopped, fresh local feed");
 
@@ -729,7 +734,7 @@ fn online_mode_denies_at_once_and_falls_back_only_to_a_fresh_feed() {
     let sequence = i64::MAX / 2;
     install_state_file(
         &revocations_path(&w.host),
-        signed_feed(&ca_key, now() - 3600, sequence).as_bytes(),
+        signed_feed(&ca_key, now() - 3600, sequence, &synced).as_bytes(),
     );
     let elapsed = w.assert_denied_by_principals(&sshd, &live, "CA stopped, feed stale");
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
@@ -743,7 +748,7 @@ fn online_mode_denies_at_once_and_falls_back_only_to_a_fresh_feed() {
         .write_host_config(&config.replace(&ca_url, &silent_url));
     install_state_file(
         &revocations_path(&w.host),
-        signed_feed(&ca_key, now(), sequence).as_bytes(),
+        signed_feed(&ca_key, now(), sequence, &synced).as_bytes(),
     );
     let started = Instant::now();
     w.assert_login_ok(&sshd, &live, "CA hung, fresh local feed");

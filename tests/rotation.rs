@@ -553,6 +553,183 @@ fn retired_and_revoked_keys_are_refused_at_the_next_sync() {
     }
 }
 
+/// A caching proxy in front of the CA that kept the trust bundle and the KRL from an
+/// earlier moment: it answers those two paths (whatever the query) with the bodies it
+/// kept, and relays everything else (the revocation feed) to the CA. Stops on drop.
+struct StaleCache {
+    url: String,
+    addr: std::net::SocketAddr,
+    feed_requests: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl StaleCache {
+    fn start(ca_url: &str, bundle: Vec<u8>, krl: Vec<u8>) -> StaleCache {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind cache");
+        let addr = listener.local_addr().expect("addr");
+        let feed_requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (ca_url, feed_requests, stop) = (
+                ca_url.to_owned(),
+                Arc::clone(&feed_requests),
+                Arc::clone(&stop),
+            );
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let mut reader = BufReader::new(stream);
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).is_err() {
+                        continue;
+                    }
+                    loop {
+                        let mut line = String::new();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let target = request_line.split_whitespace().nth(1).unwrap_or_default();
+                    let (content_type, body) = match target.split('?').next() {
+                        Some("/v1/ca/trusted-keys") => {
+                            ("text/plain; charset=utf-8", bundle.clone())
+                        }
+                        Some("/v1/krl") => ("application/octet-stream", krl.clone()),
+                        _ => {
+                            feed_requests.fetch_add(1, Ordering::SeqCst);
+                            let mut response = ureq::get(&format!("{ca_url}{target}"))
+                                .call()
+                                .expect("relay to the CA");
+                            let body = response.body_mut().read_to_vec().expect("relay body");
+                            ("application/json", body)
+                        }
+                    };
+                    let mut stream = reader.into_inner();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(&body);
+                }
+            })
+        };
+        StaleCache {
+            url: format!("http://{addr}"),
+            addr,
+            feed_requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for StaleCache {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[test]
+fn a_stale_cache_cannot_re_trust_a_revoked_ca_key() {
+    require_root_and_sshd();
+    ensure_user(ALICE);
+    let idp = TestIdp::start(&[Key::Ed25519]);
+    let ca = TestCa::with_policy(&idp, "", &policy());
+    let (host, sshd) = synced_host(&ca);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
+    let k1_cert = issue(&ca, &idp, &key, "k1");
+    assert!(
+        login(&sshd, &key, &k1_cert),
+        "control: the active key's certificate"
+    );
+
+    // What a cache in front of the CA keeps: the bundle (k1 active, k2 next) and the KRL
+    // of before the revocation.
+    let get = |path: &str| {
+        ureq::get(&format!("{}{path}", ca.url))
+            .call()
+            .expect("GET")
+            .body_mut()
+            .read_to_vec()
+            .expect("body")
+    };
+    let (stale_bundle, stale_krl) = (get("/v1/ca/trusted-keys"), get("/v1/krl"));
+
+    // Emergency: revoke k1. k2 signs from now on (and so signs the feed).
+    let (k1, k1_fp) = key_in(&key_list(&ca), "active").expect("active");
+    let (_, k2_fp) = key_in(&key_list(&ca), "next").expect("next");
+    admin_ok(&ca, &["revoke", &k1, "--reason", "test: key compromised"]);
+    wait_for(
+        "the server to sign with k2 and drop k1",
+        Duration::from_secs(10),
+        || serving_fingerprint(&ca) == k2_fp && !bundle(&ca).contains(&k1_fp),
+    );
+    sync(&host);
+    assert!(!login(&sshd, &key, &k1_cert), "revoked, synced");
+    let (admitted, why) = check(&host, &k1_cert);
+    assert!(!admitted && why.contains("untrusted"), "{why}");
+    let files = ["trusted_user_ca_keys", "revoked.krl", "revocations.json"];
+    let read_state = || {
+        files
+            .iter()
+            .map(|f| std::fs::read(host.state_dir().join(f)).expect("state file"))
+            .collect::<Vec<_>>()
+    };
+    let installed = read_state();
+
+    // The host now syncs through the cache: the old bundle and KRL next to the CA's
+    // current, validly signed feed.
+    let cache = StaleCache::start(&ca.url, stale_bundle, stale_krl);
+    let direct = std::fs::read_to_string(host.host_config_path()).expect("host.toml");
+    host.write_host_config(&direct.replace(&ca.url, &cache.url));
+    let out = Command::new(host.principals_bin())
+        .args(["sync", "--config"])
+        .arg(host.host_config_path())
+        .output()
+        .expect("run writ-principals sync");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "sync installed a stale bundle and KRL: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("not the one the revocation feed names"),
+        "{stderr}"
+    );
+    assert_eq!(
+        cache.feed_requests.load(Ordering::SeqCst),
+        3,
+        "retried (writ::host::sync::SYNC_ATTEMPTS rounds), then gave up"
+    );
+    assert!(read_state() == installed, "nothing was written");
+    // Still refused, by writ-principals and by sshd.
+    let (admitted, why) = check(&host, &k1_cert);
+    assert!(!admitted && why.contains("untrusted"), "{why}");
+    assert!(!login(&sshd, &key, &k1_cert), "revoked key re-trusted");
+    drop(cache);
+
+    // Control: straight from the CA, sync works and k2 certificates log in.
+    host.write_host_config(&direct);
+    sync(&host);
+    let k2_cert = issue(&ca, &idp, &key, "k2");
+    assert!(login(&sshd, &key, &k2_cert), "{}", sshd.log());
+}
+
 #[test]
 fn rotate_refuses_a_next_key_hosts_cannot_know_yet() {
     let idp = TestIdp::start(&[Key::Ed25519]);

@@ -4,15 +4,23 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
 
 use super::AppState;
 
-/// One OpenSSH public key per line: every CA key hosts must trust now.
+/// One OpenSSH public key per line: every CA key hosts must trust now. Never cached
+/// (`Cache-Control: no-store`): a stale bundle could trust a revoked key, which is why a
+/// version-2 revocation feed names this body's digest.
 pub async fn trusted_keys(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            super::revocation::NO_STORE,
+        ],
         state.keyring.current().trusted_keys_text(),
     )
 }

@@ -42,6 +42,9 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The development issuer's JWKS, served at `/v1/dev/jwks` in dev mode only.
     pub dev_jwks: Option<String>,
+    /// How long revocations stay published after their certificate or task ended:
+    /// [`crate::revocation::feed::retention_after_end`] of `[ca] clock_skew`.
+    pub revocation_retention: std::time::Duration,
 }
 
 /// The router for all endpoints.

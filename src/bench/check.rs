@@ -130,8 +130,8 @@ fn fixture(dir: &Path, now: i64) -> Result<Fixture, BenchError> {
     let state = dir.join("state");
     std::fs::create_dir(&state).map_err(BenchError::io(&state))?;
     let trusted = state.join(TRUSTED_KEYS_FILE);
-    let line = ca_key.public_key().to_openssh().map_err(setup)?;
-    std::fs::write(&trusted, format!("{line}\n")).map_err(BenchError::io(&trusted))?;
+    let line = format!("{}\n", ca_key.public_key().to_openssh().map_err(setup)?);
+    std::fs::write(&trusted, &line).map_err(BenchError::io(&trusted))?;
 
     let feed = Feed {
         version: feed::VERSION,
@@ -139,6 +139,7 @@ fn fixture(dir: &Path, now: i64) -> Result<Fixture, BenchError> {
         sequence: 1,
         revoked_tasks: Vec::new(),
         revoked_serials: Vec::new(),
+        binding: Some(feed::Binding::of(line.as_bytes(), b"")),
     };
     let json = feed.to_json();
     let signature = sign_sshsig(&signer, feed::NAMESPACE, json.as_bytes()).map_err(setup)?;
@@ -149,6 +150,11 @@ fn fixture(dir: &Path, now: i64) -> Result<Fixture, BenchError> {
     .map_err(setup)?;
     let feed_path = state.join(REVOCATIONS_FILE);
     std::fs::write(&feed_path, signed).map_err(BenchError::io(&feed_path))?;
+    // `check` refuses state writable by group or others, whatever the umask was.
+    for (path, mode) in [(&state, 0o755), (&trusted, 0o644), (&feed_path, 0o644)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(BenchError::io(path))?;
+    }
 
     let config = dir.join("host.toml");
     let toml = format!(
@@ -157,8 +163,13 @@ fn fixture(dir: &Path, now: i64) -> Result<Fixture, BenchError> {
          host_name = \"{HOST}\"\n\
          state_dir = {state}\n\
          mode = \"offline\"\n\
-         max_staleness = \"1h\"\n",
+         max_staleness = \"1h\"\n\
+         sync_user = {owner}\n",
         state = super::issuer::toml_string(&state.display().to_string()),
+        // The state is ours (root's, or the benchmarking user's): trust its owner.
+        owner = std::os::unix::fs::MetadataExt::uid(
+            &std::fs::metadata(&state).map_err(BenchError::io(&state))?
+        ),
     );
     std::fs::write(&config, toml).map_err(BenchError::io(&config))?;
 

@@ -42,12 +42,15 @@ syslog (auth.info for allow, auth.notice for deny) as one line:
 
 const SYNC_AFTER_HELP: &str = "\
 Writes, in state_dir (atomically, mode 0644):
-  trusted_user_ca_keys   GET {ca_url}/v1/ca/trusted-keys   (sshd TrustedUserCAKeys)
-  revoked.krl            GET {ca_url}/v1/krl                (sshd RevokedKeys)
-  revocations.json       GET {ca_url}/v1/revocations        (read by check)
+  revocations.json       GET {ca_url}/v1/revocations?version=2         (read by check)
+  trusted_user_ca_keys   GET {ca_url}/v1/ca/trusted-keys               (sshd TrustedUserCAKeys)
+  revoked.krl            GET {ca_url}/v1/krl?sequence=S&issued_at=T    (sshd RevokedKeys)
 All three are fetched and verified first (the feed's signature against the new key
-bundle, its age against max_staleness, and that it is not older than the installed one);
-if anything fails, nothing is written and the exit status is 1.
+bundle, its age against max_staleness, that it is not older than the installed one, and
+that the bundle and KRL are exactly the ones it names by digest; a mismatch is retried
+3 rounds at most); if anything fails, nothing is written and the exit status is 1.
+state_dir and its files must be owned by root (or sync_user) and not group/world-writable,
+or sync (and check) refuse them.
 
 With --watch, syncs every --interval forever, logging each round to stderr and keeping the
 last good files when a round fails; run it as a service (e.g. systemd, Restart=always).";

@@ -8,7 +8,9 @@
 //!
 //! 1. the login is a valid login name and the certificate decodes;
 //! 2. it is a *user* certificate, signed by a key in the synced `trusted_user_ca_keys`
-//!    file, and `now` is inside its validity window (invariant 2);
+//!    file, and `now` is inside its validity window (invariant 2). The state directory
+//!    and every file read from it must be owned by root (or `sync_user`) and not
+//!    writable by group or others ([`crate::host::state`]), or nothing is admitted;
 //! 3. it carries no critical option except `force-command` and `source-address`, which
 //!    sshd itself enforces;
 //! 4. its signed writ extensions name a task id and host patterns, and this host's name
@@ -39,6 +41,7 @@ use ssh_key::{Certificate, Fingerprint, HashAlg, PublicKey};
 
 use crate::host::config::{FEED_CLOCK_SKEW, HostConfig, Mode};
 use crate::host::online::{self, Answer, AuthorizeRequest, Phase, TokenError};
+use crate::host::state::{self, InsecureState, Owners};
 use crate::host::syslog::{self, Severity};
 use crate::profile;
 use crate::revocation::feed::{self, Feed, FeedError};
@@ -70,6 +73,10 @@ pub enum CheckError {
     /// A host certificate was presented for a user login.
     #[error("not a user certificate")]
     NotUserCertificate,
+    /// The state directory or a file read from it may have been written by someone other
+    /// than root or the sync user (see [`crate::host::state`]); nothing in it is trusted.
+    #[error(transparent)]
+    InsecureState(InsecureState),
     /// The trusted CA keys could not be loaded; with no trust anchor nothing is admitted.
     #[error("no trusted CA keys in {}: {detail}", path.display())]
     NoTrustedKeys {
@@ -198,6 +205,7 @@ impl CheckError {
             CheckError::InvalidLogin { .. } => "invalid_login",
             CheckError::Malformed(_) => "malformed_certificate",
             CheckError::NotUserCertificate => "not_user_certificate",
+            CheckError::InsecureState(_) => "insecure_state",
             CheckError::NoTrustedKeys { .. } => "no_trusted_keys",
             CheckError::UntrustedCa(_) => "untrusted_ca",
             CheckError::Expired { .. } => "expired",
@@ -298,7 +306,8 @@ impl Decision {
     }
 
     /// The syslog fields of this decision, in order: `decision`, `login`, `serial`,
-    /// `task`, `host`, `reason`, `via`, `key_id`, `ca` (and `ca_error` after a fallback).
+    /// `task`, `host`, `reason`, `via`, `key_id`, `ca` (and `ca_error` after a fallback,
+    /// `detail` naming the path for `insecure_state`).
     /// Unknown values are `-`; values are escaped when formatted, not here.
     pub fn log_fields(&self, login: &str, host: Option<&str>) -> Vec<(&'static str, String)> {
         let mut fields = vec![
@@ -315,6 +324,10 @@ impl Decision {
         fields.extend(self.facts.key_id_and_ca());
         if let Some(detail) = &self.ca_unavailable {
             fields.push(("ca_error", detail.clone()));
+        }
+        // Which path is insecure and why: the operator's fix, not the attacker's hint.
+        if let Err(CheckError::InsecureState(insecure)) = &self.result {
+            fields.push(("detail", insecure.to_string()));
         }
         fields
     }
@@ -473,7 +486,7 @@ pub(crate) fn verify_certificate(
         return Err(CheckError::NotUserCertificate);
     }
 
-    let trusted = trusted_keys(&config.trusted_keys_path())?;
+    let trusted = trusted_keys(config)?;
     let fingerprints: Vec<Fingerprint> = trusted
         .iter()
         .map(|key| key.fingerprint(HashAlg::Sha256))
@@ -565,15 +578,16 @@ pub fn load_feed(
     now_unix: u64,
 ) -> Result<Feed, CheckError> {
     let path = config.revocations_path();
-    let bytes = read_bounded(&path, feed::MAX_FEED_BYTES as u64).map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
+    let owners = Owners::new(config.sync_user.as_ref());
+    let bytes = read_bounded(&path, feed::MAX_FEED_BYTES as u64, &owners).map_err(|e| match e {
+        ReadError::Insecure(e) => CheckError::InsecureState(e),
+        ReadError::Io(e) if e.kind() == io::ErrorKind::NotFound => {
             CheckError::FeedMissing { path: path.clone() }
-        } else {
-            CheckError::FeedUnreadable {
-                path: path.clone(),
-                detail: e.to_string(),
-            }
         }
+        ReadError::Io(e) => CheckError::FeedUnreadable {
+            path: path.clone(),
+            detail: e.to_string(),
+        },
     })?;
     let signed = feed::parse(&bytes).map_err(CheckError::Feed)?;
     feed::verify(
@@ -602,15 +616,23 @@ pub(crate) fn decode_certificate(cert_b64: &str) -> Result<Certificate, CheckErr
         .map_err(|e| CheckError::Malformed(format!("not an OpenSSH certificate: {e}")))
 }
 
-/// Read `trusted_user_ca_keys`: one OpenSSH public key per line, blank lines and `#`
-/// comments ignored. Missing, unreadable, oversized or empty files, and any line that is
-/// not a public key, are errors: a damaged trust file admits nobody.
-pub fn trusted_keys(path: &Path) -> Result<Vec<PublicKey>, CheckError> {
+/// Read `state_dir/trusted_user_ca_keys`: one OpenSSH public key per line, blank lines
+/// and `#` comments ignored. This is the first read of the state directory, so the
+/// directory itself is checked here ([`state::check_dir`]), then the file by its handle.
+/// An insecure directory or file, a missing, unreadable, oversized or empty file, and any
+/// line that is not a public key, are errors: a damaged trust file admits nobody.
+pub fn trusted_keys(config: &HostConfig) -> Result<Vec<PublicKey>, CheckError> {
+    let owners = Owners::new(config.sync_user.as_ref());
+    state::check_dir(&config.state_dir, &owners).map_err(CheckError::InsecureState)?;
+    let path = config.trusted_keys_path();
     let fail = |detail: String| CheckError::NoTrustedKeys {
-        path: path.to_owned(),
+        path: path.clone(),
         detail,
     };
-    let bytes = read_bounded(path, MAX_TRUSTED_KEYS_FILE_LEN).map_err(|e| fail(e.to_string()))?;
+    let bytes = read_bounded(&path, MAX_TRUSTED_KEYS_FILE_LEN, &owners).map_err(|e| match e {
+        ReadError::Insecure(e) => CheckError::InsecureState(e),
+        ReadError::Io(e) => fail(e.to_string()),
+    })?;
     let text = String::from_utf8(bytes).map_err(|_| fail("not UTF-8".to_owned()))?;
     let mut keys = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -632,16 +654,32 @@ pub fn trusted_keys(path: &Path) -> Result<Vec<PublicKey>, CheckError> {
     Ok(keys)
 }
 
-/// Read at most `limit` bytes of `path`; a longer file is an error.
-fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let file = File::open(path)?;
+/// Why a state file could not be read.
+enum ReadError {
+    /// Opening or reading failed, or the file is too large.
+    Io(io::Error),
+    /// The file is not owned and protected as [`crate::host::state`] requires.
+    Insecure(InsecureState),
+}
+
+/// Read at most `limit` bytes of the state file `path`, after checking its owner and
+/// mode on the open handle; a longer file is an error.
+fn read_bounded(path: &Path, limit: u64, owners: &Owners<'_>) -> Result<Vec<u8>, ReadError> {
+    let file = File::open(path).map_err(ReadError::Io)?;
+    // One fstat serves both the ownership check and the buffer size.
+    let meta = file.metadata().map_err(ReadError::Io)?;
+    state::check_file(path, &meta, owners).map_err(ReadError::Insecure)?;
     // Sized from the file's length, the read takes one call (and one to see the end)
     // instead of a growing series from 32 bytes up; the limit still bounds it.
-    let expected = file.metadata().map_or(0, |m| m.len()).min(limit + 1);
+    let expected = meta.len().min(limit + 1);
     let mut bytes = Vec::with_capacity(usize::try_from(expected).unwrap_or(0) + 1);
-    file.take(limit + 1).read_to_end(&mut bytes)?;
+    file.take(limit + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
     if bytes.len() as u64 > limit {
-        return Err(io::Error::other(format!("larger than {limit} bytes")));
+        return Err(ReadError::Io(io::Error::other(format!(
+            "larger than {limit} bytes"
+        ))));
     }
     Ok(bytes)
 }
@@ -753,7 +791,8 @@ pub(crate) mod tests {
         Base64::encode_string(&cert.to_bytes().expect("encode certificate"))
     }
 
-    /// A signed revocation feed document.
+    /// A signed revocation feed document (version 2; `check` does not look at its
+    /// binding, so it binds empty documents).
     pub(crate) fn signed_feed(
         signer: &PrivateKey,
         issued_at: i64,
@@ -767,7 +806,13 @@ pub(crate) mod tests {
             sequence,
             revoked_tasks,
             revoked_serials,
+            binding: Some(feed::Binding::of(b"", b"")),
         };
+        sign_feed(signer, &feed)
+    }
+
+    /// `feed`, signed by `signer`, as the CA serves it.
+    pub(crate) fn sign_feed(signer: &PrivateKey, feed: &Feed) -> String {
         let json = feed.to_json();
         let signature = signer
             .sign(feed::NAMESPACE, HashAlg::Sha512, json.as_bytes())
@@ -854,6 +899,7 @@ pub(crate) mod tests {
             max_staleness: std::time::Duration::from_secs(120),
             token_file: None,
             timeout: std::time::Duration::from_secs(2),
+            sync_user: None,
         }
     }
 
@@ -912,6 +958,71 @@ pub(crate) mod tests {
         let cert = issue(&f.ca, Spec::default());
         f.config.host_name = None;
         assert_eq!(reason(f.check("deploy", &cert)), "host_name_unknown");
+    }
+
+    #[test]
+    fn state_writable_by_others_is_denied() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        let set_mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        };
+        for (path, mode, good) in [
+            (f.dir.path().to_owned(), 0o777, 0o755),
+            (f.dir.path().to_owned(), 0o1777, 0o700),
+            (f.dir.path().to_owned(), 0o770, 0o700),
+            (f.config.trusted_keys_path(), 0o666, 0o644),
+            (f.config.trusted_keys_path(), 0o664, 0o644),
+            (f.config.revocations_path(), 0o646, 0o644),
+        ] {
+            set_mode(&path, mode);
+            // The syslog line names the path, for the operator.
+            let fields = decide(&f.config, "deploy", &cert, NOW).log_fields("deploy", None);
+            assert!(
+                fields
+                    .iter()
+                    .any(|(k, v)| *k == "detail" && v.contains(&path.display().to_string())),
+                "{fields:?}"
+            );
+            let denied = f.check("deploy", &cert).expect_err("insecure");
+            assert_eq!(denied.reason_code(), "insecure_state", "{path:?} {mode:o}");
+            assert!(
+                denied.to_string().contains(&path.display().to_string())
+                    && denied.to_string().contains("writable by group or others"),
+                "{denied}"
+            );
+            set_mode(&path, good);
+            assert!(f.check("deploy", &cert).is_ok(), "{path:?} {good:o}");
+        }
+    }
+
+    #[test]
+    fn state_owned_by_another_user_is_denied_unless_it_is_the_sync_user() {
+        // Runs as root (as the suite does): chown to `nobody`.
+        let mut f = Fixture::new();
+        let cert = issue(&f.ca, Spec::default());
+        let nobody = 65534;
+        for path in [
+            f.config.revocations_path(),
+            f.config.trusted_keys_path(),
+            f.dir.path().to_owned(),
+        ] {
+            std::os::unix::fs::chown(&path, Some(nobody), None).expect("chown (needs root)");
+            let denied = f.check("deploy", &cert).expect_err("foreign owner");
+            assert_eq!(denied.reason_code(), "insecure_state");
+            assert!(
+                denied.to_string().contains("owned by uid 65534"),
+                "{denied}"
+            );
+        }
+        // Every piece is nobody's now; naming nobody as the sync user trusts them.
+        f.config.sync_user = Some(crate::host::config::SyncUser::Uid(nobody));
+        assert!(f.check("deploy", &cert).is_ok());
+        f.config.sync_user = Some(crate::host::config::SyncUser::Name("nobody".to_owned()));
+        assert!(f.check("deploy", &cert).is_ok());
+        f.config.sync_user = Some(crate::host::config::SyncUser::Name("root".to_owned()));
+        assert_eq!(reason(f.check("deploy", &cert)), "insecure_state");
     }
 
     #[test]

@@ -21,8 +21,9 @@ pub const KRL_FILE: &str = "revoked.krl";
 /// Name of the signed revocation feed inside `state_dir`.
 pub const REVOCATIONS_FILE: &str = "revocations.json";
 /// How far in the future a revocation feed's `issued_at` may lie (clock skew between the
-/// CA and this host) before it is refused.
-pub const FEED_CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// CA and this host) before it is refused; defined with the feed format, because the CA
+/// keeps revocations published this much longer ([`crate::revocation::feed::HOST_CLOCK_SKEW`]).
+pub const FEED_CLOCK_SKEW: Duration = crate::revocation::feed::HOST_CLOCK_SKEW;
 /// Default for `max_staleness`: how old revocation data may be before hosts deny.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(120);
 /// Default for `timeout`. `check` runs while sshd holds a pre-authentication slot, so any
@@ -91,6 +92,22 @@ pub struct HostConfig {
         deserialize_with = "crate::duration::deserialize"
     )]
     pub timeout: Duration,
+    /// The user `writ-principals sync` runs as, if not root (a name, or a numeric uid).
+    /// `state_dir` and the files in it must be owned by root or this user and writable by
+    /// no one else, or `check` and `sync` refuse them ([`crate::host::state`]). Unset:
+    /// root only.
+    #[serde(default)]
+    pub sync_user: Option<SyncUser>,
+}
+
+/// `sync_user`: a user name (looked up in `/etc/passwd` when needed) or a numeric uid.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SyncUser {
+    /// A numeric uid: `sync_user = 998`.
+    Uid(u32),
+    /// A user name: `sync_user = "writ"`.
+    Name(String),
 }
 
 /// Why a host configuration could not be loaded. Every variant names the file.
@@ -186,6 +203,14 @@ impl HostConfig {
                 ));
             }
             _ => {}
+        }
+        if let Some(SyncUser::Name(name)) = &config.sync_user
+            && !crate::profile::is_valid_login(name)
+        {
+            return Err(invalid(
+                "sync_user",
+                format!("{name:?} is not a user name or uid"),
+            ));
         }
         Ok(config)
     }
@@ -287,6 +312,7 @@ mod tests {
         assert_eq!(config.max_staleness, Duration::from_secs(120));
         assert_eq!(config.timeout, Duration::from_secs(2));
         assert_eq!(config.token_file, None);
+        assert_eq!(config.sync_user, None);
         assert_eq!(
             config.trusted_keys_path(),
             PathBuf::from("/var/lib/writ/trusted_user_ca_keys")
@@ -313,6 +339,7 @@ mod tests {
             max_staleness = "5m"
             token_file = "/var/run/secrets/writ/token"
             timeout = "500ms"
+            sync_user = "writ"
             "#,
         )
         .expect("valid config");
@@ -324,6 +351,9 @@ mod tests {
             config.token_file,
             Some(PathBuf::from("/var/run/secrets/writ/token"))
         );
+        assert_eq!(config.sync_user, Some(SyncUser::Name("writ".to_owned())));
+        let by_uid = parse("ca_url = \"https://ca\"\nsync_user = 998\n").expect("uid");
+        assert_eq!(by_uid.sync_user, Some(SyncUser::Uid(998)));
     }
 
     #[test]
@@ -349,6 +379,11 @@ mod tests {
                 "ca_url = \"https://ca\"\ntoken_file = \"token\"\n",
                 "token_file",
             ),
+            (
+                "ca_url = \"https://ca\"\nsync_user = \"a:b\"\n",
+                "sync_user",
+            ),
+            ("ca_url = \"https://ca\"\nsync_user = -1\n", "sync_user"),
         ];
         for (text, key) in cases {
             let message = parse(text).expect_err(text).to_string();

@@ -6,6 +6,8 @@
 //!   enforces the synced, signed revocation feed (offline) or asks the CA (online).
 //! - [`online`] — the one network call of `check` and `session`: `POST /v1/authorize`.
 //! - [`session`] — the `pam_exec` session hook that records a use after a real login.
+//! - [`state`] — who may own and write the state directory and its files; checked before
+//!   anything in it is trusted.
 //! - [`sync`] — pulls the CA's trust bundle, KRL and revocation feed into the host's state
 //!   directory, verified and atomically (`sync --watch` keeps doing it).
 //! - [`syslog`] — one escaped `key=value` line per decision to syslog (facility auth).
@@ -21,5 +23,6 @@ pub mod check;
 pub mod config;
 pub mod online;
 pub mod session;
+pub mod state;
 pub mod sync;
 pub mod syslog;

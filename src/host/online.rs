@@ -307,6 +307,7 @@ pub(crate) mod tests {
             max_staleness: Duration::from_secs(120),
             token_file: Some(token_file),
             timeout: Duration::from_secs(2),
+            sync_user: None,
         }
     }
 

@@ -332,6 +332,7 @@ mod tests {
                 max_staleness: Duration::from_secs(120),
                 token_file: None,
                 timeout: Duration::from_secs(2),
+                sync_user: None,
             };
             Fixture { ca, config, dir }
         }

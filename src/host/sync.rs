@@ -1,18 +1,26 @@
 //! `writ-principals sync`: fetch the CA's trust bundle, KRL and signed revocation feed and
 //! install them in `state_dir`:
 //!
-//! | from the CA                   | file                   | read by                         |
-//! |-------------------------------|------------------------|---------------------------------|
-//! | `GET /v1/ca/trusted-keys`     | `trusted_user_ca_keys` | sshd `TrustedUserCAKeys`, check |
-//! | `GET /v1/krl`                 | `revoked.krl`          | sshd `RevokedKeys`              |
-//! | `GET /v1/revocations`         | `revocations.json`     | check                           |
+//! | from the CA                             | file                   | read by            |
+//! |-----------------------------------------|------------------------|--------------------|
+//! | `GET /v1/revocations?version=2`         | `revocations.json`     | check              |
+//! | `GET /v1/ca/trusted-keys`               | `trusted_user_ca_keys` | sshd, check        |
+//! | `GET /v1/krl?sequence=S&issued_at=T`    | `revoked.krl`          | sshd `RevokedKeys` |
 //!
-//! Everything is fetched and validated before anything is written: the bundle must list
-//! at least one OpenSSH public key; the KRL must start with OpenSSH's KRL magic and format
-//! version and be at most [`MAX_KRL_BYTES`]; the feed must verify against the keys *just
-//! fetched*, be fresh (`max_staleness`, [`FEED_CLOCK_SKEW`]) and not be older than the
-//! feed already installed (if that one still verifies against the new bundle) — so a
-//! replayed older feed is refused. If any step fails nothing is written, and the
+//! First the state directory is checked ([`crate::host::state`]: owned by root or
+//! `sync_user`, not writable by group or others, nor the files already in it), or
+//! nothing is fetched. Then everything is fetched and validated before anything is
+//! written: the feed must be version 2, naming the digests of the trust bundle and KRL it
+//! was published with; the bundle must list at least one OpenSSH public key; the feed
+//! must verify against the keys *just fetched*, be fresh (`max_staleness`,
+//! [`FEED_CLOCK_SKEW`]) and not be older than the feed already installed (if that one
+//! still verifies against the new bundle) — so a replayed older feed is refused; the KRL
+//! (for the feed's sequence `S` and issue time `T`) must start with OpenSSH's KRL magic
+//! and format version and be at most [`MAX_KRL_BYTES`]. The bundle and KRL must be
+//! exactly the ones the feed names: a cache serving an old bundle or KRL next to a
+//! current feed cannot re-trust a revoked CA key. A mismatch is retried with fresh
+//! requests up to [`SYNC_ATTEMPTS`] rounds (a rotation between two requests of a round
+//! changes one document), then refused. If any step fails nothing is written, and the
 //! previous files stay in place: sshd denies every key when `RevokedKeys` names a missing
 //! or unreadable file, so a KRL that once existed is never removed or truncated.
 //!
@@ -26,7 +34,7 @@
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::ops::ControlFlow;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +44,7 @@ use crate::host::config::{
     FEED_CLOCK_SKEW, HostConfig, KRL_FILE, REVOCATIONS_FILE, TRUSTED_KEYS_FILE,
 };
 use crate::host::online::http_agent;
+use crate::host::state::{self, InsecureState, Owners};
 use crate::revocation::feed::{self, Feed, FeedError};
 use crate::revocation::krl::{KRL_FORMAT_VERSION, KRL_MAGIC};
 
@@ -52,6 +61,11 @@ pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const MAX_KRL_BYTES: u64 = 16 * 1024 * 1024;
 /// Default pause between rounds of `sync --watch`.
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(10);
+/// Rounds one `sync` makes when the bundle or KRL does not match the feed's binding. A
+/// rotation or revocation between the requests of a round changes one document; the
+/// next round sees the new state throughout. A cache serving an old copy fails every
+/// round, and then nothing is installed.
+pub const SYNC_ATTEMPTS: usize = 3;
 
 /// What a successful sync did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +186,25 @@ pub enum SyncError {
         /// Why.
         source: FeedError,
     },
+    /// The trust bundle or KRL is not the one the verified feed names (by digest), in
+    /// every one of [`SYNC_ATTEMPTS`] rounds: a cache or proxy serving an old copy, or a
+    /// CA that keeps changing between the requests of a round.
+    #[error(
+        "the {document} from {url} is not the one the revocation feed names \
+         ({attempts} attempt(s)); a cache or proxy may be serving an old copy"
+    )]
+    Inconsistent {
+        /// `trust bundle` or `KRL`.
+        document: &'static str,
+        /// The URL requested (last attempt).
+        url: String,
+        /// Rounds tried.
+        attempts: usize,
+    },
+    /// The state directory or a file in it is not owned and protected as `check`
+    /// requires ([`crate::host::state`]).
+    #[error(transparent)]
+    Insecure(InsecureState),
     /// A sync round panicked (a bug); `watch` carries on with the next round.
     #[error("sync panicked: {0}")]
     Panicked(String),
@@ -196,40 +229,160 @@ pub fn sync(config: &HostConfig) -> Result<SyncReport, SyncError> {
     sync_at(config, i64::try_from(now.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// The three documents of one round, fetched and verified, ready to install.
+struct Fetched {
+    /// The bundle's key lines, normalised (one key per line).
+    bundle: String,
+    /// How many keys the bundle lists.
+    keys: usize,
+    krl: Vec<u8>,
+    signed: feed::SignedFeed,
+    feed: Feed,
+    previous_feed: PreviousFeed,
+}
+
 /// [`sync`] with the time given (Unix seconds), for judging the feed's freshness.
 pub fn sync_at(config: &HostConfig, now_unix: i64) -> Result<SyncReport, SyncError> {
+    let owners = Owners::new(config.sync_user.as_ref());
+    check_state(config, &owners)?;
     let agent = http_agent(config.timeout);
+    let mut attempt = 1;
+    let fetched = loop {
+        match fetch_round(&agent, config, now_unix) {
+            Err(SyncError::Inconsistent { .. }) if attempt < SYNC_ATTEMPTS => attempt += 1,
+            Err(SyncError::Inconsistent { document, url, .. }) => {
+                return Err(SyncError::Inconsistent {
+                    document,
+                    url,
+                    attempts: attempt,
+                });
+            }
+            other => break other?,
+        }
+    };
+    // Re-serialised; the signed bytes, the `feed` string inside, are kept exactly.
+    let mut stored_feed = serde_json::to_vec(&fetched.signed).map_err(|e| SyncError::Feed {
+        url: format!("{}{REVOCATIONS_PATH}", config.ca_base_url()),
+        source: FeedError::Malformed(e.to_string()),
+    })?;
+    stored_feed.push(b'\n');
+
+    let write_error = |(path, source)| SyncError::Write { path, source };
+    let staged = [
+        stage(&config.state_dir, KRL_FILE, &fetched.krl).map_err(write_error)?,
+        stage(&config.state_dir, REVOCATIONS_FILE, &stored_feed).map_err(write_error)?,
+        stage(
+            &config.state_dir,
+            TRUSTED_KEYS_FILE,
+            fetched.bundle.as_bytes(),
+        )
+        .map_err(write_error)?,
+    ];
+    // `check` trusts only files owned by root or sync_user: refuse to install files it
+    // would refuse (sync running as some other user).
+    if !owners.allows(staged[0].owner) {
+        return Err(SyncError::Insecure(InsecureState {
+            path: config.state_dir.clone(),
+            reason: format!(
+                "sync runs as uid {}, but check trusts only files owned by {}",
+                staged[0].owner,
+                owners.describe()
+            ),
+        }));
+    }
+    commit(&config.state_dir, staged).map_err(write_error)?;
+
+    Ok(SyncReport {
+        trusted_keys: fetched.keys,
+        trusted_keys_path: config.trusted_keys_path(),
+        krl_bytes: fetched.krl.len(),
+        krl_path: config.krl_path(),
+        feed_sequence: fetched.feed.sequence,
+        feed_issued_at: fetched.feed.issued_at,
+        revoked_tasks: fetched.feed.revoked_tasks.len(),
+        revoked_serials: fetched.feed.revoked_serials.len(),
+        revocations_path: config.revocations_path(),
+        previous_feed: fetched.previous_feed,
+    })
+}
+
+/// The state directory (created, mode 0755, if missing) and the files already in it must
+/// be owned and protected as [`crate::host::state`] requires before sync writes there.
+fn check_state(config: &HostConfig, owners: &Owners<'_>) -> Result<(), SyncError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&config.state_dir)
+        .map_err(|source| SyncError::Write {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+    state::check_dir(&config.state_dir, owners).map_err(SyncError::Insecure)?;
+    for path in [
+        config.trusted_keys_path(),
+        config.krl_path(),
+        config.revocations_path(),
+    ] {
+        match fs::metadata(&path) {
+            Ok(meta) => state::check_file(&path, &meta, owners).map_err(SyncError::Insecure)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SyncError::Write { path, source }),
+        }
+    }
+    Ok(())
+}
+
+/// One round: the feed (version 2), the bundle it names, the feed verified against that
+/// bundle and the installed feed, then the KRL for the feed's sequence and time. A body
+/// that does not match the feed's binding is [`SyncError::Inconsistent`] (retried by
+/// [`sync_at`]); every other failure is final.
+fn fetch_round(
+    agent: &ureq::Agent,
+    config: &HostConfig,
+    now_unix: i64,
+) -> Result<Fetched, SyncError> {
     let base = config.ca_base_url();
 
+    let feed_url = format!("{base}{REVOCATIONS_PATH}?version={}", feed::VERSION);
+    let feed_bytes = fetch(
+        agent,
+        &feed_url,
+        "application/json",
+        feed::MAX_FEED_BYTES as u64,
+    )?;
+    let feed_error = |source: FeedError| SyncError::Feed {
+        url: feed_url.clone(),
+        source,
+    };
+    let signed = feed::parse(&feed_bytes).map_err(feed_error)?;
+    // Unverified: only to compare the bundle with, before it can verify the feed.
+    let claimed = feed::unverified(&signed).map_err(feed_error)?;
+    let Some(binding) = claimed.binding else {
+        return Err(feed_error(if claimed.version == feed::VERSION_UNBOUND {
+            FeedError::Unbound
+        } else {
+            FeedError::Version(claimed.version)
+        }));
+    };
+
     let url = format!("{base}{TRUSTED_KEYS_PATH}");
-    let body = fetch(&agent, &url, "text/plain", MAX_BODY_BYTES)?;
+    let body = fetch(agent, &url, "text/plain", MAX_BODY_BYTES)?;
+    let bundle_digest = feed::sha256_hex(&body);
     let text = String::from_utf8(body).map_err(|_| SyncError::NotUtf8 { url: url.clone() })?;
     let (lines, keys) = parse_bundle(&text, &url)?;
+    if bundle_digest != binding.trusted_keys_sha256 {
+        return Err(SyncError::Inconsistent {
+            document: "trust bundle",
+            url,
+            attempts: 1,
+        });
+    }
     let mut bundle = String::new();
     for line in &lines {
         bundle.push_str(line);
         bundle.push('\n');
     }
 
-    let url = format!("{base}{KRL_PATH}");
-    let krl = fetch(&agent, &url, "application/octet-stream", MAX_KRL_BYTES)?;
-    validate_krl(&krl).map_err(|message| SyncError::InvalidKrl {
-        url: url.clone(),
-        message,
-    })?;
-
-    let url = format!("{base}{REVOCATIONS_PATH}");
-    let feed_bytes = fetch(
-        &agent,
-        &url,
-        "application/json",
-        feed::MAX_FEED_BYTES as u64,
-    )?;
-    let feed_error = |source: FeedError| SyncError::Feed {
-        url: url.clone(),
-        source,
-    };
-    let signed = feed::parse(&feed_bytes).map_err(feed_error)?;
     let new_feed = feed::verify(
         &signed,
         &keys,
@@ -248,29 +401,35 @@ pub fn sync_at(config: &HostConfig, now_unix: i64) -> Result<SyncReport, SyncErr
         Ok(None) => PreviousFeed::None,
         Err(reason) => PreviousFeed::Ignored { reason },
     };
-    // Re-serialised; the signed bytes, the `feed` string inside, are kept exactly.
-    let mut stored_feed =
-        serde_json::to_vec(&signed).map_err(|e| feed_error(FeedError::Malformed(e.to_string())))?;
-    stored_feed.push(b'\n');
+    // The signed binding (the same as the claimed one, now verified).
+    let binding = new_feed
+        .binding
+        .clone()
+        .ok_or(feed_error(FeedError::Unbound))?;
 
-    let write_error = |(path, source)| SyncError::Write { path, source };
-    let staged = [
-        stage(&config.state_dir, KRL_FILE, &krl).map_err(write_error)?,
-        stage(&config.state_dir, REVOCATIONS_FILE, &stored_feed).map_err(write_error)?,
-        stage(&config.state_dir, TRUSTED_KEYS_FILE, bundle.as_bytes()).map_err(write_error)?,
-    ];
-    commit(&config.state_dir, staged).map_err(write_error)?;
+    let url = format!(
+        "{base}{KRL_PATH}?sequence={}&issued_at={}",
+        new_feed.sequence, new_feed.issued_at
+    );
+    let krl = fetch(agent, &url, "application/octet-stream", MAX_KRL_BYTES)?;
+    validate_krl(&krl).map_err(|message| SyncError::InvalidKrl {
+        url: url.clone(),
+        message,
+    })?;
+    if feed::sha256_hex(&krl) != binding.krl_sha256 {
+        return Err(SyncError::Inconsistent {
+            document: "KRL",
+            url,
+            attempts: 1,
+        });
+    }
 
-    Ok(SyncReport {
-        trusted_keys: lines.len(),
-        trusted_keys_path: config.trusted_keys_path(),
-        krl_bytes: krl.len(),
-        krl_path: config.krl_path(),
-        feed_sequence: new_feed.sequence,
-        feed_issued_at: new_feed.issued_at,
-        revoked_tasks: new_feed.revoked_tasks.len(),
-        revoked_serials: new_feed.revoked_serials.len(),
-        revocations_path: config.revocations_path(),
+    Ok(Fetched {
+        bundle,
+        keys: lines.len(),
+        krl,
+        signed,
+        feed: new_feed,
         previous_feed,
     })
 }
@@ -403,6 +562,8 @@ fn parse_bundle<'a>(body: &'a str, url: &str) -> Result<(Vec<&'a str>, Vec<Publi
 struct Staged {
     tmp: PathBuf,
     target: PathBuf,
+    /// Owner of the written file (the user sync runs as).
+    owner: u32,
     committed: bool,
 }
 
@@ -415,21 +576,17 @@ impl Drop for Staged {
     }
 }
 
-/// Write `contents` to a temporary file next to `dir/name` (mode 0644, fsynced); creates
-/// `dir` (mode 0755) if missing. On error, returns the path involved.
+/// Write `contents` to a temporary file next to `dir/name` (mode 0644, fsynced). On
+/// error, returns the path involved.
 fn stage(dir: &Path, name: &str, contents: &[u8]) -> Result<Staged, (PathBuf, io::Error)> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-        .map_err(|e| (dir.to_owned(), e))?;
     // The process id keeps two concurrent syncs from writing into the same file; a
     // leftover from a crashed process that had the same id is ours to replace.
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let _ = fs::remove_file(&tmp);
-    let staged = Staged {
+    let mut staged = Staged {
         tmp,
         target: dir.join(name),
+        owner: u32::MAX,
         committed: false,
     };
     let written = (|| {
@@ -441,10 +598,14 @@ fn stage(dir: &Path, name: &str, contents: &[u8]) -> Result<Staged, (PathBuf, io
         file.write_all(contents)?;
         // The mode given to open is reduced by the umask; set it exactly.
         file.set_permissions(Permissions::from_mode(0o644))?;
-        file.sync_all()
+        file.sync_all()?;
+        file.metadata().map(|m| m.uid())
     })();
     match written {
-        Ok(()) => Ok(staged),
+        Ok(owner) => {
+            staged.owner = owner;
+            Ok(staged)
+        }
         Err(e) => Err((staged.tmp.clone(), e)),
     }
 }
@@ -472,7 +633,7 @@ mod tests {
     use ssh_key::PrivateKey;
 
     use super::*;
-    use crate::host::check::tests::{new_key, signed_feed};
+    use crate::host::check::tests::new_key;
     use crate::host::config::Mode;
     use crate::revocation::feed::RevokedTask;
 
@@ -541,31 +702,81 @@ mod tests {
         krl
     }
 
-    /// A CA as `sync` sees it: a bundle, a KRL and a feed, each replaceable.
+    /// A version-2 feed revoking `tasks`, bound to these exact `bundle` and `krl` bodies.
+    fn bound_feed(
+        signer: &PrivateKey,
+        issued_at: i64,
+        sequence: i64,
+        tasks: Vec<RevokedTask>,
+        bundle: &[u8],
+        krl: &[u8],
+    ) -> Vec<u8> {
+        let feed = Feed {
+            version: feed::VERSION,
+            issued_at,
+            sequence,
+            revoked_tasks: tasks,
+            revoked_serials: vec![],
+            binding: Some(feed::Binding::of(bundle, krl)),
+        };
+        crate::host::check::tests::sign_feed(signer, &feed).into_bytes()
+    }
+
+    /// The path of a request line's target, without its query.
+    fn route(target: &str) -> &str {
+        target.split('?').next().unwrap_or_default()
+    }
+
+    /// A CA as `sync` sees it: a bundle, a KRL and a feed, each replaceable. Unless
+    /// replaced, the feed is signed by `key`, issued at `NOW - 5` with `sequence`, and
+    /// bound to the bundle and KRL served.
     #[derive(Clone)]
     struct Ca {
+        key: PrivateKey,
+        sequence: i64,
         bundle: Reply,
         krl: Reply,
-        feed: Reply,
+        feed: Option<Reply>,
     }
 
     impl Ca {
         fn new(key: &PrivateKey, sequence: i64) -> Ca {
             Ca {
+                key: key.clone(),
+                sequence,
                 bundle: ok("text/plain; charset=utf-8", bundle_of(&[key])),
                 krl: ok("application/octet-stream", krl()),
-                feed: ok(
-                    "application/json",
-                    signed_feed(key, NOW - 5, sequence, vec![], vec![]),
-                ),
+                feed: None,
             }
         }
 
+        /// A feed signed by `signer`, bound to this CA's bundle and KRL.
+        fn bound(&self, signer: &PrivateKey, issued_at: i64, sequence: i64) -> Reply {
+            ok(
+                "application/json",
+                bound_feed(
+                    signer,
+                    issued_at,
+                    sequence,
+                    vec![],
+                    &self.bundle.body,
+                    &self.krl.body,
+                ),
+            )
+        }
+
+        fn feed(&self) -> Reply {
+            self.feed
+                .clone()
+                .unwrap_or_else(|| self.bound(&self.key, NOW - 5, self.sequence))
+        }
+
         fn serve(self) -> String {
-            serve(move |path| match path {
+            let feed = self.feed();
+            serve(move |target| match route(target) {
                 TRUSTED_KEYS_PATH => self.bundle.clone(),
                 KRL_PATH => self.krl.clone(),
-                REVOCATIONS_PATH => self.feed.clone(),
+                REVOCATIONS_PATH => feed.clone(),
                 _ => Reply {
                     status: "404 Not Found",
                     content_type: "text/plain",
@@ -590,6 +801,7 @@ mod tests {
             max_staleness: Duration::from_secs(120),
             token_file: None,
             timeout: Duration::from_secs(2),
+            sync_user: None,
         }
     }
 
@@ -619,7 +831,7 @@ mod tests {
         let (a, b) = (new_key(), new_key());
         let mut ca = Ca::new(&a, 3);
         ca.bundle = ok("text/plain", bundle_of(&[&a, &b]));
-        let feed_text = String::from_utf8(ca.feed.body.clone()).expect("utf-8");
+        let feed_text = String::from_utf8(ca.feed().body).expect("utf-8");
         let config = config(ca.serve(), &state);
         let report = sync_at(&config, NOW).expect("sync");
         assert_eq!(report.trusted_keys, 2);
@@ -647,6 +859,10 @@ mod tests {
             let mode = fs::metadata(path).expect("metadata").permissions().mode();
             assert_eq!(mode & 0o777, 0o644, "{}", path.display());
         }
+        assert_eq!(
+            fs::metadata(&state).expect("metadata").permissions().mode() & 0o777,
+            0o755
+        );
         // No temporary files are left behind.
         assert_eq!(
             names(&state),
@@ -654,9 +870,35 @@ mod tests {
         );
 
         // What sync installs, check accepts: the feed verifies against the bundle.
-        let keys = crate::host::check::trusted_keys(&config.trusted_keys_path()).expect("keys");
+        let keys = crate::host::check::trusted_keys(&config).expect("keys");
         let feed = crate::host::check::load_feed(&config, &keys, NOW as u64).expect("feed");
         assert_eq!(feed.sequence, 3);
+    }
+
+    #[test]
+    fn asks_for_the_bound_feed_and_the_krl_it_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = Ca::new(&new_key(), 7);
+        let targets = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&targets);
+        let feed = ca.feed();
+        let url = serve(move |target| {
+            seen.lock().expect("lock").push(target.to_owned());
+            match route(target) {
+                TRUSTED_KEYS_PATH => ca.bundle.clone(),
+                KRL_PATH => ca.krl.clone(),
+                _ => feed.clone(),
+            }
+        });
+        sync_at(&config(url, dir.path()), NOW).expect("sync");
+        assert_eq!(
+            *targets.lock().expect("lock"),
+            [
+                "/v1/revocations?version=2".to_owned(),
+                "/v1/ca/trusted-keys".to_owned(),
+                format!("/v1/krl?sequence=7&issued_at={}", NOW - 5),
+            ]
+        );
     }
 
     /// Run one sync against `ca` into a state dir holding a previous good sync, and
@@ -756,27 +998,170 @@ mod tests {
     fn bad_feeds_change_nothing() {
         let key = new_key();
         let foreign = new_key();
-        let feed = |signer: &PrivateKey, issued_at: i64, sequence: i64| {
-            ok(
-                "application/json",
-                signed_feed(signer, issued_at, sequence, vec![], vec![]),
-            )
-        };
+        let ca = Ca::new(&key, 5);
         let cases = [
-            (feed(&foreign, NOW, 5), "signature"),
-            (feed(&key, NOW - 121, 5), "stale"),
-            (feed(&key, NOW + 61, 5), "future"),
+            (ca.bound(&foreign, NOW, 5), "signature"),
+            (ca.bound(&key, NOW - 121, 5), "stale"),
+            (ca.bound(&key, NOW + 61, 5), "future"),
             (ok("application/json", "{\"feed\": 1}"), "malformed"),
             (
-                ok("text/plain", signed_feed(&key, NOW, 5, vec![], vec![])),
+                ok("text/plain", ca.bound(&key, NOW, 5).body),
                 "content type",
             ),
         ];
         for (reply, expected) in cases {
-            let mut ca = Ca::new(&key, 5);
-            ca.feed = reply;
+            let mut ca = ca.clone();
+            ca.feed = Some(reply);
             assert_refused(ca, expected);
         }
+    }
+
+    #[test]
+    fn an_unbound_version_1_feed_is_refused() {
+        // What a CA older than the binding serves.
+        let key = new_key();
+        let feed = Feed {
+            version: feed::VERSION_UNBOUND,
+            issued_at: NOW,
+            sequence: 5,
+            revoked_tasks: vec![],
+            revoked_serials: vec![],
+            binding: None,
+        };
+        let mut ca = Ca::new(&key, 5);
+        ca.feed = Some(ok(
+            "application/json",
+            crate::host::check::tests::sign_feed(&key, &feed),
+        ));
+        assert_refused(ca, "version 1 does not name the trust bundle and KRL");
+    }
+
+    /// A CA whose bundle or KRL is an old copy (a cache), next to a current feed.
+    fn stale_copy(replace: impl FnOnce(&mut Ca, &PrivateKey)) -> (Ca, Arc<AtomicUsize>) {
+        let (old, new) = (new_key(), new_key());
+        // The current state: `old` is no longer trusted; the feed is bound to that.
+        let mut ca = Ca::new(&new, 5);
+        ca.feed = Some(ca.feed());
+        replace(&mut ca, &old);
+        (ca, Arc::new(AtomicUsize::new(0)))
+    }
+
+    #[test]
+    fn a_bundle_or_krl_the_feed_does_not_name_is_refused_after_retries() {
+        // The CA stopped trusting `old` (and the feed says so by its binding), but a
+        // cache still serves the bundle that lists it, or the KRL from before.
+        let (stale_bundle, _) = stale_copy(|ca, old| {
+            ca.bundle = ok("text/plain", bundle_of(&[old, &ca.key]));
+        });
+        let (stale_krl, _) = stale_copy(|ca, _| {
+            let mut other = krl();
+            other[12..20].copy_from_slice(&9u64.to_be_bytes());
+            ca.krl = ok("application/octet-stream", other);
+        });
+        for (ca, document) in [(stale_bundle, "trust bundle"), (stale_krl, "KRL")] {
+            let feeds = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&feeds);
+            let feed = ca.feed();
+            let url = serve(move |target| match route(target) {
+                TRUSTED_KEYS_PATH => ca.bundle.clone(),
+                KRL_PATH => ca.krl.clone(),
+                _ => {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    feed.clone()
+                }
+            });
+            let dir = tempfile::tempdir().expect("tempdir");
+            let key = new_key();
+            sync_at(&config(Ca::new(&key, 1).serve(), dir.path()), NOW - 1).expect("first");
+            let before = contents(dir.path());
+            let error = sync_at(&config(url, dir.path()), NOW).expect_err(document);
+            assert!(
+                matches!(
+                    &error,
+                    SyncError::Inconsistent { document: d, attempts: SYNC_ATTEMPTS, .. }
+                        if *d == document
+                ),
+                "{error}"
+            );
+            assert!(
+                error
+                    .to_string()
+                    .contains("not the one the revocation feed names")
+            );
+            assert_eq!(feeds.load(Ordering::SeqCst), SYNC_ATTEMPTS, "{document}");
+            assert_eq!(contents(dir.path()), before, "{document}: files changed");
+        }
+    }
+
+    #[test]
+    fn a_rotation_between_two_requests_is_retried() {
+        // Round one: the feed is fetched, then the CA rotates before the bundle is: the
+        // bundle is newer than the feed. Round two sees the new state throughout.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (k1, k2) = (new_key(), new_key());
+        let mut before = Ca::new(&k1, 5);
+        before.bundle = ok("text/plain", bundle_of(&[&k1, &k2]));
+        let mut after = Ca::new(&k2, 6);
+        after.bundle = ok("text/plain", bundle_of(&[&k2]));
+        let (old_feed, new_feed) = (before.feed(), after.feed());
+        let feeds = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&feeds);
+        let url = serve(move |target| match route(target) {
+            REVOCATIONS_PATH if counted.fetch_add(1, Ordering::SeqCst) == 0 => old_feed.clone(),
+            REVOCATIONS_PATH => new_feed.clone(),
+            TRUSTED_KEYS_PATH => after.bundle.clone(),
+            _ => after.krl.clone(),
+        });
+        let report = sync_at(&config(url, dir.path()), NOW).expect("second round");
+        assert_eq!(report.feed_sequence, 6);
+        assert_eq!(report.trusted_keys, 1);
+        assert_eq!(feeds.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn an_insecure_state_directory_or_file_is_refused_before_fetching() {
+        use std::os::unix::fs::PermissionsExt;
+        let key = new_key();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&requests);
+        let ca = Ca::new(&key, 1);
+        let feed = ca.feed();
+        let url = serve(move |target| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            match route(target) {
+                TRUSTED_KEYS_PATH => ca.bundle.clone(),
+                KRL_PATH => ca.krl.clone(),
+                _ => feed.clone(),
+            }
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        let config = config(url, &state);
+        sync_at(&config, NOW).expect("first sync");
+        let good = requests.load(Ordering::SeqCst);
+        let set_mode = |path: &Path, mode: u32| {
+            fs::set_permissions(path, Permissions::from_mode(mode)).expect("chmod");
+        };
+        let trusted = config.trusted_keys_path();
+        for (path, mode, good_mode) in [
+            (&state, 0o777, 0o755),
+            (&state, 0o775, 0o755),
+            (&trusted, 0o666, 0o644),
+            (&trusted, 0o646, 0o644),
+        ] {
+            set_mode(path, mode);
+            let before = contents(&state);
+            let error = sync_at(&config, NOW).expect_err("insecure");
+            assert!(matches!(error, SyncError::Insecure(_)), "{error}");
+            assert!(
+                error.to_string().contains("writable by group or others"),
+                "{error}"
+            );
+            assert_eq!(contents(&state), before);
+            set_mode(path, good_mode);
+        }
+        assert_eq!(requests.load(Ordering::SeqCst), good, "nothing was fetched");
+        sync_at(&config, NOW).expect("secure again");
     }
 
     #[test]
@@ -816,19 +1201,23 @@ mod tests {
             until: NOW + 600,
         }];
         let mut current = Ca::new(&key, 9);
-        current.feed = ok(
+        current.feed = Some(ok(
             "application/json",
-            signed_feed(&key, NOW - 5, 9, revoked, vec![]),
-        );
+            bound_feed(
+                &key,
+                NOW - 5,
+                9,
+                revoked,
+                &current.bundle.body,
+                &current.krl.body,
+            ),
+        ));
         sync_at(&config(current.serve(), dir.path()), NOW).expect("first sync");
         let before = contents(dir.path());
 
         // A replay of an earlier (still fresh) feed that predates the revocation.
         let mut replay = Ca::new(&key, 8);
-        replay.feed = ok(
-            "application/json",
-            signed_feed(&key, NOW - 30, 8, vec![], vec![]),
-        );
+        replay.feed = Some(replay.bound(&key, NOW - 30, 8));
         let error = sync_at(&config(replay.serve(), dir.path()), NOW).expect_err("rollback");
         assert!(
             matches!(
@@ -893,19 +1282,19 @@ mod tests {
             .duration_since(SystemTime::UNIX_EPOCH)
             .expect("clock")
             .as_secs() as i64;
-        let feed = signed_feed(&key, now, 1, vec![], vec![]);
         let bundle = bundle_of(&[&key]);
+        let feed = bound_feed(&key, now, 1, vec![], bundle.as_bytes(), &krl());
         let requests = Arc::new(AtomicUsize::new(0));
         let seen = Arc::clone(&requests);
-        let url = serve(move |path| {
-            // The first request (round one's bundle) fails; everything after succeeds.
+        let url = serve(move |target| {
+            // The first request (round one's feed) fails; everything after succeeds.
             if seen.fetch_add(1, Ordering::SeqCst) == 0 {
                 return Reply {
                     status: "503 Service Unavailable",
                     ..ok("text/plain", "")
                 };
             }
-            match path {
+            match route(target) {
                 TRUSTED_KEYS_PATH => ok("text/plain", bundle.clone()),
                 KRL_PATH => ok("application/octet-stream", krl()),
                 _ => ok("application/json", feed.clone()),

@@ -7,18 +7,48 @@
 //! canonicalisation. The signature is an OpenSSH SSHSIG (as `ssh-keygen -Y sign` makes)
 //! in namespace [`NAMESPACE`] by a CA key; hosts accept it from any key they trust.
 //!
+//! Version 2 (`GET /v1/revocations?version=2`) adds a [`Binding`]: the SHA-256 digests of
+//! the exact trust bundle and KRL bytes the CA built from the same snapshot. The bundle
+//! and KRL are not signed themselves; the binding is what lets `sync` refuse an old
+//! bundle or KRL (from a cache, a mirror, an attacker) served next to a current feed.
+//! Version 1 has no binding; the CA still serves it by default, for hosts that predate
+//! version 2 (they refuse unknown fields), and `sync` refuses it.
+//!
 //! Pure: the CA signs through [`crate::authority`], hosts verify with [`verify`]; time is
 //! an input.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 use ssh_key::{PublicKey, SshSig};
 
 /// SSHSIG namespace of feed signatures (keeps them useless for anything else).
 pub const NAMESPACE: &str = "revocations@writ.dev";
-/// Current feed format version.
-pub const VERSION: u32 = 1;
+/// Current feed format version: carries a [`Binding`].
+pub const VERSION: u32 = 2;
+/// The first format, without a [`Binding`]: served to hosts that do not ask for
+/// [`VERSION`], read by `check` from a state directory synced before an upgrade, refused
+/// by `sync`.
+pub const VERSION_UNBOUND: u32 = 1;
 /// Largest feed a host accepts.
 pub const MAX_FEED_BYTES: usize = 16 * 1024 * 1024;
+/// How far in the future a feed's `issued_at` may lie before a host refuses it: the clock
+/// skew between the CA and a host that writ tolerates. A host whose clock is behind the
+/// CA's by this much still sees a certificate as valid for this long after its
+/// `valid_before`, which is why revocations are published that much longer too
+/// ([`retention_after_end`]).
+pub const HOST_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// How long after a certificate's `valid_before` (a task's expiry) its revocation stays
+/// in the feed and the KRL: the larger of the CA's `[ca] clock_skew` (how far behind the CA
+/// it expects host clocks to be) and [`HOST_CLOCK_SKEW`] (how far behind a host may be and
+/// still accept feeds). Dropping an entry exactly at `valid_before`, by the CA's clock,
+/// would let a host whose clock lags admit a completed or revoked task's certificate
+/// until its own clock reached `valid_before`.
+pub fn retention_after_end(ca_clock_skew: Duration) -> Duration {
+    ca_clock_skew.max(HOST_CLOCK_SKEW)
+}
 
 /// The revocation state at one moment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +64,39 @@ pub struct Feed {
     pub revoked_tasks: Vec<RevokedTask>,
     /// Revoked certificates still inside their validity window.
     pub revoked_serials: Vec<RevokedSerial>,
+    /// Version 2: the trust bundle and KRL this feed goes with; absent in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Binding>,
+}
+
+/// The documents a version-2 feed was published with, by the SHA-256 (lowercase hex) of
+/// their exact bytes as served: `GET /v1/ca/trusted-keys`, and `GET /v1/krl` for this
+/// feed's `sequence` and `issued_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Binding {
+    /// SHA-256 of the trust bundle body.
+    pub trusted_keys_sha256: String,
+    /// SHA-256 of the KRL body.
+    pub krl_sha256: String,
+}
+
+impl Binding {
+    /// The binding of these exact bodies.
+    pub fn of(trusted_keys: &[u8], krl: &[u8]) -> Binding {
+        Binding {
+            trusted_keys_sha256: sha256_hex(trusted_keys),
+            krl_sha256: sha256_hex(krl),
+        }
+    }
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// An ended task.
@@ -80,6 +143,12 @@ pub enum FeedError {
     /// Unknown format version.
     #[error("unsupported revocation feed version {0}")]
     Version(u32),
+    /// A version-1 feed where a [`Binding`] is required (`sync`): the CA predates it.
+    #[error(
+        "revocation feed version 1 does not name the trust bundle and KRL it goes with; \
+         upgrade the CA before its hosts"
+    )]
+    Unbound,
     /// Older than allowed.
     #[error("revocation feed is stale: issued {age}s ago, max_staleness is {max}s")]
     Stale {
@@ -108,6 +177,7 @@ impl FeedError {
             FeedError::Malformed(_) => "feed_malformed",
             FeedError::BadSignature => "feed_bad_signature",
             FeedError::Version(_) => "feed_version",
+            FeedError::Unbound => "feed_unbound",
             FeedError::Stale { .. } => "feed_stale",
             FeedError::FromTheFuture(_) => "feed_from_the_future",
             FeedError::Rollback { .. } => "feed_rollback",
@@ -141,8 +211,15 @@ pub fn parse(text: &[u8]) -> Result<SignedFeed, FeedError> {
     serde_json::from_slice(text).map_err(|e| FeedError::Malformed(e.to_string()))
 }
 
+/// The feed inside `signed`, NOT verified: only for deciding what to fetch or compare
+/// before [`verify`] can run, never for deciding what to admit.
+pub fn unverified(signed: &SignedFeed) -> Result<Feed, FeedError> {
+    serde_json::from_str(&signed.feed).map_err(|e| FeedError::Malformed(e.to_string()))
+}
+
 /// Verify `signed` against `trusted` CA keys and its age at `now_unix`
-/// (`max_staleness_secs`, and at most `skew_secs` into the future).
+/// (`max_staleness_secs`, and at most `skew_secs` into the future). Both versions are
+/// accepted; a version-2 feed must carry its [`Binding`], a version-1 feed must not.
 pub fn verify(
     signed: &SignedFeed,
     trusted: &[PublicKey],
@@ -163,8 +240,13 @@ pub fn verify(
         .map_err(|_| FeedError::BadSignature)?;
     let feed: Feed =
         serde_json::from_str(&signed.feed).map_err(|e| FeedError::Malformed(e.to_string()))?;
-    if feed.version != VERSION {
-        return Err(FeedError::Version(feed.version));
+    match (feed.version, &feed.binding) {
+        (VERSION, Some(_)) | (VERSION_UNBOUND, None) => {}
+        (VERSION, None) => return Err(FeedError::Malformed("version 2 without binding".into())),
+        (VERSION_UNBOUND, Some(_)) => {
+            return Err(FeedError::Malformed("version 1 with a binding".into()));
+        }
+        (other, _) => return Err(FeedError::Version(other)),
     }
     let age = now_unix - feed.issued_at;
     if age > max_staleness_secs {
@@ -221,6 +303,7 @@ mod tests {
                 ca_fingerprint: "SHA256:x".into(),
                 until: 9,
             }],
+            binding: Some(Binding::of(b"bundle", b"krl")),
         }
     }
 
@@ -267,6 +350,74 @@ mod tests {
             verify(&good, &[], 1030, 120, 30),
             Err(FeedError::BadSignature)
         ));
+    }
+
+    #[test]
+    fn version_2_carries_a_binding_and_version_1_does_not() {
+        let ca = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).expect("key");
+        let trusted = vec![ca.public_key().clone()];
+        let bound = verify(
+            &sign(&feed(1000, 5), &ca, NAMESPACE),
+            &trusted,
+            1000,
+            120,
+            30,
+        )
+        .expect("version 2");
+        assert_eq!(bound.binding, Some(Binding::of(b"bundle", b"krl")));
+        let mut unbound = feed(1000, 5);
+        unbound.version = VERSION_UNBOUND;
+        unbound.binding = None;
+        let json = sign(&unbound, &ca, NAMESPACE);
+        assert!(
+            !json.feed.contains("binding"),
+            "version 1 is written as before"
+        );
+        assert_eq!(
+            verify(&json, &trusted, 1000, 120, 30)
+                .expect("version 1")
+                .binding,
+            None
+        );
+        for (version, binding) in [
+            (VERSION, None),
+            (VERSION_UNBOUND, Some(Binding::of(b"", b""))),
+        ] {
+            let mut odd = feed(1000, 5);
+            odd.version = version;
+            odd.binding = binding;
+            assert!(matches!(
+                verify(&sign(&odd, &ca, NAMESPACE), &trusted, 1000, 120, 30),
+                Err(FeedError::Malformed(_))
+            ));
+        }
+        let mut future = feed(1000, 5);
+        future.version = 3;
+        assert_eq!(
+            verify(&sign(&future, &ca, NAMESPACE), &trusted, 1000, 120, 30),
+            Err(FeedError::Version(3))
+        );
+    }
+
+    #[test]
+    fn sha256_is_lowercase_hex() {
+        // `printf abc | sha256sum`
+        assert_eq!(
+            sha256_hex(b"abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn revocations_outlive_validity_by_the_larger_skew() {
+        assert_eq!(
+            retention_after_end(Duration::from_secs(30)),
+            HOST_CLOCK_SKEW
+        );
+        assert_eq!(
+            retention_after_end(Duration::from_secs(300)),
+            Duration::from_secs(300)
+        );
     }
 
     #[test]

@@ -1,13 +1,25 @@
 //! The CA side of revocation: turns the store's revocation state into the signed feed
-//! and the KRL that hosts fetch. Both list only what is still inside its validity window,
-//! so their size is bounded by live certificates, not by history.
+//! and the KRL that hosts fetch. Both list only what is still inside its validity window
+//! plus [`feed::retention_after_end`], so their size is bounded by live certificates, not
+//! by history, and a host whose clock lags the CA's never sees an entry vanish while the
+//! certificate is still valid by its own clock.
+//!
+//! One snapshot, three documents: a version-2 feed is built from one keyring snapshot
+//! and one store read together with the trust bundle and the KRL of that same snapshot,
+//! and names their digests ([`feed::Binding`]). The KRL is a function of the revocation
+//! state, the keyring, and the `(sequence, issued_at)` it is published for, so
+//! `GET /v1/krl?sequence=S&issued_at=T` rebuilds byte for byte the KRL that the feed
+//! `S`/`T` names, on any replica, as long as no revocation happened in between (then the
+//! digests differ and the host fetches again).
+
+use std::time::Duration;
 
 use ssh_key::PublicKey;
 
-use super::feed::{self, Feed, RevokedSerial, RevokedTask, SignedFeed};
+use super::feed::{self, Binding, Feed, RevokedSerial, RevokedTask, SignedFeed};
 use super::krl::KrlBuilder;
 use crate::authority::{KeyState, Keyring, sign_sshsig};
-use crate::store::{Store, StoreError};
+use crate::store::{Revocations, Store, StoreError};
 
 /// Why a revocation document could not be produced.
 #[derive(Debug, thiserror::Error)]
@@ -28,15 +40,34 @@ fn fingerprint_of(keyring: &Keyring, key_id: &str) -> Option<String> {
         .map(|k| k.fingerprint.clone())
 }
 
-/// The signed revocation feed at `now_unix`.
+/// The store's revocations that hosts still need at `now_unix`: everything whose end
+/// (`valid_before`, task expiry) is later than `now_unix - retention`.
+async fn revocations(
+    store: &dyn Store,
+    now_unix: i64,
+    retention: Duration,
+) -> Result<Revocations, StoreError> {
+    let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    store.revocations(now_unix.saturating_sub(retention)).await
+}
+
+/// The signed revocation feed at `now_unix`, in format `version` ([`feed::VERSION`] with
+/// its binding, or [`feed::VERSION_UNBOUND`] for hosts that predate it). `retention`:
+/// how long entries outlive their end ([`feed::retention_after_end`]).
 pub async fn signed_feed(
     store: &dyn Store,
     keyring: &Keyring,
     now_unix: i64,
+    retention: Duration,
+    version: u32,
 ) -> Result<SignedFeed, PublishError> {
-    let state = store.revocations(now_unix).await?;
+    let state = revocations(store, now_unix, retention).await?;
+    let binding = (version == feed::VERSION).then(|| {
+        let krl = encode_krl(keyring, &state, state.sequence, now_unix);
+        Binding::of(keyring.trusted_keys_text().as_bytes(), &krl)
+    });
     let feed = Feed {
-        version: feed::VERSION,
+        version,
         issued_at: now_unix,
         sequence: state.sequence,
         revoked_tasks: state
@@ -55,6 +86,7 @@ pub async fn signed_feed(
                 })
             })
             .collect(),
+        binding,
     };
     let json = feed.to_json();
     let signature = sign_sshsig(keyring.signer().as_ref(), feed::NAMESPACE, json.as_bytes())
@@ -65,15 +97,25 @@ pub async fn signed_feed(
     })
 }
 
-/// The KRL at `now_unix`: revoked serials per signing CA key, and revoked CA keys.
+/// The KRL at `issued_at` (Unix seconds): revoked serials per signing CA key, and
+/// revoked CA keys. Its KRL version is `sequence` when given (the feed it goes with),
+/// else the store's current sequence.
 pub async fn krl(
     store: &dyn Store,
     keyring: &Keyring,
-    now_unix: i64,
+    issued_at: i64,
+    sequence: Option<i64>,
+    retention: Duration,
 ) -> Result<Vec<u8>, PublishError> {
-    let state = store.revocations(now_unix).await?;
-    let generated = u64::try_from(now_unix).unwrap_or(0);
-    let mut builder = KrlBuilder::new(u64::try_from(state.sequence).unwrap_or(0), generated);
+    let state = revocations(store, issued_at, retention).await?;
+    let sequence = sequence.unwrap_or(state.sequence);
+    Ok(encode_krl(keyring, &state, sequence, issued_at))
+}
+
+/// The KRL of one revocation state: a pure function of its arguments.
+fn encode_krl(keyring: &Keyring, state: &Revocations, sequence: i64, issued_at: i64) -> Vec<u8> {
+    let generated = u64::try_from(issued_at).unwrap_or(0);
+    let mut builder = KrlBuilder::new(u64::try_from(sequence).unwrap_or(0), generated);
     builder.comment("writ");
     for key in keyring.keys() {
         let serials = state
@@ -86,7 +128,7 @@ pub async fn krl(
             builder.revoke_key(key.public_key.key_data());
         }
     }
-    Ok(builder.encode())
+    builder.encode()
 }
 
 /// Keys a host should trust when verifying a feed (for the CA's own tests and tools).
@@ -95,4 +137,202 @@ pub fn trusted_public_keys(keyring: &Keyring) -> Vec<PublicKey> {
         .trusted_keys()
         .map(|k| k.public_key.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand_core::OsRng;
+
+    use super::*;
+    use crate::audit::{AuditEntry, Outcome, event};
+    use crate::config::KeyAlgorithm;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{CertificateRecord, Issuance, TaskEnd, TaskRecord};
+
+    /// The certificate's `valid_before` and the task's expiry (Unix seconds).
+    const CERT_END: i64 = 1_000;
+    const TASK_END: i64 = 10_000;
+    const SERIAL: i64 = 4242;
+    const TASK: &str = "0123456789abcdef0123456789abcdef";
+    const OTHER_TASK: &str = "fedcba9876543210fedcba9876543210";
+
+    fn issuance(task: &str, serial: i64, key_id: &str) -> Issuance {
+        Issuance {
+            new_task: Some(TaskRecord {
+                id: task.into(),
+                issuer: "i".into(),
+                subject: "s".into(),
+                policy: "p".into(),
+                logins: vec!["deploy".into()],
+                hosts: vec!["*".into()],
+                purpose: String::new(),
+                state: "active".into(),
+                created_at: 100,
+                expires_at: TASK_END,
+            }),
+            certificate: CertificateRecord {
+                serial,
+                task_id: task.into(),
+                ca_key_id: key_id.into(),
+                key_fingerprint: "SHA256:x".into(),
+                principals: vec![format!("writ:{task}:deploy")],
+                valid_after: 100,
+                valid_before: CERT_END,
+                issued_at: 100,
+                revoked_at: None,
+            },
+            audit: vec![AuditEntry::new(event::CERT_ISSUED, Outcome::Success)],
+            token_use: None,
+        }
+    }
+
+    /// A store holding one revoked certificate (valid until [`CERT_END`], its task still
+    /// active) and one ended task (expiring at [`TASK_END`]), and its keyring.
+    async fn world(dir: &std::path::Path) -> (SqliteStore, Keyring) {
+        let store = SqliteStore::open(dir.join("writ.db").to_str().expect("path"))
+            .await
+            .expect("store");
+        let keyring = Keyring::load_or_init(&store, "pass", KeyAlgorithm::Ed25519, 100, &mut OsRng)
+            .await
+            .expect("keyring");
+        let key_id = keyring.active_id().to_owned();
+        store
+            .record_issuance(issuance(TASK, SERIAL, &key_id))
+            .await
+            .expect("issue");
+        store
+            .record_issuance(issuance(OTHER_TASK, SERIAL + 1, &key_id))
+            .await
+            .expect("issue");
+        let audit = AuditEntry::new(event::CERT_REVOKED, Outcome::Success);
+        assert!(
+            store
+                .revoke_certificate(SERIAL, 500, &audit)
+                .await
+                .expect("revoke")
+        );
+        let end = TaskEnd {
+            task_id: OTHER_TASK.into(),
+            state: "revoked".into(),
+            reason: None,
+            now_unix: 500,
+            token_use: None,
+        };
+        store
+            .end_task(&end, &|_| Vec::new())
+            .await
+            .expect("end task");
+        (store, keyring)
+    }
+
+    /// What the feed and the KRL published at `now` say: (serial listed in the feed,
+    /// serial in the KRL, task listed in the feed).
+    async fn published(
+        store: &SqliteStore,
+        keyring: &Keyring,
+        now: i64,
+        retention: Duration,
+    ) -> (bool, bool, bool) {
+        let signed = signed_feed(store, keyring, now, retention, feed::VERSION)
+            .await
+            .expect("feed");
+        let feed = feed::unverified(&signed).expect("feed json");
+        let krl = krl(store, keyring, now, None, retention)
+            .await
+            .expect("krl");
+        let serial = SERIAL.to_string();
+        let krl_has = |serial: i64| krl.windows(8).any(|w| w == serial.to_be_bytes());
+        (
+            feed.revoked_serials.iter().any(|s| s.serial == serial),
+            krl_has(SERIAL),
+            feed.revoked_tasks.iter().any(|t| t.task_id == OTHER_TASK),
+        )
+    }
+
+    #[tokio::test]
+    async fn revocations_stay_published_for_the_clock_skew_after_they_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, keyring) = world(dir.path()).await;
+        // `[ca] clock_skew` of 30 s is below what hosts accept (60 s): 60 s it is.
+        let retention = feed::retention_after_end(Duration::from_secs(30));
+        assert_eq!(retention, feed::HOST_CLOCK_SKEW);
+        let skew = 60;
+
+        // A host 59 s behind the CA still sees the certificate as valid at CA time
+        // CERT_END + 59: the serial must still be listed, in the feed and in the KRL.
+        for now in [CERT_END - 1, CERT_END, CERT_END + skew - 1] {
+            assert_eq!(
+                published(&store, &keyring, now, retention).await,
+                (true, true, true),
+                "at {now}"
+            );
+        }
+        // From CERT_END + skew on, no host that accepts the feed sees it valid.
+        assert_eq!(
+            published(&store, &keyring, CERT_END + skew, retention).await,
+            (false, false, true)
+        );
+        // The same for the ended task: kept until its expiry + skew.
+        assert!(
+            published(&store, &keyring, TASK_END + skew - 1, retention)
+                .await
+                .2
+        );
+        assert!(
+            !published(&store, &keyring, TASK_END + skew, retention)
+                .await
+                .2
+        );
+
+        // A larger `[ca] clock_skew` keeps entries that much longer.
+        let retention = feed::retention_after_end(Duration::from_secs(300));
+        assert_eq!(
+            published(&store, &keyring, CERT_END + 299, retention).await,
+            (true, true, true)
+        );
+        assert_eq!(
+            published(&store, &keyring, CERT_END + 300, retention).await,
+            (false, false, true)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_feed_binds_the_bundle_and_the_krl_of_its_snapshot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, keyring) = world(dir.path()).await;
+        let retention = feed::HOST_CLOCK_SKEW;
+        let signed = signed_feed(&store, &keyring, 900, retention, feed::VERSION)
+            .await
+            .expect("feed");
+        let feed = feed::unverified(&signed).expect("feed json");
+        let binding = feed.binding.expect("version 2 binds");
+        assert_eq!(
+            binding.trusted_keys_sha256,
+            feed::sha256_hex(keyring.trusted_keys_text().as_bytes())
+        );
+        // The KRL for the feed's (sequence, issued_at), built later, is the same bytes…
+        let same = krl(
+            &store,
+            &keyring,
+            feed.issued_at,
+            Some(feed.sequence),
+            retention,
+        )
+        .await
+        .expect("krl");
+        assert_eq!(feed::sha256_hex(&same), binding.krl_sha256);
+        // …while the KRL of another moment is not.
+        let later = krl(&store, &keyring, 901, None, retention)
+            .await
+            .expect("krl");
+        assert_ne!(feed::sha256_hex(&later), binding.krl_sha256);
+
+        // Version 1 is unbound, and otherwise the same feed.
+        let v1 = signed_feed(&store, &keyring, 900, retention, feed::VERSION_UNBOUND)
+            .await
+            .expect("feed");
+        let v1 = feed::unverified(&v1).expect("feed json");
+        assert_eq!(v1.binding, None);
+        assert_eq!(v1.revoked_serials, feed.revoked_serials);
+    }
 }
