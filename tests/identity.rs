@@ -1002,6 +1002,67 @@ fn a_discovery_document_for_another_issuer_is_not_used() {
     );
 }
 
+/// Unsigned junk naming an issuer whose keys never loaded cannot make writ fetch: after
+/// the start-up attempt, at most one fetch per `MIN_REFETCH_INTERVAL` (10 s), however many
+/// tokens arrive, one after another or at once. The bound is computed from the time the
+/// test actually took, so a slow machine cannot make it fail.
+#[test]
+fn tokens_for_an_issuer_whose_keys_never_loaded_do_not_trigger_fetches() {
+    let started = Instant::now();
+    let idp = TestIdp::start(&[Key::Rsa]);
+    // The discovery document names another issuer, so the keys never load; every attempt
+    // costs the IdP one request (the document), which the IdP counts.
+    let configured = format!("{}/", idp.issuer);
+    let ca = TestCa::start(
+        "",
+        &format!(
+            "[[issuer]]\nname = \"oidc\"\nissuer = \"{configured}\"\ndiscovery = true\naudiences = [\"writ\"]\n\n{}",
+            policy_table("oidc"),
+        ),
+    );
+    assert_eq!(idp.requests(), 1, "one attempt at start-up");
+    let (pubkey, _dir) = agent_key();
+    let body = deploy_request(&pubkey);
+    let junk = |i: usize| {
+        format!(
+            "{}.{}.{}",
+            b64url_json(&json!({"alg": "RS256", "kid": format!("k{i}")})),
+            b64url_json(&json!({"iss": configured, "sub": "agent-1", "aud": "writ"})),
+            b64url(b"not a signature"),
+        )
+    };
+    for i in 0..10 {
+        refused(
+            &ca,
+            Some(&junk(i)),
+            &body,
+            503,
+            "issuer_unavailable",
+            event::TOKEN_REJECTED,
+            &format!("junk token {i}"),
+        );
+    }
+    let url = format!("{}/v1/certificates", ca.url);
+    let barrier = Barrier::new(10);
+    std::thread::scope(|s| {
+        for i in 10..20 {
+            let (barrier, url, body, token) = (&barrier, &url, &body, junk(i));
+            s.spawn(move || {
+                barrier.wait();
+                let response = http::post(url, Some(&token), body);
+                assert_eq!(response.status, 503, "{}", response.text);
+            });
+        }
+    });
+    let allowed = 1 + started.elapsed().as_secs() / 10;
+    assert!(
+        idp.requests() as u64 <= allowed,
+        "20 junk tokens made writ fetch {} times (at most {allowed} allowed in {:?})",
+        idp.requests(),
+        started.elapsed()
+    );
+}
+
 #[test]
 fn login_templates_take_only_valid_login_names_from_claims() {
     let idp = TestIdp::start(&[Key::Rsa]);
