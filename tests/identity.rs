@@ -635,6 +635,58 @@ fn time_claims_and_token_lifetime_are_enforced() {
             with(json!({"iat": t - 3 * 3600, "nbf": null, "exp": t + 300})),
             "token_lifetime_too_long",
         ),
+        // Overflow: exp - iat does not fit in i64 and once wrapped around to a short,
+        // accepted lifetime.
+        (
+            "iat = i64::MIN, exp in 30 days",
+            with(json!({"iat": i64::MIN, "nbf": null, "exp": t + 30 * 86400})),
+            "token_lifetime_too_long",
+        ),
+        (
+            "iat = i64::MIN, exp = i64::MAX",
+            with(json!({"iat": i64::MIN, "nbf": null, "exp": i64::MAX})),
+            "token_lifetime_too_long",
+        ),
+        (
+            "iat = i64::MIN + 1, exp in 5 minutes",
+            with(json!({"iat": i64::MIN + 1, "nbf": null})),
+            "token_lifetime_too_long",
+        ),
+        (
+            "exp = i64::MAX",
+            with(json!({"exp": i64::MAX})),
+            "token_lifetime_too_long",
+        ),
+        (
+            "exp = i64::MAX, no iat",
+            with(json!({"iat": null, "exp": i64::MAX})),
+            "token_lifetime_too_long",
+        ),
+        (
+            "exp = u64::MAX",
+            with(json!({"exp": u64::MAX})),
+            "bad_claim",
+        ),
+        (
+            "iat = i64::MAX",
+            with(json!({"iat": i64::MAX})),
+            "bad_claim",
+        ),
+        (
+            "iat = u64::MAX",
+            with(json!({"iat": u64::MAX})),
+            "bad_claim",
+        ),
+        (
+            "nbf = i64::MIN",
+            with(json!({"nbf": i64::MIN})),
+            "bad_claim",
+        ),
+        (
+            "nbf = u64::MAX",
+            with(json!({"nbf": u64::MAX})),
+            "token_not_yet_valid",
+        ),
     ] {
         let response = w.refuse(&token, 401, code, case);
         if code == "token_lifetime_too_long" {

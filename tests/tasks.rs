@@ -336,6 +336,88 @@ fn proof_of_possession_replaces_a_fresh_token() {
     assert_eq!(w.ca.audit_events(event::TOKEN_REJECTED).len(), 4);
 }
 
+/// POST `body` to the CA's `path` with `authorization`; status and body text.
+fn post_with_authorization(
+    w: &World,
+    path: &str,
+    authorization: &str,
+    body: &str,
+) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(&format!("{}{path}", w.ca.url))
+        .header("authorization", authorization)
+        .header("content-type", "application/json")
+        .send(body)
+        .expect("POST");
+    (
+        r.status().as_u16(),
+        r.body_mut().read_to_string().expect("body"),
+    )
+}
+
+/// Open a task as `agent-1` for the public key of `key`; the task id and certificate blob.
+fn open_task_for(w: &World, key: &Path) -> (String, Vec<u8>) {
+    let response = w.ca.request_certificate(
+        Some(&w.token("agent-1")),
+        &common::ca::certificate_request(
+            &public_key(key),
+            &["deploy"],
+            &["web-*.prod.example.com"],
+            Some(120),
+        ),
+    );
+    assert_eq!(response.status, 201, "{}", response.text);
+    let task = response.json();
+    let blob = <base64ct::Base64 as base64ct::Encoding>::decode_vec(
+        task["certificate"]
+            .as_str()
+            .expect("cert")
+            .split_whitespace()
+            .nth(1)
+            .expect("blob"),
+    )
+    .expect("base64 certificate");
+    (task["task_id"].as_str().expect("task_id").to_owned(), blob)
+}
+
+/// The signed timestamp is checked against the window without overflow: ts = i64::MIN +
+/// now made `(ts - now).abs()` wrap around to a negative number, inside the window.
+#[test]
+fn a_proof_of_possession_timestamp_cannot_wrap_around_the_window() {
+    let w = World::start("");
+    let (task_id, cert_blob) = open_task_for(&w, &w.key);
+    let path = format!("/v1/tasks/{task_id}/certificates");
+    let body = json!({"public_key": public_key(&w.key), "ttl_seconds": 30}).to_string();
+    let t = now();
+    for ts in [
+        i64::MIN + t,
+        i64::MIN,
+        i64::MIN + 1,
+        i64::MAX,
+        i64::MAX - 30,
+        t + 61,
+        t - 61,
+    ] {
+        let message = writ::task::possession::message("POST", &path, ts, body.as_bytes());
+        let header =
+            writ::task::possession::header(&cert_blob, ts, &ssh_keygen_sign(&w.key, &message));
+        let (status, text) = post_with_authorization(&w, &path, &header, &body);
+        assert_eq!(status, 401, "ts = {ts}: {text}");
+        assert!(text.contains("timestamp"), "ts = {ts}: {text}");
+    }
+    assert_eq!(w.ca.audit_events(event::TOKEN_REJECTED).len(), 7);
+    // Control: inside the window.
+    let ts = now();
+    let message = writ::task::possession::message("POST", &path, ts, body.as_bytes());
+    let header = writ::task::possession::header(&cert_blob, ts, &ssh_keygen_sign(&w.key, &message));
+    let (status, text) = post_with_authorization(&w, &path, &header, &body);
+    assert_eq!(status, 201, "{text}");
+}
+
 #[test]
 fn online_authorize_records_use_only_for_sessions() {
     let w = World::start("");

@@ -149,12 +149,16 @@ impl Verifier {
                     .ok_or_else(|| TokenError::BadClaim("iat".into()))?,
             ),
         };
-        if issued_at.is_some_and(|iat| iat > now_unix + leeway) {
+        if issued_at.is_some_and(|iat| iat > now_unix.saturating_add(leeway)) {
             return Err(TokenError::BadClaim("iat (in the future)".into()));
         }
         let max_lifetime = i64::try_from(config.max_token_lifetime.as_secs()).unwrap_or(i64::MAX);
-        let lifetime = expires_at - issued_at.unwrap_or(now_unix);
-        if lifetime > max_lifetime + leeway {
+        // `iat` and `exp` come from the token: a difference that does not fit in i64 (say
+        // iat = i64::MIN) is an endless lifetime, not a wrapped-around short one.
+        let lifetime = expires_at
+            .checked_sub(issued_at.unwrap_or(now_unix))
+            .unwrap_or(i64::MAX);
+        if lifetime > max_lifetime.saturating_add(leeway) {
             return Err(TokenError::LifetimeTooLong {
                 lifetime,
                 max: max_lifetime,

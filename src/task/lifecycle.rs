@@ -546,7 +546,7 @@ impl Issuer {
         now_unix: i64,
     ) -> Result<Caller, TokenError> {
         let bad = |why: &str| TokenError::Malformed(format!("proof of possession: {why}"));
-        if (possession.timestamp - now_unix).abs() > possession::MAX_SKEW_SECS {
+        if !possession::is_fresh(possession.timestamp, now_unix) {
             return Err(bad("timestamp too far from the server's clock"));
         }
         let cert = Certificate::from_bytes(&possession.certificate)
@@ -593,7 +593,9 @@ impl Issuer {
                 token_hash: crate::audit::hex(&<sha2::Sha256 as sha2::Digest>::digest(
                     signature.signature_bytes(),
                 )),
-                expires_at: possession.timestamp + 2 * possession::MAX_SKEW_SECS,
+                expires_at: possession
+                    .timestamp
+                    .saturating_add(2 * possession::MAX_SKEW_SECS),
             },
         })
     }

@@ -273,7 +273,7 @@ impl Issuer {
             purpose: request.purpose.clone(),
             state: "active".into(),
             created_at: now_unix,
-            expires_at: now_unix + secs(grant.task_ttl),
+            expires_at: now_unix.saturating_add(secs(grant.task_ttl)),
         };
         let token_use = identity.replay_key.as_ref().map(|k| TokenUse {
             issuer: k.issuer.clone(),
@@ -319,8 +319,10 @@ impl Issuer {
     ) -> Result<Issued, IssueError> {
         let new_task = create.then(|| task.clone());
         let now_unix = now.unix_timestamp();
-        let valid_after = now_unix - secs(self.limits.clock_skew);
-        let valid_before = (now_unix + secs(grant.cert_ttl)).min(task.expires_at);
+        let valid_after = now_unix.saturating_sub(secs(self.limits.clock_skew));
+        let valid_before = now_unix
+            .saturating_add(secs(grant.cert_ttl))
+            .min(task.expires_at);
         // One snapshot for the whole issuance: the signer and the key id recorded with
         // the certificate must agree even if the keyring is reloaded meanwhile.
         let keyring = self.keyring.current();
@@ -439,6 +441,8 @@ impl Issuer {
     }
 }
 
+/// Seconds of a (configured or requested) duration, for arithmetic on Unix times that
+/// saturates: a lifetime too long for `i64` is the longest, never a negative one.
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }

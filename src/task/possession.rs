@@ -62,6 +62,12 @@ pub fn message(method: &str, path: &str, timestamp: i64, body: &[u8]) -> Vec<u8>
     .into_bytes()
 }
 
+/// Whether a signed `timestamp` is within [`MAX_SKEW_SECS`] of `now_unix`. The timestamp
+/// comes from the request, so the distance is taken without overflow.
+pub fn is_fresh(timestamp: i64, now_unix: i64) -> bool {
+    timestamp.abs_diff(now_unix) <= MAX_SKEW_SECS.unsigned_abs()
+}
+
 /// Build the header value (for clients and tests).
 pub fn header(certificate: &[u8], timestamp: i64, signature_pem: &str) -> String {
     format!(
@@ -74,6 +80,22 @@ pub fn header(certificate: &[u8], timestamp: i64, signature_pem: &str) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The window is checked without overflow: `ts = i64::MIN + now` once passed, because
+    /// `(ts - now).abs()` wrapped around.
+    #[test]
+    fn timestamps_far_from_now_are_not_fresh() {
+        let now = 1_700_000_000;
+        assert!(is_fresh(now, now));
+        assert!(is_fresh(now - MAX_SKEW_SECS, now));
+        assert!(is_fresh(now + MAX_SKEW_SECS, now));
+        assert!(!is_fresh(now - MAX_SKEW_SECS - 1, now));
+        assert!(!is_fresh(now + MAX_SKEW_SECS + 1, now));
+        for ts in [i64::MIN, i64::MIN + now, i64::MIN + 1, i64::MAX, -now, 0] {
+            assert!(!is_fresh(ts, now), "{ts}");
+        }
+        assert!(!is_fresh(i64::MAX, i64::MIN) && !is_fresh(i64::MIN, i64::MAX));
+    }
 
     #[test]
     fn header_round_trips() {
