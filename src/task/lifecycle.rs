@@ -9,7 +9,7 @@
 //!
 //! Every refusal is audited; every change commits with its audit records.
 
-use ssh_key::{Certificate, HashAlg, PublicKey, SshSig};
+use ssh_key::{Certificate, HashAlg, SshSig};
 use time::OffsetDateTime;
 
 use super::possession::{self, Possession};
@@ -578,13 +578,8 @@ impl Issuer {
         }
         let signature = SshSig::from_pem(possession.signature_pem.as_bytes())
             .map_err(|_| bad("signature does not parse"))?;
-        if signature.public_key() != cert.public_key() {
-            return Err(bad("signature is not by the certificate's key"));
-        }
         let message = possession::message(method, path, possession.timestamp, body);
-        PublicKey::from(cert.public_key().clone())
-            .verify(possession::NAMESPACE, &message, &signature)
-            .map_err(|_| TokenError::BadSignature)?;
+        possession::verify_signature(cert.public_key(), &message, &signature)?;
         Ok(Caller::Possession {
             task_id,
             serial: cert.serial(),

@@ -8,11 +8,21 @@
 //! pop@writ.dev` makes) covers [`message`]: the method, path, timestamp and the SHA-256 of
 //! the body, one per line. A signature is accepted once, within [`MAX_SKEW_SECS`] of the
 //! server's clock.
+//!
+//! Signatures are checked by [`verify_signature`]: the key must pass
+//! [`super::subject_key::check`] (a certificate issued before that check existed may carry
+//! a weak key), and Ed25519 uses the strict verification that refuses small-order keys and
+//! commitments.
 
 use base64ct::{Base64, Encoding};
 use sha2::{Digest, Sha256};
+use signature::Verifier;
+use ssh_key::SshSig;
+use ssh_key::public::KeyData;
 
+use super::subject_key;
 use crate::audit;
+use crate::identity::TokenError;
 
 /// Authorization scheme name.
 pub const SCHEME: &str = "Writ-PoP";
@@ -68,6 +78,43 @@ pub fn is_fresh(timestamp: i64, now_unix: i64) -> bool {
     timestamp.abs_diff(now_unix) <= MAX_SKEW_SECS.unsigned_abs()
 }
 
+/// Verify that `signature` is `key`'s SSHSIG over `message` in [`NAMESPACE`].
+pub fn verify_signature(
+    key: &KeyData,
+    message: &[u8],
+    signature: &SshSig,
+) -> Result<(), TokenError> {
+    let bad = |why: &str| TokenError::Malformed(format!("proof of possession: {why}"));
+    if signature.public_key() != key {
+        return Err(bad("signature is not by the certificate's key"));
+    }
+    if signature.namespace() != NAMESPACE {
+        return Err(TokenError::BadSignature);
+    }
+    if let Err(problem) = subject_key::check(key) {
+        return Err(bad(&format!("the certificate's key is refused: {problem}")));
+    }
+    let signed = SshSig::signed_data(NAMESPACE, signature.hash_alg(), message)
+        .map_err(|_| TokenError::BadSignature)?;
+    let verified = match key {
+        KeyData::Ed25519(public) => {
+            let key = ed25519_dalek::VerifyingKey::from_bytes(&public.0)
+                .map_err(|_| TokenError::BadSignature)?;
+            let sig = ed25519_dalek::Signature::from_slice(signature.signature_bytes())
+                .map_err(|_| TokenError::BadSignature)?;
+            // verify_strict: also refuses small-order keys and `R` (the plain `verify`
+            // accepts R = identity, s = 0 for the identity key).
+            key.verify_strict(&signed, &sig).is_ok()
+        }
+        other => other.verify(&signed, signature.signature()).is_ok(),
+    };
+    if verified {
+        Ok(())
+    } else {
+        Err(TokenError::BadSignature)
+    }
+}
+
 /// Build the header value (for clients and tests).
 pub fn header(certificate: &[u8], timestamp: i64, signature_pem: &str) -> String {
     format!(
@@ -79,7 +126,78 @@ pub fn header(certificate: &[u8], timestamp: i64, signature_pem: &str) -> String
 
 #[cfg(test)]
 mod tests {
+    use rand_core::OsRng;
+    use ssh_key::public::{Ed25519PublicKey, RsaPublicKey};
+    use ssh_key::{Algorithm, EcdsaCurve, HashAlg, Mpint, PrivateKey, Signature};
+
     use super::*;
+
+    const MESSAGE: &[u8] = b"writ-pop-v1\nPOST\n/v1/tasks/x/complete\n5\n00\n";
+
+    #[test]
+    fn real_signatures_verify_and_tampered_ones_do_not() {
+        for algorithm in [
+            Algorithm::Ed25519,
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP256,
+            },
+        ] {
+            let key = PrivateKey::random(&mut OsRng, algorithm.clone()).expect("key");
+            let signature = key.sign(NAMESPACE, HashAlg::Sha512, MESSAGE).expect("sign");
+            let public = key.public_key().key_data();
+            assert_eq!(
+                verify_signature(public, MESSAGE, &signature),
+                Ok(()),
+                "{algorithm:?}"
+            );
+            assert!(verify_signature(public, b"another message", &signature).is_err());
+            let other = PrivateKey::random(&mut OsRng, algorithm.clone()).expect("key");
+            assert!(verify_signature(other.public_key().key_data(), MESSAGE, &signature).is_err());
+            let elsewhere = key.sign("file", HashAlg::Sha512, MESSAGE).expect("sign");
+            assert!(verify_signature(public, MESSAGE, &elsewhere).is_err());
+        }
+    }
+
+    /// The Ed25519 identity point as a key, and a "signature" made without any private
+    /// key (R = identity, s = 0): the plain RFC 8032 check accepts it, ours must not.
+    #[test]
+    fn a_forgery_for_a_small_order_key_is_refused() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let key = KeyData::Ed25519(Ed25519PublicKey(identity));
+        let mut forged = [0u8; 64];
+        forged[0] = 1;
+        let signed = SshSig::signed_data(NAMESPACE, HashAlg::Sha512, MESSAGE).expect("data");
+        // The forgery is real: what ssh-key's SSHSIG check (dalek's `verify`) runs accepts it.
+        let dalek = ed25519_dalek::VerifyingKey::from_bytes(&identity).expect("point");
+        let sig = ed25519_dalek::Signature::from_bytes(&forged);
+        assert!(signature::Verifier::verify(&dalek, &signed, &sig).is_ok());
+        assert!(dalek.verify_strict(&signed, &sig).is_err());
+        let forged = SshSig::new(
+            key.clone(),
+            NAMESPACE,
+            HashAlg::Sha512,
+            Signature::new(Algorithm::Ed25519, forged.to_vec()).expect("signature"),
+        )
+        .expect("sshsig");
+        assert!(verify_signature(&key, MESSAGE, &forged).is_err());
+    }
+
+    /// Keys whose signatures anyone can make are refused even on certificates issued before
+    /// issuance checked them: RSA with e = 1 (every number is its own signature).
+    #[test]
+    fn a_certificate_with_a_weak_rsa_key_proves_nothing() {
+        let key = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).expect("key");
+        let signature = key.sign(NAMESPACE, HashAlg::Sha512, MESSAGE).expect("sign");
+        let mut n = vec![0xc5u8; 256];
+        n[255] |= 1;
+        let weak = KeyData::Rsa(RsaPublicKey {
+            e: Mpint::from_positive_bytes(&[1]).expect("e"),
+            n: Mpint::from_positive_bytes(&n).expect("n"),
+        });
+        let error = verify_signature(&weak, MESSAGE, &signature).expect_err("weak");
+        assert!(matches!(error, TokenError::Malformed(_)), "{error:?}");
+    }
 
     /// The window is checked without overflow: `ts = i64::MIN + now` once passed, because
     /// `(ts - now).abs()` wrapped around.
