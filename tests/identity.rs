@@ -793,6 +793,54 @@ fn a_token_is_used_once() {
     assert_eq!(w.ca.audit_events(event::CERT_ISSUED).len(), 3);
 }
 
+/// The ECDSA twin of an ES256 token: the same header and payload with the signature
+/// (r, s) replaced by (r, n - s), which verifies just as well. Anyone can make it from a
+/// token they have seen; no key needed.
+fn ecdsa_twin(token: &str) -> String {
+    use p256::elliptic_curve::ff::PrimeField;
+    let [header, payload, signature] = segments(token);
+    let mut signature = Base64UrlUnpadded::decode_vec(signature).expect("base64url");
+    assert_eq!(signature.len(), 64, "ES256 signature");
+    let mut s = [0u8; 32];
+    s.copy_from_slice(&signature[32..]);
+    let s = p256::Scalar::from_repr(s.into()).expect("s is a scalar");
+    signature[32..].copy_from_slice(&(-s).to_repr());
+    format!("{header}.{payload}.{}", b64url(&signature))
+}
+
+/// A token without `jti` is once-only by what its issuer signed (header and payload), so
+/// its ECDSA twin, which anyone can derive, is the same token, whichever comes first.
+#[test]
+fn an_ecdsa_twin_of_a_used_token_is_the_same_token() {
+    let w = World::start(&[Key::Ec]);
+    for first_the_twin in [false, true] {
+        let mut claims = w.idp.claims("agent-1");
+        claims.as_object_mut().expect("object").remove("jti");
+        claims["purpose"] = json!(format!("twin first: {first_the_twin}"));
+        let token = w.idp.sign(Key::Ec, &claims);
+        let twin = ecdsa_twin(&token);
+        assert_ne!(token, twin);
+        let (first, second) = if first_the_twin {
+            (&twin, &token)
+        } else {
+            (&token, &twin)
+        };
+        w.issue(first, "first use");
+        w.refuse(
+            second,
+            401,
+            "token_replayed",
+            "the other form of the signature",
+        );
+        w.refuse(first, 401, "token_replayed", "the first form again");
+    }
+    // With a jti, too (it was already keyed on the jti; this pins it).
+    let token = w.idp.token(Key::Ec, "agent-1");
+    w.issue(&token, "jti, first use");
+    w.refuse(&ecdsa_twin(&token), 401, "token_replayed", "jti, twin");
+    assert_eq!(w.ca.audit_events(event::CERT_ISSUED).len(), 3);
+}
+
 #[test]
 fn twenty_concurrent_uses_of_one_token_yield_one_certificate() {
     let w = World::start(&[Key::Ec]);

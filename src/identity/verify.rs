@@ -170,10 +170,16 @@ impl Verifier {
             Some(_) => return Err(TokenError::BadClaim("jti".into())),
         };
         let replay_key = (config.replay == Replay::Reject).then(|| {
+            // What the issuer signed, never how the signature is encoded: an ECDSA
+            // signature (r, s) has a twin (r, n - s) that verifies as well, and issuers
+            // sign with either half the time, so the twin cannot be refused, only recognised.
             let digest = match &jti {
-                Some(jti) => Sha256::digest(format!("jti:{jti}")),
-                None => Sha256::digest(format!("token:{token}")),
-            };
+                Some(jti) => Sha256::new().chain_update("jti:").chain_update(jti),
+                None => Sha256::new()
+                    .chain_update("jws:")
+                    .chain_update(signing_input(token)),
+            }
+            .finalize();
             ReplayKey {
                 issuer: config.name.clone(),
                 token_hash: audit::hex(&digest),
@@ -190,6 +196,11 @@ impl Verifier {
             replay_key,
         })
     }
+}
+
+/// The JWS signing input, `header.payload`: the bytes the signature covers.
+fn signing_input(token: &str) -> &str {
+    token.rsplit_once('.').map_or(token, |(input, _)| input)
 }
 
 fn unverified_iss(token: &str) -> Result<String, TokenError> {

@@ -583,15 +583,7 @@ impl Issuer {
         Ok(Caller::Possession {
             task_id,
             serial: cert.serial(),
-            token_use: TokenUse {
-                issuer: "proof-of-possession".into(),
-                token_hash: crate::audit::hex(&<sha2::Sha256 as sha2::Digest>::digest(
-                    signature.signature_bytes(),
-                )),
-                expires_at: possession
-                    .timestamp
-                    .saturating_add(2 * possession::MAX_SKEW_SECS),
-            },
+            token_use: possession::once_only(cert.public_key(), &message, possession.timestamp),
         })
     }
 }

@@ -9,20 +9,24 @@
 //! the body, one per line. A signature is accepted once, within [`MAX_SKEW_SECS`] of the
 //! server's clock.
 //!
-//! Signatures are checked by [`verify_signature`]: the key must pass
-//! [`super::subject_key::check`] (a certificate issued before that check existed may carry
-//! a weak key), and Ed25519 uses the strict verification that refuses small-order keys and
-//! commitments.
+//! What counts as "once" is what was signed — the signer's key and the message
+//! ([`once_only`]) — never the signature's encoding: an ECDSA signature (r, s) has a twin
+//! (r, n − s) that verifies too, and OpenSSH signs with either half the time, so twins
+//! cannot be refused, only recognised. Signatures are checked by [`verify_signature`]:
+//! the key must pass [`super::subject_key::check`] (a certificate issued before that check
+//! existed may carry a weak key), and Ed25519 uses the strict verification that refuses
+//! small-order keys and commitments.
 
 use base64ct::{Base64, Encoding};
 use sha2::{Digest, Sha256};
 use signature::Verifier;
-use ssh_key::SshSig;
 use ssh_key::public::KeyData;
+use ssh_key::{HashAlg, SshSig};
 
 use super::subject_key;
 use crate::audit;
 use crate::identity::TokenError;
+use crate::store::TokenUse;
 
 /// Authorization scheme name.
 pub const SCHEME: &str = "Writ-PoP";
@@ -115,6 +119,22 @@ pub fn verify_signature(
     }
 }
 
+/// The once-only record of a verified proof: the signer's key and the signed message
+/// (which holds the timestamp), so a second signature over the same message — an ECDSA
+/// twin, or a fresh signature — is the same use. Prunable once the timestamp is out of
+/// the window.
+pub fn once_only(key: &KeyData, message: &[u8], timestamp: i64) -> TokenUse {
+    let mut hash = Sha256::new();
+    hash.update(b"writ-pop-once-v2\n");
+    hash.update(key.fingerprint(HashAlg::Sha256).as_bytes());
+    hash.update(message);
+    TokenUse {
+        issuer: "proof-of-possession".into(),
+        token_hash: audit::hex(&hash.finalize()),
+        expires_at: timestamp.saturating_add(2 * MAX_SKEW_SECS),
+    }
+}
+
 /// Build the header value (for clients and tests).
 pub fn header(certificate: &[u8], timestamp: i64, signature_pem: &str) -> String {
     format!(
@@ -126,13 +146,47 @@ pub fn header(certificate: &[u8], timestamp: i64, signature_pem: &str) -> String
 
 #[cfg(test)]
 mod tests {
+    use p256::elliptic_curve::ff::PrimeField;
     use rand_core::OsRng;
     use ssh_key::public::{Ed25519PublicKey, RsaPublicKey};
-    use ssh_key::{Algorithm, EcdsaCurve, HashAlg, Mpint, PrivateKey, Signature};
+    use ssh_key::{Algorithm, EcdsaCurve, Mpint, PrivateKey, Signature};
 
     use super::*;
 
     const MESSAGE: &[u8] = b"writ-pop-v1\nPOST\n/v1/tasks/x/complete\n5\n00\n";
+
+    /// An SSH `string`: length-prefixed bytes.
+    fn ssh_string(bytes: &[u8]) -> Vec<u8> {
+        let mut out = u32::try_from(bytes.len())
+            .expect("len")
+            .to_be_bytes()
+            .to_vec();
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    /// The other ECDSA P-256 signature over the same data: (r, s) -> (r, n - s).
+    fn ecdsa_twin(signature: &SshSig) -> SshSig {
+        let data = signature.signature_bytes();
+        let r_len = u32::from_be_bytes(data[..4].try_into().expect("len")) as usize;
+        let r = &data[4..4 + r_len];
+        let s = Mpint::from_bytes(&data[8 + r_len..]).expect("s");
+        let mut padded = [0u8; 32];
+        let s = s.as_positive_bytes().expect("positive");
+        padded[32 - s.len()..].copy_from_slice(s);
+        let s = p256::Scalar::from_repr(padded.into()).expect("scalar");
+        let twin = Mpint::from_positive_bytes(&(-s).to_repr()).expect("mpint");
+        let mut bytes = ssh_string(r);
+        bytes.extend_from_slice(&ssh_string(twin.as_bytes()));
+        let twin = Signature::new(signature.algorithm(), bytes).expect("signature");
+        SshSig::new(
+            signature.public_key().clone(),
+            NAMESPACE,
+            signature.hash_alg(),
+            twin,
+        )
+        .expect("sshsig")
+    }
 
     #[test]
     fn real_signatures_verify_and_tampered_ones_do_not() {
@@ -199,6 +253,38 @@ mod tests {
         assert!(matches!(error, TokenError::Malformed(_)), "{error:?}");
     }
 
+    /// An ECDSA signature and its twin (r, n - s) both verify (OpenSSH signs with a high s
+    /// half the time, so neither form can be refused) and are one use.
+    #[test]
+    fn an_ecdsa_twin_is_the_same_use() {
+        let key = PrivateKey::random(
+            &mut OsRng,
+            Algorithm::Ecdsa {
+                curve: EcdsaCurve::NistP256,
+            },
+        )
+        .expect("key");
+        let public = key.public_key().key_data();
+        let signature = key.sign(NAMESPACE, HashAlg::Sha512, MESSAGE).expect("sign");
+        let twin = ecdsa_twin(&signature);
+        assert_ne!(twin.signature_bytes(), signature.signature_bytes());
+        assert_eq!(verify_signature(public, MESSAGE, &twin), Ok(()));
+        assert_eq!(
+            once_only(public, MESSAGE, 5),
+            once_only(twin.public_key(), MESSAGE, 5)
+        );
+        // Another key or another message is another use.
+        let other = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).expect("key");
+        assert_ne!(
+            once_only(public, MESSAGE, 5),
+            once_only(other.public_key().key_data(), MESSAGE, 5)
+        );
+        assert_ne!(
+            once_only(public, MESSAGE, 5).token_hash,
+            once_only(public, b"another message", 5).token_hash
+        );
+    }
+
     /// The window is checked without overflow: `ts = i64::MIN + now` once passed, because
     /// `(ts - now).abs()` wrapped around.
     #[test]
@@ -213,6 +299,15 @@ mod tests {
             assert!(!is_fresh(ts, now), "{ts}");
         }
         assert!(!is_fresh(i64::MAX, i64::MIN) && !is_fresh(i64::MIN, i64::MAX));
+        assert_eq!(
+            once_only(
+                &KeyData::Ed25519(Ed25519PublicKey([9; 32])),
+                MESSAGE,
+                i64::MAX
+            )
+            .expires_at,
+            i64::MAX
+        );
     }
 
     #[test]
