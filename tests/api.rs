@@ -533,6 +533,52 @@ fn policy_refusals_get_403_naming_the_rule() {
     assert_eq!(task_count(&ca), 0);
 }
 
+/// TTLs are JSON integers up to u64::MAX; extremes are refused by the policy (403) or as
+/// malformed (400) before any arithmetic on Unix times, never wrapped into a short one.
+#[test]
+fn extreme_ttls_are_refused_without_overflow() {
+    let (idp, ca, _dir, pubkey) = setup();
+    let token = || idp.token(Key::Ec, "agent-1");
+    let huge = [
+        u64::MAX,
+        1 << 63,
+        (1 << 63) - 1,
+        (1 << 63) + 1,
+        u64::MAX - 300,
+    ];
+    for ttl in huge {
+        let body = certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], Some(ttl));
+        let response = ca.request_certificate(Some(&token()), &body);
+        assert_eq!(response.status, 403, "ttl_seconds {ttl}: {}", response.text);
+        assert_eq!(
+            response.error_code(),
+            "ttl_exceeds_max",
+            "ttl_seconds {ttl}"
+        );
+        let mut body = certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], None);
+        body["task"]["ttl_seconds"] = ttl.into();
+        let response = ca.request_certificate(Some(&token()), &body);
+        assert_eq!(
+            response.status, 403,
+            "task.ttl_seconds {ttl}: {}",
+            response.text
+        );
+        assert_eq!(response.error_code(), "task_ttl_exceeds_max");
+    }
+    for ttl in [
+        json!(-1),
+        json!(i64::MIN),
+        json!(1e300),
+        json!("18446744073709551616"),
+    ] {
+        let mut body = certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], None);
+        body["ttl_seconds"] = ttl.clone();
+        let response = ca.request_certificate(Some(&token()), &body);
+        assert_eq!(response.status, 400, "ttl_seconds {ttl}: {}", response.text);
+    }
+    assert_eq!(task_count(&ca), 0);
+}
+
 #[test]
 fn malformed_input_gets_400_and_oversized_gets_413() {
     let (idp, ca, _dir, pubkey) = setup();

@@ -485,6 +485,27 @@ fn a_proof_of_possession_timestamp_cannot_wrap_around_the_window() {
     assert_eq!(status, 201, "{text}");
 }
 
+/// A renewal's `ttl_seconds` at the extremes of u64 is refused by the policy (403), never
+/// wrapped into a short lifetime.
+#[test]
+fn extreme_renewal_ttls_are_refused_without_overflow() {
+    let w = World::start("");
+    let task = w.open_task();
+    let path = format!(
+        "/v1/tasks/{}/certificates",
+        task["task_id"].as_str().expect("id")
+    );
+    for ttl in [u64::MAX, 1 << 63, (1 << 63) - 1, u64::MAX - 300] {
+        let response = w.post(
+            &path,
+            &w.token("agent-1"),
+            json!({"public_key": public_key(&w.key), "ttl_seconds": ttl}),
+        );
+        assert_eq!(response.status, 403, "ttl_seconds {ttl}: {}", response.text);
+        assert_eq!(response.error_code(), "ttl_exceeds_max");
+    }
+}
+
 #[test]
 fn online_authorize_records_use_only_for_sessions() {
     let w = World::start("");
