@@ -1,8 +1,10 @@
 //! Workload identity federation against real JWKS servers on loopback (issue 3, RFC 8725):
 //! every token trick an attacker has (`alg: none`, HMAC keyed with the RSA public key,
 //! tampered claims, cross-issuer keys, unknown and path-like `kid`s, key-pointing headers),
-//! the time and audience claims, replay protection (sequential and 20 concurrent uses of
-//! one token), key rotation at the issuer, an issuer that goes down or was never up, OIDC
+//! the time and audience claims (including values that overflow `exp - iat`), replay
+//! protection (sequential and 20 concurrent uses of one token, and the ECDSA twin of a used
+//! token), key rotation at the issuer, an issuer that goes down or was never up (and junk
+//! tokens for one whose keys never loaded, which must not make writ fetch), OIDC
 //! discovery, and login templates fed by claims.
 //!
 //! Every refusal goes through [`refused`], which also checks that it left exactly one
