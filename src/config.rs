@@ -860,6 +860,24 @@ extensions = ["permit-pty"]
         assert_eq!(config.server.listen, default_listen());
     }
 
+    /// Durations end up in Unix-time arithmetic (now + max_task_ttl): one that could
+    /// overflow it is refused when the file is read, naming the key.
+    #[test]
+    fn durations_too_long_for_time_arithmetic_are_refused() {
+        for (key, value) in [
+            ("max_task_ttl", "500000000000y"),
+            ("max_task_ttl", "18446744073709551615s"),
+            ("default_cert_ttl", "101years"),
+        ] {
+            let bad = GOOD.replace(
+                "max_cert_ttl = \"10m\"",
+                &format!("max_cert_ttl = \"10m\"\n{key} = \"{value}\""),
+            );
+            let err = parse(&bad).expect_err(value).to_string();
+            assert!(err.contains(key), "{err}");
+        }
+    }
+
     #[test]
     fn contradictions_are_errors_naming_both_keys() {
         let cases = [

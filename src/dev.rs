@@ -185,7 +185,7 @@ pub fn mint_token(
     let encoding = jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes());
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
     header.kid = Some(DEV_KID.into());
-    let exp = now_unix + i64::try_from(ttl.as_secs()).unwrap_or(3600);
+    let exp = now_unix.saturating_add(i64::try_from(ttl.as_secs()).unwrap_or(3600));
     let claims = json!({
         "iss": DEV_ISSUER, "sub": sub, "aud": aud,
         "iat": now_unix, "nbf": now_unix, "exp": exp, "jti": random_hex(16),

@@ -20,10 +20,22 @@ pub fn deserialize_option<'de, D: Deserializer<'de>>(
         .transpose()
 }
 
-/// Parse a duration such as `"90s"`, `"5m"` or `"1h 30m"`.
+/// Longest duration a configuration may give: 100 years. Durations are added to and
+/// subtracted from Unix times as `i64` seconds; with this bound no sum can overflow, where
+/// `humantime` alone accepts up to `u64::MAX` seconds.
+pub const MAX: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// Parse a duration such as `"90s"`, `"5m"` or `"1h 30m"`, at most [`MAX`].
 pub fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("invalid duration {text:?} ({e}); use e.g. \"30s\", \"5m\", \"8h\""))
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("invalid duration {text:?} ({e}); use e.g. \"30s\", \"5m\", \"8h\"")
+    })?;
+    if duration > MAX {
+        return Err(format!(
+            "duration {text:?} is longer than the longest accepted, 100 years"
+        ));
+    }
+    Ok(duration)
 }
 
 /// Render a duration the way configuration files write it.
@@ -41,5 +53,25 @@ mod tests {
         assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse("8h"), Ok(Duration::from_secs(8 * 3600)));
         assert!(parse("five minutes").is_err());
+    }
+
+    /// Durations end up in `i64` Unix-time arithmetic: anything that could overflow it is
+    /// refused at parse time.
+    #[test]
+    fn refuses_durations_that_could_overflow_time_arithmetic() {
+        assert_eq!(parse("36500days"), Ok(MAX));
+        for text in [
+            "36501days",
+            "101years",
+            "500000000000y",
+            "18446744073709551615s",
+            "9223372036854775807s",
+        ] {
+            let error = parse(text).expect_err(text);
+            assert!(
+                error.contains("100 years") || error.contains("invalid"),
+                "{text}: {error}"
+            );
+        }
     }
 }

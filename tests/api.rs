@@ -187,6 +187,193 @@ fn accepts_ecdsa_and_rsa_keys_and_refuses_weak_ones() {
     );
 }
 
+/// Sends a certificate request for `public_key` that must be refused with 422 `code`, and
+/// checks it left one `cert.denied` record with that reason.
+fn refused_key(ca: &TestCa, idp: &TestIdp, public_key: &str, code: &str, case: &str) {
+    let before = ca.audit_events(audit::event::CERT_DENIED).len();
+    let response = ca.request_certificate(
+        Some(&idp.token(Key::Ed25519, "agent-1")),
+        &certificate_request(public_key, &["deploy"], &["a.prod.example.com"], None),
+    );
+    assert_eq!(response.status, 422, "{case}: {}", response.text);
+    assert_eq!(response.error_code(), code, "{case}: {}", response.text);
+    let denied = ca.audit_events(audit::event::CERT_DENIED);
+    assert_eq!(denied.len(), before + 1, "{case}: one cert.denied record");
+    let reason = denied[before].entry.reason.as_deref().unwrap_or_default();
+    assert!(reason.starts_with(code), "{case}: {reason}");
+}
+
+fn openssh_line(key: ssh_key::public::KeyData) -> String {
+    ssh_key::PublicKey::new(key, "test")
+        .to_openssh()
+        .expect("OpenSSH line")
+}
+
+/// Keys anyone can sign for, or that are not keys at all, are never certified (422 with
+/// an audit record): RSA with a bad exponent, Ed25519 points of small order (for the
+/// identity, R = identity and s = 0 "signs" anything), ECDSA points off the curve.
+#[test]
+fn weak_and_invalid_subject_keys_are_refused() {
+    use ssh_key::Mpint;
+    use ssh_key::public::{EcdsaPublicKey, Ed25519PublicKey, KeyData, RsaPublicKey};
+
+    let (idp, ca, dir, _) = setup();
+    let rsa = ssh_key::PublicKey::from_openssh(&public_key(&ssh_keygen(
+        dir.path(),
+        "rsa",
+        &["-t", "rsa", "-b", "2048"],
+    )))
+    .expect("rsa key");
+    let n = rsa.key_data().rsa().expect("rsa").n.clone();
+    let with_e = |e: &[u8]| {
+        openssh_line(KeyData::Rsa(RsaPublicKey {
+            e: Mpint::from_positive_bytes(e).expect("e"),
+            n: n.clone(),
+        }))
+    };
+    for (case, e) in [
+        ("e = 1", &[1][..]),
+        ("e = 3", &[3]),
+        ("e = 65535", &[0xff, 0xff]),
+        ("e = 65538 (even)", &[1, 0, 2]),
+        ("e = 2^40 + 1", &[1, 0, 0, 0, 0, 1]),
+    ] {
+        refused_key(&ca, &idp, &with_e(e), "weak_key", case);
+    }
+    let small_order = [
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    ];
+    for point in small_order {
+        let mut bytes = [0u8; 32];
+        for (i, b) in bytes.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&point[2 * i..2 * i + 2], 16).expect("hex");
+        }
+        let line = openssh_line(KeyData::Ed25519(Ed25519PublicKey(bytes)));
+        refused_key(&ca, &idp, &line, "weak_key", &format!("Ed25519 {point}"));
+    }
+    let mut no_point = [0u8; 32];
+    no_point[0] = 2;
+    let line = openssh_line(KeyData::Ed25519(Ed25519PublicKey(no_point)));
+    refused_key(
+        &ca,
+        &idp,
+        &line,
+        "invalid_key",
+        "Ed25519 y = 2 (no such point)",
+    );
+
+    let ecdsa = ssh_key::PublicKey::from_openssh(&public_key(&ssh_keygen(
+        dir.path(),
+        "ecdsa",
+        &["-t", "ecdsa", "-b", "256"],
+    )))
+    .expect("ecdsa key");
+    let mut off_curve = ecdsa
+        .key_data()
+        .ecdsa()
+        .expect("ecdsa")
+        .as_sec1_bytes()
+        .to_vec();
+    off_curve[64] ^= 1;
+    let line = openssh_line(KeyData::Ecdsa(
+        EcdsaPublicKey::from_sec1_bytes(&off_curve).expect("parses"),
+    ));
+    refused_key(&ca, &idp, &line, "invalid_key", "P-256 point off the curve");
+
+    // Control: the keys they were derived from are fine.
+    for key in [rsa, ecdsa] {
+        let response = ca.request_certificate(
+            Some(&idp.token(Key::Ed25519, "agent-1")),
+            &certificate_request(
+                &key.to_openssh().expect("line"),
+                &["deploy"],
+                &["a.prod.example.com"],
+                None,
+            ),
+        );
+        assert_eq!(response.status, 201, "{}", response.text);
+    }
+}
+
+/// The CA never certifies one of its own keys, in any state of the keyring: next, active,
+/// retiring, retired and revoked.
+#[test]
+fn the_cas_own_keys_are_never_subjects() {
+    use writ::authority::rotation::{self, Actor};
+
+    let (idp, ca, _dir, _) = setup();
+    let store = ca.state.store.as_ref();
+    let settings = *ca.state.keyring.settings();
+    let actor = Actor::scheduler();
+    let passphrase = "test passphrase";
+    let t = now();
+    let next = ca
+        .state
+        .keyring
+        .current()
+        .key_in(writ::authority::KeyState::Next)
+        .expect("next")
+        .id
+        .clone();
+    common::runtime().block_on(async {
+        // k2 (next) revoked; k3 next. Rotate: k3 active, k1 retiring; retire k1. Rotate
+        // again: k4 active, k3 retiring, k5 next.
+        rotation::revoke(
+            store,
+            passphrase,
+            &settings,
+            &next,
+            "test",
+            t,
+            &actor,
+            &mut rand_core::OsRng,
+        )
+        .await
+        .expect("revoke next");
+        rotation::rotate(
+            store,
+            passphrase,
+            &settings,
+            t,
+            true,
+            &actor,
+            &mut rand_core::OsRng,
+        )
+        .await
+        .expect("rotate");
+        rotation::retire_expired(store, &settings, t + 3600, &actor)
+            .await
+            .expect("retire");
+        rotation::rotate(
+            store,
+            passphrase,
+            &settings,
+            t,
+            true,
+            &actor,
+            &mut rand_core::OsRng,
+        )
+        .await
+        .expect("rotate again");
+        ca.state.keyring.reload(store).await.expect("reload");
+    });
+    let keyring = ca.state.keyring.current();
+    let mut states: Vec<&str> = keyring.keys().iter().map(|k| k.state.as_str()).collect();
+    states.sort_unstable();
+    assert_eq!(states, ["active", "next", "retired", "retiring", "revoked"]);
+    for key in keyring.keys() {
+        let line = key.public_key.to_openssh().expect("line");
+        refused_key(&ca, &idp, &line, "ca_key_as_subject", key.state.as_str());
+    }
+}
+
 #[test]
 fn bad_tokens_get_401_and_an_audit_record() {
     let (idp, ca, _dir, pubkey) = setup();
@@ -343,6 +530,52 @@ fn policy_refusals_get_403_naming_the_rule() {
     assert_eq!(denied[0].entry.subject.as_deref(), Some("agent-1"));
     assert_eq!(denied[0].entry.logins, ["root"]);
     assert!(ca.audit_events(audit::event::CERT_ISSUED).is_empty());
+    assert_eq!(task_count(&ca), 0);
+}
+
+/// TTLs are JSON integers up to u64::MAX; extremes are refused by the policy (403) or as
+/// malformed (400) before any arithmetic on Unix times, never wrapped into a short one.
+#[test]
+fn extreme_ttls_are_refused_without_overflow() {
+    let (idp, ca, _dir, pubkey) = setup();
+    let token = || idp.token(Key::Ec, "agent-1");
+    let huge = [
+        u64::MAX,
+        1 << 63,
+        (1 << 63) - 1,
+        (1 << 63) + 1,
+        u64::MAX - 300,
+    ];
+    for ttl in huge {
+        let body = certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], Some(ttl));
+        let response = ca.request_certificate(Some(&token()), &body);
+        assert_eq!(response.status, 403, "ttl_seconds {ttl}: {}", response.text);
+        assert_eq!(
+            response.error_code(),
+            "ttl_exceeds_max",
+            "ttl_seconds {ttl}"
+        );
+        let mut body = certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], None);
+        body["task"]["ttl_seconds"] = ttl.into();
+        let response = ca.request_certificate(Some(&token()), &body);
+        assert_eq!(
+            response.status, 403,
+            "task.ttl_seconds {ttl}: {}",
+            response.text
+        );
+        assert_eq!(response.error_code(), "task_ttl_exceeds_max");
+    }
+    for ttl in [
+        json!(-1),
+        json!(i64::MIN),
+        json!(1e300),
+        json!("18446744073709551616"),
+    ] {
+        let mut body = certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], None);
+        body["ttl_seconds"] = ttl.clone();
+        let response = ca.request_certificate(Some(&token()), &body);
+        assert_eq!(response.status, 400, "ttl_seconds {ttl}: {}", response.text);
+    }
     assert_eq!(task_count(&ca), 0);
 }
 

@@ -1,8 +1,10 @@
 //! Workload identity federation against real JWKS servers on loopback (issue 3, RFC 8725):
 //! every token trick an attacker has (`alg: none`, HMAC keyed with the RSA public key,
 //! tampered claims, cross-issuer keys, unknown and path-like `kid`s, key-pointing headers),
-//! the time and audience claims, replay protection (sequential and 20 concurrent uses of
-//! one token), key rotation at the issuer, an issuer that goes down or was never up, OIDC
+//! the time and audience claims (including values that overflow `exp - iat`), replay
+//! protection (sequential and 20 concurrent uses of one token, and the ECDSA twin of a used
+//! token), key rotation at the issuer, an issuer that goes down or was never up (and junk
+//! tokens for one whose keys never loaded, which must not make writ fetch), OIDC
 //! discovery, and login templates fed by claims.
 //!
 //! Every refusal goes through [`refused`], which also checks that it left exactly one
@@ -635,6 +637,58 @@ fn time_claims_and_token_lifetime_are_enforced() {
             with(json!({"iat": t - 3 * 3600, "nbf": null, "exp": t + 300})),
             "token_lifetime_too_long",
         ),
+        // Overflow: exp - iat does not fit in i64 and once wrapped around to a short,
+        // accepted lifetime.
+        (
+            "iat = i64::MIN, exp in 30 days",
+            with(json!({"iat": i64::MIN, "nbf": null, "exp": t + 30 * 86400})),
+            "token_lifetime_too_long",
+        ),
+        (
+            "iat = i64::MIN, exp = i64::MAX",
+            with(json!({"iat": i64::MIN, "nbf": null, "exp": i64::MAX})),
+            "token_lifetime_too_long",
+        ),
+        (
+            "iat = i64::MIN + 1, exp in 5 minutes",
+            with(json!({"iat": i64::MIN + 1, "nbf": null})),
+            "token_lifetime_too_long",
+        ),
+        (
+            "exp = i64::MAX",
+            with(json!({"exp": i64::MAX})),
+            "token_lifetime_too_long",
+        ),
+        (
+            "exp = i64::MAX, no iat",
+            with(json!({"iat": null, "exp": i64::MAX})),
+            "token_lifetime_too_long",
+        ),
+        (
+            "exp = u64::MAX",
+            with(json!({"exp": u64::MAX})),
+            "bad_claim",
+        ),
+        (
+            "iat = i64::MAX",
+            with(json!({"iat": i64::MAX})),
+            "bad_claim",
+        ),
+        (
+            "iat = u64::MAX",
+            with(json!({"iat": u64::MAX})),
+            "bad_claim",
+        ),
+        (
+            "nbf = i64::MIN",
+            with(json!({"nbf": i64::MIN})),
+            "bad_claim",
+        ),
+        (
+            "nbf = u64::MAX",
+            with(json!({"nbf": u64::MAX})),
+            "token_not_yet_valid",
+        ),
     ] {
         let response = w.refuse(&token, 401, code, case);
         if code == "token_lifetime_too_long" {
@@ -738,6 +792,54 @@ fn a_token_is_used_once() {
         let response = w.ca.request_certificate(Some(&variant), &w.body());
         assert_eq!(response.status, 401, "signature variant: {}", response.text);
     }
+    assert_eq!(w.ca.audit_events(event::CERT_ISSUED).len(), 3);
+}
+
+/// The ECDSA twin of an ES256 token: the same header and payload with the signature
+/// (r, s) replaced by (r, n - s), which verifies just as well. Anyone can make it from a
+/// token they have seen; no key needed.
+fn ecdsa_twin(token: &str) -> String {
+    use p256::elliptic_curve::ff::PrimeField;
+    let [header, payload, signature] = segments(token);
+    let mut signature = Base64UrlUnpadded::decode_vec(signature).expect("base64url");
+    assert_eq!(signature.len(), 64, "ES256 signature");
+    let mut s = [0u8; 32];
+    s.copy_from_slice(&signature[32..]);
+    let s = p256::Scalar::from_repr(s.into()).expect("s is a scalar");
+    signature[32..].copy_from_slice(&(-s).to_repr());
+    format!("{header}.{payload}.{}", b64url(&signature))
+}
+
+/// A token without `jti` is once-only by what its issuer signed (header and payload), so
+/// its ECDSA twin, which anyone can derive, is the same token, whichever comes first.
+#[test]
+fn an_ecdsa_twin_of_a_used_token_is_the_same_token() {
+    let w = World::start(&[Key::Ec]);
+    for first_the_twin in [false, true] {
+        let mut claims = w.idp.claims("agent-1");
+        claims.as_object_mut().expect("object").remove("jti");
+        claims["purpose"] = json!(format!("twin first: {first_the_twin}"));
+        let token = w.idp.sign(Key::Ec, &claims);
+        let twin = ecdsa_twin(&token);
+        assert_ne!(token, twin);
+        let (first, second) = if first_the_twin {
+            (&twin, &token)
+        } else {
+            (&token, &twin)
+        };
+        w.issue(first, "first use");
+        w.refuse(
+            second,
+            401,
+            "token_replayed",
+            "the other form of the signature",
+        );
+        w.refuse(first, 401, "token_replayed", "the first form again");
+    }
+    // With a jti, too (it was already keyed on the jti; this pins it).
+    let token = w.idp.token(Key::Ec, "agent-1");
+    w.issue(&token, "jti, first use");
+    w.refuse(&ecdsa_twin(&token), 401, "token_replayed", "jti, twin");
     assert_eq!(w.ca.audit_events(event::CERT_ISSUED).len(), 3);
 }
 
@@ -999,6 +1101,67 @@ fn a_discovery_document_for_another_issuer_is_not_used() {
         "issuer_unavailable",
         event::TOKEN_REJECTED,
         "discovery document names another issuer",
+    );
+}
+
+/// Unsigned junk naming an issuer whose keys never loaded cannot make writ fetch: after
+/// the start-up attempt, at most one fetch per `MIN_REFETCH_INTERVAL` (10 s), however many
+/// tokens arrive, one after another or at once. The bound is computed from the time the
+/// test actually took, so a slow machine cannot make it fail.
+#[test]
+fn tokens_for_an_issuer_whose_keys_never_loaded_do_not_trigger_fetches() {
+    let started = Instant::now();
+    let idp = TestIdp::start(&[Key::Rsa]);
+    // The discovery document names another issuer, so the keys never load; every attempt
+    // costs the IdP one request (the document), which the IdP counts.
+    let configured = format!("{}/", idp.issuer);
+    let ca = TestCa::start(
+        "",
+        &format!(
+            "[[issuer]]\nname = \"oidc\"\nissuer = \"{configured}\"\ndiscovery = true\naudiences = [\"writ\"]\n\n{}",
+            policy_table("oidc"),
+        ),
+    );
+    assert_eq!(idp.requests(), 1, "one attempt at start-up");
+    let (pubkey, _dir) = agent_key();
+    let body = deploy_request(&pubkey);
+    let junk = |i: usize| {
+        format!(
+            "{}.{}.{}",
+            b64url_json(&json!({"alg": "RS256", "kid": format!("k{i}")})),
+            b64url_json(&json!({"iss": configured, "sub": "agent-1", "aud": "writ"})),
+            b64url(b"not a signature"),
+        )
+    };
+    for i in 0..10 {
+        refused(
+            &ca,
+            Some(&junk(i)),
+            &body,
+            503,
+            "issuer_unavailable",
+            event::TOKEN_REJECTED,
+            &format!("junk token {i}"),
+        );
+    }
+    let url = format!("{}/v1/certificates", ca.url);
+    let barrier = Barrier::new(10);
+    std::thread::scope(|s| {
+        for i in 10..20 {
+            let (barrier, url, body, token) = (&barrier, &url, &body, junk(i));
+            s.spawn(move || {
+                barrier.wait();
+                let response = http::post(url, Some(&token), body);
+                assert_eq!(response.status, 503, "{}", response.text);
+            });
+        }
+    });
+    let allowed = 1 + started.elapsed().as_secs() / 10;
+    assert!(
+        idp.requests() as u64 <= allowed,
+        "20 junk tokens made writ fetch {} times (at most {allowed} allowed in {:?})",
+        idp.requests(),
+        started.elapsed()
     );
 }
 

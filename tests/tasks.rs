@@ -386,6 +386,176 @@ fn proof_of_possession_replaces_a_fresh_token() {
     assert_eq!(w.ca.audit_events(event::TOKEN_REJECTED).len(), 4);
 }
 
+/// POST `body` to the CA's `path` with `authorization`; status and body text.
+fn post_with_authorization(
+    w: &World,
+    path: &str,
+    authorization: &str,
+    body: &str,
+) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(&format!("{}{path}", w.ca.url))
+        .header("authorization", authorization)
+        .header("content-type", "application/json")
+        .send(body)
+        .expect("POST");
+    (
+        r.status().as_u16(),
+        r.body_mut().read_to_string().expect("body"),
+    )
+}
+
+/// Open a task as `agent-1` for the public key of `key`; the task id and certificate blob.
+fn open_task_for(w: &World, key: &Path) -> (String, Vec<u8>) {
+    let response = w.ca.request_certificate(
+        Some(&w.token("agent-1")),
+        &common::ca::certificate_request(
+            &public_key(key),
+            &["deploy"],
+            &["web-*.prod.example.com"],
+            Some(120),
+        ),
+    );
+    assert_eq!(response.status, 201, "{}", response.text);
+    let task = response.json();
+    let blob = <base64ct::Base64 as base64ct::Encoding>::decode_vec(
+        task["certificate"]
+            .as_str()
+            .expect("cert")
+            .split_whitespace()
+            .nth(1)
+            .expect("blob"),
+    )
+    .expect("base64 certificate");
+    (task["task_id"].as_str().expect("task_id").to_owned(), blob)
+}
+
+/// The other ECDSA P-256 SSHSIG over the same data: (r, s) -> (r, n - s).
+fn ecdsa_twin(pem: &str) -> String {
+    use p256::elliptic_curve::ff::PrimeField;
+    use ssh_key::{Mpint, SshSig};
+    let sig = SshSig::from_pem(pem).expect("sshsig");
+    let data = sig.signature_bytes();
+    let r_len = u32::from_be_bytes(data[..4].try_into().expect("len")) as usize;
+    let (r, rest) = data[4..].split_at(r_len);
+    let s = Mpint::from_bytes(&rest[4..]).expect("s");
+    let s = s.as_positive_bytes().expect("positive");
+    let mut padded = [0u8; 32];
+    padded[32 - s.len()..].copy_from_slice(s);
+    let s = p256::Scalar::from_repr(padded.into()).expect("scalar");
+    let twin = Mpint::from_positive_bytes(&(-s).to_repr()).expect("mpint");
+    let mut bytes = Vec::new();
+    for part in [r, twin.as_bytes()] {
+        bytes.extend_from_slice(&u32::try_from(part.len()).expect("len").to_be_bytes());
+        bytes.extend_from_slice(part);
+    }
+    let signature = ssh_key::Signature::new(sig.algorithm(), bytes).expect("signature");
+    SshSig::new(
+        sig.public_key().clone(),
+        sig.namespace(),
+        sig.hash_alg(),
+        signature,
+    )
+    .expect("sshsig")
+    .to_pem(ssh_key::LineEnding::LF)
+    .expect("pem")
+}
+
+/// A proof of possession is once-only by what was signed: the ECDSA twin of a used
+/// signature (r, n - s), which anyone who saw the header can derive, is the same proof.
+/// (ssh-keygen signs with a high s about half the time, so neither form can be refused.)
+#[test]
+fn an_ecdsa_twin_of_a_proof_of_possession_is_the_same_proof() {
+    let w = World::start("");
+    let key = ssh_keygen(w.dir.path(), "ecdsa", &["-t", "ecdsa", "-b", "256"]);
+    let (task_id, cert_blob) = open_task_for(&w, &key);
+    let path = format!("/v1/tasks/{task_id}/certificates");
+    let body = json!({"public_key": public_key(&key), "ttl_seconds": 30}).to_string();
+    for (ts, first_the_twin) in [(now(), false), (now() - 1, true)] {
+        let message = writ::task::possession::message("POST", &path, ts, body.as_bytes());
+        let signature = ssh_keygen_sign(&key, &message);
+        let twin = ecdsa_twin(&signature);
+        assert_ne!(twin, signature);
+        let (first, second) = if first_the_twin {
+            (&twin, &signature)
+        } else {
+            (&signature, &twin)
+        };
+        let header = |sig: &str| writ::task::possession::header(&cert_blob, ts, sig);
+        let (status, text) = post_with_authorization(&w, &path, &header(first), &body);
+        assert_eq!(
+            status, 201,
+            "first form (twin first: {first_the_twin}): {text}"
+        );
+        let (status, text) = post_with_authorization(&w, &path, &header(second), &body);
+        assert_eq!(
+            status, 401,
+            "second form (twin first: {first_the_twin}): {text}"
+        );
+        assert!(text.contains("token_replayed"), "{text}");
+    }
+    assert_eq!(w.ca.audit_events(event::CERT_ISSUED).len(), 3);
+}
+
+/// The signed timestamp is checked against the window without overflow: ts = i64::MIN +
+/// now made `(ts - now).abs()` wrap around to a negative number, inside the window.
+#[test]
+fn a_proof_of_possession_timestamp_cannot_wrap_around_the_window() {
+    let w = World::start("");
+    let (task_id, cert_blob) = open_task_for(&w, &w.key);
+    let path = format!("/v1/tasks/{task_id}/certificates");
+    let body = json!({"public_key": public_key(&w.key), "ttl_seconds": 30}).to_string();
+    let t = now();
+    for ts in [
+        i64::MIN + t,
+        i64::MIN,
+        i64::MIN + 1,
+        i64::MAX,
+        i64::MAX - 30,
+        t + 61,
+        t - 61,
+    ] {
+        let message = writ::task::possession::message("POST", &path, ts, body.as_bytes());
+        let header =
+            writ::task::possession::header(&cert_blob, ts, &ssh_keygen_sign(&w.key, &message));
+        let (status, text) = post_with_authorization(&w, &path, &header, &body);
+        assert_eq!(status, 401, "ts = {ts}: {text}");
+        assert!(text.contains("timestamp"), "ts = {ts}: {text}");
+    }
+    assert_eq!(w.ca.audit_events(event::TOKEN_REJECTED).len(), 7);
+    // Control: inside the window.
+    let ts = now();
+    let message = writ::task::possession::message("POST", &path, ts, body.as_bytes());
+    let header = writ::task::possession::header(&cert_blob, ts, &ssh_keygen_sign(&w.key, &message));
+    let (status, text) = post_with_authorization(&w, &path, &header, &body);
+    assert_eq!(status, 201, "{text}");
+}
+
+/// A renewal's `ttl_seconds` at the extremes of u64 is refused by the policy (403), never
+/// wrapped into a short lifetime.
+#[test]
+fn extreme_renewal_ttls_are_refused_without_overflow() {
+    let w = World::start("");
+    let task = w.open_task();
+    let path = format!(
+        "/v1/tasks/{}/certificates",
+        task["task_id"].as_str().expect("id")
+    );
+    for ttl in [u64::MAX, 1 << 63, (1 << 63) - 1, u64::MAX - 300] {
+        let response = w.post(
+            &path,
+            &w.token("agent-1"),
+            json!({"public_key": public_key(&w.key), "ttl_seconds": ttl}),
+        );
+        assert_eq!(response.status, 403, "ttl_seconds {ttl}: {}", response.text);
+        assert_eq!(response.error_code(), "ttl_exceeds_max");
+    }
+}
+
 #[test]
 fn online_authorize_records_use_only_for_sessions() {
     let w = World::start("");

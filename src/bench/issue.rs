@@ -282,7 +282,9 @@ pub fn run(
             }
             tokens.probe_rate = Some(rate);
             let seconds = (options.warmup + options.duration).as_secs_f64();
-            let size = (POOL_HEADROOM * rate * seconds).ceil() as usize;
+            // A probe on a busy machine can read far below what the run then does: never
+            // size the pool below the probe's own pool for each second of the run.
+            let size = ((POOL_HEADROOM * rate).max(n as f64) * seconds).ceil() as usize;
             progress(&format!(
                 "probe: {rate:.0} certificates/s unmeasured; sizing the pool for {POOL_HEADROOM}x that"
             ));

@@ -1,8 +1,11 @@
 //! One issuer's signing keys: fetched from `jwks_url`, read from `jwks_file`, or found
-//! through OIDC discovery, then cached. An unknown `kid` triggers at most one refetch per
-//! [`MIN_REFETCH_INTERVAL`] (counted between unknown-`kid` refetches only, so a key the
-//! issuer rotates in right after a start-up or scheduled fetch is still found at once);
-//! concurrent misses share one fetch.
+//! through OIDC discovery, then cached. Tokens are not authenticated before their key is
+//! found, so no token can make writ fetch more often than [`MIN_REFETCH_INTERVAL`] allows:
+//! while keys are missing or due for refresh, a fetch starts at most once per interval
+//! after the previous attempt (whether it failed or not), and an unknown `kid` triggers at
+//! most one refetch per interval (counted between unknown-`kid` refetches only, so a key
+//! the issuer rotates in right after a start-up or scheduled fetch is still found at
+//! once); concurrent callers share one fetch in flight.
 //!
 //! Fetches use the blocking `ureq` client on a blocking thread, with a hard timeout and a
 //! size limit, so a slow issuer cannot stall the server.
@@ -18,8 +21,9 @@ use super::TokenError;
 use crate::config::IssuerConfig;
 
 /// Minimum time between two fetches triggered by unknown `kid`s, so a stream of tokens with
-/// random `kid`s cannot make writ hammer the issuer (and between two retries of a failed
-/// scheduled refresh).
+/// random `kid`s cannot make writ hammer the issuer, and between two attempts to load keys
+/// that are missing (never loaded) or due for refresh: tokens that trigger fetches are not
+/// authenticated yet.
 pub const MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 /// Hard timeout on one JWKS or discovery fetch.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -222,8 +226,8 @@ impl KeyCache {
 
     /// The key for `kid` (or the only key when the token has no `kid`).
     ///
-    /// Keys older than the refresh interval are refreshed first (retried at most once per
-    /// [`MIN_REFETCH_INTERVAL`] while the issuer fails); an unknown `kid` triggers a
+    /// Keys never loaded, or older than the refresh interval, are fetched first (at most
+    /// once per [`MIN_REFETCH_INTERVAL`] after the last attempt); an unknown `kid` triggers a
     /// refetch at most once per [`MIN_REFETCH_INTERVAL`]; keys that could not be refreshed
     /// for longer than `max_stale` are no longer trusted.
     pub async fn find(&self, kid: Option<&str>) -> Result<CachedKey, TokenError> {
@@ -235,7 +239,13 @@ impl KeyCache {
             .last_success
             .is_none_or(|t| t.elapsed() >= self.policy.refresh);
         let known = snap.keys.as_deref().and_then(|k| pick(k, kid));
-        if snap.keys.is_none() || (due && retry_allowed) {
+        if snap.keys.is_none() {
+            // Never loaded: the first attempt, then at most one per interval, however many
+            // (unauthenticated) tokens name this issuer meanwhile.
+            if retry_allowed {
+                self.refresh_once(snap.last_attempt).await;
+            }
+        } else if due && retry_allowed {
             self.refresh_once(snap.last_attempt).await;
         } else if known.is_none() {
             // Not limited by the last scheduled fetch: the issuer may have rotated since.

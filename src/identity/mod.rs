@@ -42,7 +42,9 @@ pub struct Identity {
 pub struct ReplayKey {
     /// Configured issuer name.
     pub issuer: String,
-    /// SHA-256 (hex) of the token's `jti`, or of the whole token when it has none.
+    /// SHA-256 (hex) of `jti:` and the token's `jti`, or, when it has none, of `jws:` and
+    /// its JWS signing input (`header.payload`, what the signature covers; never the
+    /// signature, which an ECDSA token can carry in two forms).
     pub token_hash: String,
     /// The token's `exp` + [`MAX_LEEWAY`] (Unix seconds): part of the key, so it must not
     /// depend on a setting that can change between two uses of one token; after it no

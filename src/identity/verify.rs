@@ -149,12 +149,16 @@ impl Verifier {
                     .ok_or_else(|| TokenError::BadClaim("iat".into()))?,
             ),
         };
-        if issued_at.is_some_and(|iat| iat > now_unix + leeway) {
+        if issued_at.is_some_and(|iat| iat > now_unix.saturating_add(leeway)) {
             return Err(TokenError::BadClaim("iat (in the future)".into()));
         }
         let max_lifetime = i64::try_from(config.max_token_lifetime.as_secs()).unwrap_or(i64::MAX);
-        let lifetime = expires_at - issued_at.unwrap_or(now_unix);
-        if lifetime > max_lifetime + leeway {
+        // `iat` and `exp` come from the token: a difference that does not fit in i64 (say
+        // iat = i64::MIN) is an endless lifetime, not a wrapped-around short one.
+        let lifetime = expires_at
+            .checked_sub(issued_at.unwrap_or(now_unix))
+            .unwrap_or(i64::MAX);
+        if lifetime > max_lifetime.saturating_add(leeway) {
             return Err(TokenError::LifetimeTooLong {
                 lifetime,
                 max: max_lifetime,
@@ -166,10 +170,16 @@ impl Verifier {
             Some(_) => return Err(TokenError::BadClaim("jti".into())),
         };
         let replay_key = (config.replay == Replay::Reject).then(|| {
+            // What the issuer signed, never how the signature is encoded: an ECDSA
+            // signature (r, s) has a twin (r, n - s) that verifies as well, and issuers
+            // sign with either half the time, so the twin cannot be refused, only recognised.
             let digest = match &jti {
-                Some(jti) => Sha256::digest(format!("jti:{jti}")),
-                None => Sha256::digest(format!("token:{token}")),
-            };
+                Some(jti) => Sha256::new().chain_update("jti:").chain_update(jti),
+                None => Sha256::new()
+                    .chain_update("jws:")
+                    .chain_update(signing_input(token)),
+            }
+            .finalize();
             ReplayKey {
                 issuer: config.name.clone(),
                 token_hash: audit::hex(&digest),
@@ -186,6 +196,11 @@ impl Verifier {
             replay_key,
         })
     }
+}
+
+/// The JWS signing input, `header.payload`: the bytes the signature covers.
+fn signing_input(token: &str) -> &str {
+    token.rsplit_once('.').map_or(token, |(input, _)| input)
 }
 
 fn unverified_iss(token: &str) -> Result<String, TokenError> {

@@ -248,15 +248,17 @@ pub fn verify(
         }
         (other, _) => return Err(FeedError::Version(other)),
     }
-    let age = now_unix - feed.issued_at;
+    // `issued_at` is signed but still read from outside: saturate rather than wrap, so an
+    // extreme value stays stale (or in the future) instead of turning fresh.
+    let age = now_unix.saturating_sub(feed.issued_at);
     if age > max_staleness_secs {
         return Err(FeedError::Stale {
             age,
             max: max_staleness_secs,
         });
     }
-    if -age > skew_secs {
-        return Err(FeedError::FromTheFuture(-age));
+    if age.saturating_neg() > skew_secs {
+        return Err(FeedError::FromTheFuture(age.saturating_neg()));
     }
     Ok(feed)
 }
@@ -350,6 +352,41 @@ mod tests {
             verify(&good, &[], 1030, 120, 30),
             Err(FeedError::BadSignature)
         ));
+    }
+
+    /// Extreme `issued_at` values (signed by a trusted key, so they reach the arithmetic)
+    /// are stale or in the future, never fresh, and never overflow.
+    #[test]
+    fn extreme_issue_times_are_refused_without_overflow() {
+        let ca = PrivateKey::random(&mut OsRng, Algorithm::Ed25519).expect("key");
+        let trusted = vec![ca.public_key().clone()];
+        let at = |issued_at: i64| {
+            let mut f = feed(0, 5);
+            f.issued_at = issued_at;
+            sign(&f, &ca, NAMESPACE)
+        };
+        for now in [1030, 0, -1] {
+            assert!(
+                matches!(
+                    verify(&at(i64::MIN), &trusted, now, 120, 30),
+                    Err(FeedError::Stale { age: i64::MAX, .. })
+                ),
+                "issued_at = i64::MIN at {now}"
+            );
+            assert!(
+                matches!(
+                    verify(&at(i64::MAX), &trusted, now, 120, 30),
+                    Err(FeedError::FromTheFuture(_))
+                ),
+                "issued_at = i64::MAX at {now}"
+            );
+        }
+        assert!(matches!(
+            verify(&at(i64::MAX), &trusted, -2, 120, 30),
+            Err(FeedError::FromTheFuture(i64::MAX))
+        ));
+        // Near the ends of the range, the arithmetic is still exact.
+        assert!(verify(&at(i64::MIN + 1000), &trusted, i64::MIN + 1030, 120, 30).is_ok());
     }
 
     #[test]

@@ -169,6 +169,7 @@ mod tests {
                 state: "active".into(),
                 created_at: 100,
                 expires_at: TASK_END,
+                restrictions: None,
             }),
             certificate: CertificateRecord {
                 serial,
@@ -180,6 +181,7 @@ mod tests {
                 valid_before: CERT_END,
                 issued_at: 100,
                 revoked_at: None,
+                renewed_from: None,
             },
             audit: vec![AuditEntry::new(event::CERT_ISSUED, Outcome::Success)],
             token_use: None,
@@ -204,13 +206,16 @@ mod tests {
             .record_issuance(issuance(OTHER_TASK, SERIAL + 1, &key_id))
             .await
             .expect("issue");
-        let audit = AuditEntry::new(event::CERT_REVOKED, Outcome::Success);
-        assert!(
-            store
-                .revoke_certificate(SERIAL, 500, &audit)
-                .await
-                .expect("revoke")
-        );
+        let revoked = store
+            .revoke_certificate(SERIAL, 500, &|certificates| {
+                certificates
+                    .iter()
+                    .map(|_| AuditEntry::new(event::CERT_REVOKED, Outcome::Success))
+                    .collect()
+            })
+            .await
+            .expect("revoke");
+        assert_eq!(revoked.len(), 1);
         let end = TaskEnd {
             task_id: OTHER_TASK.into(),
             state: "revoked".into(),

@@ -21,7 +21,7 @@
 //!
 //! Every refusal is audited; every change commits with its audit records.
 
-use ssh_key::{Certificate, HashAlg, PublicKey, SshSig};
+use ssh_key::{Certificate, HashAlg, SshSig};
 use time::OffsetDateTime;
 
 use super::possession::{self, Possession};
@@ -620,7 +620,7 @@ impl Issuer {
         now_unix: i64,
     ) -> Result<Caller, TokenError> {
         let bad = |why: &str| TokenError::Malformed(format!("proof of possession: {why}"));
-        if (possession.timestamp - now_unix).abs() > possession::MAX_SKEW_SECS {
+        if !possession::is_fresh(possession.timestamp, now_unix) {
             return Err(bad("timestamp too far from the server's clock"));
         }
         let cert = Certificate::from_bytes(&possession.certificate)
@@ -652,23 +652,12 @@ impl Issuer {
         }
         let signature = SshSig::from_pem(possession.signature_pem.as_bytes())
             .map_err(|_| bad("signature does not parse"))?;
-        if signature.public_key() != cert.public_key() {
-            return Err(bad("signature is not by the certificate's key"));
-        }
         let message = possession::message(method, path, possession.timestamp, body);
-        PublicKey::from(cert.public_key().clone())
-            .verify(possession::NAMESPACE, &message, &signature)
-            .map_err(|_| TokenError::BadSignature)?;
+        possession::verify_signature(cert.public_key(), &message, &signature)?;
         Ok(Caller::Possession {
             task_id,
             serial: cert.serial(),
-            token_use: TokenUse {
-                issuer: "proof-of-possession".into(),
-                token_hash: crate::audit::hex(&<sha2::Sha256 as sha2::Digest>::digest(
-                    signature.signature_bytes(),
-                )),
-                expires_at: possession.timestamp + 2 * possession::MAX_SKEW_SECS,
-            },
+            token_use: possession::once_only(cert.public_key(), &message, possession.timestamp),
         })
     }
 }

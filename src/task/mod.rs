@@ -10,12 +10,13 @@
 pub mod authorize;
 pub mod lifecycle;
 pub mod possession;
+pub mod subject_key;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand_core::{OsRng, RngCore};
-use ssh_key::{Algorithm, HashAlg, PublicKey};
+use ssh_key::{HashAlg, PublicKey};
 use time::OffsetDateTime;
 
 use crate::audit::{self, AuditEntry, Outcome, event};
@@ -37,7 +38,7 @@ pub const MAX_HOSTS: usize = 32;
 /// Longest task purpose, in bytes.
 pub const MAX_PURPOSE_BYTES: usize = 512;
 /// Smallest accepted RSA key.
-pub const MIN_RSA_BITS: u32 = 2048;
+pub use subject_key::MIN_RSA_BITS;
 /// Tries to find an unused serial before giving up (two serials collide only within one
 /// millisecond, 2^-21 per pair: `authority::serial`).
 const SERIAL_ATTEMPTS: usize = 4;
@@ -276,7 +277,7 @@ impl Issuer {
             purpose: request.purpose.clone(),
             state: "active".into(),
             created_at: now_unix,
-            expires_at: now_unix + secs(grant.task_ttl),
+            expires_at: now_unix.saturating_add(secs(grant.task_ttl)),
             // Every later certificate of the task carries at most these (`lifecycle::within_task`).
             restrictions: Some(TaskRestrictions {
                 extensions: grant.extensions.clone(),
@@ -339,11 +340,26 @@ impl Issuer {
     ) -> Result<Issued, IssueError> {
         let new_task = create.then(|| task.clone());
         let now_unix = now.unix_timestamp();
-        let valid_after = now_unix - secs(self.limits.clock_skew);
-        let valid_before = (now_unix + secs(grant.cert_ttl)).min(task.expires_at);
+        let valid_after = now_unix.saturating_sub(secs(self.limits.clock_skew));
+        let valid_before = now_unix
+            .saturating_add(secs(grant.cert_ttl))
+            .min(task.expires_at);
         // One snapshot for the whole issuance: the signer and the key id recorded with
         // the certificate must agree even if the keyring is reloaded meanwhile.
         let keyring = self.keyring.current();
+        // Never certify one of the CA's own keys, in any state (next, active, retiring,
+        // retired, revoked): no agent holds its private half, and nothing the CA key signs
+        // (certificates, revocation feeds) may ever count as a signature by a task's key.
+        if keyring
+            .keys()
+            .iter()
+            .any(|k| k.public_key.key_data() == public_key.key_data())
+        {
+            return Err(IssueError::unacceptable(
+                "ca_key_as_subject",
+                "public_key is one of this CA's own keys; certify a key of the agent's own",
+            ));
+        }
         let signer = keyring.signer();
         let key_fingerprint = public_key.fingerprint(HashAlg::Sha256).to_string();
         let principals: Vec<String> = grant
@@ -468,6 +484,8 @@ impl Issuer {
     }
 }
 
+/// Seconds of a (configured or requested) duration, for arithmetic on Unix times that
+/// saturates: a lifetime too long for `i64` is the longest, never a negative one.
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
@@ -501,7 +519,8 @@ fn key_id(task_id: &str, serial: u64, subject: &str) -> String {
     format!("writ task={task_id} serial={serial} sub={subject}")
 }
 
-/// Parse the submitted key and refuse weak or unsupported types.
+/// Parse the submitted key and refuse unsupported, weak or invalid keys
+/// ([`subject_key::check`]).
 fn parse_public_key(text: &str) -> Result<PublicKey, IssueError> {
     if text.len() > 16 * 1024 {
         return Err(IssueError::bad(
@@ -515,40 +534,9 @@ fn parse_public_key(text: &str) -> Result<PublicKey, IssueError> {
             "public_key is not an OpenSSH public key line",
         )
     })?;
-    match key.algorithm() {
-        Algorithm::Ed25519 | Algorithm::Ecdsa { .. } => Ok(key),
-        Algorithm::Rsa { .. } => {
-            let bits = key
-                .key_data()
-                .rsa()
-                .and_then(|rsa| rsa.n.as_positive_bytes())
-                .map_or(0, bit_length);
-            match bits {
-                bits if bits >= MIN_RSA_BITS => Ok(key),
-                _ => Err(IssueError::unacceptable(
-                    "weak_key",
-                    format!("RSA keys must have at least {MIN_RSA_BITS} bits"),
-                )),
-            }
-        }
-        other => Err(IssueError::unacceptable(
-            "unsupported_key_type",
-            format!(
-                "key type {} is not accepted; use ssh-ed25519, ecdsa-sha2-nistp256/384/521 or rsa (≥ {MIN_RSA_BITS} bits)",
-                other.as_str()
-            ),
-        )),
-    }
-}
-
-/// Bit length of a big-endian positive integer without leading zero bytes.
-fn bit_length(bytes: &[u8]) -> u32 {
-    match bytes.first() {
-        Some(first) => {
-            (u32::try_from(bytes.len()).unwrap_or(u32::MAX) - 1) * 8 + (8 - first.leading_zeros())
-        }
-        None => 0,
-    }
+    subject_key::check(key.key_data())
+        .map_err(|problem| IssueError::unacceptable(problem.code(), problem.to_string()))?;
+    Ok(key)
 }
 
 fn validate_task_shape(request: &NewTask) -> Result<(), IssueError> {
