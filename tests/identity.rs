@@ -735,7 +735,15 @@ fn audience_is_required_and_may_be_a_list() {
         ("aud not a string", Some(json!(7))),
         ("aud with different case", Some(json!("WRIT"))),
     ] {
-        w.refuse(&with_aud(aud), 401, "wrong_audience", case);
+        let refused = w.refuse(&with_aud(aud), 401, "wrong_audience", case);
+        let message = refused.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.contains("\"writ\""),
+            "{case}: the accepted audience is named: {message}"
+        );
     }
     w.issue(
         &with_aud(Some(json!(["other", "writ"]))),

@@ -87,9 +87,15 @@ pub enum TokenError {
     /// `nbf` is in the future.
     #[error("token is not valid yet")]
     NotYetValid,
-    /// `aud` is missing or not one of the issuer's audiences.
-    #[error("token audience is not accepted")]
-    WrongAudience,
+    /// `aud` is missing or not one of the issuer's audiences (named, so the agent's
+    /// operator can mint the right token).
+    #[error(
+        "token audience is not accepted: this issuer's tokens must name one of {accepted:?} in aud"
+    )]
+    WrongAudience {
+        /// The issuer's configured audiences.
+        accepted: Vec<String>,
+    },
     /// `iss` does not match.
     #[error("token issuer does not match")]
     WrongIssuer,
@@ -132,7 +138,7 @@ impl TokenError {
             TokenError::BadSignature => "bad_signature",
             TokenError::Expired => "token_expired",
             TokenError::NotYetValid => "token_not_yet_valid",
-            TokenError::WrongAudience => "wrong_audience",
+            TokenError::WrongAudience { .. } => "wrong_audience",
             TokenError::WrongIssuer => "wrong_issuer",
             TokenError::BadClaim(_) => "bad_claim",
             TokenError::LifetimeTooLong { .. } => "token_lifetime_too_long",

@@ -131,7 +131,7 @@ impl Verifier {
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
 
         let data = jsonwebtoken::decode::<Map<String, Value>>(token, &cached.key, &validation)
-            .map_err(map_error)?;
+            .map_err(|e| map_error(e, &config.audiences))?;
         let claims = data.claims;
         let subject = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -246,14 +246,17 @@ fn check_key_fits(jwk: &Jwk, alg: Algorithm) -> Result<(), TokenError> {
     if fits { Ok(()) } else { Err(mismatch()) }
 }
 
-fn map_error(e: jsonwebtoken::errors::Error) -> TokenError {
+fn map_error(e: jsonwebtoken::errors::Error, audiences: &[String]) -> TokenError {
+    let wrong_audience = || TokenError::WrongAudience {
+        accepted: audiences.to_vec(),
+    };
     match e.kind() {
         ErrorKind::InvalidSignature => TokenError::BadSignature,
         ErrorKind::ExpiredSignature => TokenError::Expired,
         ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidAudience => wrong_audience(),
         ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
-        ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => wrong_audience(),
         ErrorKind::MissingRequiredClaim(c) | ErrorKind::InvalidClaimFormat(c) => {
             TokenError::BadClaim(c.clone())
         }
