@@ -224,6 +224,10 @@ fn every_api_outcome_leaves_exactly_one_correctly_shaped_record() {
         assert_eq!(r.entry.logins, ["deploy"]);
         assert_eq!(r.entry.hosts, ["web-*.prod.example.com"]);
     }
+    // The purpose has its own field (format 2), not the refusal/revocation `reason`.
+    let created = &records[0].entry;
+    assert_eq!(created.purpose.as_deref(), Some("integration test"));
+    assert_eq!(created.reason, None);
     let issued = &records[1].entry;
     assert_eq!(issued.serial.as_deref(), Some(serial1.as_str()));
     assert_eq!(

@@ -130,6 +130,10 @@ pub struct AuditEntry {
     pub reason: Option<String>,
     /// Request id that ties records of one request together.
     pub request_id: Option<String>,
+    /// The task's purpose, as its opener stated it (audit record format 2). Absent, it is
+    /// left out of the canonical JSON, so records of format 1 hash as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
 }
 
 impl AuditEntry {
@@ -287,6 +291,24 @@ mod tests {
 
         assert_eq!(verify_chain(&[a.clone(), c.clone()], GENESIS_HASH), Err(3));
         assert_eq!(verify_chain(&[b, a, c], GENESIS_HASH), Err(2));
+    }
+
+    #[test]
+    fn a_record_without_purpose_hashes_as_format_1_did() {
+        // Computed by the code before `purpose` existed, for this exact record.
+        const FORMAT_1_HASH: &str =
+            "ca148772d7563ce0fe662c75325b636fa98055b45c1d9b6e8725df48f8867ede";
+        let mut entry = AuditEntry::new(event::TASK_CREATED, Outcome::Success);
+        entry.subject = Some("agent-1".into());
+        entry.logins = vec!["deploy".into()];
+        let hash = chain_hash(1, "2026-01-01T00:00:01.000Z", &entry, GENESIS_HASH);
+        assert_eq!(hash, FORMAT_1_HASH);
+        entry.purpose = Some("rotate logs".into());
+        assert_ne!(
+            chain_hash(1, "2026-01-01T00:00:01.000Z", &entry, GENESIS_HASH),
+            FORMAT_1_HASH,
+            "the purpose is covered by the hash"
+        );
     }
 
     #[test]

@@ -263,6 +263,9 @@ fn message(record: &AuditRecord) -> String {
     if let Some(reason) = &e.reason {
         text.push_str(&format!(": {reason}"));
     }
+    if let Some(purpose) = &e.purpose {
+        text.push_str(&format!(" (purpose: {purpose})"));
+    }
     text
 }
 

@@ -113,8 +113,9 @@ const SQL_CHAIN_HEAD: &str = "SELECT seq, hash FROM audit_events ORDER BY seq DE
 /// One audit record; parameters in [`AuditEntry`] order, see [`append_after`].
 const SQL_INSERT_AUDIT: &str = "INSERT INTO audit_events (seq, time, event, outcome, issuer, \
      subject, policy, task_id, serial, key_fingerprint, logins, hosts, host, ca_fingerprint, \
-     source_ip, reason, request_id, prev_hash, hash) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+     source_ip, reason, request_id, prev_hash, hash, purpose) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+     $20)";
 /// A new task; its restrictions are bound with [`restriction_columns`].
 const SQL_INSERT_TASK: &str = "INSERT INTO tasks (id, issuer, subject, policy, logins, hosts, \
      purpose, state, created_at, expires_at, extensions, force_command, source_address) \
@@ -207,6 +208,7 @@ async fn append_after(
         .bind(&entry.request_id)
         .bind(prev_hash)
         .bind(&hash)
+        .bind(&entry.purpose)
         .execute(&mut **tx)
         .await
         .map_err(unavailable)?;
@@ -315,6 +317,7 @@ fn audit_record(row: &SqliteRow) -> Result<AuditRecord, StoreError> {
             source_ip: row.get("source_ip"),
             reason: row.get("reason"),
             request_id: row.get("request_id"),
+            purpose: row.get("purpose"),
         },
         prev_hash: row.get("prev_hash"),
         hash: row.get("hash"),

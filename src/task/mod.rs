@@ -404,8 +404,7 @@ impl Issuer {
             let mut audit = Vec::with_capacity(2);
             if new_task.is_some() {
                 let mut created = base(event::TASK_CREATED);
-                created.reason =
-                    (!task.purpose.is_empty()).then(|| format!("purpose: {}", task.purpose));
+                created.purpose = (!task.purpose.is_empty()).then(|| task.purpose.clone());
                 audit.push(created);
             }
             let mut issued = base(event::CERT_ISSUED);

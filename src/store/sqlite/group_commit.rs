@@ -465,6 +465,7 @@ pub(crate) fn insert_audit_row(
             entry.request_id,
             prev_hash,
             hash,
+            entry.purpose,
         ])?;
     Ok(())
 }
