@@ -937,3 +937,50 @@ fn cert_used_is_recorded_once_per_real_login_and_never_for_a_probe() {
     assert!(outcome.success, "{}\n{}", outcome.stderr, diagnostics());
     assert_eq!(used().len(), 2, "{}", diagnostics());
 }
+
+/// The inode of `path` (atomic replacement gives each sync's file a new one).
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// Wait until `path` has been replaced `times` more times (each sync replaces it).
+fn wait_for_syncs(path: &Path, times: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = inode(path);
+    let mut replaced = 0;
+    while replaced < times {
+        assert!(Instant::now() < deadline, "sync --watch stopped syncing");
+        let now = inode(path);
+        if now != seen {
+            replaced += 1;
+            seen = now;
+        }
+        thread::sleep(Duration::from_millis(20)); // poll interval
+    }
+}
+
+#[test]
+fn sync_watch_logs_a_round_only_when_what_the_host_enforces_changes() {
+    let w = world();
+    let log_path = w.dir.path().join("watch.log");
+    let log = fs::File::create(&log_path).expect("log file");
+    let mut watch = Command::new(w.host.principals_bin())
+        .args(["sync", "--watch", "--interval", "1s", "--config"])
+        .arg(w.host.host_config_path())
+        .stderr(log)
+        .spawn()
+        .expect("spawn sync --watch");
+    let rounds = |log: &str| log.lines().filter(|l| l.contains(" synced ")).count();
+    let feed = revocations_path(&w.host);
+    wait_for_syncs(&feed, 3);
+    let quiet = fs::read_to_string(&log_path).expect("log");
+    let issued = w.issue("watched");
+    w.complete(&issued.task_id);
+    wait_for_syncs(&feed, 2);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let after = fs::read_to_string(&log_path).expect("log");
+    assert_eq!(rounds(&quiet), 1, "one line for unchanged rounds:\n{quiet}");
+    assert_eq!(rounds(&after), 2, "a line when a task ended:\n{after}");
+}

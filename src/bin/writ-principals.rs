@@ -250,12 +250,33 @@ fn run_sync(config_path: &Path) -> ExitCode {
         .and_then(|config| sync::sync(&config).map_err(|e| e.to_string()));
     match result {
         Ok(report) => {
-            println!("writ-principals: {}", report_line(&report));
+            // A closed pipe (`sync | head`) is not a failed sync.
+            let _ = writ::cli::println(&format!("writ-principals: {}", report_line(&report)));
             ExitCode::SUCCESS
         }
         Err(message) => {
             eprintln!("writ-principals: sync failed (nothing written): {message}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// What a sync installed that changes what the host admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Enforced {
+    trusted_keys: usize,
+    krl_bytes: usize,
+    revoked_tasks: usize,
+    revoked_serials: usize,
+}
+
+impl Enforced {
+    fn of(report: &sync::SyncReport) -> Enforced {
+        Enforced {
+            trusted_keys: report.trusted_keys,
+            krl_bytes: report.krl_bytes,
+            revoked_tasks: report.revoked_tasks,
+            revoked_serials: report.revoked_serials,
         }
     }
 }
@@ -274,10 +295,22 @@ fn run_watch(config_path: &Path, interval: Duration) -> ExitCode {
         config.ca_base_url(),
         writ::duration::format(interval)
     );
+    // Quiet while nothing hosts enforce changes: a line for the first sync, for each
+    // change of keys, KRL or revocations, after a failure, and for every failure.
+    let mut last: Option<Enforced> = None;
     sync::watch(&config, interval, |result| {
         match result {
-            Ok(report) => eprintln!("writ-principals: {}", report_line(report)),
-            Err(e) => eprintln!("writ-principals: sync failed, keeping the last good files: {e}"),
+            Ok(report) => {
+                let now = Enforced::of(report);
+                if last != Some(now) {
+                    eprintln!("writ-principals: {}", report_line(report));
+                }
+                last = Some(now);
+            }
+            Err(e) => {
+                eprintln!("writ-principals: sync failed, keeping the last good files: {e}");
+                last = None;
+            }
         }
         ControlFlow::Continue(())
     });
