@@ -182,19 +182,7 @@ pub fn complete_task(
 ) -> Result<(), ClientError> {
     let path = format!("/v1/tasks/{task_id}/complete");
     let body = b"{}";
-    let message = possession::message("POST", &path, now_unix, body);
-    let signature = key
-        .sign(possession::NAMESPACE, HashAlg::Sha512, &message)
-        .and_then(|s| s.to_pem(ssh_key::LineEnding::LF))
-        .map_err(|e| ClientError::Sign(e.to_string()))?;
-    let blob = certificate
-        .split_whitespace()
-        .nth(1)
-        .and_then(|b| <base64ct::Base64 as base64ct::Encoding>::decode_vec(b).ok())
-        .ok_or_else(|| {
-            ClientError::BadAnswer("certificate is not an OpenSSH certificate line".into())
-        })?;
-    let header = possession::header(&blob, now_unix, &signature);
+    let header = possession_header(certificate, key, "POST", &path, now_unix, body)?;
     let url = format!("{}{path}", ca_url.trim_end_matches('/'));
     post(&url, &header, std::str::from_utf8(body).unwrap_or("{}")).map(|_| ())
 }
@@ -265,6 +253,31 @@ pub struct SshInvocation {
     pub options: Vec<String>,
     /// Remote command, after the host.
     pub command: Vec<String>,
+}
+
+/// The `Authorization` value proving possession of `key`, the private key of the
+/// OpenSSH `certificate` line, for `method path` with `body` at `now_unix`.
+fn possession_header(
+    certificate: &str,
+    key: &PrivateKey,
+    method: &str,
+    path: &str,
+    now_unix: i64,
+    body: &[u8],
+) -> Result<String, ClientError> {
+    let message = possession::message(method, path, now_unix, body);
+    let signature = key
+        .sign(possession::NAMESPACE, HashAlg::Sha512, &message)
+        .and_then(|s| s.to_pem(ssh_key::LineEnding::LF))
+        .map_err(|e| ClientError::Sign(e.to_string()))?;
+    let blob = certificate
+        .split_whitespace()
+        .nth(1)
+        .and_then(|b| <base64ct::Base64 as base64ct::Encoding>::decode_vec(b).ok())
+        .ok_or_else(|| {
+            ClientError::BadAnswer("certificate is not an OpenSSH certificate line".into())
+        })?;
+    Ok(possession::header(&blob, now_unix, &signature))
 }
 
 /// ssh's arguments: our options, the caller's options, then `--`, the destination and the
@@ -475,19 +488,7 @@ fn task_call(
     let authorization = match credential {
         Credential::Token(token) => format!("Bearer {token}"),
         Credential::Possession { certificate, key } => {
-            let message = possession::message(method, path, now_unix, body);
-            let signature = key
-                .sign(possession::NAMESPACE, HashAlg::Sha512, &message)
-                .and_then(|s| s.to_pem(ssh_key::LineEnding::LF))
-                .map_err(|e| ClientError::Sign(e.to_string()))?;
-            let blob = certificate
-                .split_whitespace()
-                .nth(1)
-                .and_then(|b| <base64ct::Base64 as base64ct::Encoding>::decode_vec(b).ok())
-                .ok_or_else(|| {
-                    ClientError::BadAnswer("certificate is not an OpenSSH certificate line".into())
-                })?;
-            possession::header(&blob, now_unix, &signature)
+            possession_header(certificate, key, method, path, now_unix, body)?
         }
     };
     let url = format!("{}{path}", ca_url.trim_end_matches('/'));

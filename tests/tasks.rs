@@ -9,9 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 
-use common::agents::{ADMINS_AND_HOSTS, World};
-use common::ca::{TestCa, certificate_request};
-use common::idp::{Key, TestIdp};
+use common::agents::{World, policies_with};
+use common::ca::certificate_request;
 use common::{http, now, public_key, ssh_keygen};
 use serde_json::{Value, json};
 use writ::audit::event;
@@ -657,19 +656,9 @@ fn operators_revoke_tasks_with_writ_admin_on_a_running_ca() {
 /// gets exactly the task's restrictions; one that narrows the source address gets that.
 #[test]
 fn a_renewal_keeps_the_tasks_restrictions() {
-    let idp = TestIdp::start(&[Key::Ed25519]);
-    let ca = TestCa::with_policy(
-        &idp,
-        "",
-        &format!(
-            "name = \"agents\"\nsubject = \"agent-*\"\nlogins = [\"deploy\"]\n\
-             hosts = [\"*.prod.example.com\"]\nmax_cert_ttl = \"5m\"\n\
-             extensions = [\"permit-pty\", \"permit-port-forwarding\"]\n{ADMINS_AND_HOSTS}"
-        ),
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
-    let w = World { idp, ca, dir, key };
+    let w = World::with_policies(&policies_with(
+        "extensions = [\"permit-pty\", \"permit-port-forwarding\"]",
+    ));
 
     let mut open = certificate_request(
         &public_key(&w.key),
@@ -803,19 +792,9 @@ fn a_renewal_keeps_the_tasks_restrictions() {
 /// policy's forced `source-address` — and a request for more than that is refused.
 #[test]
 fn a_task_without_recorded_restrictions_renews_within_its_policy() {
-    let idp = TestIdp::start(&[Key::Ed25519]);
-    let ca = TestCa::with_policy(
-        &idp,
-        "",
-        &format!(
-            "name = \"agents\"\nsubject = \"agent-*\"\nlogins = [\"deploy\"]\n\
-             hosts = [\"*.prod.example.com\"]\nmax_cert_ttl = \"5m\"\n\
-             extensions = [\"permit-pty\"]\nsource_address = [\"10.0.0.0/8\"]\n{ADMINS_AND_HOSTS}"
-        ),
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
-    let w = World { idp, ca, dir, key };
+    let w = World::with_policies(&policies_with(
+        "extensions = [\"permit-pty\"]\nsource_address = [\"10.0.0.0/8\"]",
+    ));
     let first = w.open_task();
     let task_id = first["task_id"].as_str().expect("task_id").to_owned();
     let cert = first["certificate"].as_str().expect("cert").to_owned();

@@ -30,6 +30,11 @@ hosts = ["*.prod.example.com"]
 /// The policies of every [`World`]: `agent-*` may log in as `deploy` on the prod hosts
 /// with certificates of at most 5 minutes, then [`ADMINS_AND_HOSTS`].
 pub fn policies() -> String {
+    policies_with("")
+}
+
+/// [`policies`] with `agent_lines` added to the `agents` policy (e.g. its extensions).
+pub fn policies_with(agent_lines: &str) -> String {
     format!(
         r#"
 name = "agents"
@@ -37,6 +42,7 @@ subject = "agent-*"
 logins = ["deploy"]
 hosts = ["*.prod.example.com"]
 max_cert_ttl = "5m"
+{agent_lines}
 {ADMINS_AND_HOSTS}"#
     )
 }
@@ -57,8 +63,13 @@ impl World {
     /// Start the CA with [`policies`] and `extra` appended to its configuration (e.g. an
     /// `[audit]` table).
     pub fn start(extra: &str) -> World {
+        World::with_policies(&format!("{}\n{extra}", policies()))
+    }
+
+    /// Start the CA with exactly `policies` (e.g. [`policies_with`]).
+    pub fn with_policies(policies: &str) -> World {
         let idp = TestIdp::start(&[Key::Rsa, Key::Ed25519]);
-        let ca = TestCa::with_policy(&idp, "", &format!("{}\n{extra}", policies()));
+        let ca = TestCa::with_policy(&idp, "", policies);
         let dir = tempfile::tempdir().expect("tempdir");
         let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
         World { idp, ca, dir, key }
