@@ -372,7 +372,19 @@ fn logins_never_fail_while_the_ca_rotates_on_schedule() {
     );
 
     // The keyring after two rotations: two retiring keys (certificates still valid),
-    // one active, one next; all four trusted.
+    // one active, one next; all four trusted. The schedule is stopped first, and the
+    // server's bundle compared once its keyring reload caught up with the store (a
+    // rotation between the two reads made them differ).
+    let stopped = admin_ok(&ca, &["schedule", "--off"]);
+    assert!(!stopped.contains("every 4s"), "{stopped}");
+    wait_for(
+        "the served bundle matches the keyring",
+        Duration::from_secs(30),
+        || {
+            let keys = key_list(&ca)["keys"].as_array().map_or(0, Vec::len);
+            bundle(&ca).len() == keys
+        },
+    );
     let list = key_list(&ca);
     let states: Vec<&str> = list["keys"]
         .as_array()
