@@ -1,9 +1,11 @@
 //! What every `writ` command line shares when it talks to a person or a pipe: printing on
 //! stdout where a reader that went away (`writ admin … | head`) is a normal, quiet end
-//! rather than a panic, and times shown as RFC 3339 UTC with how far away they are.
+//! rather than a panic, times shown as RFC 3339 UTC with how far away they are, and the
+//! async runtimes commands run on ([`runtime`] for a command, [`server_runtime`] for
+//! `writ serve`) — built here and nowhere else.
 //!
-//! Pure apart from writing to stdout; never reads configuration, the clock or the network
-//! (callers pass `now`).
+//! Apart from writing to stdout and building runtimes, pure: never reads configuration,
+//! the clock or the network (callers pass `now`).
 
 use std::io::{self, Write};
 use std::time::Duration;
@@ -38,6 +40,21 @@ pub fn println(text: &str) -> io::Result<()> {
     line.push_str(text);
     line.push('\n');
     print(&line)
+}
+
+/// The runtime a command line runs its async work on (`writ admin …`): one thread, the
+/// caller's, with I/O and timers.
+pub fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// The runtime `writ serve` runs on: a worker thread per core, with I/O and timers.
+pub fn server_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 /// `unix` as RFC 3339 UTC (`2026-05-01T12:00:00Z`), or the number itself if it is out of

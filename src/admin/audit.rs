@@ -10,14 +10,14 @@
 //! - `prune --before T` — delete old records up to a signed checkpoint, leaving a log that
 //!   still verifies from that checkpoint.
 //!
-//! The argument shape ([`AuditCommand`]) lives here, next to the commands, so the binary
-//! only dispatches. Nothing here edits a record; `prune` deletes from the start only, after
-//! the whole log verified, in one transaction with the `audit.pruned` record that says so.
+//! The argument shape ([`AuditCommand`]) lives here, next to the commands (see [`super`]
+//! for the shape every admin command shares). Nothing here edits a record; `prune`
+//! deletes from the start only, after the whole log verified, in one transaction with the
+//! `audit.pruned` record that says so.
 
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,16 +25,16 @@ use serde::Serialize;
 use ssh_key::PublicKey;
 use time::OffsetDateTime;
 
-use super::AdminError;
 use super::task::LOCAL_ADMIN;
+use super::{AdminError, Context, Render, Status, emit, pretty, write};
 use crate::audit::checkpoint::{self, CheckpointError, SignedCheckpoint};
 use crate::audit::export::{Format, Position};
 use crate::audit::service::{CheckpointWriteError, checkpoint_now};
 use crate::audit::verify::{Problem, Summary, Walker, pruned_reason};
 use crate::audit::{AuditEntry, AuditRecord, Outcome, event};
 use crate::authority::KeyState;
-use crate::config::Config;
-use crate::store::{self, Store, StoreError, TaskRecord};
+use crate::config::{Config, ConfigError};
+use crate::store::{Store, StoreError, TaskRecord};
 
 /// How often `export --follow` looks for new records.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
@@ -109,9 +109,9 @@ pub enum AuditCommand {
 /// Why an audit command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditCommandError {
-    /// Configuration.
+    /// The CA passphrase could not be read.
     #[error(transparent)]
-    Admin(#[from] AdminError),
+    Passphrase(#[from] ConfigError),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -146,129 +146,77 @@ pub enum AuditCommandError {
     Output(std::io::Error),
 }
 
-/// Run `writ admin audit …` for the binary: prints the result, returns the exit status.
-pub fn run(config_path: Option<&Path>, command: AuditCommand) -> ExitCode {
-    let fail = |e: &dyn fmt::Display| {
-        eprintln!("writ: error: {e}");
-        ExitCode::FAILURE
+/// Run `writ admin audit …`, writing to `out`.
+pub async fn run(
+    context: &Context,
+    command: AuditCommand,
+    out: &mut dyn Write,
+) -> Result<Status, AdminError> {
+    let config = &context.config;
+    let store = context.store().await?;
+    let now = context.now();
+    // The configured checkpoint file, which may not exist yet.
+    let configured_checkpoints = || {
+        config
+            .audit
+            .checkpoint_path(&config.storage.url)
+            .into_iter()
+            .map(|p| (p, false))
     };
-    // Print, then exit with `code`; a reader that went away (`| head`) is not an error.
-    let print_then = |text: &str, code: ExitCode| match crate::cli::print(text) {
-        Ok(()) => code,
-        Err(e) => fail(&AuditCommandError::Output(e)),
-    };
-    let config = match super::load_config(config_path) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e),
-    };
-    runtime.block_on(async {
-        let store = match store::open(&config.storage.url).await {
-            Ok(s) => s,
-            Err(e) => return fail(&e),
-        };
-        let now = OffsetDateTime::now_utc();
-        match command {
-            AuditCommand::Export {
-                format,
-                since,
-                follow,
-            } => {
-                let mut stdout = std::io::stdout().lock();
-                let poll = follow.then_some(FOLLOW_POLL);
-                match export(store.as_ref(), format, since.as_ref(), poll, &mut stdout).await {
-                    Ok(_) => ExitCode::SUCCESS,
-                    Err(AuditCommandError::Output(e)) if crate::cli::is_closed_pipe(&e) => {
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => fail(&e),
-                }
-            }
-            AuditCommand::Verify {
-                from_checkpoint,
-                checkpoints,
-                json,
-            } => {
-                let options = VerifyOptions {
-                    from_checkpoint,
-                    checkpoint_files: config
-                        .audit
-                        .checkpoint_path(&config.storage.url)
-                        .into_iter()
-                        .map(|p| (p, false))
-                        .chain(checkpoints.into_iter().map(|p| (p, true)))
-                        .collect(),
-                };
-                match verify(store.as_ref(), &options).await {
-                    Ok(report) => {
-                        let text = if json {
-                            let mut text =
-                                serde_json::to_string_pretty(&report).unwrap_or_default();
-                            text.push('\n');
-                            text
-                        } else {
-                            report.to_string()
-                        };
-                        let code = if report.ok {
-                            ExitCode::SUCCESS
-                        } else {
-                            ExitCode::FAILURE
-                        };
-                        print_then(&text, code)
-                    }
-                    Err(e) => fail(&e),
-                }
-            }
-            AuditCommand::Trail { task, json } => match trail(store.as_ref(), &task).await {
-                Ok(trail) => {
-                    let text = if json {
-                        trail
-                            .records
-                            .iter()
-                            .map(|record| Format::Jsonl.line(record) + "\n")
-                            .collect()
-                    } else {
-                        trail.to_string()
-                    };
-                    print_then(&text, ExitCode::SUCCESS)
-                }
-                Err(e) => fail(&e),
-            },
-            AuditCommand::Checkpoint => match checkpoint(&config, config_path, &store, now).await {
-                Ok(Some(c)) => print_then(
-                    &format!(
-                        "checkpoint: seq {} hash {} signed by {} at {}\n",
-                        c.seq, c.hash, c.ca_fingerprint, c.time
-                    ),
-                    ExitCode::SUCCESS,
-                ),
-                Ok(None) => print_then(
-                    "nothing to checkpoint: the head of the log is already checkpointed \
-                         (or the log is empty)\n",
-                    ExitCode::SUCCESS,
-                ),
-                Err(e) => fail(&e),
-            },
-            AuditCommand::Prune { before } => {
-                let files = config
-                    .audit
-                    .checkpoint_path(&config.storage.url)
-                    .into_iter()
-                    .map(|p| (p, false))
-                    .collect();
-                match prune(store.as_ref(), &before, &super::operator(), files).await {
-                    Ok(report) => print_then(&report.to_string(), ExitCode::SUCCESS),
-                    Err(e) => fail(&e),
-                }
+    match command {
+        AuditCommand::Export {
+            format,
+            since,
+            follow,
+        } => {
+            let poll = follow.then_some(FOLLOW_POLL);
+            match export(store.as_ref(), format, since.as_ref(), poll, out).await {
+                Ok(_) => {}
+                // `| head` has all it wanted (with --follow, this is how export ends).
+                Err(AuditCommandError::Output(e)) if crate::cli::is_closed_pipe(&e) => {}
+                Err(e) => return Err(e.into()),
             }
         }
-    })
+        AuditCommand::Verify {
+            from_checkpoint,
+            checkpoints,
+            json,
+        } => {
+            let options = VerifyOptions {
+                from_checkpoint,
+                checkpoint_files: configured_checkpoints()
+                    .chain(checkpoints.into_iter().map(|p| (p, true)))
+                    .collect(),
+            };
+            let report = verify(store.as_ref(), &options).await?;
+            emit(out, &report, json)?;
+            if !report.ok {
+                return Ok(Status::Failure);
+            }
+        }
+        AuditCommand::Trail { task, json } => {
+            let trail = trail(store.as_ref(), &task).await?;
+            emit(out, &trail, json)?;
+        }
+        AuditCommand::Checkpoint => {
+            let text = match checkpoint(config, &context.config_path, &store, now).await? {
+                Some(c) => format!(
+                    "checkpoint: seq {} hash {} signed by {} at {}\n",
+                    c.seq, c.hash, c.ca_fingerprint, c.time
+                ),
+                None => "nothing to checkpoint: the head of the log is already checkpointed \
+                         (or the log is empty)\n"
+                    .to_owned(),
+            };
+            write(out, &text)?;
+        }
+        AuditCommand::Prune { before } => {
+            let files = configured_checkpoints().collect();
+            let report = prune(store.as_ref(), &before, &context.operator, files).await?;
+            write(out, &report.to_string())?;
+        }
+    }
+    Ok(Status::Success)
 }
 
 /// Write records after `since` to `out` in `format`. With `follow`, keep polling at that
@@ -389,6 +337,16 @@ impl fmt::Display for VerifyReport {
             writeln!(f, "note: {note}")?;
         }
         Ok(())
+    }
+}
+
+impl Render for VerifyReport {
+    fn text(&self) -> String {
+        self.to_string()
+    }
+
+    fn json(&self) -> String {
+        pretty(self)
     }
 }
 
@@ -659,16 +617,30 @@ impl fmt::Display for Trail {
     }
 }
 
-/// Sign a checkpoint of the head now with the active CA key.
+/// Trail text for people; JSON Lines of its records (as `export --format jsonl`) for
+/// scripts.
+impl Render for Trail {
+    fn text(&self) -> String {
+        self.to_string()
+    }
+
+    fn json(&self) -> String {
+        self.records
+            .iter()
+            .map(|record| Format::Jsonl.line(record) + "\n")
+            .collect()
+    }
+}
+
+/// Sign a checkpoint of the head now with the active CA key (the CA passphrase is read
+/// as `config`, loaded from `config_path`, says).
 pub async fn checkpoint(
     config: &Config,
-    config_path: Option<&Path>,
+    config_path: &Path,
     store: &Arc<dyn Store>,
     now: OffsetDateTime,
 ) -> Result<Option<SignedCheckpoint>, AuditCommandError> {
-    let passphrase = config
-        .ca_passphrase(config_path.unwrap_or(Path::new("writ.toml")))
-        .map_err(AdminError::from)?;
+    let passphrase = config.ca_passphrase(config_path)?;
     let rows = store.ca_keys().await?;
     let keyring = crate::authority::Keyring::from_records(&rows, &passphrase)?;
     drop(passphrase);

@@ -9,6 +9,7 @@
 //! command line.
 
 use std::fmt::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,44 +19,56 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::task::LOCAL_ADMIN;
-use super::{AdminError, load_config};
+use super::{AdminError, Context, Render, Status, emit, pretty, write};
 use crate::authority::keyring::{KeyState, public_half};
 use crate::authority::rotation::{
     self, Actor, KeyRef, RotationError, RotationSettings, ScheduleStatus,
 };
-use crate::config::{Config, ConfigError};
-use crate::store::{self, Store, StoreError};
+use crate::config::ConfigError;
+use crate::store::{Store, StoreError};
 
-/// A `writ admin ca` subcommand, as parsed by the binary.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `writ admin ca …`
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
 pub enum CaCommand {
-    /// Every key with its state, history and live certificates; the schedule.
+    /// Every CA key: id, state, fingerprint, history, certificates still valid; and the
+    /// rotation schedule.
     List,
-    /// next → active, active → retiring, new next.
+    /// next → active, active → retiring, and a new next key. Refused while the next key
+    /// has been published for less than [ca] rotation_min_publish (hosts may not trust it
+    /// yet); with no next key, one is published first.
     Rotate {
-        /// Activate the next key even if hosts may not have it yet.
+        /// Rotate anyway: hosts that have not synced the next key refuse its certificates.
+        #[arg(long)]
         force: bool,
     },
-    /// Emergency: remove a key from trust at once and list it in the KRL.
+    /// Emergency: remove a key from trust now and list it in the KRL. Revoking the
+    /// active key makes the next key sign at once.
     Revoke {
-        /// Key id or fingerprint.
+        /// Key id or fingerprint (see `writ admin ca list`).
         key: String,
-        /// Why (audited).
+        /// Why (recorded in the audit log).
+        #[arg(long)]
         reason: String,
     },
-    /// Rotate automatically every `every` (`None`: stop).
+    /// Let `writ serve` rotate automatically, e.g. --every 30d (or --off).
     Schedule {
-        /// The period.
+        /// Rotation period, e.g. 30d.
+        #[arg(long, value_parser = crate::duration::parse, required_unless_present = "off", conflicts_with = "off")]
         every: Option<Duration>,
+        /// Stop rotating automatically.
+        #[arg(long)]
+        off: bool,
     },
-    /// Print the public keys hosts must trust (`TrustedUserCAKeys`).
+    /// Print the public keys hosts must trust (TrustedUserCAKeys format).
     ExportPublic {
-        /// Every key, whatever its state, each line commented with id and state.
+        /// Every key whatever its state, each after a `# id state fingerprint` comment.
+        #[arg(long)]
         all: bool,
     },
-    /// Re-encrypt every private key with the passphrase in this file.
+    /// Re-encrypt every CA private key with a new passphrase, in one transaction.
     Rewrap {
-        /// File holding the new passphrase.
+        /// File holding the new passphrase (then make it the CA's passphrase_file).
+        #[arg(long, value_name = "FILE")]
         new_passphrase_file: PathBuf,
     },
 }
@@ -63,9 +76,6 @@ pub enum CaCommand {
 /// Why a `writ admin ca` command failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CaCommandError {
-    /// Configuration problem.
-    #[error(transparent)]
-    Admin(#[from] AdminError),
     /// The passphrase could not be read.
     #[error(transparent)]
     Passphrase(#[from] ConfigError),
@@ -83,9 +93,6 @@ pub enum CaCommandError {
         /// What is wrong.
         detail: String,
     },
-    /// The async runtime could not start.
-    #[error("cannot start the runtime: {0}")]
-    Runtime(std::io::Error),
 }
 
 /// One key as `list` shows it.
@@ -140,62 +147,48 @@ fn actor(operator: &str) -> Actor {
     }
 }
 
-/// Run `command` against the configuration at `config_path` as `operator` (their login,
-/// for the audit record) at `now_unix`; returns what to print (JSON with `json`).
-pub fn run(
-    config_path: Option<&Path>,
+/// Run `writ admin ca …` as `context.operator` (their login, for the audit record),
+/// writing the result to `out` (JSON with `json`).
+pub async fn run(
+    context: &Context,
     command: CaCommand,
-    operator: &str,
     json: bool,
-    now_unix: i64,
-) -> Result<String, CaCommandError> {
-    let path = config_path.ok_or(AdminError::NoConfig)?;
-    let config = load_config(Some(path))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(CaCommandError::Runtime)?;
-    runtime.block_on(execute(&config, path, command, operator, json, now_unix))
-}
-
-/// The async body of [`run`].
-pub async fn execute(
-    config: &Config,
-    config_path: &Path,
-    command: CaCommand,
-    operator: &str,
-    json: bool,
-    now_unix: i64,
-) -> Result<String, CaCommandError> {
-    let store = store::open(&config.storage.url).await?;
+    out: &mut dyn Write,
+) -> Result<Status, AdminError> {
+    let config = &context.config;
+    let config_path = context.config_path.as_path();
+    let store = context.store().await?;
+    let now_unix = context.now().unix_timestamp();
     let settings = RotationSettings::from_config(&config.ca);
-    let actor = actor(operator);
-    let render =
-        |value: &dyn erased::Render| -> String { if json { value.json() } else { value.text() } };
+    let actor = actor(&context.operator);
+    let passphrase = || {
+        config
+            .ca_passphrase(config_path)
+            .map_err(CaCommandError::from)
+    };
     match command {
         CaCommand::List => {
             let list = list(store.as_ref(), &settings, now_unix).await?;
-            Ok(render(&list))
+            emit(out, &list, json)?;
         }
         CaCommand::Rotate { force } => {
-            let passphrase = config.ca_passphrase(config_path)?;
             let report = rotation::rotate(
                 store.as_ref(),
-                &passphrase,
+                &passphrase()?,
                 &settings,
                 now_unix,
                 force,
                 &actor,
                 &mut OsRng,
             )
-            .await?;
-            Ok(render(&Rotated(report, settings)))
+            .await
+            .map_err(CaCommandError::from)?;
+            emit(out, &Rotated(report, settings), json)?;
         }
         CaCommand::Revoke { key, reason } => {
-            let passphrase = config.ca_passphrase(config_path)?;
             let report = rotation::revoke(
                 store.as_ref(),
-                &passphrase,
+                &passphrase()?,
                 &settings,
                 &key,
                 &reason,
@@ -203,24 +196,37 @@ pub async fn execute(
                 &actor,
                 &mut OsRng,
             )
-            .await?;
-            Ok(render(&report))
+            .await
+            .map_err(CaCommandError::from)?;
+            emit(out, &report, json)?;
         }
-        CaCommand::Schedule { every } => {
-            let schedule = rotation::set_schedule(store.as_ref(), every, now_unix, &actor).await?;
+        CaCommand::Schedule { every, off: _ } => {
+            let schedule = rotation::set_schedule(store.as_ref(), every, now_unix, &actor)
+                .await
+                .map_err(CaCommandError::from)?;
             let list = list(store.as_ref(), &settings, now_unix).await?;
-            Ok(render(&Scheduled(schedule.map(|s| s.every_seconds), list)))
+            emit(
+                out,
+                &Scheduled(schedule.map(|s| s.every_seconds), list),
+                json,
+            )?;
         }
-        CaCommand::ExportPublic { all } => export_public(store, &actor, all).await,
+        CaCommand::ExportPublic { all } => {
+            let text = export_public(store, &actor, all).await?;
+            write(out, &text)?;
+        }
         CaCommand::Rewrap {
             new_passphrase_file,
         } => {
-            let old = config.ca_passphrase(config_path)?;
+            let old = passphrase()?;
             let new = read_new_passphrase(&new_passphrase_file)?;
-            let count = rotation::rewrap(store.as_ref(), &old, &new, &actor, &mut OsRng).await?;
-            Ok(render(&Rewrapped(count, new_passphrase_file)))
+            let count = rotation::rewrap(store.as_ref(), &old, &new, &actor, &mut OsRng)
+                .await
+                .map_err(CaCommandError::from)?;
+            emit(out, &Rewrapped(count, new_passphrase_file), json)?;
         }
     }
+    Ok(Status::Success)
 }
 
 fn read_new_passphrase(path: &Path) -> Result<Zeroizing<String>, CaCommandError> {
@@ -322,23 +328,6 @@ async fn export_public(
     Ok(text)
 }
 
-/// Rendering of command results as text or JSON.
-mod erased {
-    /// Something a command prints.
-    pub trait Render {
-        /// For people.
-        fn text(&self) -> String;
-        /// For scripts.
-        fn json(&self) -> String;
-    }
-}
-
-fn pretty(value: &impl Serialize) -> String {
-    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
-    text.push('\n');
-    text
-}
-
 /// RFC 3339 UTC, or `-`.
 fn when(t: Option<i64>) -> String {
     t.and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
@@ -353,7 +342,7 @@ fn period(seconds: i64) -> String {
     crate::duration::format(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
 }
 
-impl erased::Render for KeyList {
+impl Render for KeyList {
     fn text(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -422,7 +411,7 @@ impl erased::Render for KeyList {
 
 struct Rotated(rotation::RotationReport, RotationSettings);
 
-impl erased::Render for Rotated {
+impl Render for Rotated {
     fn text(&self) -> String {
         let Rotated(r, settings) = self;
         let mut out = String::new();
@@ -458,7 +447,7 @@ impl erased::Render for Rotated {
     }
 }
 
-impl erased::Render for rotation::RevocationReport {
+impl Render for rotation::RevocationReport {
     fn text(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(
@@ -482,7 +471,7 @@ impl erased::Render for rotation::RevocationReport {
 
 struct Scheduled(Option<i64>, KeyList);
 
-impl erased::Render for Scheduled {
+impl Render for Scheduled {
     fn text(&self) -> String {
         match self.0 {
             Some(every) => format!(
@@ -504,7 +493,7 @@ impl erased::Render for Scheduled {
 
 struct Rewrapped(usize, PathBuf);
 
-impl erased::Render for Rewrapped {
+impl Render for Rewrapped {
     fn text(&self) -> String {
         format!(
             "{} CA private keys re-encrypted with the passphrase in {}.\n\

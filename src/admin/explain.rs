@@ -12,6 +12,7 @@
 //! as such.
 
 use std::fmt::{self, Write as _};
+use std::io::Write;
 use std::time::Duration;
 
 use base64ct::{Base64UrlUnpadded, Encoding};
@@ -20,10 +21,84 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::{AdminError, Context, Render, Status, emit, pretty, read_token};
 use crate::config::{Config, Replay};
 use crate::duration;
 use crate::identity::{Identity, MAX_TOKEN_BYTES, Verifier};
 use crate::policy::{Grant, Mismatch, Offer, Policies, PolicyError, Request, Verdict};
+
+/// `writ admin policy …`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum PolicyCommand {
+    /// Explain what the CA would do with a workload token, without issuing anything.
+    ///
+    /// Verifies the token exactly as `writ serve` does (fetching the issuer's JWKS), then
+    /// prints which issuer verified it (or the reason code and message if it was refused),
+    /// its subject and the claims policies can match on, every [[policy]] in order — why it
+    /// does not match (issuer, subject, a claim, or role), or what it offers and what it
+    /// grants or refuses for --logins/--hosts — and the decision: the first matching
+    /// policy that grants the whole request. Nothing is issued, no store or audit log is
+    /// touched, the CA passphrase is not read, and the token is not marked as used; the
+    /// token itself is never printed.
+    ///
+    /// Exit status: 0 when the token verified (whatever the decision; use --json and
+    /// `.decision.result` to script on it), 1 when it was refused or on any error.
+    Explain {
+        /// The workload token (JWT): `-` reads it from stdin, `@FILE` from a file, anything
+        /// else is the token itself (visible to other local users in the process list;
+        /// prefer - or @FILE).
+        #[arg(long, value_name = "TOKEN|-|@FILE")]
+        token: String,
+        /// Logins the task would name, comma-separated (e.g. deploy,backup).
+        #[arg(long, value_delimiter = ',', value_name = "LOGIN,…")]
+        logins: Vec<String>,
+        /// Host patterns the task would name, comma-separated (e.g. web-*.prod.example.com).
+        #[arg(long, value_delimiter = ',', value_name = "PATTERN,…")]
+        hosts: Vec<String>,
+        /// Certificate lifetime to ask for, e.g. 5m (default: the CA's default_cert_ttl,
+        /// capped by the policy).
+        #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+        ttl: Option<Duration>,
+        /// Task lifetime to ask for, e.g. 1h (default: the CA's default_task_ttl, capped by
+        /// the policy).
+        #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+        task_ttl: Option<Duration>,
+        /// Print the explanation as JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run `writ admin policy explain`: read the token (from stdin for `-`), explain, write
+/// the explanation to `out`. [`Status::Failure`] when the token was refused.
+pub async fn run(
+    context: &Context,
+    command: PolicyCommand,
+    out: &mut dyn Write,
+) -> Result<Status, AdminError> {
+    let PolicyCommand::Explain {
+        token,
+        logins,
+        hosts,
+        ttl,
+        task_ttl,
+        json,
+    } = command;
+    let request = ExplainRequest {
+        logins,
+        hosts,
+        cert_ttl: ttl,
+        task_ttl,
+    };
+    let token = read_token(&token, &mut std::io::stdin().lock())?;
+    let now = context.now().unix_timestamp();
+    let explanation = explain(&context.config, &token, &request, now).await;
+    emit(out, &explanation, json)?;
+    Ok(match explanation.outcome() {
+        Outcome::TokenRefused => Status::Failure,
+        Outcome::Allowed | Outcome::Denied => Status::Success,
+    })
+}
 
 /// What to ask the policies about (the `task` part of a certificate request).
 #[derive(Debug, Clone, Default)]
@@ -457,6 +532,16 @@ impl Explanation {
     /// The JSON form (`--json`).
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         serde_json::to_string_pretty(self)
+    }
+}
+
+impl Render for Explanation {
+    fn text(&self) -> String {
+        self.to_string()
+    }
+
+    fn json(&self) -> String {
+        pretty(self)
     }
 }
 

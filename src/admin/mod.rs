@@ -1,7 +1,19 @@
 //! Operator commands (`writ admin …`): the library side of what operators run against a
-//! CA's configuration. Each command is a function that returns structured data (serde
-//! `Serialize` for `--json`, `Display` for people); `src/bin/writ.rs` only parses
-//! arguments, calls it and prints the result.
+//! CA's configuration.
+//!
+//! Every admin command has the same shape:
+//! - its arguments are a clap type next to it ([`AdminCommand`] here, and
+//!   [`explain::PolicyCommand`], [`task::TaskCommand`], [`ca::CaCommand`],
+//!   [`audit::AuditCommand`]), so `src/bin/writ.rs` only embeds [`AdminCommand`];
+//! - it is `async fn run(&Context, command, out: &mut dyn Write) -> Result<Status,
+//!   AdminError>` in its module: it does its work with functions that return structured
+//!   data and their module's own error, renders that as text or `--json` ([`Render`]) onto
+//!   `out`, and says whether the command succeeded ([`Status`]);
+//! - [`main`] is the one way in from the command line: it loads the configuration into a
+//!   [`Context`] (with the operator's login and the clock), runs the command on
+//!   [`crate::cli::runtime`] and writes on stdout, where a closed pipe is a quiet end. The
+//!   binary turns the [`Status`] or the [`AdminError`] into the exit status and
+//!   `writ: error: …` line.
 //!
 //! - [`explain`] — `writ admin policy explain`: which issuer verifies a token, which
 //!   policy matches it (or why each does not), and what would be granted.
@@ -19,18 +31,56 @@ pub mod ca;
 pub mod explain;
 pub mod task;
 
-use std::io::Read;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
 
+use serde::Serialize;
+use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, ConfigError};
+use crate::store::{self, Store, StoreError};
 
 /// Most bytes read for a token from stdin or a file; a real token is far smaller (the CA
 /// refuses tokens over [`crate::identity::MAX_TOKEN_BYTES`]).
 const MAX_TOKEN_INPUT_BYTES: u64 = 64 * 1024;
 
-/// Why an operator command could not run.
+/// `writ admin …`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum AdminCommand {
+    /// Inspect the `[[policy]]` tables.
+    Policy {
+        #[command(subcommand)]
+        command: explain::PolicyCommand,
+    },
+    /// Show or revoke tasks, directly in the CA's store.
+    Task {
+        #[command(subcommand)]
+        command: task::TaskCommand,
+    },
+    /// Manage the CA keys: list, rotate, revoke, schedule, export-public, rewrap.
+    ///
+    /// Works on the store a running `writ serve` uses; servers pick changes up within
+    /// seconds. Every change is a `ca.key.*` audit record by `local-admin` and your login.
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
+        /// Print JSON (list, rotate, revoke, schedule, rewrap).
+        #[arg(long, global = true)]
+        json: bool,
+    },
+    /// The audit log: export (JSON Lines or OCSF), verify, trail of a task, checkpoint,
+    /// prune.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
+}
+
+/// Why an operator command could not run. A command's own failures keep their module's
+/// error ([`task::TaskCommandError`], …) and read the same here.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     /// No configuration file was named.
@@ -61,12 +111,127 @@ pub enum AdminError {
         /// `stdin` or the file.
         from: String,
     },
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `writ admin task` failed.
+    #[error(transparent)]
+    Task(#[from] task::TaskCommandError),
+    /// `writ admin ca` failed.
+    #[error(transparent)]
+    Ca(#[from] ca::CaCommandError),
+    /// `writ admin audit` failed.
+    #[error(transparent)]
+    Audit(#[from] audit::AuditCommandError),
+    /// The async runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    /// Writing the output failed (other than a reader that went away).
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
 }
 
-/// Load and validate the CA configuration an admin command works on.
-pub fn load_config(path: Option<&Path>) -> Result<Config, AdminError> {
-    let path = path.ok_or(AdminError::NoConfig)?;
-    Ok(Config::load(path)?)
+/// How a command that ran to the end went, for the exit status. (A command that could not
+/// run returns an [`AdminError`] instead.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Exit 0.
+    Success,
+    /// Exit 1, the output saying why (`audit verify` found the log broken, `policy
+    /// explain` saw the token refused).
+    Failure,
+}
+
+impl From<Status> for ExitCode {
+    fn from(status: Status) -> ExitCode {
+        match status {
+            Status::Success => ExitCode::SUCCESS,
+            Status::Failure => ExitCode::FAILURE,
+        }
+    }
+}
+
+/// What every admin command runs with: the CA configuration, where it came from, and who
+/// runs the command.
+#[derive(Debug)]
+pub struct Context {
+    /// The validated configuration.
+    pub config: Config,
+    /// Its file (relative paths in it, like `passphrase_file`, are read from there).
+    pub config_path: PathBuf,
+    /// The operator's login, for audit records ([`operator`]).
+    pub operator: String,
+}
+
+impl Context {
+    /// Load and validate the configuration at `path`; the operator is [`operator`].
+    pub fn load(path: Option<&Path>) -> Result<Context, AdminError> {
+        let path = path.ok_or(AdminError::NoConfig)?;
+        Ok(Context {
+            config: Config::load(path)?,
+            config_path: path.to_owned(),
+            operator: operator(),
+        })
+    }
+
+    /// The time now: the one clock admin commands read, when they need it (after any input,
+    /// so a token pasted on stdin is judged when it arrived).
+    pub fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    /// The CA's store (the one a running `writ serve` uses).
+    pub async fn store(&self) -> Result<Arc<dyn Store>, StoreError> {
+        store::open(&self.config.storage.url).await
+    }
+}
+
+/// Something a command prints: for people, or for scripts (`--json`).
+pub trait Render {
+    /// The text form.
+    fn text(&self) -> String;
+    /// The JSON form.
+    fn json(&self) -> String;
+}
+
+/// `value` as pretty JSON and a newline.
+pub(crate) fn pretty(value: &impl Serialize) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Write `text` to `out`; a reader that went away is a quiet end (see
+/// [`crate::cli::write_quietly`]).
+pub(crate) fn write(out: &mut dyn Write, text: &str) -> Result<(), AdminError> {
+    crate::cli::write_quietly(out, text).map_err(AdminError::Output)
+}
+
+/// Write `value` to `out` as JSON (`json`) or text.
+pub(crate) fn emit(out: &mut dyn Write, value: &dyn Render, json: bool) -> Result<(), AdminError> {
+    write(out, &if json { value.json() } else { value.text() })
+}
+
+/// Run `writ admin …` from the command line: load the configuration at `config_path`, run
+/// `command` on the command-line runtime, print on stdout.
+pub fn main(config_path: Option<&Path>, command: AdminCommand) -> Result<Status, AdminError> {
+    let context = Context::load(config_path)?;
+    let runtime = crate::cli::runtime().map_err(AdminError::Runtime)?;
+    runtime.block_on(run(&context, command, &mut std::io::stdout().lock()))
+}
+
+/// Run `command` with `context`, writing what it prints to `out`.
+pub async fn run(
+    context: &Context,
+    command: AdminCommand,
+    out: &mut dyn Write,
+) -> Result<Status, AdminError> {
+    match command {
+        AdminCommand::Policy { command } => explain::run(context, command, out).await,
+        AdminCommand::Task { command } => task::run(context, command, out).await,
+        AdminCommand::Ca { command, json } => ca::run(context, command, json, out).await,
+        AdminCommand::Audit { command } => audit::run(context, command, out).await,
+    }
 }
 
 /// The operator's login, for the audit records of admin commands: `$SUDO_USER` (the person
@@ -189,7 +354,65 @@ mod tests {
             read_token("-", &mut big.as_slice()),
             Err(AdminError::TokenInputTooLarge { .. })
         ));
-        assert!(matches!(load_config(None), Err(AdminError::NoConfig)));
+        assert!(matches!(Context::load(None), Err(AdminError::NoConfig)));
+    }
+
+    /// Every command runs on a [`Context`], writes to the writer it is given and fails with
+    /// its own error, readable through [`AdminError`].
+    #[tokio::test]
+    async fn commands_share_one_shape() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("writ.toml");
+        let text = format!(
+            "[ca]\npassphrase_file = \"/nonexistent/ca.pass\"\n\n\
+             [storage]\nurl = \"sqlite://{}\"\n\n\
+             [[issuer]]\nname = \"k8s\"\nissuer = \"https://k8s.example\"\n\
+             jwks_file = \"/nonexistent/jwks.json\"\naudiences = [\"writ\"]\n\n\
+             [[policy]]\nname = \"ci\"\nissuer = \"k8s\"\nlogins = [\"deploy\"]\nhosts = [\"*\"]\n",
+            dir.path().join("writ.db").display()
+        );
+        std::fs::write(&path, text).expect("write");
+        let context = Context {
+            config: Config::load(&path).expect("config"),
+            config_path: path,
+            operator: "alice".into(),
+        };
+        let mut out = Vec::new();
+        let list = AdminCommand::Ca {
+            command: ca::CaCommand::List,
+            json: true,
+        };
+        let status = run(&context, list, &mut out).await.expect("ca list");
+        assert_eq!(status, Status::Success);
+        let value: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        assert_eq!(value["keys"], serde_json::json!([]));
+
+        let mut out = Vec::new();
+        let verify = AdminCommand::Audit {
+            command: audit::AuditCommand::Verify {
+                from_checkpoint: false,
+                checkpoints: Vec::new(),
+                json: false,
+            },
+        };
+        let status = run(&context, verify, &mut out).await.expect("verify");
+        assert_eq!(status, Status::Success);
+        assert!(String::from_utf8_lossy(&out).starts_with("audit log OK: empty\n"));
+
+        let show = AdminCommand::Task {
+            command: task::TaskCommand::Show {
+                id: "t-unknown".into(),
+                json: false,
+            },
+        };
+        let error = run(&context, show, &mut Vec::new())
+            .await
+            .expect_err("unknown");
+        assert!(matches!(
+            error,
+            AdminError::Task(task::TaskCommandError::NotFound(_))
+        ));
+        assert_eq!(error.to_string(), "no task t-unknown");
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! uses; a revocation is in the next revocation feed and KRL the server hands out).
 
 use std::fmt;
+use std::io::Write;
 
 use serde::Serialize;
 
+use super::{AdminError, Context, Render, Status, emit, pretty};
 use crate::config::Config;
 use crate::profile;
 use crate::store::{self, CertificateRecord, StoreError, TaskRecord};
@@ -14,6 +16,50 @@ use crate::task::lifecycle::{Actor, Ending, end_in_store, task_state};
 
 /// Issuer name audit records give operators acting through `writ admin`.
 pub const LOCAL_ADMIN: &str = "local-admin";
+
+/// `writ admin task …`
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum TaskCommand {
+    /// Show a task, its state and its certificates.
+    Show {
+        /// Task id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a task now: all its certificates are revoked and the next revocation feed
+    /// and KRL (what hosts sync) list them. Recorded as `task.revoked` by `local-admin`
+    /// and your login ($SUDO_USER, else $USER, else your uid's name).
+    Revoke {
+        /// Task id.
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        reason: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run `writ admin task …`, writing the task (as it is after the command) to `out`.
+pub async fn run(
+    context: &Context,
+    command: TaskCommand,
+    out: &mut dyn Write,
+) -> Result<Status, AdminError> {
+    let now = context.now().unix_timestamp();
+    let (report, json) = match command {
+        TaskCommand::Show { id, json } => (show(&context.config, &id, now).await?, json),
+        TaskCommand::Revoke { id, reason, json } => {
+            let report = revoke(&context.config, &id, &reason, &context.operator, now).await?;
+            (report, json)
+        }
+    };
+    emit(out, &report, json)?;
+    Ok(Status::Success)
+}
 
 /// Why a task command failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +147,16 @@ impl fmt::Display for TaskReport {
             )?;
         }
         Ok(())
+    }
+}
+
+impl Render for TaskReport {
+    fn text(&self) -> String {
+        self.to_string()
+    }
+
+    fn json(&self) -> String {
+        pretty(self)
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use time::OffsetDateTime;
-use writ::admin::{self, explain};
+use writ::admin;
 use writ::config::{Config, resolve_listen};
 use writ::{dev, duration, server};
 
@@ -129,7 +129,7 @@ Examples:
   writ admin --config writ.toml policy explain --token @token --logins deploy --hosts web-01")]
     Admin {
         #[command(subcommand)]
-        command: AdminCommand,
+        command: admin::AdminCommand,
     },
     /// Development helpers.
     Dev {
@@ -210,166 +210,6 @@ struct TaskCall {
     /// Print the task as JSON (the CA's answer).
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Subcommand)]
-enum AdminCommand {
-    /// Inspect the `[[policy]]` tables.
-    Policy {
-        #[command(subcommand)]
-        command: PolicyCommand,
-    },
-    /// Show or revoke tasks, directly in the CA's store.
-    Task {
-        #[command(subcommand)]
-        command: TaskCommand,
-    },
-    /// Manage the CA keys: list, rotate, revoke, schedule, export-public, rewrap.
-    ///
-    /// Works on the store a running `writ serve` uses; servers pick changes up within
-    /// seconds. Every change is a `ca.key.*` audit record by `local-admin` and your login.
-    Ca {
-        #[command(subcommand)]
-        command: CaCommand,
-        /// Print JSON (list, rotate, revoke, schedule, rewrap).
-        #[arg(long, global = true)]
-        json: bool,
-    },
-    /// The audit log: export (JSON Lines or OCSF), verify, trail of a task, checkpoint,
-    /// prune.
-    Audit {
-        #[command(subcommand)]
-        command: admin::audit::AuditCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum CaCommand {
-    /// Every CA key: id, state, fingerprint, history, certificates still valid; and the
-    /// rotation schedule.
-    List,
-    /// next → active, active → retiring, and a new next key. Refused while the next key
-    /// has been published for less than [ca] rotation_min_publish (hosts may not trust it
-    /// yet); with no next key, one is published first.
-    Rotate {
-        /// Rotate anyway: hosts that have not synced the next key refuse its certificates.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Emergency: remove a key from trust now and list it in the KRL. Revoking the
-    /// active key makes the next key sign at once.
-    Revoke {
-        /// Key id or fingerprint (see `writ admin ca list`).
-        key: String,
-        /// Why (recorded in the audit log).
-        #[arg(long)]
-        reason: String,
-    },
-    /// Let `writ serve` rotate automatically, e.g. --every 30d (or --off).
-    Schedule {
-        /// Rotation period, e.g. 30d.
-        #[arg(long, value_parser = duration::parse, required_unless_present = "off", conflicts_with = "off")]
-        every: Option<Duration>,
-        /// Stop rotating automatically.
-        #[arg(long)]
-        off: bool,
-    },
-    /// Print the public keys hosts must trust (TrustedUserCAKeys format).
-    ExportPublic {
-        /// Every key whatever its state, each after a `# id state fingerprint` comment.
-        #[arg(long)]
-        all: bool,
-    },
-    /// Re-encrypt every CA private key with a new passphrase, in one transaction.
-    Rewrap {
-        /// File holding the new passphrase (then make it the CA's passphrase_file).
-        #[arg(long, value_name = "FILE")]
-        new_passphrase_file: PathBuf,
-    },
-}
-
-impl CaCommand {
-    fn into_library(self) -> admin::ca::CaCommand {
-        use admin::ca::CaCommand as C;
-        match self {
-            CaCommand::List => C::List,
-            CaCommand::Rotate { force } => C::Rotate { force },
-            CaCommand::Revoke { key, reason } => C::Revoke { key, reason },
-            CaCommand::Schedule { every, off: _ } => C::Schedule { every },
-            CaCommand::ExportPublic { all } => C::ExportPublic { all },
-            CaCommand::Rewrap {
-                new_passphrase_file,
-            } => C::Rewrap {
-                new_passphrase_file,
-            },
-        }
-    }
-}
-
-#[derive(Subcommand)]
-enum TaskCommand {
-    /// Show a task, its state and its certificates.
-    Show {
-        /// Task id.
-        id: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Revoke a task now: all its certificates are revoked and the next revocation feed
-    /// and KRL (what hosts sync) list them. Recorded as `task.revoked` by `local-admin`
-    /// and your login ($SUDO_USER, else $USER, else your uid's name).
-    Revoke {
-        /// Task id.
-        id: String,
-        /// Why (recorded in the audit log).
-        #[arg(long)]
-        reason: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum PolicyCommand {
-    /// Explain what the CA would do with a workload token, without issuing anything.
-    ///
-    /// Verifies the token exactly as `writ serve` does (fetching the issuer's JWKS), then
-    /// prints which issuer verified it (or the reason code and message if it was refused),
-    /// its subject and the claims policies can match on, every [[policy]] in order — why it
-    /// does not match (issuer, subject, a claim, or role), or what it offers and what it
-    /// grants or refuses for --logins/--hosts — and the decision: the first matching
-    /// policy that grants the whole request. Nothing is issued, no store or audit log is
-    /// touched, the CA passphrase is not read, and the token is not marked as used; the
-    /// token itself is never printed.
-    ///
-    /// Exit status: 0 when the token verified (whatever the decision; use --json and
-    /// `.decision.result` to script on it), 1 when it was refused or on any error.
-    Explain {
-        /// The workload token (JWT): `-` reads it from stdin, `@FILE` from a file, anything
-        /// else is the token itself (visible to other local users in the process list;
-        /// prefer - or @FILE).
-        #[arg(long, value_name = "TOKEN|-|@FILE")]
-        token: String,
-        /// Logins the task would name, comma-separated (e.g. deploy,backup).
-        #[arg(long, value_delimiter = ',', value_name = "LOGIN,…")]
-        logins: Vec<String>,
-        /// Host patterns the task would name, comma-separated (e.g. web-*.prod.example.com).
-        #[arg(long, value_delimiter = ',', value_name = "PATTERN,…")]
-        hosts: Vec<String>,
-        /// Certificate lifetime to ask for, e.g. 5m (default: the CA's default_cert_ttl,
-        /// capped by the policy).
-        #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
-        ttl: Option<Duration>,
-        /// Task lifetime to ask for, e.g. 1h (default: the CA's default_task_ttl, capped by
-        /// the policy).
-        #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
-        task_ttl: Option<Duration>,
-        /// Print the explanation as JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
 }
 
 /// What an agent asks for.
@@ -497,45 +337,10 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Admin {
-            command:
-                AdminCommand::Policy {
-                    command:
-                        PolicyCommand::Explain {
-                            token,
-                            logins,
-                            hosts,
-                            ttl,
-                            task_ttl,
-                            json,
-                        },
-                },
-        } => {
-            let request = explain::ExplainRequest {
-                logins,
-                hosts,
-                cert_ttl: ttl,
-                task_ttl,
-            };
-            policy_explain(config.path.as_deref(), &token, &request, json)
-        }
-        Command::Admin {
-            command: AdminCommand::Task { command },
-        } => task_command(config.path.as_deref(), command),
-        Command::Admin {
-            command: AdminCommand::Audit { command },
-        } => admin::audit::run(config.path.as_deref(), command),
-        Command::Admin {
-            command: AdminCommand::Ca { command, json },
-        } => {
-            let now = OffsetDateTime::now_utc().unix_timestamp();
-            let command = command.into_library();
-            let operator = admin::operator();
-            match admin::ca::run(config.path.as_deref(), command, &operator, json, now) {
-                Ok(output) => print_then(&output, ExitCode::SUCCESS),
-                Err(e) => fail(&e),
-            }
-        }
+        Command::Admin { command } => match admin::main(config.path.as_deref(), command) {
+            Ok(status) => status.into(),
+            Err(e) => fail(&e),
+        },
         Command::Cert { agent, key } => match config.refuse("cert", over_http) {
             Ok(()) => cert_command(&agent, &key),
             Err(code) => code,
@@ -634,10 +439,7 @@ fn serve(config: ConfigArg, dev: bool, data_dir: &Path, listen: Option<SocketAdd
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match writ::cli::server_runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
     };
@@ -677,45 +479,6 @@ fn load_serving(path: &Path, listen: Option<SocketAddr>) -> Result<Config, Strin
             .map_err(|e| format!("--listen {addr}: {e}"))?;
     }
     Ok(config)
-}
-
-/// `writ admin policy explain`.
-fn policy_explain(
-    config: Option<&Path>,
-    token: &str,
-    request: &explain::ExplainRequest,
-    json: bool,
-) -> ExitCode {
-    let config = match admin::load_config(config) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    let token = match admin::read_token(token, &mut std::io::stdin().lock()) {
-        Ok(t) => t,
-        Err(e) => return fail(&e),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e),
-    };
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    let explanation = runtime.block_on(explain::explain(&config, &token, request, now));
-    let text = if json {
-        match explanation.to_json() {
-            Ok(text) => format!("{text}\n"),
-            Err(e) => return fail(&e),
-        }
-    } else {
-        explanation.to_string()
-    };
-    let code = match explanation.outcome() {
-        explain::Outcome::TokenRefused => ExitCode::FAILURE,
-        explain::Outcome::Allowed | explain::Outcome::Denied => ExitCode::SUCCESS,
-    };
-    print_then(&text, code)
 }
 
 fn cert_command(agent: &AgentArgs, key: &Path) -> ExitCode {
@@ -795,43 +558,6 @@ fn agent_task_command(command: AgentTaskCommand) -> ExitCode {
             print_then(&format!("{text}\n"), ExitCode::SUCCESS)
         }
         Ok(task) => print_then(&writ::client::describe_task(&task, now), ExitCode::SUCCESS),
-        Err(e) => fail(&e),
-    }
-}
-
-fn task_command(config: Option<&Path>, command: TaskCommand) -> ExitCode {
-    let config = match writ::admin::load_config(config) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(&e),
-    };
-    let now = OffsetDateTime::now_utc().unix_timestamp();
-    let (result, json) = runtime.block_on(async {
-        match command {
-            TaskCommand::Show { id, json } => {
-                (writ::admin::task::show(&config, &id, now).await, json)
-            }
-            TaskCommand::Revoke { id, reason, json } => {
-                let operator = admin::operator();
-                (
-                    writ::admin::task::revoke(&config, &id, &reason, &operator, now).await,
-                    json,
-                )
-            }
-        }
-    });
-    match result {
-        Ok(report) if json => {
-            let text = serde_json::to_string_pretty(&report).unwrap_or_default();
-            print_then(&format!("{text}\n"), ExitCode::SUCCESS)
-        }
-        Ok(report) => print_then(&report.to_string(), ExitCode::SUCCESS),
         Err(e) => fail(&e),
     }
 }
