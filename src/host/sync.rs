@@ -11,7 +11,8 @@
 //! `sync_user`, not writable by group or others, nor the files already in it), or
 //! nothing is fetched. Then everything is fetched and validated before anything is
 //! written: the feed must be version 2, naming the digests of the trust bundle and KRL it
-//! was published with; the bundle must list at least one OpenSSH public key; the feed
+//! was published with; the bundle must list at least one OpenSSH public key
+//! ([`bundle::parse`]; it is installed without its comments and blank lines); the feed
 //! must verify against the keys *just fetched*, be fresh (`max_staleness`,
 //! [`FEED_CLOCK_SKEW`]) and not be older than the feed already installed (if that one
 //! still verifies against the new bundle) — so a replayed older feed is refused; the KRL
@@ -45,6 +46,7 @@ use crate::host::config::{
 };
 use crate::host::online::http_agent;
 use crate::host::state::{self, InsecureState, Owners};
+use crate::revocation::bundle::{self, BundleError};
 use crate::revocation::feed::{self, Feed, FeedError};
 use crate::revocation::krl::{KRL_FORMAT_VERSION, KRL_MAGIC};
 
@@ -368,8 +370,15 @@ fn fetch_round(
     let url = format!("{base}{TRUSTED_KEYS_PATH}");
     let body = fetch(agent, &url, "text/plain", MAX_BODY_BYTES)?;
     let bundle_digest = feed::sha256_hex(&body);
-    let text = String::from_utf8(body).map_err(|_| SyncError::NotUtf8 { url: url.clone() })?;
-    let (lines, keys) = parse_bundle(&text, &url)?;
+    let parsed = bundle::parse(&body).map_err(|e| match e {
+        BundleError::NotUtf8 => SyncError::NotUtf8 { url: url.clone() },
+        BundleError::InvalidKey { line, message } => SyncError::InvalidKey {
+            url: url.clone(),
+            line,
+            message,
+        },
+        BundleError::Empty => SyncError::Empty { url: url.clone() },
+    })?;
     if bundle_digest != binding.trusted_keys_sha256 {
         return Err(SyncError::Inconsistent {
             document: "trust bundle",
@@ -377,11 +386,7 @@ fn fetch_round(
             attempts: 1,
         });
     }
-    let mut bundle = String::new();
-    for line in &lines {
-        bundle.push_str(line);
-        bundle.push('\n');
-    }
+    let (bundle, keys) = (parsed.normalised(), parsed.keys);
 
     let new_feed = feed::verify(
         &signed,
@@ -426,7 +431,7 @@ fn fetch_round(
 
     Ok(Fetched {
         bundle,
-        keys: lines.len(),
+        keys: keys.len(),
         krl,
         signed,
         feed: new_feed,
@@ -528,32 +533,6 @@ fn fetch(
             url: url.to_owned(),
             source: Box::new(e),
         })
-}
-
-/// Every non-empty line must be an OpenSSH public key, and there must be at least one.
-/// Returns the key lines, trimmed, in order, and the parsed keys.
-fn parse_bundle<'a>(body: &'a str, url: &str) -> Result<(Vec<&'a str>, Vec<PublicKey>), SyncError> {
-    let mut lines = Vec::new();
-    let mut keys = Vec::new();
-    for (index, line) in body.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let key = PublicKey::from_openssh(line).map_err(|e| SyncError::InvalidKey {
-            url: url.to_owned(),
-            line: index + 1,
-            message: e.to_string(),
-        })?;
-        lines.push(line);
-        keys.push(key);
-    }
-    if keys.is_empty() {
-        return Err(SyncError::Empty {
-            url: url.to_owned(),
-        });
-    }
-    Ok((lines, keys))
 }
 
 /// A file written and fsynced under a temporary name, waiting to be renamed over its
@@ -873,6 +852,25 @@ mod tests {
         let keys = crate::host::check::trusted_keys(&config).expect("keys");
         let feed = crate::host::check::load_feed(&config, &keys, NOW as u64).expect("feed");
         assert_eq!(feed.sequence, 3);
+    }
+
+    /// The bundle's comments are skipped, as sshd and `check` skip them, and the key
+    /// lines alone are installed; the feed is still bound to the bytes served.
+    #[test]
+    fn a_bundle_with_comments_installs_its_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = new_key();
+        let line = key.public_key().to_openssh().expect("openssh");
+        let mut ca = Ca::new(&key, 1);
+        ca.bundle = ok(
+            "text/plain",
+            format!("# writ trust bundle\n\n  # active\n{line}\n"),
+        );
+        let config = config(ca.serve(), &dir.path().join("state"));
+        let report = sync_at(&config, NOW).expect("sync");
+        assert_eq!(report.trusted_keys, 1);
+        let written = fs::read_to_string(&report.trusted_keys_path).expect("read");
+        assert_eq!(written, format!("{line}\n"));
     }
 
     #[test]

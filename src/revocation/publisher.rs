@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use ssh_key::PublicKey;
 
+use super::bundle;
 use super::feed::{self, Binding, Feed, RevokedSerial, RevokedTask, SignedFeed};
 use super::krl::KrlBuilder;
 use crate::authority::{KeyState, Keyring, sign_sshsig};
@@ -51,6 +52,12 @@ async fn revocations(
     store.revocations(now_unix.saturating_sub(retention)).await
 }
 
+/// The trust bundle (`GET /v1/ca/trusted-keys`): every key hosts must trust now
+/// (`next`, `active`, `retiring`), in [`bundle`] format.
+pub fn trust_bundle(keyring: &Keyring) -> String {
+    bundle::write(keyring.trusted_keys().map(|k| &k.public_key))
+}
+
 /// The signed revocation feed at `now_unix`, in format `version` ([`feed::VERSION`] with
 /// its binding, or [`feed::VERSION_UNBOUND`] for hosts that predate it). `retention`:
 /// how long entries outlive their end ([`feed::retention_after_end`]).
@@ -64,7 +71,7 @@ pub async fn signed_feed(
     let state = revocations(store, now_unix, retention).await?;
     let binding = (version == feed::VERSION).then(|| {
         let krl = encode_krl(keyring, &state, state.sequence, now_unix);
-        Binding::of(keyring.trusted_keys_text().as_bytes(), &krl)
+        Binding::of(trust_bundle(keyring).as_bytes(), &krl)
     });
     let feed = Feed {
         version,
@@ -313,7 +320,7 @@ mod tests {
         let binding = feed.binding.expect("version 2 binds");
         assert_eq!(
             binding.trusted_keys_sha256,
-            feed::sha256_hex(keyring.trusted_keys_text().as_bytes())
+            feed::sha256_hex(trust_bundle(&keyring).as_bytes())
         );
         // The KRL for the feed's (sequence, issued_at), built later, is the same bytes…
         let same = krl(
