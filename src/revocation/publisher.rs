@@ -14,8 +14,6 @@
 
 use std::time::Duration;
 
-use ssh_key::PublicKey;
-
 use super::bundle;
 use super::feed::{self, Binding, Feed, RevokedSerial, RevokedTask, SignedFeed};
 use super::krl::KrlBuilder;
@@ -136,14 +134,6 @@ fn encode_krl(keyring: &Keyring, state: &Revocations, sequence: i64, issued_at: 
         }
     }
     builder.encode()
-}
-
-/// Keys a host should trust when verifying a feed (for the CA's own tests and tools).
-pub fn trusted_public_keys(keyring: &Keyring) -> Vec<PublicKey> {
-    keyring
-        .trusted_keys()
-        .map(|k| k.public_key.clone())
-        .collect()
 }
 
 #[cfg(test)]
