@@ -39,6 +39,7 @@ use base64ct::{Base64, Encoding};
 use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, Fingerprint, HashAlg, PublicKey};
 
+use crate::duration;
 use crate::host::config::{FEED_CLOCK_SKEW, HostConfig, Mode};
 use crate::host::online::{self, Answer, AuthorizeRequest, Phase, TokenError};
 use crate::host::state::{self, InsecureState, Owners};
@@ -595,14 +596,10 @@ pub fn load_feed(
         &signed,
         trusted,
         i64::try_from(now_unix).unwrap_or(i64::MAX),
-        secs_i64(config.max_staleness.as_secs()),
-        secs_i64(FEED_CLOCK_SKEW.as_secs()),
+        duration::secs(config.max_staleness),
+        duration::secs(FEED_CLOCK_SKEW),
     )
     .map_err(CheckError::Feed)
-}
-
-fn secs_i64(secs: u64) -> i64 {
-    i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn decode_certificate(cert_b64: &str) -> Result<Certificate, CheckError> {

@@ -41,6 +41,7 @@ use std::time::{Duration, SystemTime};
 
 use ssh_key::PublicKey;
 
+use crate::duration;
 use crate::host::config::{
     FEED_CLOCK_SKEW, HostConfig, KRL_FILE, REVOCATIONS_FILE, TRUSTED_KEYS_FILE,
 };
@@ -228,7 +229,7 @@ pub fn sync(config: &HostConfig) -> Result<SyncReport, SyncError> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(|_| SyncError::Clock)?;
-    sync_at(config, i64::try_from(now.as_secs()).unwrap_or(i64::MAX))
+    sync_at(config, duration::secs(now))
 }
 
 /// The three documents of one round, fetched and verified, ready to install.
@@ -392,8 +393,8 @@ fn fetch_round(
         &signed,
         &keys,
         now_unix,
-        secs_i64(config.max_staleness),
-        secs_i64(FEED_CLOCK_SKEW),
+        duration::secs(config.max_staleness),
+        duration::secs(FEED_CLOCK_SKEW),
     )
     .map_err(feed_error)?;
     let previous_feed = match installed_feed(&config.revocations_path(), &keys) {
@@ -463,10 +464,6 @@ pub fn watch(
         }
         std::thread::sleep(interval);
     }
-}
-
-fn secs_i64(duration: Duration) -> i64 {
-    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// The feed installed now, verified against `keys` (the new bundle) but not judged by

@@ -18,6 +18,7 @@ use super::bundle;
 use super::feed::{self, Binding, Feed, RevokedSerial, RevokedTask, SignedFeed};
 use super::krl::KrlBuilder;
 use crate::authority::{KeyState, Keyring, sign_sshsig};
+use crate::duration;
 use crate::store::{Revocations, Store, StoreError};
 
 /// Why a revocation document could not be produced.
@@ -46,8 +47,9 @@ async fn revocations(
     now_unix: i64,
     retention: Duration,
 ) -> Result<Revocations, StoreError> {
-    let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-    store.revocations(now_unix.saturating_sub(retention)).await
+    store
+        .revocations(now_unix.saturating_sub(duration::secs(retention)))
+        .await
 }
 
 /// The trust bundle (`GET /v1/ca/trusted-keys`): every key hosts must trust now
