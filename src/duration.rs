@@ -38,6 +38,13 @@ pub fn parse(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+/// Whole seconds of `duration` as `i64`, for arithmetic on Unix times. Saturating: a
+/// duration too long for `i64` is the longest, never a negative one (a configured one is
+/// at most [`MAX`] and always fits).
+pub fn secs(duration: Duration) -> i64 {
+    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
+}
+
 /// Render a duration the way configuration files write it.
 pub fn format(duration: Duration) -> String {
     humantime::format_duration(duration).to_string()
@@ -53,6 +60,14 @@ mod tests {
         assert_eq!(parse("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse("8h"), Ok(Duration::from_secs(8 * 3600)));
         assert!(parse("five minutes").is_err());
+    }
+
+    #[test]
+    fn secs_saturates() {
+        assert_eq!(secs(Duration::from_millis(90_999)), 90);
+        assert_eq!(secs(MAX), 100 * 365 * 24 * 60 * 60);
+        assert_eq!(secs(Duration::from_secs(i64::MAX as u64)), i64::MAX);
+        assert_eq!(secs(Duration::from_secs(u64::MAX)), i64::MAX);
     }
 
     /// Durations end up in `i64` Unix-time arithmetic: anything that could overflow it is

@@ -15,6 +15,9 @@
 //! - [`bench`](mod@bench) — `writ bench`: load tests of a real `writ serve` and of
 //!   `writ-principals check`, measured from the outside (HTTP, processes, `/proc`).
 //! - [`task`] — issuing certificates for tasks: identity → policy → sign → store.
+//! - [`revocation`] — what hosts fetch besides certificates: the signed revocation feed,
+//!   the KRL and the trust bundle (pure formats, shared with hosts), and
+//!   `revocation::publisher`, which builds them from the store and the keyring.
 //! - [`policy`] — which identities may get which logins, hosts and TTLs.
 //! - [`identity`] — JWKS fetching and workload-token (JWT) verification.
 //! - [`authority`] — the CA keyring (encrypted at rest), its rotation (next → active →
@@ -24,8 +27,9 @@
 //!   records to sinks and sign checkpoints inside `writ serve` (these read the store).
 //! - [`store`] — the storage trait and its SQLite implementation.
 //! - [`config`] — the CA's TOML configuration.
-//! - [`host`] — `writ-principals`: admitting certificates on SSH hosts. It uses only the
-//!   pure format modules below (never `store`, `api` or an async runtime).
+//! - [`host`] — `writ-principals`: admitting certificates on SSH hosts. It uses only pure
+//!   format modules: the feed, KRL and bundle of [`revocation`] and those below (never
+//!   `store`, `api` or an async runtime).
 //! - [`logging`] — the CA's log: every field value escaped ([`text`]).
 //! - [`profile`], [`glob`], [`duration`], [`cidr`], [`text`] — pure formats shared by CA
 //!   and hosts: how a task is written into a certificate, pattern matching, durations in

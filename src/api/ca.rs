@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::IntoResponse;
 
 use super::AppState;
+use crate::revocation::publisher;
 
 /// One OpenSSH public key per line: every CA key hosts must trust now. Never cached
 /// (`Cache-Control: no-store`): a stale bundle could trust a revoked key, which is why a
@@ -21,7 +22,7 @@ pub async fn trusted_keys(State(state): State<Arc<AppState>>) -> impl IntoRespon
             ),
             super::revocation::NO_STORE,
         ],
-        state.keyring.current().trusted_keys_text(),
+        publisher::trust_bundle(&state.keyring.current()),
     )
 }
 

@@ -276,18 +276,6 @@ impl Keyring {
     pub fn trusted_keys(&self) -> impl Iterator<Item = &CaKey> {
         self.keys.iter().filter(|k| k.state.is_trusted())
     }
-
-    /// The trust bundle as `TrustedUserCAKeys` text: one OpenSSH public key per line.
-    pub fn trusted_keys_text(&self) -> String {
-        let mut text = String::new();
-        for key in self.trusted_keys() {
-            if let Ok(line) = key.public_key.to_openssh() {
-                text.push_str(&line);
-                text.push('\n');
-            }
-        }
-        text
-    }
 }
 
 /// The public half and history of a stored key.

@@ -28,6 +28,7 @@ use super::keyring::{
 };
 use crate::audit::{AuditEntry, Outcome, event};
 use crate::config::{CaConfig, KeyAlgorithm};
+use crate::duration::secs;
 use crate::store::{
     CaKeyRecord, KeyRewrap, KeyTransition, KeyringChange, RotationSchedule, Store, StoreError,
 };
@@ -53,10 +54,6 @@ impl RotationSettings {
             max_cert_ttl_secs: secs(ca.max_cert_ttl),
         }
     }
-}
-
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// Who changes the keyring, as recorded in the audit log.

@@ -39,11 +39,13 @@ use base64ct::{Base64, Encoding};
 use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, Fingerprint, HashAlg, PublicKey};
 
+use crate::duration;
 use crate::host::config::{FEED_CLOCK_SKEW, HostConfig, Mode};
 use crate::host::online::{self, Answer, AuthorizeRequest, Phase, TokenError};
 use crate::host::state::{self, InsecureState, Owners};
 use crate::host::syslog::{self, Severity};
 use crate::profile;
+use crate::revocation::bundle;
 use crate::revocation::feed::{self, Feed, FeedError};
 
 /// Critical options sshd enforces itself; a certificate with any other is refused, since
@@ -594,14 +596,10 @@ pub fn load_feed(
         &signed,
         trusted,
         i64::try_from(now_unix).unwrap_or(i64::MAX),
-        secs_i64(config.max_staleness.as_secs()),
-        secs_i64(FEED_CLOCK_SKEW.as_secs()),
+        duration::secs(config.max_staleness),
+        duration::secs(FEED_CLOCK_SKEW),
     )
     .map_err(CheckError::Feed)
-}
-
-fn secs_i64(secs: u64) -> i64 {
-    i64::try_from(secs).unwrap_or(i64::MAX)
 }
 
 pub(crate) fn decode_certificate(cert_b64: &str) -> Result<Certificate, CheckError> {
@@ -616,9 +614,10 @@ pub(crate) fn decode_certificate(cert_b64: &str) -> Result<Certificate, CheckErr
         .map_err(|e| CheckError::Malformed(format!("not an OpenSSH certificate: {e}")))
 }
 
-/// Read `state_dir/trusted_user_ca_keys`: one OpenSSH public key per line, blank lines
-/// and `#` comments ignored. This is the first read of the state directory, so the
-/// directory itself is checked here ([`state::check_dir`]), then the file by its handle.
+/// Read `state_dir/trusted_user_ca_keys`, a trust bundle ([`bundle::parse`]: one OpenSSH
+/// public key per line, blank lines and `#` comments ignored). This is the first read of
+/// the state directory, so the directory itself is checked here ([`state::check_dir`]),
+/// then the file by its handle.
 /// An insecure directory or file, a missing, unreadable, oversized or empty file, and any
 /// line that is not a public key, are errors: a damaged trust file admits nobody.
 pub fn trusted_keys(config: &HostConfig) -> Result<Vec<PublicKey>, CheckError> {
@@ -633,25 +632,8 @@ pub fn trusted_keys(config: &HostConfig) -> Result<Vec<PublicKey>, CheckError> {
         ReadError::Insecure(e) => CheckError::InsecureState(e),
         ReadError::Io(e) => fail(e.to_string()),
     })?;
-    let text = String::from_utf8(bytes).map_err(|_| fail("not UTF-8".to_owned()))?;
-    let mut keys = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let key = PublicKey::from_openssh(line).map_err(|e| {
-            fail(format!(
-                "line {}: not an OpenSSH public key: {e}",
-                index + 1
-            ))
-        })?;
-        keys.push(key);
-    }
-    if keys.is_empty() {
-        return Err(fail("the file lists no keys".to_owned()));
-    }
-    Ok(keys)
+    let bundle = bundle::parse(&bytes).map_err(|e| fail(e.to_string()))?;
+    Ok(bundle.keys)
 }
 
 /// Why a state file could not be read.

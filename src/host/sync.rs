@@ -11,7 +11,8 @@
 //! `sync_user`, not writable by group or others, nor the files already in it), or
 //! nothing is fetched. Then everything is fetched and validated before anything is
 //! written: the feed must be version 2, naming the digests of the trust bundle and KRL it
-//! was published with; the bundle must list at least one OpenSSH public key; the feed
+//! was published with; the bundle must list at least one OpenSSH public key
+//! ([`bundle::parse`]; it is installed without its comments and blank lines); the feed
 //! must verify against the keys *just fetched*, be fresh (`max_staleness`,
 //! [`FEED_CLOCK_SKEW`]) and not be older than the feed already installed (if that one
 //! still verifies against the new bundle) — so a replayed older feed is refused; the KRL
@@ -40,11 +41,13 @@ use std::time::{Duration, SystemTime};
 
 use ssh_key::PublicKey;
 
+use crate::duration;
 use crate::host::config::{
     FEED_CLOCK_SKEW, HostConfig, KRL_FILE, REVOCATIONS_FILE, TRUSTED_KEYS_FILE,
 };
 use crate::host::online::http_agent;
 use crate::host::state::{self, InsecureState, Owners};
+use crate::revocation::bundle::{self, BundleError};
 use crate::revocation::feed::{self, Feed, FeedError};
 use crate::revocation::krl::{KRL_FORMAT_VERSION, KRL_MAGIC};
 
@@ -226,7 +229,7 @@ pub fn sync(config: &HostConfig) -> Result<SyncReport, SyncError> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_err(|_| SyncError::Clock)?;
-    sync_at(config, i64::try_from(now.as_secs()).unwrap_or(i64::MAX))
+    sync_at(config, duration::secs(now))
 }
 
 /// The three documents of one round, fetched and verified, ready to install.
@@ -368,8 +371,15 @@ fn fetch_round(
     let url = format!("{base}{TRUSTED_KEYS_PATH}");
     let body = fetch(agent, &url, "text/plain", MAX_BODY_BYTES)?;
     let bundle_digest = feed::sha256_hex(&body);
-    let text = String::from_utf8(body).map_err(|_| SyncError::NotUtf8 { url: url.clone() })?;
-    let (lines, keys) = parse_bundle(&text, &url)?;
+    let parsed = bundle::parse(&body).map_err(|e| match e {
+        BundleError::NotUtf8 => SyncError::NotUtf8 { url: url.clone() },
+        BundleError::InvalidKey { line, message } => SyncError::InvalidKey {
+            url: url.clone(),
+            line,
+            message,
+        },
+        BundleError::Empty => SyncError::Empty { url: url.clone() },
+    })?;
     if bundle_digest != binding.trusted_keys_sha256 {
         return Err(SyncError::Inconsistent {
             document: "trust bundle",
@@ -377,18 +387,14 @@ fn fetch_round(
             attempts: 1,
         });
     }
-    let mut bundle = String::new();
-    for line in &lines {
-        bundle.push_str(line);
-        bundle.push('\n');
-    }
+    let (bundle, keys) = (parsed.normalised(), parsed.keys);
 
     let new_feed = feed::verify(
         &signed,
         &keys,
         now_unix,
-        secs_i64(config.max_staleness),
-        secs_i64(FEED_CLOCK_SKEW),
+        duration::secs(config.max_staleness),
+        duration::secs(FEED_CLOCK_SKEW),
     )
     .map_err(feed_error)?;
     let previous_feed = match installed_feed(&config.revocations_path(), &keys) {
@@ -426,7 +432,7 @@ fn fetch_round(
 
     Ok(Fetched {
         bundle,
-        keys: lines.len(),
+        keys: keys.len(),
         krl,
         signed,
         feed: new_feed,
@@ -458,10 +464,6 @@ pub fn watch(
         }
         std::thread::sleep(interval);
     }
-}
-
-fn secs_i64(duration: Duration) -> i64 {
-    i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// The feed installed now, verified against `keys` (the new bundle) but not judged by
@@ -528,32 +530,6 @@ fn fetch(
             url: url.to_owned(),
             source: Box::new(e),
         })
-}
-
-/// Every non-empty line must be an OpenSSH public key, and there must be at least one.
-/// Returns the key lines, trimmed, in order, and the parsed keys.
-fn parse_bundle<'a>(body: &'a str, url: &str) -> Result<(Vec<&'a str>, Vec<PublicKey>), SyncError> {
-    let mut lines = Vec::new();
-    let mut keys = Vec::new();
-    for (index, line) in body.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let key = PublicKey::from_openssh(line).map_err(|e| SyncError::InvalidKey {
-            url: url.to_owned(),
-            line: index + 1,
-            message: e.to_string(),
-        })?;
-        lines.push(line);
-        keys.push(key);
-    }
-    if keys.is_empty() {
-        return Err(SyncError::Empty {
-            url: url.to_owned(),
-        });
-    }
-    Ok((lines, keys))
 }
 
 /// A file written and fsynced under a temporary name, waiting to be renamed over its
@@ -873,6 +849,25 @@ mod tests {
         let keys = crate::host::check::trusted_keys(&config).expect("keys");
         let feed = crate::host::check::load_feed(&config, &keys, NOW as u64).expect("feed");
         assert_eq!(feed.sequence, 3);
+    }
+
+    /// The bundle's comments are skipped, as sshd and `check` skip them, and the key
+    /// lines alone are installed; the feed is still bound to the bytes served.
+    #[test]
+    fn a_bundle_with_comments_installs_its_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = new_key();
+        let line = key.public_key().to_openssh().expect("openssh");
+        let mut ca = Ca::new(&key, 1);
+        ca.bundle = ok(
+            "text/plain",
+            format!("# writ trust bundle\n\n  # active\n{line}\n"),
+        );
+        let config = config(ca.serve(), &dir.path().join("state"));
+        let report = sync_at(&config, NOW).expect("sync");
+        assert_eq!(report.trusted_keys, 1);
+        let written = fs::read_to_string(&report.trusted_keys_path).expect("read");
+        assert_eq!(written, format!("{line}\n"));
     }
 
     #[test]

@@ -75,11 +75,6 @@ impl Verifier {
         }
     }
 
-    /// Every issuer.
-    pub fn issuers(&self) -> impl Iterator<Item = &Arc<TrustedIssuer>> {
-        self.by_iss.values()
-    }
-
     /// Fetch every issuer's keys once (at start-up); failures are logged, not fatal.
     pub async fn prefetch(&self) {
         for issuer in self.by_iss.values() {

@@ -14,11 +14,11 @@
 
 use std::time::Duration;
 
-use ssh_key::PublicKey;
-
+use super::bundle;
 use super::feed::{self, Binding, Feed, RevokedSerial, RevokedTask, SignedFeed};
 use super::krl::KrlBuilder;
 use crate::authority::{KeyState, Keyring, sign_sshsig};
+use crate::duration;
 use crate::store::{Revocations, Store, StoreError};
 
 /// Why a revocation document could not be produced.
@@ -47,8 +47,15 @@ async fn revocations(
     now_unix: i64,
     retention: Duration,
 ) -> Result<Revocations, StoreError> {
-    let retention = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-    store.revocations(now_unix.saturating_sub(retention)).await
+    store
+        .revocations(now_unix.saturating_sub(duration::secs(retention)))
+        .await
+}
+
+/// The trust bundle (`GET /v1/ca/trusted-keys`): every key hosts must trust now
+/// (`next`, `active`, `retiring`), in [`bundle`] format.
+pub fn trust_bundle(keyring: &Keyring) -> String {
+    bundle::write(keyring.trusted_keys().map(|k| &k.public_key))
 }
 
 /// The signed revocation feed at `now_unix`, in format `version` ([`feed::VERSION`] with
@@ -64,7 +71,7 @@ pub async fn signed_feed(
     let state = revocations(store, now_unix, retention).await?;
     let binding = (version == feed::VERSION).then(|| {
         let krl = encode_krl(keyring, &state, state.sequence, now_unix);
-        Binding::of(keyring.trusted_keys_text().as_bytes(), &krl)
+        Binding::of(trust_bundle(keyring).as_bytes(), &krl)
     });
     let feed = Feed {
         version,
@@ -129,14 +136,6 @@ fn encode_krl(keyring: &Keyring, state: &Revocations, sequence: i64, issued_at: 
         }
     }
     builder.encode()
-}
-
-/// Keys a host should trust when verifying a feed (for the CA's own tests and tools).
-pub fn trusted_public_keys(keyring: &Keyring) -> Vec<PublicKey> {
-    keyring
-        .trusted_keys()
-        .map(|k| k.public_key.clone())
-        .collect()
 }
 
 #[cfg(test)]
@@ -313,7 +312,7 @@ mod tests {
         let binding = feed.binding.expect("version 2 binds");
         assert_eq!(
             binding.trusted_keys_sha256,
-            feed::sha256_hex(keyring.trusted_keys_text().as_bytes())
+            feed::sha256_hex(trust_bundle(&keyring).as_bytes())
         );
         // The KRL for the feed's (sequence, issued_at), built later, is the same bytes…
         let same = krl(

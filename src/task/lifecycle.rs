@@ -158,12 +158,7 @@ impl Issuer {
             Caller::Token(identity) => {
                 if identity.issuer_name == task.issuer && identity.subject == task.subject {
                     Some(Relation::Owner)
-                } else if self
-                    .policies
-                    .matching(identity, Role::Admin)
-                    .next()
-                    .is_some()
-                {
+                } else if self.is_admin(identity) {
                     Some(Relation::Admin)
                 } else {
                     None
@@ -173,7 +168,7 @@ impl Issuer {
     }
 
     /// Whether `identity` matches an admin policy.
-    pub fn is_admin(&self, identity: &Identity) -> bool {
+    fn is_admin(&self, identity: &Identity) -> bool {
         self.policies
             .matching(identity, Role::Admin)
             .next()

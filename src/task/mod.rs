@@ -24,6 +24,7 @@ use crate::authority::serial::new_serial;
 use crate::authority::{CertificateSpec, LiveKeyring, sign_certificate};
 use crate::cidr::Cidr;
 use crate::config::{CaConfig, KNOWN_EXTENSIONS};
+use crate::duration::secs;
 use crate::identity::{Identity, TokenError};
 use crate::policy::{Grant, Policies, PolicyError, Request};
 use crate::profile;
@@ -481,12 +482,6 @@ impl Issuer {
             "no free serial".into(),
         )))
     }
-}
-
-/// Seconds of a (configured or requested) duration, for arithmetic on Unix times that
-/// saturates: a lifetime too long for `i64` is the longest, never a negative one.
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 /// A fresh task id, 32 lowercase hex characters: the creation time in milliseconds (48

@@ -655,22 +655,23 @@ mod tests {
     use crate::audit::{self, AuditEntry, Outcome, event};
 
     const BEFORE_0005: [&str; 4] = [
-        include_str!("../../migrations/sqlite/0001_init.sql"),
-        include_str!("../../migrations/sqlite/0002_used_tokens.sql"),
-        include_str!("../../migrations/sqlite/0003_ca_key_rotation.sql"),
-        include_str!("../../migrations/sqlite/0004_audit_checkpoints_sinks_prune.sql"),
+        include_str!("../../../migrations/sqlite/0001_init.sql"),
+        include_str!("../../../migrations/sqlite/0002_used_tokens.sql"),
+        include_str!("../../../migrations/sqlite/0003_ca_key_rotation.sql"),
+        include_str!("../../../migrations/sqlite/0004_audit_checkpoints_sinks_prune.sql"),
     ];
     const MIGRATION_0005: &str =
-        include_str!("../../migrations/sqlite/0005_fewer_pages_per_issuance.sql");
+        include_str!("../../../migrations/sqlite/0005_fewer_pages_per_issuance.sql");
     const MIGRATION_0006: &str =
-        include_str!("../../migrations/sqlite/0006_used_tokens_by_expiry.sql");
+        include_str!("../../../migrations/sqlite/0006_used_tokens_by_expiry.sql");
     const MIGRATION_0007: &str =
-        include_str!("../../migrations/sqlite/0007_certificates_in_issue_order.sql");
+        include_str!("../../../migrations/sqlite/0007_certificates_in_issue_order.sql");
     const MIGRATION_0008: &str =
-        include_str!("../../migrations/sqlite/0008_feed_indexes_for_ended_only.sql");
-    const MIGRATION_0009: &str = include_str!("../../migrations/sqlite/0009_task_restrictions.sql");
+        include_str!("../../../migrations/sqlite/0008_feed_indexes_for_ended_only.sql");
+    const MIGRATION_0009: &str =
+        include_str!("../../../migrations/sqlite/0009_task_restrictions.sql");
     const MIGRATION_0010: &str =
-        include_str!("../../migrations/sqlite/0010_certificates_renewed_from.sql");
+        include_str!("../../../migrations/sqlite/0010_certificates_renewed_from.sql");
 
     /// The single value `sql` selects.
     fn one<T: rusqlite::types::FromSql>(db: &Connection, sql: &str) -> T {
