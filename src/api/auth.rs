@@ -1,11 +1,11 @@
 //! Who is calling: a workload token (`Authorization: Bearer …`) or, for task calls, a
-//! proof-of-possession signature (`Authorization: Writ-PoP …`). Every refusal is audited
-//! as `token.rejected` before the 401 goes out.
+//! proof-of-possession signature (`Authorization: Writ-PoP …`). Every refusal is recorded
+//! as `token.rejected` ([`refusal::Refusal::token`]) before the 401 goes out.
 
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, Method};
 
+use super::refusal::{self, Refusal};
 use super::{ApiError, AppState};
-use crate::audit::{AuditEntry, Outcome, event};
 use crate::identity::{Identity, MAX_TOKEN_BYTES, TokenError};
 use crate::task::RequestContext;
 use crate::task::lifecycle::Caller;
@@ -41,20 +41,8 @@ async fn reject(
     error: &TokenError,
     context: &RequestContext,
 ) -> ApiError {
-    let mut entry = AuditEntry::new(event::TOKEN_REJECTED, Outcome::Failure);
-    entry.issuer = token.and_then(|t| state.verifier.claimed_issuer(t));
-    entry.reason = Some(format!("{}: {error}", error.reason_code()));
-    entry.source_ip = context.source_ip.clone();
-    entry.request_id = context.request_id.clone();
-    if let Err(e) = state.store.append_audit(&entry).await {
-        tracing::error!(error = %e, "could not record token.rejected");
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the audit store is unavailable",
-        );
-    }
-    ApiError::from(error)
+    let claimed_issuer = token.and_then(|t| state.verifier.claimed_issuer(t));
+    refusal::record(state, Refusal::token(claimed_issuer, error), context).await
 }
 
 /// Verify the bearer token, auditing a refusal as `token.rejected`.

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::auth::authenticate;
-use super::refusal::{self, Who};
+use super::refusal::{self, Refusal, Who};
 use super::{ApiError, AppState, request_context};
 use crate::audit::event;
 use crate::task::authorize::{AuthorizeRequest, Decision, Phase};
@@ -56,17 +56,17 @@ pub async fn authorize(
     let context = request_context(peer);
     let now = OffsetDateTime::now_utc();
     let identity = authenticate(&state, &headers, &context, now.unix_timestamp()).await?;
-    let refused = || {
-        refusal::entry(
+    let refused = |error| {
+        Refusal::of(
             event::CERT_USE_DENIED,
             Who::Identity(&identity),
             None,
-            &context,
+            error,
         )
     };
     let body: Body = match super::decode_json(body) {
         Ok(body) => body,
-        Err(e) => return Err(refusal::record(&state, refused(), e).await),
+        Err(e) => return Err(refusal::record(&state, refused(e), &context).await),
     };
     let phase = match body.phase.as_deref() {
         None | Some("check") => Phase::Check,
@@ -77,7 +77,7 @@ pub async fn authorize(
                 "invalid_phase",
                 "phase must be \"check\" or \"session\"",
             );
-            return Err(refusal::record(&state, refused(), error).await);
+            return Err(refusal::record(&state, refused(error), &context).await);
         }
     };
     let request = AuthorizeRequest {
@@ -86,11 +86,11 @@ pub async fn authorize(
         host: body.host,
         phase,
     };
-    let decision = state
+    let answer = state
         .issuer
         .authorize(&identity, &request, &context, now)
-        .await
-        .map_err(|e| ApiError::from(&e))?;
+        .await;
+    let decision = refusal::settle(&state, &context, answer).await?;
     Ok(Json(match decision {
         Decision::Allow(principal) => Answer {
             allow: true,

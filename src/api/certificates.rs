@@ -13,10 +13,10 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::auth::authenticate;
+use super::refusal::{self, Refusal, Who};
 use super::{ApiError, AppState, issuing_context};
-use crate::audit::{AuditEntry, Outcome, event};
-use crate::identity::Identity;
-use crate::task::{Issued, NewTask, RequestContext};
+use crate::audit::event;
+use crate::task::{Issued, NewTask};
 
 /// Request body.
 #[derive(Debug, Deserialize)]
@@ -85,8 +85,8 @@ pub async fn create(
     let request = match decode_body(body) {
         Ok(request) => request,
         Err(error) => {
-            deny_input(&state, &identity, &context, &error).await?;
-            return Err(error);
+            let refused = Refusal::of(event::CERT_DENIED, Who::Identity(&identity), None, error);
+            return Err(refusal::record(&state, refused, &context).await);
         }
     };
     let new_task = NewTask {
@@ -100,39 +100,16 @@ pub async fn create(
         force_command: request.force_command,
         source_address: request.source_address,
     };
-    let issued = state
+    let opened = state
         .issuer
         .open_task(&identity, &new_task, &context, now)
-        .await
-        .map_err(|e| ApiError::from(&e))?;
+        .await;
+    let issued = refusal::settle(&state, &context, opened).await?;
     Ok((StatusCode::CREATED, Json(render(issued))))
 }
 
 fn decode_body(body: Result<Bytes, BytesRejection>) -> Result<CreateRequest, ApiError> {
     super::decode_json(body)
-}
-
-/// Audit a request refused for its input.
-async fn deny_input(
-    state: &AppState,
-    identity: &Identity,
-    context: &RequestContext,
-    error: &ApiError,
-) -> Result<(), ApiError> {
-    let mut entry = AuditEntry::new(event::CERT_DENIED, Outcome::Failure);
-    entry.issuer = Some(identity.issuer_name.clone());
-    entry.subject = Some(identity.subject.clone());
-    entry.reason = Some(error.code.to_owned());
-    entry.source_ip = context.source_ip.clone();
-    entry.request_id = context.request_id.clone();
-    state.store.append_audit(&entry).await.map_err(|e| {
-        tracing::error!(error = %e, "could not record cert.denied");
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            "the audit store is unavailable",
-        )
-    })
 }
 
 pub(crate) fn rfc3339(unix: i64) -> String {

@@ -35,6 +35,17 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
     }
 
+    /// 503 when an audit record cannot be written: the request is refused, nothing changed
+    /// (a certificate, revocation or completion never goes out without its record, and a
+    /// refusal is never answered without its own).
+    pub fn audit_unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the audit store is unavailable",
+        )
+    }
+
     /// 405 for a known path with a method it does not serve (the router adds `Allow`).
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
@@ -65,6 +76,7 @@ impl From<&TokenError> for ApiError {
 impl From<&IssueError> for ApiError {
     fn from(e: &IssueError) -> ApiError {
         let status = match e {
+            IssueError::StoreUnavailable(_) => return ApiError::audit_unavailable(),
             IssueError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             IssueError::Unacceptable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             IssueError::Denied(_) => StatusCode::FORBIDDEN,
@@ -72,7 +84,6 @@ impl From<&IssueError> for ApiError {
             IssueError::TaskNotFound | IssueError::CertificateNotFound => StatusCode::NOT_FOUND,
             IssueError::TaskNotActive(_) | IssueError::CertificateRevoked => StatusCode::CONFLICT,
             IssueError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            IssueError::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             IssueError::Signing(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError::new(status, e.code(), e.to_string())

@@ -1,17 +1,19 @@
-//! Audit records for requests the API layer itself refuses — a body that is too large or
-//! does not decode, a missing or unprintable reason, an unknown phase — so that every
-//! refused request leaves exactly one record, like the refusals decided further in
-//! (SPEC §2, invariant 7). If the record cannot be written the answer is 503
-//! `audit_unavailable` instead.
-
-use axum::http::StatusCode;
+//! The one refusal path (SPEC §2, invariant 7): every refused request leaves exactly one
+//! audit record before it is answered, and [`record`] is where that happens — for the
+//! refusals the API layer decides itself (a token or proof of possession that does not
+//! verify, a body that is too large or does not decode, a missing or unprintable reason,
+//! an unknown phase) and for those the task layer reports as data
+//! ([`crate::task::Refused`], through [`settle`]). It stamps the request, writes the
+//! reason as `"{code}: {message}"` (the message bounded), appends the record, and answers
+//! the refusal's error — or 503 `audit_unavailable` ([`ApiError::audit_unavailable`]) if
+//! the record cannot be written.
 
 use super::{ApiError, AppState};
-use crate::audit::{AuditEntry, Outcome};
-use crate::identity::Identity;
+use crate::audit::{AuditEntry, Outcome, event};
+use crate::identity::{Identity, TokenError};
 use crate::profile;
-use crate::task::RequestContext;
 use crate::task::lifecycle::Caller;
+use crate::task::{Refused, RequestContext};
 
 /// Longest message kept in a record: decode errors can quote the request body.
 const MAX_MESSAGE_CHARS: usize = 256;
@@ -27,49 +29,116 @@ pub enum Who<'a> {
     Caller(&'a Caller),
 }
 
-/// A refusal record of `event` by `who`, about the task named in the path (if any).
-pub fn entry(
-    event: &str,
-    who: Who<'_>,
-    task_id: Option<&str>,
-    context: &RequestContext,
-) -> AuditEntry {
-    let mut entry = AuditEntry::new(event, Outcome::Failure);
+/// A refused request: the record that describes it (event, who, what about) and the
+/// answer. The record's reason is the answer's code and message unless the refusal names
+/// its own ([`Refusal::token`]: the answer of an unreachable issuer hides what the
+/// record keeps).
+#[derive(Debug)]
+pub struct Refusal {
+    record: AuditEntry,
+    code: &'static str,
+    message: String,
+    answer: ApiError,
+}
+
+impl Refusal {
+    /// `answer`, recorded as `record` (its reason is left to [`record`]).
+    pub fn new(record: AuditEntry, answer: ApiError) -> Refusal {
+        Refusal {
+            code: answer.code,
+            message: answer.message.clone(),
+            record,
+            answer,
+        }
+    }
+
+    /// `answer` to a request of `event` by `who`, about the task named in the path (if
+    /// any): [`entry`].
+    pub fn of(event: &str, who: Who<'_>, task_id: Option<&str>, answer: ApiError) -> Refusal {
+        Refusal::new(entry(event, who, task_id), answer)
+    }
+
+    /// A token or proof of possession that does not verify: `token.rejected`, naming the
+    /// issuer the token claims (unverified) if any.
+    pub fn token(claimed_issuer: Option<String>, error: &TokenError) -> Refusal {
+        let mut record = AuditEntry::new(event::TOKEN_REJECTED, Outcome::Failure);
+        record.issuer = claimed_issuer;
+        Refusal {
+            record,
+            code: error.reason_code(),
+            message: error.to_string(),
+            answer: ApiError::from(error),
+        }
+    }
+
+    /// The record this refusal leaves, stamped by `context`.
+    fn into_record(self, context: &RequestContext) -> (AuditEntry, ApiError) {
+        let Refusal {
+            mut record,
+            code,
+            message,
+            answer,
+        } = self;
+        let message: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+        record.reason = Some(format!("{code}: {message}"));
+        context.stamp(&mut record);
+        (record, answer)
+    }
+}
+
+/// The record of a request of `event` refused to `who`, about the task named in the path
+/// (if any).
+pub fn entry(event: &str, who: Who<'_>, task_id: Option<&str>) -> AuditEntry {
+    let mut record = AuditEntry::new(event, Outcome::Failure);
     match who {
         Who::Nobody => {}
         Who::Identity(identity) | Who::Caller(Caller::Token(identity)) => {
-            entry.issuer = Some(identity.issuer_name.clone());
-            entry.subject = Some(identity.subject.clone());
+            record.issuer = Some(identity.issuer_name.clone());
+            record.subject = Some(identity.subject.clone());
         }
         Who::Caller(Caller::Possession {
             task_id, serial, ..
         }) => {
-            entry.task_id = Some(task_id.clone());
-            entry.serial = Some(serial.to_string());
+            record.task_id = Some(task_id.clone());
+            record.serial = Some(serial.to_string());
         }
     }
     if let Some(id) = task_id.filter(|id| profile::is_valid_task_id(id)) {
-        entry.task_id = Some(id.to_owned());
+        record.task_id = Some(id.to_owned());
     }
-    entry.source_ip = context.source_ip.clone();
-    entry.request_id = context.request_id.clone();
-    entry
+    record
 }
 
-/// Append `entry` with `error` as its reason; answer `error`, or 503 if the record could
-/// not be written.
-pub async fn record(state: &AppState, mut entry: AuditEntry, error: ApiError) -> ApiError {
-    let message: String = error.message.chars().take(MAX_MESSAGE_CHARS).collect();
-    entry.reason = Some(format!("{}: {message}", error.code));
+/// Record `refusal` and answer it: its error once the record is written, 503
+/// `audit_unavailable` if it cannot be.
+pub async fn record(state: &AppState, refusal: Refusal, context: &RequestContext) -> ApiError {
+    let (entry, answer) = refusal.into_record(context);
     match state.store.append_audit(&entry).await {
-        Ok(()) => error,
+        Ok(()) => answer,
         Err(e) => {
             tracing::error!(error = %e, event = %entry.event, "could not record a refusal");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "audit_unavailable",
-                "the audit store is unavailable",
-            )
+            ApiError::audit_unavailable()
         }
     }
+}
+
+/// The answer to a task-layer call: its value, or its refusal recorded and answered
+/// ([`record`]); a failure that is no refusal (the store failed) is answered as it is.
+pub async fn settle<T>(
+    state: &AppState,
+    context: &RequestContext,
+    result: Result<T, Refused>,
+) -> Result<T, ApiError> {
+    let Refused {
+        error,
+        record: entry,
+    } = match result {
+        Ok(value) => return Ok(value),
+        Err(refused) => refused,
+    };
+    let answer = ApiError::from(&error);
+    Err(match entry {
+        Some(entry) => record(state, Refusal::new(*entry, answer), context).await,
+        None => answer,
+    })
 }

@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 
 use super::auth::caller;
 use super::certificates::{CertificateResponse, render, rfc3339};
-use super::refusal::{self, Who};
+use super::refusal::{self, Refusal, Who};
 use super::{ApiError, AppState, issuing_context, request_context};
 use crate::audit::event;
 use crate::task::lifecycle::{Ending, NewCertificate, TaskView};
@@ -187,11 +187,8 @@ pub async fn show(
         now.unix_timestamp(),
     )
     .await?;
-    let view = state
-        .issuer
-        .task(&caller, &task_id, &context, now)
-        .await
-        .map_err(|e| ApiError::from(&e))?;
+    let view = state.issuer.task(&caller, &task_id, now).await;
+    let view = refusal::settle(&state, &context, view).await?;
     Ok(Json(render_task(view)))
 }
 
@@ -207,10 +204,10 @@ pub async fn renew(
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
     let context = issuing_context(&state, peer);
     let now = OffsetDateTime::now_utc();
-    let refused = |who: Who<'_>| refusal::entry(event::CERT_DENIED, who, Some(&task_id), &context);
+    let refused = |who: Who<'_>, error| Refusal::of(event::CERT_DENIED, who, Some(&task_id), error);
     let bytes = match body_bytes(body) {
         Ok(bytes) => bytes,
-        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody), e).await),
+        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
     };
     let caller = caller(
         &state,
@@ -224,7 +221,9 @@ pub async fn renew(
     .await?;
     let request: RenewRequest = match super::decode_json(Ok(bytes)) {
         Ok(request) => request,
-        Err(e) => return Err(refusal::record(&state, refused(Who::Caller(&caller)), e).await),
+        Err(e) => {
+            return Err(refusal::record(&state, refused(Who::Caller(&caller), e), &context).await);
+        }
     };
     let request = NewCertificate {
         public_key: request.public_key,
@@ -236,8 +235,8 @@ pub async fn renew(
     let issued = state
         .issuer
         .renew(&caller, &task_id, &request, &context, now)
-        .await
-        .map_err(|e| ApiError::from(&e))?;
+        .await;
+    let issued = refusal::settle(&state, &context, issued).await?;
     Ok((StatusCode::CREATED, Json(render(issued))))
 }
 
@@ -254,10 +253,10 @@ async fn end(
 ) -> Result<Json<TaskResponse>, ApiError> {
     let context = request_context(peer);
     let now = OffsetDateTime::now_utc();
-    let refused = |who: Who<'_>| refusal::entry(event::TASK_DENIED, who, Some(&task_id), &context);
+    let refused = |who: Who<'_>, error| Refusal::of(event::TASK_DENIED, who, Some(&task_id), error);
     let bytes = match body_bytes(body) {
         Ok(bytes) => bytes,
-        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody), e).await),
+        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
     };
     let caller = caller(
         &state,
@@ -271,13 +270,15 @@ async fn end(
     .await?;
     let why = match optional_json(&bytes).and_then(|r| reason(r, ending == Ending::Revoke)) {
         Ok(why) => why,
-        Err(e) => return Err(refusal::record(&state, refused(Who::Caller(&caller)), e).await),
+        Err(e) => {
+            return Err(refusal::record(&state, refused(Who::Caller(&caller), e), &context).await);
+        }
     };
     let view = state
         .issuer
         .end_task(&caller, &task_id, ending, why, &context, now)
-        .await
-        .map_err(|e| ApiError::from(&e))?;
+        .await;
+    let view = refusal::settle(&state, &context, view).await?;
     Ok(Json(render_task(view)))
 }
 
@@ -339,14 +340,14 @@ pub async fn revoke_certificate(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let context = request_context(peer);
     let now = OffsetDateTime::now_utc();
-    let refused = |who: Who<'_>| {
-        let mut entry = refusal::entry(event::TASK_DENIED, who, None, &context);
+    let refused = |who: Who<'_>, error| {
+        let mut entry = refusal::entry(event::TASK_DENIED, who, None);
         entry.serial = serial.parse::<u64>().ok().map(|s| s.to_string());
-        entry
+        Refusal::new(entry, error)
     };
     let bytes = match body_bytes(body) {
         Ok(bytes) => bytes,
-        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody), e).await),
+        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
     };
     let caller = caller(
         &state,
@@ -360,12 +361,14 @@ pub async fn revoke_certificate(
     .await?;
     let why = match optional_json(&bytes).and_then(|r| reason(r, false)) {
         Ok(why) => why,
-        Err(e) => return Err(refusal::record(&state, refused(Who::Caller(&caller)), e).await),
+        Err(e) => {
+            return Err(refusal::record(&state, refused(Who::Caller(&caller), e), &context).await);
+        }
     };
-    state
+    let revoked = state
         .issuer
         .revoke_certificate(&caller, &serial, why, &context, now)
-        .await
-        .map_err(|e| ApiError::from(&e))?;
+        .await;
+    refusal::settle(&state, &context, revoked).await?;
     Ok(Json(serde_json::json!({"serial": serial, "revoked": true})))
 }

@@ -10,7 +10,7 @@ use ssh_key::{Certificate, HashAlg};
 use time::OffsetDateTime;
 
 use super::lifecycle::task_state;
-use super::{IssueError, Issuer, RequestContext};
+use super::{IssueError, Issuer, Refused, RequestContext};
 use crate::audit::{AuditEntry, Outcome, event};
 use crate::config::Role;
 use crate::identity::Identity;
@@ -49,14 +49,15 @@ pub enum Decision {
 
 impl Issuer {
     /// Answer a host. `host_identity` must match a `role = "host"` policy whose `hosts`
-    /// cover the host name it asks about.
+    /// cover the host name it asks about; if it does not, the refusal is a
+    /// `cert.use_denied` record naming the host.
     pub async fn authorize(
         &self,
         host_identity: &Identity,
         request: &AuthorizeRequest,
         context: &RequestContext,
         now: OffsetDateTime,
-    ) -> Result<Decision, IssueError> {
+    ) -> Result<Decision, Refused> {
         let host = request.host.to_ascii_lowercase();
         let allowed_host = self
             .policies
@@ -74,14 +75,7 @@ impl Issuer {
             entry.issuer = Some(host_identity.issuer_name.clone());
             entry.subject = Some(host_identity.subject.clone());
             entry.host = Some(truncate(&host));
-            entry.reason = Some(format!("host_not_authorized: {error}"));
-            entry.source_ip = context.source_ip.clone();
-            entry.request_id = context.request_id.clone();
-            self.store
-                .append_audit(&entry)
-                .await
-                .map_err(IssueError::StoreUnavailable)?;
-            return Err(error);
+            return Err(Refused::new(error, entry));
         }
         let (decision, cert) = self.decide(request, &host, now.unix_timestamp()).await?;
         if request.phase == Phase::Session {
@@ -114,8 +108,7 @@ impl Issuer {
             if let Decision::Deny(reason) = decision {
                 entry.reason = Some(reason.to_owned());
             }
-            entry.source_ip = context.source_ip.clone();
-            entry.request_id = context.request_id.clone();
+            context.stamp(&mut entry);
             self.store
                 .append_audit(&entry)
                 .await

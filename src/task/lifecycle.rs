@@ -19,13 +19,16 @@
 //! have renewed. Once that revocation commits nothing more is renewed from it (the store
 //! checks the proving certificate when it commits the renewal).
 //!
-//! Every refusal is audited; every change commits with its audit records.
+//! Every refusal is returned as data ([`Refused`]) for the API layer to record; every
+//! change commits with its audit records.
 
 use ssh_key::{Certificate, HashAlg, SshSig};
 use time::OffsetDateTime;
 
 use super::possession::{self, Possession};
-use super::{IssueError, Issued, Issuer, RequestContext, parse_public_key, validate_options};
+use super::{
+    IssueError, Issued, Issuer, Refused, RequestContext, parse_public_key, validate_options,
+};
 use crate::audit::{AuditEntry, Outcome, event};
 use crate::cidr::Cidr;
 use crate::config::Role;
@@ -196,30 +199,29 @@ impl Issuer {
         Ok((task, relation))
     }
 
-    async fn audit_refusal(
+    /// `error`, refused to `caller` about `task_id`: a record of `event_name` naming the
+    /// caller (for a proof of possession, the owner of the task and the proving serial)
+    /// and the task.
+    async fn refusal(
         &self,
         event_name: &str,
         caller: &Caller,
         task_id: &str,
-        error: &IssueError,
-        context: &RequestContext,
-    ) -> Result<(), IssueError> {
+        error: IssueError,
+    ) -> Refused {
+        if matches!(error, IssueError::StoreUnavailable(_)) {
+            return Refused::from(error);
+        }
         let task = self.store.task(task_id).await.ok().flatten();
         let (issuer, subject) = caller.subject_for_audit(task.as_ref());
         let mut entry = AuditEntry::new(event_name, Outcome::Failure);
         entry.issuer = issuer;
         entry.subject = subject;
         entry.task_id = profile::is_valid_task_id(task_id).then(|| task_id.to_owned());
-        entry.reason = Some(format!("{}: {error}", error.code()));
-        entry.source_ip = context.source_ip.clone();
-        entry.request_id = context.request_id.clone();
         if let Caller::Possession { serial, .. } = caller {
             entry.serial = Some(serial.to_string());
         }
-        self.store
-            .append_audit(&entry)
-            .await
-            .map_err(IssueError::StoreUnavailable)
+        Refused::new(error, entry)
     }
 
     /// Another certificate for a live task (a new key, or a renewal), owner only.
@@ -230,20 +232,12 @@ impl Issuer {
         request: &NewCertificate,
         context: &RequestContext,
         now: OffsetDateTime,
-    ) -> Result<Issued, IssueError> {
+    ) -> Result<Issued, Refused> {
         match self.try_renew(caller, task_id, request, context, now).await {
-            Err(IssueError::StoreUnavailable(e)) => Err(IssueError::StoreUnavailable(e)),
-            Err(error) => {
-                let name = if matches!(error, IssueError::TokenReplayed(_)) {
-                    event::TOKEN_REJECTED
-                } else {
-                    event::CERT_DENIED
-                };
-                self.audit_refusal(name, caller, task_id, &error, context)
-                    .await?;
-                Err(error)
-            }
-            ok => ok,
+            Err(error) => Err(self
+                .refusal(event::CERT_DENIED, caller, task_id, error)
+                .await),
+            Ok(issued) => Ok(issued),
         }
     }
 
@@ -374,23 +368,15 @@ impl Issuer {
         reason: Option<String>,
         context: &RequestContext,
         now: OffsetDateTime,
-    ) -> Result<TaskView, IssueError> {
+    ) -> Result<TaskView, Refused> {
         match self
             .try_end_task(caller, task_id, ending, reason, context, now)
             .await
         {
-            Err(IssueError::StoreUnavailable(e)) => Err(IssueError::StoreUnavailable(e)),
-            Err(error) => {
-                let name = if matches!(error, IssueError::TokenReplayed(_)) {
-                    event::TOKEN_REJECTED
-                } else {
-                    event::TASK_DENIED
-                };
-                self.audit_refusal(name, caller, task_id, &error, context)
-                    .await?;
-                Err(error)
-            }
-            ok => ok,
+            Err(error) => Err(self
+                .refusal(event::TASK_DENIED, caller, task_id, error)
+                .await),
+            Ok(view) => Ok(view),
         }
     }
 
@@ -467,28 +453,28 @@ impl Issuer {
     }
 
     /// A task as its owner or an admin sees it. A refusal (unknown or someone else's
-    /// task) is audited as `task.denied`; a successful read is not recorded.
+    /// task) is a `task.denied` record; a successful read is not recorded.
     pub async fn task(
         &self,
         caller: &Caller,
         task_id: &str,
-        context: &RequestContext,
         now: OffsetDateTime,
-    ) -> Result<TaskView, IssueError> {
+    ) -> Result<TaskView, Refused> {
         let task = match self.visible_task(caller, task_id).await {
             Ok((task, _)) => task,
-            Err(IssueError::StoreUnavailable(e)) => return Err(IssueError::StoreUnavailable(e)),
             Err(error) => {
-                self.audit_refusal(event::TASK_DENIED, caller, task_id, &error, context)
-                    .await?;
-                return Err(error);
+                return Err(self
+                    .refusal(event::TASK_DENIED, caller, task_id, error)
+                    .await);
             }
         };
-        self.view_task(&task.id, now.unix_timestamp()).await
+        self.view_task(&task.id, now.unix_timestamp())
+            .await
+            .map_err(Refused::from)
     }
 
     /// Revoke one certificate (owner of its task or admin). A refusal (unknown or
-    /// invisible certificate, already revoked) is audited as `task.denied` naming the serial
+    /// invisible certificate, already revoked) is a `task.denied` record naming the serial
     /// and, when the certificate exists, its task.
     pub async fn revoke_certificate(
         &self,
@@ -497,13 +483,13 @@ impl Issuer {
         reason: Option<String>,
         context: &RequestContext,
         now: OffsetDateTime,
-    ) -> Result<(), IssueError> {
+    ) -> Result<(), Refused> {
         let error = match self
             .try_revoke_certificate(caller, serial, reason, context, now)
             .await
         {
             Ok(()) => return Ok(()),
-            Err(IssueError::StoreUnavailable(e)) => return Err(IssueError::StoreUnavailable(e)),
+            Err(error @ IssueError::StoreUnavailable(_)) => return Err(Refused::from(error)),
             Err(error) => error,
         };
         let serial = serial.parse::<i64>().ok().filter(|s| *s > 0);
@@ -522,14 +508,7 @@ impl Issuer {
         entry.task_id = cert.as_ref().map(|c| c.task_id.clone());
         entry.serial = serial.map(|s| s.to_string());
         entry.key_fingerprint = cert.as_ref().map(|c| c.key_fingerprint.clone());
-        entry.reason = Some(format!("{}: {error}", error.code()));
-        entry.source_ip = context.source_ip.clone();
-        entry.request_id = context.request_id.clone();
-        self.store
-            .append_audit(&entry)
-            .await
-            .map_err(IssueError::StoreUnavailable)?;
-        Err(error)
+        Err(Refused::new(error, entry))
     }
 
     async fn try_revoke_certificate(
@@ -564,8 +543,7 @@ impl Issuer {
         entry.task_id = Some(task.id.clone());
         entry.logins = task.logins.clone();
         entry.hosts = task.hosts.clone();
-        entry.source_ip = context.source_ip.clone();
-        entry.request_id = context.request_id.clone();
+        context.stamp(&mut entry);
         // One record per certificate: the one asked for with the caller's reason, each
         // renewal of it naming its parent, then the reason.
         let build_audit = |revoked: &[CertificateRecord]| {
@@ -690,8 +668,7 @@ pub async fn end_in_store(
         entry.logins = task.logins.clone();
         entry.hosts = task.hosts.clone();
         entry.reason = reason.clone();
-        entry.source_ip = context.source_ip.clone();
-        entry.request_id = context.request_id.clone();
+        context.stamp(&mut entry);
         entry
     };
     let build_audit = |live: &[CertificateRecord]| {

@@ -1,7 +1,8 @@
 //! Tasks and issuance: turns a verified identity and a task request into a signed,
 //! recorded certificate. Order is fixed: validate input → policy → sign → commit task,
 //! certificate and audit records in one transaction → only then hand out the certificate.
-//! Every refusal is audited and changes nothing else.
+//! A refusal changes nothing; it is returned as data ([`Refused`]: the error and the
+//! record that describes it) for the API layer to record before it answers.
 //!
 //! [`lifecycle`] adds what happens to a task afterwards (more certificates, completion,
 //! revocation, inspection) and [`possession`] the proof-of-possession signatures agents
@@ -79,6 +80,15 @@ pub struct RequestContext {
     pub arrival: Option<Arc<Arrival>>,
 }
 
+impl RequestContext {
+    /// Stamp `entry` with this request's client address and id: every record a request
+    /// leaves, refusal or change, carries them, so its records can be tied together.
+    pub fn stamp(&self, entry: &mut AuditEntry) {
+        entry.source_ip = self.source_ip.clone();
+        entry.request_id = self.request_id.clone();
+    }
+}
+
 /// A certificate that was signed and recorded.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -154,6 +164,49 @@ pub enum IssueError {
     Signing(String),
 }
 
+/// A task request that failed, as data: the error and, when it is a refusal, the audit
+/// record that describes it (event, who asked, what about), still without its reason and
+/// the request's stamps. The task layer appends no refusal record itself: the API layer
+/// records every refused request in one place (`api::refusal`), with the error's
+/// `"{code}: {message}"` as the reason, and answers only once the record is written.
+#[derive(Debug)]
+pub struct Refused {
+    /// What went wrong.
+    pub error: IssueError,
+    /// The refusal's record; `None` when the store failed, which is no refusal and leaves
+    /// nothing to record (nowhere to record it either).
+    pub record: Option<Box<AuditEntry>>,
+}
+
+impl Refused {
+    /// `error`, recorded as `record` unless the store failed. A replayed token or proof of
+    /// possession is recorded as `token.rejected`, whatever the request was for.
+    pub(crate) fn new(error: IssueError, mut record: AuditEntry) -> Refused {
+        match error {
+            IssueError::StoreUnavailable(_) => Refused::from(error),
+            _ => {
+                if matches!(error, IssueError::TokenReplayed(_)) {
+                    record.event = event::TOKEN_REJECTED.to_owned();
+                }
+                Refused {
+                    error,
+                    record: Some(Box::new(record)),
+                }
+            }
+        }
+    }
+}
+
+/// A failure with nothing to record.
+impl From<IssueError> for Refused {
+    fn from(error: IssueError) -> Refused {
+        Refused {
+            error,
+            record: None,
+        }
+    }
+}
+
 impl IssueError {
     fn bad(code: &'static str, message: impl Into<String>) -> IssueError {
         IssueError::BadRequest {
@@ -214,36 +267,25 @@ impl Issuer {
         &self.store
     }
 
-    /// Open a task for `identity` and issue its first certificate, at time `now`.
+    /// Open a task for `identity` and issue its first certificate, at time `now`. A
+    /// refusal is `cert.denied` naming the identity and the logins and hosts asked for.
     pub async fn open_task(
         &self,
         identity: &Identity,
         request: &NewTask,
         context: &RequestContext,
         now: OffsetDateTime,
-    ) -> Result<Issued, IssueError> {
-        let mut denied = AuditEntry::new(event::CERT_DENIED, Outcome::Failure);
-        denied.issuer = Some(identity.issuer_name.clone());
-        denied.subject = Some(identity.subject.clone());
-        denied.logins = request.logins.iter().take(MAX_LOGINS).cloned().collect();
-        denied.hosts = request.hosts.iter().take(MAX_HOSTS).cloned().collect();
-        denied.source_ip = context.source_ip.clone();
-        denied.request_id = context.request_id.clone();
-        match self.try_open_task(identity, request, context, now).await {
-            Ok(issued) => Ok(issued),
-            Err(IssueError::StoreUnavailable(e)) => Err(IssueError::StoreUnavailable(e)),
-            Err(error) => {
-                if matches!(error, IssueError::TokenReplayed(_)) {
-                    denied.event = event::TOKEN_REJECTED.to_owned();
-                }
-                denied.reason = Some(format!("{}: {error}", error.code()));
-                if let Err(e) = self.store.append_audit(&denied).await {
-                    tracing::error!(error = %e, "could not record cert.denied");
-                    return Err(IssueError::StoreUnavailable(e));
-                }
-                Err(error)
-            }
-        }
+    ) -> Result<Issued, Refused> {
+        self.try_open_task(identity, request, context, now)
+            .await
+            .map_err(|error| {
+                let mut denied = AuditEntry::new(event::CERT_DENIED, Outcome::Failure);
+                denied.issuer = Some(identity.issuer_name.clone());
+                denied.subject = Some(identity.subject.clone());
+                denied.logins = request.logins.iter().take(MAX_LOGINS).cloned().collect();
+                denied.hosts = request.hosts.iter().take(MAX_HOSTS).cloned().collect();
+                Refused::new(error, denied)
+            })
     }
 
     async fn try_open_task(
@@ -398,8 +440,7 @@ impl Issuer {
                 entry.task_id = Some(task.id.clone());
                 entry.logins = grant.logins.clone();
                 entry.hosts = grant.hosts.clone();
-                entry.source_ip = context.source_ip.clone();
-                entry.request_id = context.request_id.clone();
+                context.stamp(&mut entry);
                 entry
             };
             let mut audit = Vec::with_capacity(2);
