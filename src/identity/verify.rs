@@ -117,9 +117,11 @@ impl Verifier {
 
         let config = &issuer.config;
         let mut validation = Validation::new(alg);
+        // `exp` and `nbf` are checked below against writ's `now_unix`, never against
+        // jsonwebtoken's own clock: one clock per request, and tests can pin it.
         validation.leeway = config.leeway.as_secs();
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = true;
         validation.set_audience(&config.audiences);
         validation.set_issuer(&[&config.issuer]);
@@ -135,8 +137,21 @@ impl Verifier {
         let expires_at = claims
             .get("exp")
             .and_then(Value::as_i64)
+            .filter(|exp| *exp >= 0)
             .ok_or_else(|| TokenError::BadClaim("exp".into()))?;
         let leeway = i64::try_from(config.leeway.as_secs()).unwrap_or(0);
+        if expires_at.saturating_add(leeway) < now_unix {
+            return Err(TokenError::Expired);
+        }
+        // NumericDate: a non-negative integer (RFC 7519 §2); compared without overflow.
+        if let Some(v) = claims.get("nbf") {
+            let not_before = v
+                .as_u64()
+                .ok_or_else(|| TokenError::BadClaim("nbf".into()))?;
+            if i128::from(not_before) > i128::from(now_unix) + i128::from(leeway) {
+                return Err(TokenError::NotYetValid);
+            }
+        }
         let issued_at = match claims.get("iat") {
             None => None,
             Some(v) => Some(
@@ -257,5 +272,52 @@ fn map_error(e: jsonwebtoken::errors::Error, audiences: &[String]) -> TokenError
         }
         ErrorKind::InvalidAlgorithm => TokenError::AlgorithmNotAllowed("header".into()),
         other => TokenError::Malformed(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A verifier for the dev issuer of a fresh data directory, and that directory.
+    fn dev_verifier() -> (Verifier, i64, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (config, _jwks) =
+            crate::dev::prepare(dir.path(), "127.0.0.1:0".parse().expect("addr")).expect("dev");
+        let leeway = i64::try_from(config.issuers[0].leeway.as_secs()).expect("leeway");
+        (Verifier::new(&config.issuers), leeway, dir)
+    }
+
+    #[test]
+    fn expiry_and_not_before_are_judged_by_the_callers_clock() {
+        let (verifier, leeway, dir) = dev_verifier();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        // Minted long ago, valid for 10 minutes then: jsonwebtoken's own clock would
+        // call it expired; writ's `now` says when it is judged.
+        let minted = 1_000_000_000;
+        let token = crate::dev::mint_token(
+            dir.path(),
+            "agent-1",
+            "writ",
+            Duration::from_secs(600),
+            minted,
+        )
+        .expect("token");
+        let at = |now: i64| runtime.block_on(verifier.verify(&token, now));
+        assert!(at(minted).is_ok());
+        assert!(at(minted + 600 + leeway).is_ok(), "within the leeway");
+        assert!(matches!(
+            at(minted + 600 + leeway + 1),
+            Err(TokenError::Expired)
+        ));
+        assert!(matches!(
+            at(minted - leeway - 1),
+            Err(TokenError::NotYetValid)
+        ));
+        assert!(matches!(at(i64::MAX), Err(TokenError::Expired)));
     }
 }
