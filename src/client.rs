@@ -115,16 +115,35 @@ fn agent() -> ureq::Agent {
 }
 
 fn post(url: &str, authorization: &str, body: &str) -> Result<Value, ClientError> {
-    let unreachable = |e: ureq::Error| ClientError::Unreachable {
-        url: url.to_owned(),
-        detail: e.to_string(),
-    };
-    let mut response = agent()
+    let sent = agent()
         .post(url)
         .header("authorization", authorization)
         .header("content-type", "application/json")
-        .send(body)
-        .map_err(unreachable)?;
+        .send(body);
+    answer(url, sent)
+}
+
+fn get(url: &str, authorization: &str) -> Result<Value, ClientError> {
+    answer(
+        url,
+        agent()
+            .get(url)
+            .header("authorization", authorization)
+            .call(),
+    )
+}
+
+/// The CA's JSON answer to a request sent to `url`: the value on 2xx, the error envelope
+/// as [`ClientError::Refused`] otherwise. The URL in errors is shown without a password.
+fn answer(
+    url: &str,
+    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<Value, ClientError> {
+    let unreachable = |e: ureq::Error| ClientError::Unreachable {
+        url: crate::text::redact_url(url),
+        detail: e.to_string(),
+    };
+    let mut response = sent.map_err(unreachable)?;
     let status = response.status().as_u16();
     let text = response
         .body_mut()
@@ -135,20 +154,19 @@ fn post(url: &str, authorization: &str, body: &str) -> Result<Value, ClientError
     let value: Value =
         serde_json::from_str(&text).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
     if (200..300).contains(&status) {
-        Ok(value)
-    } else {
-        Err(ClientError::Refused {
-            status,
-            code: value["error"]["code"]
-                .as_str()
-                .unwrap_or("unknown")
-                .to_owned(),
-            message: value["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        })
+        return Ok(value);
     }
+    Err(ClientError::Refused {
+        status,
+        code: value["error"]["code"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_owned(),
+        message: value["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    })
 }
 
 /// Open a task and get its first certificate for `public_key` (an OpenSSH line).
@@ -510,41 +528,6 @@ fn task_call(
     serde_json::from_value(value).map_err(|e| ClientError::BadAnswer(e.to_string()))
 }
 
-fn get(url: &str, authorization: &str) -> Result<Value, ClientError> {
-    let unreachable = |e: ureq::Error| ClientError::Unreachable {
-        url: url.to_owned(),
-        detail: e.to_string(),
-    };
-    let mut response = agent()
-        .get(url)
-        .header("authorization", authorization)
-        .call()
-        .map_err(unreachable)?;
-    let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .with_config()
-        .limit(1024 * 1024)
-        .read_to_string()
-        .map_err(unreachable)?;
-    let value: Value =
-        serde_json::from_str(&text).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
-    if (200..300).contains(&status) {
-        return Ok(value);
-    }
-    Err(ClientError::Refused {
-        status,
-        code: value["error"]["code"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_owned(),
-        message: value["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    })
-}
-
 /// A task for people: state, owner, logins, hosts, expiry (RFC 3339 and how far away) and
 /// each certificate. Text from the CA is escaped ([`crate::text`]) before it reaches a
 /// terminal.
@@ -616,6 +599,17 @@ mod tests {
         let after: Vec<OsString> = arguments[end + 1..].to_vec();
         assert_eq!(after, ["web-01", "-v", "uptime"].map(OsString::from));
         assert!(arguments[..end].contains(&OsString::from("2222")));
+    }
+
+    #[test]
+    fn a_password_in_the_ca_url_never_reaches_an_error() {
+        // Port 9 (discard) on loopback: nothing listens there, the connection is refused.
+        let refused = get("http://agent:s3cret@127.0.0.1:9/v1/tasks/x", "Bearer t")
+            .expect_err("nothing listens on port 9");
+        let text = refused.to_string();
+        assert!(matches!(refused, ClientError::Unreachable { .. }), "{text}");
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("agent:***@127.0.0.1:9"), "{text}");
     }
 
     #[test]
