@@ -339,22 +339,7 @@ fn proof_of_possession_replaces_a_fresh_token() {
     let signature = ssh_keygen_sign(&w.key, &message);
     let header = writ::task::possession::header(&cert_blob, ts, &signature);
 
-    let send = |header: &str, body: &str| {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let mut r = agent
-            .post(&format!("{}{path}", w.ca.url))
-            .header("authorization", header)
-            .header("content-type", "application/json")
-            .send(body)
-            .expect("POST");
-        (
-            r.status().as_u16(),
-            r.body_mut().read_to_string().expect("body"),
-        )
-    };
+    let send = |header: &str, body: &str| post_with_authorization(&w, &path, header, body);
     let (status, text) = send(&header, &body);
     assert_eq!(status, 201, "{text}");
     // The same signature is accepted once.
