@@ -259,7 +259,7 @@ fn main() {
         };
         rows.push(measure(name, budget, || {
             runtime
-                .block_on(store.append_audit(&entry))
+                .block_on(store.append_audit(&entry, time::OffsetDateTime::now_utc()))
                 .expect("append");
         }));
     }

@@ -466,17 +466,7 @@ fn task_count(ca: &TestCa) -> i64 {
 
 /// Run a count query on the database file (read-only, outside the CA).
 fn count_rows(db: &std::path::Path, sql: &'static str) -> i64 {
-    common::runtime().block_on(async {
-        use sqlx::Connection;
-        let mut conn =
-            sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", db.display()))
-                .await
-                .expect("open db");
-        sqlx::query_scalar::<_, i64>(sql)
-            .fetch_one(&mut conn)
-            .await
-            .expect("count")
-    })
+    common::database_count(db, sql)
 }
 
 #[test]
@@ -610,16 +600,12 @@ fn malformed_input_gets_400_and_oversized_gets_413() {
 fn no_certificate_leaves_when_the_store_cannot_write() {
     let (idp, ca, _dir, pubkey) = setup();
     // Make every certificate insert fail inside the database, as a full or broken disk would.
-    common::runtime().block_on(async {
-        use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", ca.db_path().display()))
-            .await
-            .expect("open db");
-        sqlx::query("CREATE TRIGGER fail_certs BEFORE INSERT ON certificates BEGIN SELECT RAISE(ABORT, 'disk full'); END")
-            .execute(&mut conn)
-            .await
-            .expect("trigger");
-    });
+    common::database(&ca.db_path())
+        .execute_batch(
+            "CREATE TRIGGER fail_certs BEFORE INSERT ON certificates \
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END",
+        )
+        .expect("trigger");
     let response = ca.request_certificate(
         Some(&idp.token(Key::Rsa, "agent-1")),
         &certificate_request(&pubkey, &["deploy"], &["a.prod.example.com"], None),

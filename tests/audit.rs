@@ -537,20 +537,9 @@ fn copy_log(w: &World, name: &str) -> (PathBuf, PathBuf) {
     let dir = w.dir.path().join(name);
     std::fs::create_dir_all(&dir).expect("mkdir");
     let db = dir.join("writ.db");
-    common::runtime().block_on(async {
-        use sqlx::Connection;
-        let mut conn =
-            sqlx::SqliteConnection::connect(&format!("sqlite://{}", w.ca.db_path().display()))
-                .await
-                .expect("open db");
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "VACUUM INTO '{}'",
-            db.display()
-        )))
-        .execute(&mut conn)
-        .await
+    common::database(&w.ca.db_path())
+        .execute(&format!("VACUUM INTO '{}'", db.display()), [])
         .expect("copy db");
-    });
     let checkpoints = w.ca.dir().join("audit-checkpoints.jsonl");
     if checkpoints.exists() {
         std::fs::copy(&checkpoints, dir.join("audit-checkpoints.jsonl")).expect("copy");
@@ -567,18 +556,11 @@ fn copy_log(w: &World, name: &str) -> (PathBuf, PathBuf) {
 
 /// Run `statements` on the database file directly.
 fn tamper(db: &Path, statements: &[String]) {
-    common::runtime().block_on(async {
-        use sqlx::Connection;
-        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .expect("open db");
-        for sql in statements {
-            sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
-                .execute(&mut conn)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        }
-    });
+    let conn = common::database(db);
+    for sql in statements {
+        conn.execute_batch(sql)
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
 }
 
 /// `verify` on a copy must fail naming `seq`.
@@ -641,13 +623,7 @@ fn verify_passes_on_a_clean_log_and_names_the_first_bad_record() {
         "UPDATE audit_events SET subject = 'mallory' WHERE seq = 3",
         "DELETE FROM audit_events WHERE seq = 3",
     ] {
-        let result = common::runtime().block_on(async {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-                .await
-                .expect("open");
-            sqlx::query(sql).execute(&mut conn).await
-        });
+        let result = common::database(&db).execute(sql, []);
         let error = result.expect_err(sql).to_string();
         assert!(error.contains("append-only"), "{sql}: {error}");
     }
@@ -1525,34 +1501,18 @@ fn sink_seqs(path: &Path) -> Vec<i64> {
 
 /// The head of the log, read from the database file.
 fn head_of(db: &Path) -> i64 {
-    common::runtime().block_on(async {
-        use sqlx::Connection;
-        let mut conn =
-            sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", db.display()))
-                .await
-                .expect("open db");
-        sqlx::query_scalar::<_, i64>("SELECT COALESCE(MAX(seq), 0) FROM audit_events")
-            .fetch_one(&mut conn)
-            .await
-            .expect("head")
-    })
+    common::database_count(db, "SELECT COALESCE(MAX(seq), 0) FROM audit_events")
 }
 
 /// A sink's stored position.
 fn position_of(db: &Path, sink: &str) -> i64 {
-    common::runtime().block_on(async {
-        use sqlx::Connection;
-        let mut conn =
-            sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=ro", db.display()))
-                .await
-                .expect("open db");
-        sqlx::query_scalar::<_, i64>("SELECT seq FROM audit_sink_positions WHERE sink = $1")
-            .bind(sink)
-            .fetch_optional(&mut conn)
-            .await
-            .expect("position")
-            .unwrap_or(0)
-    })
+    assert!(sink.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    common::database_count(
+        db,
+        &format!(
+            "SELECT COALESCE((SELECT seq FROM audit_sink_positions WHERE sink = '{sink}'), 0)"
+        ),
+    )
 }
 
 #[test]

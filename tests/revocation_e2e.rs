@@ -304,7 +304,7 @@ fn ca_signing_key(ca: &TestCa) -> PrivateKey {
         .expect("ca keys");
     let row = rows
         .iter()
-        .find(|r| r.state == "active")
+        .find(|r| r.state == writ::store::KeyState::Active)
         .expect("an active CA key");
     PrivateKey::from_openssh(&row.private_key)
         .expect("parse CA key")

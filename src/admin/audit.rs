@@ -212,7 +212,7 @@ pub async fn run(
         }
         AuditCommand::Prune { before } => {
             let files = configured_checkpoints().collect();
-            let report = prune(store.as_ref(), &before, &context.operator, files).await?;
+            let report = prune(store.as_ref(), &before, &context.operator, files, now).await?;
             write(out, &report.to_string())?;
         }
     }
@@ -359,7 +359,7 @@ async fn ca_public_keys(
     for row in store.ca_keys().await? {
         let key = PublicKey::from_openssh(&row.public_key)
             .map_err(|_| AuditCommandError::BadKey(row.id.clone()))?;
-        if KeyState::parse(&row.state) == Some(KeyState::Revoked) {
+        if row.state == KeyState::Revoked {
             revoked.push(key);
         } else {
             trusted.push(key);
@@ -688,6 +688,7 @@ pub async fn prune(
     before: &Position,
     operator: &str,
     checkpoint_files: Vec<(PathBuf, bool)>,
+    now: OffsetDateTime,
 ) -> Result<PruneReport, AuditCommandError> {
     let options = VerifyOptions {
         from_checkpoint: false,
@@ -739,7 +740,9 @@ pub async fn prune(
         entry.reason = Some(pruned_reason(start, deleted, &before_text));
         entry
     };
-    let deleted = store.prune_audit(start, &anchor.hash, &make).await?;
+    let deleted = store
+        .prune_audit(start, &anchor.hash, Box::new(make), now)
+        .await?;
     Ok(PruneReport {
         deleted,
         start_seq: Some(start),

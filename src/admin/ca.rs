@@ -212,7 +212,7 @@ pub async fn run(
             )?;
         }
         CaCommand::ExportPublic { all } => {
-            let text = export_public(store, &actor, all).await?;
+            let text = export_public(store, &actor, all, now_unix).await?;
             write(out, &text)?;
         }
         CaCommand::Rewrap {
@@ -220,7 +220,7 @@ pub async fn run(
         } => {
             let old = passphrase()?;
             let new = read_new_passphrase(&new_passphrase_file)?;
-            let count = rotation::rewrap(store.as_ref(), &old, &new, &actor, &mut OsRng)
+            let count = rotation::rewrap(store.as_ref(), &old, &new, &actor, now_unix, &mut OsRng)
                 .await
                 .map_err(CaCommandError::from)?;
             emit(out, &Rewrapped(count, new_passphrase_file), json)?;
@@ -300,6 +300,7 @@ async fn export_public(
     store: Arc<dyn Store>,
     actor: &Actor,
     all: bool,
+    now_unix: i64,
 ) -> Result<String, CaCommandError> {
     let rows = store.ca_keys().await?;
     let mut text = String::new();
@@ -324,7 +325,7 @@ async fn export_public(
             fingerprint: key.fingerprint,
         });
     }
-    rotation::record_export(store.as_ref(), &exported, actor).await?;
+    rotation::record_export(store.as_ref(), &exported, actor, now_unix).await?;
     Ok(text)
 }
 

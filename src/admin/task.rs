@@ -6,6 +6,7 @@ use std::fmt;
 use std::io::Write;
 
 use serde::Serialize;
+use time::OffsetDateTime;
 
 use super::{AdminError, Context, Render, Status, emit, pretty};
 use crate::config::Config;
@@ -49,9 +50,12 @@ pub async fn run(
     command: TaskCommand,
     out: &mut dyn Write,
 ) -> Result<Status, AdminError> {
-    let now = context.now().unix_timestamp();
+    let now = context.now();
     let (report, json) = match command {
-        TaskCommand::Show { id, json } => (show(&context.config, &id, now).await?, json),
+        TaskCommand::Show { id, json } => (
+            show(&context.config, &id, now.unix_timestamp()).await?,
+            json,
+        ),
         TaskCommand::Revoke { id, reason, json } => {
             let report = revoke(&context.config, &id, &reason, &context.operator, now).await?;
             (report, json)
@@ -194,8 +198,9 @@ pub async fn revoke(
     task_id: &str,
     reason: &str,
     operator: &str,
-    now_unix: i64,
+    now: OffsetDateTime,
 ) -> Result<TaskReport, TaskCommandError> {
+    let now_unix = now.unix_timestamp();
     if reason.trim().is_empty() || reason.len() > 512 || reason.chars().any(char::is_control) {
         return Err(TaskCommandError::BadReason);
     }
@@ -220,10 +225,10 @@ pub async fn revoke(
         Ending::Revoke,
         &actor,
         Some(reason.to_owned()),
-        &RequestContext::default(),
+        &RequestContext::local(now),
         &fingerprints,
         None,
-        now_unix,
+        now,
     )
     .await;
     match result {

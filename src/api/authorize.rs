@@ -10,7 +10,6 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
 use super::auth::authenticate;
 use super::refusal::{self, Refusal, Who};
@@ -54,7 +53,7 @@ pub async fn authorize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Answer>, ApiError> {
     let context = request_context(peer);
-    let now = OffsetDateTime::now_utc();
+    let now = context.now;
     let identity = authenticate(&state, &headers, &context, now.unix_timestamp()).await?;
     let refused = |error| {
         Refusal::of(

@@ -14,7 +14,7 @@ use time::format_description::well_known::Rfc3339;
 
 use super::auth::authenticate;
 use super::refusal::{self, Refusal, Who};
-use super::{ApiError, AppState, issuing_context};
+use super::{ApiError, AppState, request_context};
 use crate::audit::event;
 use crate::task::{Issued, NewTask};
 
@@ -79,8 +79,9 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
-    let context = issuing_context(&state, peer);
-    let now = OffsetDateTime::now_utc();
+    let context = request_context(peer);
+    let announced = state.issuer.announce_issuance();
+    let now = context.now;
     let identity = authenticate(&state, &headers, &context, now.unix_timestamp()).await?;
     let request = match decode_body(body) {
         Ok(request) => request,
@@ -102,7 +103,7 @@ pub async fn create(
     };
     let opened = state
         .issuer
-        .open_task(&identity, &new_task, &context, now)
+        .open_task(&identity, &new_task, &context, announced)
         .await;
     let issued = refusal::settle(&state, &context, opened).await?;
     Ok((StatusCode::CREATED, Json(render(issued))))

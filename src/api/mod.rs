@@ -18,6 +18,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use rand_core::{OsRng, RngCore};
+use time::OffsetDateTime;
 
 use crate::audit;
 use crate::authority::LiveKeyring;
@@ -76,23 +77,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Audit context of one request: client address and a fresh request id.
+/// Audit context of one request: client address, a fresh request id, and the request's
+/// time, read here once.
 pub fn request_context(peer: SocketAddr) -> RequestContext {
     let mut id = [0u8; 8];
     OsRng.fill_bytes(&mut id);
     RequestContext {
         source_ip: Some(peer.ip().to_string()),
         request_id: Some(audit::hex(&id)),
-        arrival: None,
-    }
-}
-
-/// [`request_context`] for a request that may issue a certificate: it announces itself
-/// to the store, whose writer waits for it briefly so concurrent issuances share a commit.
-pub fn issuing_context(state: &AppState, peer: SocketAddr) -> RequestContext {
-    RequestContext {
-        arrival: Some(Arc::new(state.issuer.store().arrivals().expect())),
-        ..request_context(peer)
+        now: OffsetDateTime::now_utc(),
     }
 }
 

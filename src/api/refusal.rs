@@ -113,7 +113,7 @@ pub fn entry(event: &str, who: Who<'_>, task_id: Option<&str>) -> AuditEntry {
 /// `audit_unavailable` if it cannot be.
 pub async fn record(state: &AppState, refusal: Refusal, context: &RequestContext) -> ApiError {
     let (entry, answer) = refusal.into_record(context);
-    match state.store.append_audit(&entry).await {
+    match state.store.append_audit(&entry, context.now).await {
         Ok(()) => answer,
         Err(e) => {
             tracing::error!(error = %e, event = %entry.event, "could not record a refusal");

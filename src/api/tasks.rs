@@ -14,12 +14,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
-use time::OffsetDateTime;
 
 use super::auth::caller;
 use super::certificates::{CertificateResponse, render, rfc3339};
 use super::refusal::{self, Refusal, Who};
-use super::{ApiError, AppState, issuing_context, request_context};
+use super::{ApiError, AppState, request_context};
 use crate::audit::event;
 use crate::task::lifecycle::{Ending, NewCertificate, TaskView};
 
@@ -176,7 +175,7 @@ pub async fn show(
     headers: HeaderMap,
 ) -> Result<Json<TaskResponse>, ApiError> {
     let context = request_context(peer);
-    let now = OffsetDateTime::now_utc();
+    let now = context.now;
     let caller = caller(
         &state,
         &headers,
@@ -202,8 +201,9 @@ pub async fn renew(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
-    let context = issuing_context(&state, peer);
-    let now = OffsetDateTime::now_utc();
+    let context = request_context(peer);
+    let announced = state.issuer.announce_issuance();
+    let now = context.now;
     let refused = |who: Who<'_>, error| Refusal::of(event::CERT_DENIED, who, Some(&task_id), error);
     let bytes = match body_bytes(body) {
         Ok(bytes) => bytes,
@@ -234,7 +234,7 @@ pub async fn renew(
     };
     let issued = state
         .issuer
-        .renew(&caller, &task_id, &request, &context, now)
+        .renew(&caller, &task_id, &request, &context, announced)
         .await;
     let issued = refusal::settle(&state, &context, issued).await?;
     Ok((StatusCode::CREATED, Json(render(issued))))
@@ -252,7 +252,7 @@ async fn end(
     ending: Ending,
 ) -> Result<Json<TaskResponse>, ApiError> {
     let context = request_context(peer);
-    let now = OffsetDateTime::now_utc();
+    let now = context.now;
     let refused = |who: Who<'_>, error| Refusal::of(event::TASK_DENIED, who, Some(&task_id), error);
     let bytes = match body_bytes(body) {
         Ok(bytes) => bytes,
@@ -339,7 +339,7 @@ pub async fn revoke_certificate(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let context = request_context(peer);
-    let now = OffsetDateTime::now_utc();
+    let now = context.now;
     let refused = |who: Who<'_>, error| {
         let mut entry = refusal::entry(event::TASK_DENIED, who, None);
         entry.serial = serial.parse::<u64>().ok().map(|s| s.to_string());

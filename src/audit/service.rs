@@ -125,7 +125,7 @@ async fn deliver_step(
             if in_sink > stored {
                 // Delivered just before a crash, before its position was stored.
                 store
-                    .set_audit_sink_position(name, in_sink)
+                    .set_audit_sink_position(name, in_sink, OffsetDateTime::now_utc())
                     .await
                     .map_err(|e| e.to_string())?;
             }
@@ -149,7 +149,7 @@ async fn deliver_step(
         let seq = batch[sent - 1].seq;
         *position = Some(seq);
         store
-            .set_audit_sink_position(name, seq)
+            .set_audit_sink_position(name, seq, OffsetDateTime::now_utc())
             .await
             .map_err(|e| format!("records {first} to {seq} delivered, position not stored: {e}"))?;
     }

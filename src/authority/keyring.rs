@@ -27,71 +27,8 @@ use zeroize::Zeroizing;
 use super::signer::{Signer, signer_for};
 use crate::audit::{self, AuditEntry, Outcome};
 use crate::config::KeyAlgorithm;
+pub use crate::store::KeyState;
 use crate::store::{CaKeyRecord, KeyringChange, Store, StoreError};
-
-/// Lifecycle state of a CA key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyState {
-    /// Published for trust, not yet signing.
-    Next,
-    /// Signs; exactly one.
-    Active,
-    /// No longer signs; trusted until its certificates expire.
-    Retiring,
-    /// No longer trusted.
-    Retired,
-    /// Emergency removal: untrusted and listed in the KRL.
-    Revoked,
-}
-
-impl KeyState {
-    /// Stored spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyState::Next => "next",
-            KeyState::Active => "active",
-            KeyState::Retiring => "retiring",
-            KeyState::Retired => "retired",
-            KeyState::Revoked => "revoked",
-        }
-    }
-
-    /// Parse the stored spelling.
-    pub fn parse(text: &str) -> Option<KeyState> {
-        Some(match text {
-            "next" => KeyState::Next,
-            "active" => KeyState::Active,
-            "retiring" => KeyState::Retiring,
-            "retired" => KeyState::Retired,
-            "revoked" => KeyState::Revoked,
-            _ => return None,
-        })
-    }
-
-    /// Whether hosts must trust keys in this state.
-    pub fn is_trusted(self) -> bool {
-        matches!(self, KeyState::Next | KeyState::Active | KeyState::Retiring)
-    }
-
-    /// Whether a key may move from this state to `to`. Keys only move forward: a key
-    /// that stopped signing never signs again, and a revoked key stays revoked.
-    pub fn can_become(self, to: KeyState) -> bool {
-        use KeyState::*;
-        matches!(
-            (self, to),
-            (Next, Active)
-                | (Active, Retiring)
-                | (Retiring, Retired)
-                | (Next | Active | Retiring | Retired, Revoked)
-        )
-    }
-}
-
-impl std::fmt::Display for KeyState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A CA key's public half, state and history.
 #[derive(Debug, Clone)]
@@ -193,7 +130,10 @@ impl Keyring {
             let change = KeyringChange {
                 audit: vec![created(&active, "active"), created(&next, "next")],
                 new_keys: vec![active, next],
-                ..KeyringChange::default()
+                ..KeyringChange::at(
+                    time::OffsetDateTime::from_unix_timestamp(now_unix)
+                        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+                )
             };
             match store.change_keyring(&change).await {
                 // Another process initialised the keyring first: use its keys.
@@ -284,8 +224,7 @@ pub fn public_half(row: &CaKeyRecord) -> Result<CaKey, KeyringError> {
         id: row.id.clone(),
         detail,
     };
-    let state =
-        KeyState::parse(&row.state).ok_or_else(|| corrupt(format!("state {:?}", row.state)))?;
+    let state = row.state;
     let public_key =
         PublicKey::from_openssh(&row.public_key).map_err(|e| corrupt(e.to_string()))?;
     Ok(CaKey {
@@ -336,7 +275,7 @@ pub fn new_key_record(
     Ok(CaKeyRecord {
         id,
         algorithm: algorithm.as_str().to_owned(),
-        state: state.as_str().to_owned(),
+        state,
         fingerprint,
         public_key,
         private_key: private_key.to_string(),

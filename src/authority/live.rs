@@ -324,9 +324,16 @@ mod tests {
 
         // Rewrapped under the server, then rotated by an operator: the server re-reads
         // the passphrase to decrypt the newly active key.
-        rotation::rewrap(&store, "first", "second", &Actor::scheduler(), &mut OsRng)
-            .await
-            .expect("rewrap");
+        rotation::rewrap(
+            &store,
+            "first",
+            "second",
+            &Actor::scheduler(),
+            0,
+            &mut OsRng,
+        )
+        .await
+        .expect("rewrap");
         let before = live.current().signer();
         assert!(
             live.reload(&store)

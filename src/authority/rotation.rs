@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use rand_core::CryptoRngCore;
 use serde::Serialize;
+use time::OffsetDateTime;
 
 use super::keyring::{
     CaKey, KeyState, KeyringError, check_passphrase, new_key_record, public_half,
@@ -63,6 +64,11 @@ pub struct Actor {
     pub issuer: String,
     /// Who, e.g. the operator's login or `scheduler`.
     pub subject: String,
+}
+
+/// Unix seconds as the time of an audit record (the store stamps no time itself).
+fn time_of(unix: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 impl Actor {
@@ -374,7 +380,7 @@ fn prove_passphrase(
 ) -> Result<(), RotationError> {
     let candidate = match id {
         Some(id) => Some(row(rows, id)?),
-        None => rows.iter().find(|r| r.state == KeyState::Active.as_str()),
+        None => rows.iter().find(|r| r.state == KeyState::Active),
     };
     match candidate {
         Some(r) => Ok(check_passphrase(r, passphrase)?),
@@ -386,8 +392,8 @@ fn transition(id: &str, from: KeyState, to: KeyState, at: i64) -> KeyTransition 
     debug_assert!(from.can_become(to));
     KeyTransition {
         id: id.to_owned(),
-        from: from.as_str().to_owned(),
-        to: to.as_str().to_owned(),
+        from,
+        to,
         at,
         unless_valid_after: None,
     }
@@ -416,11 +422,11 @@ pub async fn rotate(
                 Some(created) => created,
                 None => return Err(RotationError::Concurrent("a next key appeared".into())),
             };
-            return Err(refuse(store, actor, &next, 0, settings).await);
+            return Err(refuse(store, actor, &next, 0, settings, now).await);
         }
         Err(RotationRefusal::NextTooNew { id, published }) => {
             let next = KeyRef::of(find_key(&keys, &id).ok_or(RotationError::NoActiveKey)?);
-            return Err(refuse(store, actor, &next, published, settings).await);
+            return Err(refuse(store, actor, &next, published, settings, now).await);
         }
     };
     // The key that will sign must open with this passphrase, and new keys are encrypted
@@ -434,7 +440,7 @@ pub async fn rotate(
             KeyState::Retiring,
             now,
         )],
-        ..KeyringChange::default()
+        ..KeyringChange::at(time_of(now))
     };
     let activated = match &plan.promote {
         Some(id) => {
@@ -476,6 +482,7 @@ async fn refuse(
     next: &KeyRef,
     published: i64,
     settings: &RotationSettings,
+    now: i64,
 ) -> RotationError {
     let error = RotationError::NextTooNew {
         id: next.id.clone(),
@@ -490,7 +497,7 @@ async fn refuse(
         "next_too_new: key {next} published {published}s ago, rotation_min_publish {}s",
         settings.min_publish_secs
     ));
-    if let Err(e) = store.append_audit(&entry).await {
+    if let Err(e) = store.append_audit(&entry, time_of(now)).await {
         return e.into();
     }
     error
@@ -524,7 +531,7 @@ pub async fn revoke(
     let revoked = KeyRef::of(key);
     let mut change = KeyringChange {
         transitions: vec![transition(&key.id, key.state, KeyState::Revoked, now)],
-        ..KeyringChange::default()
+        ..KeyringChange::at(time_of(now))
     };
     let mut activated = None;
     let mut next = None;
@@ -617,7 +624,7 @@ pub async fn retire_expired(
         let change = KeyringChange {
             transitions: vec![t],
             audit: vec![entry],
-            ..KeyringChange::default()
+            ..KeyringChange::at(time_of(now))
         };
         match store.change_keyring(&change).await {
             Ok(()) => retired.push(KeyRef::of(key)),
@@ -651,7 +658,7 @@ pub async fn ensure_next(
     let change = KeyringChange {
         new_keys: vec![next],
         audit: vec![entry],
-        ..KeyringChange::default()
+        ..KeyringChange::at(time_of(now))
     };
     match store.change_keyring(&change).await {
         Ok(()) => Ok(Some(key)),
@@ -726,7 +733,9 @@ pub async fn set_schedule(
         ),
         None => "automatic rotation off".into(),
     });
-    store.set_rotation_schedule(schedule, &entry).await?;
+    store
+        .set_rotation_schedule(schedule, &entry, time_of(now))
+        .await?;
     Ok(schedule)
 }
 
@@ -737,6 +746,7 @@ pub async fn rewrap(
     old: &str,
     new: &str,
     actor: &Actor,
+    now: i64,
     rng: &mut (impl CryptoRngCore + Send),
 ) -> Result<usize, RotationError> {
     if new.is_empty() {
@@ -771,7 +781,7 @@ pub async fn rewrap(
         .change_keyring(&KeyringChange {
             rewraps,
             audit: vec![entry],
-            ..KeyringChange::default()
+            ..KeyringChange::at(time_of(now))
         })
         .await?;
     Ok(count)
@@ -782,6 +792,7 @@ pub async fn record_export(
     store: &dyn Store,
     keys: &[KeyRef],
     actor: &Actor,
+    now: i64,
 ) -> Result<(), RotationError> {
     let mut entry = actor.entry(event::CA_KEY_EXPORTED, Outcome::Success);
     entry.reason = Some(format!(
@@ -791,7 +802,7 @@ pub async fn record_export(
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    Ok(store.append_audit(&entry).await?)
+    Ok(store.append_audit(&entry, time_of(now)).await?)
 }
 
 #[cfg(test)]

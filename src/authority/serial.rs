@@ -11,18 +11,17 @@
 //! what random X.509 serials protect against (a chosen-prefix collision on the signed
 //! bytes) an SSH certificate gets from its 32-byte random nonce, which comes first.
 
-use rand_core::{OsRng, RngCore};
+use rand_core::RngCore;
 use time::OffsetDateTime;
 
 const RANDOM_BITS: u32 = 21;
 const RANDOM_MASK: u64 = (1 << RANDOM_BITS) - 1;
 const MILLIS_MASK: u64 = (1 << 42) - 1;
 
-/// A fresh serial for a certificate issued now.
-pub fn new_serial() -> u64 {
-    let millis =
-        u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
-    compose(millis, OsRng.next_u64())
+/// A fresh serial for a certificate issued at `now`, its random bits from `rng`.
+pub fn new_serial(now: OffsetDateTime, rng: &mut impl RngCore) -> u64 {
+    let millis = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    compose(millis, rng.next_u64())
 }
 
 /// The serial for `millis` and random bits `random`; never zero.
@@ -34,11 +33,16 @@ fn compose(millis: u64, random: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand_core::OsRng;
     use std::collections::HashSet;
+
+    fn new_serial_now() -> u64 {
+        new_serial(OffsetDateTime::now_utc(), &mut OsRng)
+    }
 
     #[test]
     fn serials_are_non_zero_63_bit_and_random_within_a_millisecond() {
-        let serials: Vec<u64> = (0..10_000).map(|_| new_serial()).collect();
+        let serials: Vec<u64> = (0..10_000).map(|_| new_serial_now()).collect();
         assert!(serials.iter().all(|&s| s > 0 && s <= i64::MAX as u64));
         // 10,000 draws of 21 random bits: about 24 pairs repeat if all were in one
         // millisecond; far fewer spread over several. Equal low bits everywhere would
@@ -49,14 +53,11 @@ mod tests {
 
     #[test]
     fn serials_follow_the_clock() {
-        let serial = new_serial();
-        let millis = u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000)
-            .expect("after 1970");
-        let stamped = serial >> RANDOM_BITS;
-        assert!(
-            stamped <= millis && millis - stamped < 1_000,
-            "{stamped} vs {millis}"
-        );
+        let now = time::macros::datetime!(2026-12-02 06:00:00.123 UTC);
+        let millis = 1_796_191_200_123_u64;
+        assert_eq!(now.unix_timestamp_nanos() / 1_000_000, i128::from(millis));
+        let serial = new_serial(now, &mut OsRng);
+        assert_eq!(serial >> RANDOM_BITS, millis);
         // A later millisecond sorts after every serial of an earlier one.
         assert!(compose(millis + 1, 0) > compose(millis, RANDOM_MASK));
     }

@@ -2,23 +2,21 @@
 //! before anything is measured, to show that issuance costs the same on a large log as on
 //! an empty one (issue 7: "flat cost as data grows").
 //!
-//! The records are written straight into the bench server's own SQLite file through a
-//! second connection (the server is idle then), in large transactions, continuing the hash
-//! chain from its head, so the log still verifies. They look like real issuance records:
-//! a `task.created` and a `cert.issued` per synthetic task, with time-ordered task ids and
-//! time-ordered serials (`authority::serial`), so every index grows as it would in
-//! production.
+//! The records are appended through the store's own write path (a second [`crate::store::Store`] on
+//! the bench server's database file, while the server is idle), in large transactions,
+//! so the log still verifies. They look like real issuance records: a `task.created` and
+//! a `cert.issued` per synthetic task, with time-ordered task ids and time-ordered serials
+//! (`authority::serial`), so every index grows as it would in production.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rand_core::OsRng;
 use time::OffsetDateTime;
 
 use super::BenchError;
-use crate::audit::{self, AuditEntry, Outcome, event};
+use crate::audit::{AuditEntry, Outcome, event};
 use crate::authority::serial::new_serial;
-use crate::store::sqlite::{insert_audit_row, read_chain_head};
 
 /// Records per transaction.
 const CHUNK: u64 = 100_000;
@@ -30,33 +28,22 @@ pub fn prefill_audit(
     records: u64,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Duration, BenchError> {
-    let failed =
-        |e: rusqlite::Error| BenchError::Setup(format!("prefilling {}: {e}", db.display()));
+    let failed = |e: String| BenchError::Setup(format!("prefilling {}: {e}", db.display()));
     let start = Instant::now();
-    let mut connection = Connection::open(db).map_err(failed)?;
-    connection
-        .busy_timeout(Duration::from_secs(30))
-        .map_err(failed)?;
-    let time = audit::format_time(OffsetDateTime::now_utc());
-    let base_millis = u64::try_from(OffsetDateTime::now_utc().unix_timestamp() * 1000)
-        .unwrap_or(0)
-        .saturating_sub(records);
+    let runtime = crate::cli::runtime().map_err(|e| failed(e.to_string()))?;
+    let store = runtime
+        .block_on(crate::store::open(&format!("sqlite://{}", db.display())))
+        .map_err(|e| failed(e.to_string()))?;
+    let now = OffsetDateTime::now_utc();
+    let base = now - Duration::from_millis(records);
     let mut written = 0;
     while written < records {
-        let tx = connection
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(failed)?;
-        let (mut seq, mut prev) = read_chain_head(&tx).map_err(failed)?;
         let end = (written + CHUNK).min(records);
-        while written < end {
-            let entry = synthetic(written, base_millis);
-            seq += 1;
-            let hash = audit::chain_hash(seq, &time, &entry, &prev);
-            insert_audit_row(&tx, seq, &time, &entry, &prev, &hash).map_err(failed)?;
-            prev = hash;
-            written += 1;
-        }
-        tx.commit().map_err(failed)?;
+        let entries: Vec<AuditEntry> = (written..end).map(|n| synthetic(n, base)).collect();
+        runtime
+            .block_on(store.append_audit_entries(entries, now))
+            .map_err(|e| failed(e.to_string()))?;
+        written = end;
         progress(&format!(
             "prefill: {written} of {records} audit records ({:.0}s)",
             start.elapsed().as_secs_f64()
@@ -66,8 +53,10 @@ pub fn prefill_audit(
 }
 
 /// Record `n`: even ones open a task, odd ones issue its certificate.
-fn synthetic(n: u64, base_millis: u64) -> AuditEntry {
+fn synthetic(n: u64, base: OffsetDateTime) -> AuditEntry {
     let task = n / 2;
+    let created = base + Duration::from_millis(task);
+    let base_millis = u64::try_from(base.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     // Time-ordered like real task ids: 48 bits of milliseconds, then 80 bits that look
     // random (the same for both records of a task).
     let scrambled =
@@ -88,7 +77,7 @@ fn synthetic(n: u64, base_millis: u64) -> AuditEntry {
     entry.source_ip = Some("127.0.0.1".into());
     entry.request_id = Some(format!("prefill-{n}"));
     if n % 2 == 1 {
-        entry.serial = Some(new_serial().to_string());
+        entry.serial = Some(new_serial(created, &mut OsRng).to_string());
         entry.key_fingerprint = Some(format!("SHA256:prefill{task}"));
     }
     entry

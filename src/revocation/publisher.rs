@@ -145,8 +145,9 @@ mod tests {
     use super::*;
     use crate::audit::{AuditEntry, Outcome, event};
     use crate::config::KeyAlgorithm;
+    use crate::store::contract;
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{CertificateRecord, Issuance, TaskEnd, TaskRecord};
+    use crate::store::{CertificateRecord, Issuance, TaskEnd, TaskState};
 
     /// The certificate's `valid_before` and the task's expiry (Unix seconds).
     const CERT_END: i64 = 1_000;
@@ -155,36 +156,17 @@ mod tests {
     const TASK: &str = "0123456789abcdef0123456789abcdef";
     const OTHER_TASK: &str = "fedcba9876543210fedcba9876543210";
 
+    /// The contract's issuance for a new task, under task id `task`.
     fn issuance(task: &str, serial: i64, key_id: &str) -> Issuance {
-        Issuance {
-            new_task: Some(TaskRecord {
-                id: task.into(),
-                issuer: "i".into(),
-                subject: "s".into(),
-                policy: "p".into(),
-                logins: vec!["deploy".into()],
-                hosts: vec!["*".into()],
-                purpose: String::new(),
-                state: "active".into(),
-                created_at: 100,
-                expires_at: TASK_END,
-                restrictions: None,
-            }),
-            certificate: CertificateRecord {
-                serial,
-                task_id: task.into(),
-                ca_key_id: key_id.into(),
-                key_fingerprint: "SHA256:x".into(),
-                principals: vec![format!("writ:{task}:deploy")],
-                valid_after: 100,
-                valid_before: CERT_END,
-                issued_at: 100,
-                revoked_at: None,
-                renewed_from: None,
-            },
-            audit: vec![AuditEntry::new(event::CERT_ISSUED, Outcome::Success)],
-            token_use: None,
+        let mut issuance = contract::issuance(key_id, serial, None, None);
+        if let Some(new_task) = &mut issuance.new_task {
+            new_task.id = task.into();
+            new_task.restrictions = None;
+            assert_eq!(new_task.expires_at, TASK_END);
         }
+        issuance.certificate.task_id = task.into();
+        assert_eq!(issuance.certificate.valid_before, CERT_END);
+        issuance
     }
 
     /// A store holding one revoked certificate (valid until [`CERT_END`], its task still
@@ -206,24 +188,28 @@ mod tests {
             .await
             .expect("issue");
         let revoked = store
-            .revoke_certificate(SERIAL, 500, &|certificates| {
-                certificates
-                    .iter()
-                    .map(|_| AuditEntry::new(event::CERT_REVOKED, Outcome::Success))
-                    .collect()
-            })
+            .revoke_certificate(
+                SERIAL,
+                contract::at(500),
+                Box::new(|certificates: &[CertificateRecord]| {
+                    certificates
+                        .iter()
+                        .map(|_| AuditEntry::new(event::CERT_REVOKED, Outcome::Success))
+                        .collect()
+                }),
+            )
             .await
             .expect("revoke");
         assert_eq!(revoked.len(), 1);
         let end = TaskEnd {
             task_id: OTHER_TASK.into(),
-            state: "revoked".into(),
+            state: TaskState::Revoked,
             reason: None,
-            now_unix: 500,
+            now: contract::at(500),
             token_use: None,
         };
         store
-            .end_task(&end, &|_| Vec::new())
+            .end_task(&end, Box::new(|_| Vec::new()))
             .await
             .expect("end task");
         (store, keyring)

@@ -110,7 +110,7 @@ impl Issuer {
             }
             context.stamp(&mut entry);
             self.store
-                .append_audit(&entry)
+                .append_audit(&entry, now)
                 .await
                 .map_err(IssueError::StoreUnavailable)?;
         }

@@ -36,7 +36,8 @@ use crate::identity::{Identity, TokenError};
 use crate::policy::Request;
 use crate::profile;
 use crate::store::{
-    CertificateRecord, Store, StoreError, TaskEnd, TaskRecord, TaskRestrictions, TokenUse,
+    Announcement, CertificateRecord, Store, StoreError, TaskEnd, TaskRecord, TaskRestrictions,
+    TaskState, TokenUse,
 };
 
 /// Why a proof of possession is refused when its certificate is unknown or revoked, at
@@ -93,10 +94,10 @@ pub enum Ending {
 }
 
 impl Ending {
-    fn state(self) -> &'static str {
+    fn state(self) -> TaskState {
         match self {
-            Ending::Complete => "completed",
-            Ending::Revoke => "revoked",
+            Ending::Complete => TaskState::Completed,
+            Ending::Revoke => TaskState::Revoked,
         }
     }
     fn event(self) -> &'static str {
@@ -120,11 +121,11 @@ pub struct TaskView {
 
 /// The state of a task at `now_unix` (`expired` is derived, never stored).
 pub fn task_state(task: &TaskRecord, now_unix: i64) -> &'static str {
-    match task.state.as_str() {
-        "completed" => "completed",
-        "revoked" => "revoked",
-        _ if task.expires_at <= now_unix => "expired",
-        _ => "active",
+    match task.state {
+        TaskState::Completed => "completed",
+        TaskState::Revoked => "revoked",
+        TaskState::Active if task.expires_at <= now_unix => "expired",
+        TaskState::Active => "active",
     }
 }
 
@@ -231,9 +232,12 @@ impl Issuer {
         task_id: &str,
         request: &NewCertificate,
         context: &RequestContext,
-        now: OffsetDateTime,
+        announced: Announcement,
     ) -> Result<Issued, Refused> {
-        match self.try_renew(caller, task_id, request, context, now).await {
+        match self
+            .try_renew(caller, task_id, request, context, announced)
+            .await
+        {
             Err(error) => Err(self
                 .refusal(event::CERT_DENIED, caller, task_id, error)
                 .await),
@@ -247,7 +251,7 @@ impl Issuer {
         task_id: &str,
         request: &NewCertificate,
         context: &RequestContext,
-        now: OffsetDateTime,
+        announced: Announcement,
     ) -> Result<Issued, IssueError> {
         let (task, relation) = self.visible_task(caller, task_id).await?;
         if relation != Relation::Owner {
@@ -257,8 +261,7 @@ impl Issuer {
                     .into(),
             });
         }
-        let now_unix = now.unix_timestamp();
-        let state = task_state(&task, now_unix);
+        let state = task_state(&task, context.now.unix_timestamp());
         if state != "active" {
             return Err(IssueError::TaskNotActive(state));
         }
@@ -353,7 +356,7 @@ impl Issuer {
             token_use,
             renewed_from,
             context,
-            now,
+            announced,
         )
         .await
     }
@@ -420,7 +423,7 @@ impl Issuer {
             context,
             &fingerprints,
             caller.token_use(),
-            now_unix,
+            now,
         )
         .await;
         match result {
@@ -429,7 +432,7 @@ impl Issuer {
             Err(StoreError::TokenReused) => return Err(replayed(caller)),
             Err(e) => return Err(IssueError::StoreUnavailable(e)),
         }
-        tracing::info!(task_id = %task.id, state = ending.state(), "task ended; its certificates are revoked");
+        tracing::info!(task_id = %task.id, state = %ending.state(), "task ended; its certificates are revoked");
         self.view_task(&task.id, now_unix).await
     }
 
@@ -546,21 +549,23 @@ impl Issuer {
         context.stamp(&mut entry);
         // One record per certificate: the one asked for with the caller's reason, each
         // renewal of it naming its parent, then the reason.
-        let build_audit = |revoked: &[CertificateRecord]| {
+        let asked = cert.serial;
+        let why = reason.clone();
+        let build_audit = move |revoked: &[CertificateRecord]| {
             revoked
                 .iter()
                 .map(|c| {
                     let mut record = entry.clone();
                     record.serial = Some(c.serial.to_string());
                     record.key_fingerprint = Some(c.key_fingerprint.clone());
-                    record.reason = match (c.serial == cert.serial, c.renewed_from, &reason) {
+                    record.reason = match (c.serial == asked, c.renewed_from, &why) {
                         (false, Some(parent), Some(why)) => {
                             Some(format!("renewed_from: {parent} (revoked); {why}"))
                         }
                         (false, Some(parent), None) => {
                             Some(format!("renewed_from: {parent} (revoked)"))
                         }
-                        _ => reason.clone(),
+                        _ => why.clone(),
                     };
                     record
                 })
@@ -568,7 +573,7 @@ impl Issuer {
         };
         let revoked = self
             .store
-            .revoke_certificate(cert.serial, now.unix_timestamp(), &build_audit)
+            .revoke_certificate(cert.serial, now, Box::new(build_audit))
             .await
             .map_err(IssueError::StoreUnavailable)?;
         if revoked.is_empty() {
@@ -657,9 +662,19 @@ pub async fn end_in_store(
     context: &RequestContext,
     ca_fingerprints: &[(String, String)],
     token_use: Option<TokenUse>,
-    now_unix: i64,
+    now: OffsetDateTime,
 ) -> Result<Vec<CertificateRecord>, StoreError> {
-    let base = |name: &str| {
+    let (actor, task, reason, context) =
+        (actor.clone(), task.clone(), reason.clone(), context.clone());
+    let ca_fingerprints = ca_fingerprints.to_vec();
+    let end = TaskEnd {
+        task_id: task.id.clone(),
+        state: ending.state(),
+        reason: reason.clone(),
+        now,
+        token_use,
+    };
+    let base = move |name: &str| {
         let mut entry = AuditEntry::new(name, Outcome::Success);
         entry.issuer = actor.issuer.clone();
         entry.subject = actor.subject.clone();
@@ -671,7 +686,7 @@ pub async fn end_in_store(
         context.stamp(&mut entry);
         entry
     };
-    let build_audit = |live: &[CertificateRecord]| {
+    let build_audit = move |live: &[CertificateRecord]| {
         let mut entries = vec![base(ending.event())];
         for cert in live {
             let mut revoked = base(event::CERT_REVOKED);
@@ -685,14 +700,7 @@ pub async fn end_in_store(
         }
         entries
     };
-    let end = TaskEnd {
-        task_id: task.id.clone(),
-        state: ending.state().to_owned(),
-        reason: reason.clone(),
-        now_unix,
-        token_use,
-    };
-    store.end_task(&end, &build_audit).await
+    store.end_task(&end, Box::new(build_audit)).await
 }
 
 fn possession_revoked() -> TokenError {

@@ -30,7 +30,8 @@ use crate::identity::{Identity, TokenError};
 use crate::policy::{Grant, Policies, PolicyError, Request};
 use crate::profile;
 use crate::store::{
-    Arrival, CertificateRecord, Issuance, Store, StoreError, TaskRecord, TaskRestrictions, TokenUse,
+    Announcement, CertificateRecord, Issuance, Store, StoreError, TaskRecord, TaskRestrictions,
+    TaskState, TokenUse,
 };
 
 /// Most logins one task may name.
@@ -68,19 +69,28 @@ pub struct NewTask {
     pub source_address: Option<Vec<String>>,
 }
 
-/// Who is asking, for audit.
-#[derive(Debug, Clone, Default)]
+/// Who is asking and when, for audit: the one time a request goes by, read once when it
+/// arrives and passed down to everything it decides and records.
+#[derive(Debug, Clone)]
 pub struct RequestContext {
     /// Client IP.
     pub source_ip: Option<String>,
     /// Request id.
     pub request_id: Option<String>,
-    /// Set by requests that may issue a certificate: the store's writer waits for them
-    /// briefly (see [`crate::store::Arrivals`]).
-    pub arrival: Option<Arc<Arrival>>,
+    /// The request's time.
+    pub now: OffsetDateTime,
 }
 
 impl RequestContext {
+    /// A request made on this machine (`writ admin`), at `now`.
+    pub fn local(now: OffsetDateTime) -> RequestContext {
+        RequestContext {
+            source_ip: None,
+            request_id: None,
+            now,
+        }
+    }
+
     /// Stamp `entry` with this request's client address and id: every record a request
     /// leaves, refusal or change, carries them, so its records can be tied together.
     pub fn stamp(&self, entry: &mut AuditEntry) {
@@ -267,16 +277,24 @@ impl Issuer {
         &self.store
     }
 
-    /// Open a task for `identity` and issue its first certificate, at time `now`. A
-    /// refusal is `cert.denied` naming the identity and the logins and hosts asked for.
+    /// A request that may issue a certificate says so as soon as it arrives, before its
+    /// token is even checked: the store may then commit it together with others on their
+    /// way ([`Store::announce_issuance`]). Hand it to [`Issuer::open_task`] or
+    /// [`Issuer::renew`].
+    pub fn announce_issuance(&self) -> Announcement {
+        self.store.announce_issuance()
+    }
+
+    /// Open a task for `identity` and issue its first certificate, at the request's time.
+    /// A refusal is `cert.denied` naming the identity and the logins and hosts asked for.
     pub async fn open_task(
         &self,
         identity: &Identity,
         request: &NewTask,
         context: &RequestContext,
-        now: OffsetDateTime,
+        announced: Announcement,
     ) -> Result<Issued, Refused> {
-        self.try_open_task(identity, request, context, now)
+        self.try_open_task(identity, request, context, announced)
             .await
             .map_err(|error| {
                 let mut denied = AuditEntry::new(event::CERT_DENIED, Outcome::Failure);
@@ -293,7 +311,7 @@ impl Issuer {
         identity: &Identity,
         request: &NewTask,
         context: &RequestContext,
-        now: OffsetDateTime,
+        announced: Announcement,
     ) -> Result<Issued, IssueError> {
         let public_key = parse_public_key(&request.public_key)?;
         validate_task_shape(request)?;
@@ -308,8 +326,8 @@ impl Issuer {
         };
         let grant = self.policies.evaluate(identity, &policy_request)?;
 
-        let now_unix = now.unix_timestamp();
-        let task_id = new_task_id();
+        let now_unix = context.now.unix_timestamp();
+        let task_id = new_task_id(context.now, &mut OsRng);
         let task = TaskRecord {
             id: task_id.clone(),
             issuer: identity.issuer_name.clone(),
@@ -318,7 +336,7 @@ impl Issuer {
             logins: grant.logins.clone(),
             hosts: grant.hosts.clone(),
             purpose: request.purpose.clone(),
-            state: "active".into(),
+            state: TaskState::Active,
             created_at: now_unix,
             expires_at: now_unix.saturating_add(secs(grant.task_ttl)),
             // Every later certificate of the task carries at most these (`lifecycle::within_task`).
@@ -334,7 +352,7 @@ impl Issuer {
             expires_at: k.expires_at,
         });
         self.issue(
-            identity, &task, true, &grant, public_key, token_use, None, context, now,
+            identity, &task, true, &grant, public_key, token_use, None, context, announced,
         )
         .await
     }
@@ -351,7 +369,7 @@ impl Issuer {
         token_use: Option<TokenUse>,
         renewed_from: Option<i64>,
         context: &RequestContext,
-        now: OffsetDateTime,
+        announced: Announcement,
     ) -> Result<Issued, IssueError> {
         self.issue(
             identity,
@@ -362,12 +380,13 @@ impl Issuer {
             token_use,
             renewed_from,
             context,
-            now,
+            announced,
         )
         .await
     }
 
-    /// Sign and record one certificate for `task` (creating the task when `create`).
+    /// Sign and record one certificate for `task` (creating the task when `create`), at
+    /// the request's time.
     #[allow(clippy::too_many_arguments)]
     async fn issue(
         &self,
@@ -379,9 +398,10 @@ impl Issuer {
         token_use: Option<TokenUse>,
         renewed_from: Option<i64>,
         context: &RequestContext,
-        now: OffsetDateTime,
+        mut announced: Announcement,
     ) -> Result<Issued, IssueError> {
         let new_task = create.then(|| task.clone());
+        let now = context.now;
         let now_unix = now.unix_timestamp();
         let valid_after = now_unix.saturating_sub(secs(self.limits.clock_skew));
         let valid_before = now_unix
@@ -412,7 +432,7 @@ impl Issuer {
             .collect();
 
         for _ in 0..SERIAL_ATTEMPTS {
-            let serial = new_serial();
+            let serial = new_serial(now, &mut OsRng);
             let spec = CertificateSpec {
                 public_key: public_key.clone(),
                 serial,
@@ -474,10 +494,10 @@ impl Issuer {
                 },
                 audit,
                 token_use: token_use.clone(),
+                at: now,
             };
-            if let Some(arrival) = &context.arrival {
-                arrival.arrived();
-            }
+            // Handed over now: the store need not wait for it any more.
+            announced.withdraw();
             match self.store.record_issuance(record).await {
                 Ok(()) => {
                     tracing::info!(
@@ -528,13 +548,13 @@ impl Issuer {
 /// A fresh task id, 32 lowercase hex characters: the creation time in milliseconds (48
 /// bits) followed by 80 random bits, like a UUIDv7. Unguessable all the same, and
 /// time-ordered, so every index keyed by task id (tasks, certificates, audit records)
-/// grows at its right edge instead of dirtying a random page per issuance.
-pub fn new_task_id() -> String {
-    let millis =
-        u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+/// grows at its right edge instead of dirtying a random page per issuance. `now` and the
+/// random source are the caller's (tests pin both).
+pub fn new_task_id(now: OffsetDateTime, rng: &mut impl RngCore) -> String {
+    let millis = u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
     let mut bytes = [0u8; 16];
     bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
-    OsRng.fill_bytes(&mut bytes[6..]);
+    rng.fill_bytes(&mut bytes[6..]);
     audit::hex(&bytes)
 }
 
@@ -712,9 +732,10 @@ mod tests {
 
     #[test]
     fn task_ids_are_hex_unique_and_ordered_by_creation_time() {
-        let first = new_task_id();
-        std::thread::sleep(Duration::from_millis(2));
-        let ids: Vec<String> = (0..1000).map(|_| new_task_id()).collect();
+        let created = time::macros::datetime!(2026-12-02 06:00:00.123 UTC);
+        let first = new_task_id(created, &mut OsRng);
+        let later = created + Duration::from_millis(1);
+        let ids: Vec<String> = (0..1000).map(|_| new_task_id(later, &mut OsRng)).collect();
         for id in &ids {
             assert_eq!(id.len(), 32);
             assert!(
@@ -725,11 +746,6 @@ mod tests {
         }
         let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
         assert_eq!(distinct.len(), ids.len());
-        let now_ms = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-        let stamped = i128::from_str_radix(&first[..12], 16).expect("hex");
-        assert!(
-            (now_ms - stamped).abs() < 60_000,
-            "time prefix {stamped} vs {now_ms}"
-        );
+        assert_eq!(&first[..12], format!("{:012x}", 1_796_191_200_123_u64));
     }
 }

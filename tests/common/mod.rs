@@ -69,3 +69,23 @@ pub fn public_key(private_key: &std::path::Path) -> String {
         .trim()
         .to_owned()
 }
+
+/// A direct connection to a CA's SQLite file, behind the store: only for what an attacker,
+/// a failing disk or an older version of writ would do to the file, and for counting rows.
+pub fn database(path: &std::path::Path) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(path).expect("open database");
+    db.busy_timeout(std::time::Duration::from_secs(5))
+        .expect("busy timeout");
+    db
+}
+
+/// The one number `sql` returns from the database at `path`, read-only.
+pub fn database_count(path: &std::path::Path, sql: &str) -> i64 {
+    let db =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open database");
+    db.busy_timeout(std::time::Duration::from_secs(5))
+        .expect("busy timeout");
+    db.query_row(sql, [], |row| row.get(0))
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}

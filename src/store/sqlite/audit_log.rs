@@ -1,189 +1,211 @@
-//! The SQLite side of [`AuditLog`]: reads of the chain, signed checkpoints, sink
-//! positions, and pruning under the `audit_prune_marker` guard of migration 0004. Writes
-//! take the store's writer lock and `BEGIN IMMEDIATE`, like every other write.
+//! The SQLite side of [`AuditLog`]: appends on their own, reads of the chain, signed
+//! checkpoints, sink positions, and pruning under the `audit_prune_marker` guard of
+//! migration 0004. Writes run through the store's writer like every other write; reads
+//! on a reader's connection.
 
 use async_trait::async_trait;
-use sqlx::Row;
+use rusqlite::{Connection, OptionalExtension, params};
+use time::OffsetDateTime;
 
-use super::{SqliteStore, append, audit_record, no_row, unavailable};
+use super::SqliteStore;
+use super::chain::Chain;
+use super::rows::{audit_record, collect};
 use crate::audit::checkpoint::SignedCheckpoint;
 use crate::audit::{self, AuditEntry, AuditRecord};
 use crate::store::{AuditLog, StoreError};
 
+/// The one value of a `MIN(seq)` query (`None` on an empty match).
+fn min_seq(db: &Connection, sql: &str, time: Option<&str>) -> Result<Option<i64>, StoreError> {
+    let mut statement = db.prepare_cached(sql)?;
+    Ok(match time {
+        Some(time) => statement.query_row([time], |row| row.get(0))?,
+        None => statement.query_row([], |row| row.get(0))?,
+    })
+}
+
 #[async_trait]
 impl AuditLog for SqliteStore {
-    async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
-        let row = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-            .fetch_all(&self.pool)
+    async fn append_audit_entries(
+        &self,
+        entries: Vec<AuditEntry>,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        self.writer
+            .write(move |tx| Chain::append_all(tx, &entries, at))
             .await
-            .map_err(unavailable)?
-            .into_iter()
-            .next();
-        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn audit_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        self.readers
+            .read(|db| {
+                Ok(db
+                    .prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
+                    .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?)
+            })
+            .await
     }
 
     async fn audit_first_seq(&self) -> Result<Option<i64>, StoreError> {
-        self.min_seq("SELECT MIN(seq) FROM audit_events", None)
+        self.readers
+            .read(|db| min_seq(db, "SELECT MIN(seq) FROM audit_events", None))
             .await
     }
 
     async fn audit_seq_at_time(&self, time: &str) -> Result<Option<i64>, StoreError> {
+        let time = time.to_owned();
         // Through the time index, this reads the records from `time` on (which an export
         // from there reads anyway); left to itself SQLite walks the log from its first
         // record in seq order until a time matches.
-        self.min_seq(
-            "SELECT MIN(seq) FROM audit_events INDEXED BY audit_events_time WHERE time >= $1",
-            Some(time),
-        )
-        .await
+        self.readers
+            .read(move |db| {
+                min_seq(
+                    db,
+                    "SELECT MIN(seq) FROM audit_events INDEXED BY audit_events_time \
+                     WHERE time >= ?1",
+                    Some(&time),
+                )
+            })
+            .await
     }
 
     async fn audit_trail(&self, task_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM audit_events WHERE task_id = $1 OR (task_id IS NULL AND serial IN \
-             (SELECT serial FROM audit_events WHERE task_id = $1 AND serial IS NOT NULL)) \
-             ORDER BY seq",
-        )
-        .bind(task_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        rows.iter().map(audit_record).collect()
+        let task_id = task_id.to_owned();
+        self.readers
+            .read(move |db| {
+                let mut statement = db.prepare_cached(
+                    "SELECT * FROM audit_events WHERE task_id = ?1 OR (task_id IS NULL AND \
+                     serial IN (SELECT serial FROM audit_events WHERE task_id = ?1 AND \
+                     serial IS NOT NULL)) ORDER BY seq",
+                )?;
+                collect(statement.query([&task_id])?, audit_record)
+            })
+            .await
     }
 
     async fn audit_checkpoints(&self) -> Result<Vec<SignedCheckpoint>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT seq, hash, time, ca_fingerprint, signature FROM audit_checkpoints ORDER BY seq",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(unavailable)?;
-        Ok(rows
-            .iter()
-            .map(|r| SignedCheckpoint::new(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
-            .collect())
+        self.readers
+            .read(|db| {
+                let checkpoints = db
+                    .prepare_cached(
+                        "SELECT seq, hash, time, ca_fingerprint, signature \
+                         FROM audit_checkpoints ORDER BY seq",
+                    )?
+                    .query_map([], |r| {
+                        Ok(SignedCheckpoint::new(
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                        ))
+                    })?
+                    .collect::<Result<_, _>>()?;
+                Ok(checkpoints)
+            })
+            .await
     }
 
     async fn insert_audit_checkpoint(
         &self,
         checkpoint: &SignedCheckpoint,
     ) -> Result<bool, StoreError> {
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO audit_checkpoints (seq, hash, time, ca_fingerprint, signature) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (seq) DO NOTHING",
-        )
-        .bind(checkpoint.seq)
-        .bind(&checkpoint.hash)
-        .bind(&checkpoint.time)
-        .bind(&checkpoint.ca_fingerprint)
-        .bind(&checkpoint.signature)
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?
-        .rows_affected();
-        tx.commit().await.map_err(unavailable)?;
-        Ok(inserted > 0)
+        let checkpoint = checkpoint.clone();
+        self.writer
+            .write(move |tx| {
+                let inserted = tx.execute(
+                    "INSERT INTO audit_checkpoints (seq, hash, time, ca_fingerprint, \
+                     signature) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (seq) DO NOTHING",
+                    params![
+                        checkpoint.seq,
+                        checkpoint.hash,
+                        checkpoint.time,
+                        checkpoint.ca_fingerprint,
+                        checkpoint.signature
+                    ],
+                )?;
+                Ok(inserted > 0)
+            })
+            .await
     }
 
     async fn audit_sink_position(&self, sink: &str) -> Result<i64, StoreError> {
-        let seq: Option<i64> =
-            sqlx::query_scalar("SELECT seq FROM audit_sink_positions WHERE sink = $1")
-                .bind(sink)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(unavailable)?
-                .into_iter()
-                .next();
-        Ok(seq.unwrap_or(0))
+        let sink = sink.to_owned();
+        self.readers
+            .read(move |db| {
+                let seq: Option<i64> = db
+                    .prepare_cached("SELECT seq FROM audit_sink_positions WHERE sink = ?1")?
+                    .query_row([&sink], |row| row.get(0))
+                    .optional()?;
+                Ok(seq.unwrap_or(0))
+            })
+            .await
     }
 
     async fn audit_sink_positions(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query("SELECT sink, seq FROM audit_sink_positions ORDER BY sink")
-            .fetch_all(&self.pool)
+        self.readers
+            .read(|db| {
+                let positions = db
+                    .prepare_cached("SELECT sink, seq FROM audit_sink_positions ORDER BY sink")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                Ok(positions)
+            })
             .await
-            .map_err(unavailable)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    async fn set_audit_sink_position(&self, sink: &str, seq: i64) -> Result<(), StoreError> {
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO audit_sink_positions (sink, seq, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (sink) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at",
-        )
-        .bind(sink)
-        .bind(seq)
-        .bind(audit::format_time(time::OffsetDateTime::now_utc()))
-        .execute(&mut *tx)
-        .await
-        .map_err(unavailable)?;
-        tx.commit().await.map_err(unavailable)
+    async fn set_audit_sink_position(
+        &self,
+        sink: &str,
+        seq: i64,
+        at: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let sink = sink.to_owned();
+        self.writer
+            .write(move |tx| {
+                tx.execute(
+                    "INSERT INTO audit_sink_positions (sink, seq, updated_at) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT (sink) DO UPDATE SET \
+                     seq = excluded.seq, updated_at = excluded.updated_at",
+                    params![sink, seq, audit::format_time(at)],
+                )?;
+                Ok(())
+            })
+            .await
     }
 
     async fn prune_audit(
         &self,
         start_seq: i64,
         start_hash: &str,
-        record: &(dyn Fn(u64) -> AuditEntry + Send + Sync),
+        record: Box<dyn FnOnce(u64) -> AuditEntry + Send>,
+        at: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        let _guard = self.write_lock.lock().await;
-        let mut tx = self.begin_write().await?;
-        let hash: Option<String> =
-            sqlx::query_scalar("SELECT hash FROM audit_events WHERE seq = $1")
-                .bind(start_seq)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(unavailable)?
-                .into_iter()
-                .next();
-        if hash.as_deref() != Some(start_hash) {
-            return Err(StoreError::Conflict(format!(
-                "audit record {start_seq} is not the one its checkpoint names"
-            )));
-        }
-        sqlx::query("INSERT INTO audit_prune_marker (id, before_seq) VALUES (1, $1)")
-            .bind(start_seq)
-            .execute(&mut *tx)
+        let start_hash = start_hash.to_owned();
+        self.writer
+            .write(move |tx| {
+                let hash: Option<String> = tx
+                    .query_row(
+                        "SELECT hash FROM audit_events WHERE seq = ?1",
+                        [start_seq],
+                        |row| row.get(0),
+                    )
+                    .optional()?;
+                if hash.as_deref() != Some(start_hash.as_str()) {
+                    return Err(StoreError::Conflict(format!(
+                        "audit record {start_seq} is not the one its checkpoint names"
+                    )));
+                }
+                tx.execute(
+                    "INSERT INTO audit_prune_marker (id, before_seq) VALUES (1, ?1)",
+                    [start_seq],
+                )?;
+                let deleted = tx.execute("DELETE FROM audit_events WHERE seq < ?1", [start_seq])?;
+                tx.execute("DELETE FROM audit_prune_marker", [])?;
+                let deleted = u64::try_from(deleted).unwrap_or(u64::MAX);
+                Chain::append_all(tx, [&record(deleted)], at)?;
+                Ok(deleted)
+            })
             .await
-            .map_err(unavailable)?;
-        let deleted = sqlx::query("DELETE FROM audit_events WHERE seq < $1")
-            .bind(start_seq)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?
-            .rows_affected();
-        sqlx::query("DELETE FROM audit_prune_marker")
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-        append(&mut tx, &record(deleted)).await?;
-        tx.commit().await.map_err(unavailable)?;
-        Ok(deleted)
-    }
-}
-
-impl SqliteStore {
-    /// The one value of a `MIN(seq)` query (`None` on an empty match), with `time` bound
-    /// when given. Read with `fetch_all`, so the statement runs to its end and no pooled
-    /// connection keeps a read snapshot (and with it the WAL) pinned.
-    async fn min_seq(
-        &self,
-        sql: &'static str,
-        time: Option<&str>,
-    ) -> Result<Option<i64>, StoreError> {
-        let mut query = sqlx::query_scalar(sql);
-        if let Some(time) = time {
-            query = query.bind(time);
-        }
-        query
-            .fetch_all(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .into_iter()
-            .next()
-            .ok_or_else(no_row)
     }
 }

@@ -1,8 +1,8 @@
-//! Issuances on their way to the store: requests that are being checked and signed and
-//! will shortly ask the store to record a certificate. The group-commit writer
-//! (`store::sqlite::group_commit`) waits briefly for them when it is about to commit, so
-//! under concurrent load they share one commit, and one fsync, instead of each paying for
-//! its own; when none is on its way it commits at once, so a lone request never waits.
+//! Issuances on their way to the SQLite store: requests that announced one
+//! ([`crate::store::Store::announce_issuance`]) and are being checked and signed. The
+//! writer (`super::writer`) waits briefly for them when it is about to commit, so under
+//! concurrent load they share one commit, and one fsync, instead of each paying for its
+//! own; when none is on its way it commits at once, so a lone request never waits.
 
 use std::fmt;
 use std::sync::Arc;

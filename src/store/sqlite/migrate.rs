@@ -1,0 +1,190 @@
+//! Bringing a SQLite database's schema up to date: the migrations in `migrations/sqlite/`,
+//! each applied once, in order, in its own `BEGIN IMMEDIATE` transaction with the row
+//! that records it, so two processes opening the same file cannot both apply one.
+//!
+//! The bookkeeping is the `_sqlx_migrations` table, in the layout and with the checksums
+//! (SHA-384 of the file) that earlier versions of writ wrote through sqlx: a database
+//! they created opens here unchanged, and one created here opens with them. A recorded
+//! migration whose file changed since, or one that failed halfway, stops the store from
+//! opening rather than running on a schema nobody knows. Never edits a migration that
+//! was recorded; never deletes a row.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use sha2::{Digest, Sha384};
+
+use crate::store::StoreError;
+
+/// One migration: version, description (the file name's words), SQL.
+struct Migration {
+    version: i64,
+    description: &'static str,
+    sql: &'static str,
+}
+
+macro_rules! migrations {
+    ($(($version:literal, $description:literal, $file:literal)),* $(,)?) => {
+        &[$(Migration {
+            version: $version,
+            description: $description,
+            sql: include_str!(concat!("../../../migrations/sqlite/", $file)),
+        }),*]
+    };
+}
+
+/// Every migration, in order. A new file in `migrations/sqlite/` is listed here too (a
+/// test checks the two agree).
+const MIGRATIONS: &[Migration] = migrations![
+    (1, "init", "0001_init.sql"),
+    (2, "used tokens", "0002_used_tokens.sql"),
+    (3, "ca key rotation", "0003_ca_key_rotation.sql"),
+    (
+        4,
+        "audit checkpoints sinks prune",
+        "0004_audit_checkpoints_sinks_prune.sql"
+    ),
+    (
+        5,
+        "fewer pages per issuance",
+        "0005_fewer_pages_per_issuance.sql"
+    ),
+    (6, "used tokens by expiry", "0006_used_tokens_by_expiry.sql"),
+    (
+        7,
+        "certificates in issue order",
+        "0007_certificates_in_issue_order.sql"
+    ),
+    (
+        8,
+        "feed indexes for ended only",
+        "0008_feed_indexes_for_ended_only.sql"
+    ),
+    (9, "task restrictions", "0009_task_restrictions.sql"),
+    (
+        10,
+        "certificates renewed from",
+        "0010_certificates_renewed_from.sql"
+    ),
+    (11, "audit purpose", "0011_audit_purpose.sql"),
+];
+
+const SQL_CREATE_BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
+    version BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    success BOOLEAN NOT NULL,
+    checksum BLOB NOT NULL,
+    execution_time BIGINT NOT NULL
+)";
+
+fn failed(version: i64, why: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("migration {version} failed: {why}"))
+}
+
+/// Apply every migration `connection`'s database has not recorded yet.
+pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    connection.execute_batch(SQL_CREATE_BOOKKEEPING)?;
+    for migration in MIGRATIONS {
+        let checksum = Sha384::digest(migration.sql.as_bytes()).to_vec();
+        let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let recorded: Option<(bool, Vec<u8>)> = tx
+            .query_row(
+                "SELECT success, checksum FROM _sqlx_migrations WHERE version = ?1",
+                [migration.version],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?;
+        match recorded {
+            Some((true, stored)) if stored == checksum => continue,
+            Some((true, _)) => {
+                return Err(failed(
+                    migration.version,
+                    "it was applied from a different file than this version of writ has",
+                ));
+            }
+            Some((false, _)) => {
+                return Err(failed(
+                    migration.version,
+                    "an earlier attempt stopped halfway; restore the database from a backup",
+                ));
+            }
+            None => {}
+        }
+        let started = std::time::Instant::now();
+        tx.execute_batch(migration.sql)
+            .map_err(|e| failed(migration.version, e))?;
+        let nanos = i64::try_from(started.elapsed().as_nanos()).unwrap_or(i64::MAX);
+        tx.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (?1, ?2, TRUE, ?3, ?4)",
+            params![migration.version, migration.description, checksum, nanos],
+        )?;
+        tx.commit()?;
+        tracing::info!(
+            version = migration.version,
+            description = migration.description,
+            "database migrated"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file in `migrations/sqlite/` is listed, in order, under the version and
+    /// description its name gives (the way sqlx read them).
+    #[test]
+    fn every_migration_file_is_listed_as_its_name_says() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite");
+        let mut files: Vec<String> = std::fs::read_dir(dir)
+            .expect("migrations")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        files.sort();
+        assert_eq!(files.len(), MIGRATIONS.len(), "{files:?}");
+        for (file, migration) in files.iter().zip(MIGRATIONS) {
+            let (version, rest) = file.split_once('_').expect("NNNN_words.sql");
+            let words = rest.trim_end_matches(".sql").replace('_', " ");
+            assert_eq!(version.parse::<i64>().expect("number"), migration.version);
+            assert_eq!(words, migration.description);
+            let text = std::fs::read_to_string(format!("{dir}/{file}")).expect("read");
+            assert_eq!(text, migration.sql, "{file}");
+        }
+    }
+
+    /// Opening twice applies nothing the second time; a recorded migration whose file
+    /// differs stops the open, and so does one recorded as failed.
+    #[test]
+    fn migrations_apply_once_and_refuse_a_changed_or_failed_history() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("writ.db");
+        let mut db = Connection::open(&path).expect("open");
+        migrate(&mut db).expect("first");
+        migrate(&mut db).expect("second");
+        let count: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(count, i64::try_from(MIGRATIONS.len()).expect("small"));
+
+        db.execute(
+            "UPDATE _sqlx_migrations SET checksum = x'00' WHERE version = 3",
+            [],
+        )
+        .expect("tamper");
+        let changed = migrate(&mut db).expect_err("changed");
+        assert!(changed.to_string().contains("migration 3"), "{changed}");
+
+        db.execute(
+            "UPDATE _sqlx_migrations SET success = FALSE, checksum = ?1 WHERE version = 3",
+            [Sha384::digest(MIGRATIONS[2].sql.as_bytes()).to_vec()],
+        )
+        .expect("tamper");
+        let halfway = migrate(&mut db).expect_err("failed before");
+        assert!(halfway.to_string().contains("halfway"), "{halfway}");
+    }
+}
