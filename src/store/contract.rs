@@ -112,6 +112,20 @@ pub(crate) async fn with_active_key(store: &dyn Store) -> String {
     key_id
 }
 
+/// Add an active and a next CA key to `store`, with one audit record.
+async fn active_and_next(store: &dyn Store) -> (CaKeyRecord, CaKeyRecord) {
+    let (a, n) = (key(KeyState::Active, 1), key(KeyState::Next, 1));
+    store
+        .change_keyring(&KeyringChange {
+            new_keys: vec![a.clone(), n.clone()],
+            audit: vec![entry()],
+            ..KeyringChange::at(at(1))
+        })
+        .await
+        .expect("init");
+    (a, n)
+}
+
 async fn audit_len(store: &dyn Store) -> usize {
     store.audit_records(0, i64::MAX).await.expect("audit").len()
 }
@@ -418,15 +432,7 @@ pub(crate) async fn records_carry_their_writes_time_and_never_go_back(store: Arc
 
 pub(crate) async fn a_rotation_commits_whole_or_not_at_all(store: Arc<dyn Store>) {
     let store = store.as_ref();
-    let (a, n) = (key(KeyState::Active, 1), key(KeyState::Next, 1));
-    store
-        .change_keyring(&KeyringChange {
-            new_keys: vec![a.clone(), n.clone()],
-            audit: vec![entry()],
-            ..KeyringChange::at(at(1))
-        })
-        .await
-        .expect("init");
+    let (a, n) = active_and_next(store).await;
     // A second active key, a second next key: refused, nothing written.
     for extra in [key(KeyState::Active, 2), key(KeyState::Next, 2)] {
         let err = store
@@ -483,15 +489,7 @@ pub(crate) async fn retirement_waits_for_certificates_and_retired_keys_never_sig
     store: Arc<dyn Store>,
 ) {
     let store = store.as_ref();
-    let (a, n) = (key(KeyState::Active, 1), key(KeyState::Next, 1));
-    store
-        .change_keyring(&KeyringChange {
-            new_keys: vec![a.clone(), n.clone()],
-            audit: vec![entry()],
-            ..KeyringChange::at(at(1))
-        })
-        .await
-        .expect("init");
+    let (a, n) = active_and_next(store).await;
     issue_until(store, &a.id, 1, 100)
         .await
         .expect("certificate of the active key");
