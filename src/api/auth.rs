@@ -45,13 +45,14 @@ async fn reject(
     refusal::record(state, Refusal::token(claimed_issuer, error), context).await
 }
 
-/// Verify the bearer token, auditing a refusal as `token.rejected`.
+/// Verify the bearer token at the request's time, auditing a refusal as
+/// `token.rejected`.
 pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     context: &RequestContext,
-    now_unix: i64,
 ) -> Result<Identity, ApiError> {
+    let now_unix = context.now.unix_timestamp();
     let token = bearer_token(headers);
     let result = match &token {
         Ok(token) => state.verifier.verify(token, now_unix).await,
@@ -64,7 +65,7 @@ pub async fn authenticate(
 }
 
 /// The caller of a task endpoint: a bearer token or a proof of possession over
-/// `method path` and `body`.
+/// `method path` and `body`, judged at the request's time.
 pub async fn caller(
     state: &AppState,
     headers: &HeaderMap,
@@ -72,8 +73,8 @@ pub async fn caller(
     path: &str,
     body: &[u8],
     context: &RequestContext,
-    now_unix: i64,
 ) -> Result<Caller, ApiError> {
+    let now_unix = context.now.unix_timestamp();
     if let Ok((scheme, params)) = authorization(headers)
         && scheme.eq_ignore_ascii_case(possession::SCHEME)
     {
@@ -93,7 +94,7 @@ pub async fn caller(
             Err(error) => Err(reject(state, None, &error, context).await),
         };
     }
-    authenticate(state, headers, context, now_unix)
+    authenticate(state, headers, context)
         .await
         .map(Caller::Token)
 }

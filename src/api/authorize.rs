@@ -53,8 +53,7 @@ pub async fn authorize(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Answer>, ApiError> {
     let context = request_context(peer);
-    let now = context.now;
-    let identity = authenticate(&state, &headers, &context, now.unix_timestamp()).await?;
+    let identity = authenticate(&state, &headers, &context).await?;
     let refused = |error| {
         Refusal::of(
             event::CERT_USE_DENIED,
@@ -85,10 +84,7 @@ pub async fn authorize(
         host: body.host,
         phase,
     };
-    let answer = state
-        .issuer
-        .authorize(&identity, &request, &context, now)
-        .await;
+    let answer = state.issuer.authorize(&identity, &request, &context).await;
     let decision = refusal::settle(&state, &context, answer).await?;
     Ok(Json(match decision {
         Decision::Allow(principal) => Answer {

@@ -81,8 +81,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
     let context = request_context(peer);
     let announced = state.issuer.announce_issuance();
-    let now = context.now;
-    let identity = authenticate(&state, &headers, &context, now.unix_timestamp()).await?;
+    let identity = authenticate(&state, &headers, &context).await?;
     let request = match decode_body(body) {
         Ok(request) => request,
         Err(error) => {

@@ -175,18 +175,8 @@ pub async fn show(
     headers: HeaderMap,
 ) -> Result<Json<TaskResponse>, ApiError> {
     let context = request_context(peer);
-    let now = context.now;
-    let caller = caller(
-        &state,
-        &headers,
-        &method,
-        uri.path(),
-        b"",
-        &context,
-        now.unix_timestamp(),
-    )
-    .await?;
-    let view = state.issuer.task(&caller, &task_id, now).await;
+    let caller = caller(&state, &headers, &method, uri.path(), b"", &context).await?;
+    let view = state.issuer.task(&caller, &task_id, context.now).await;
     let view = refusal::settle(&state, &context, view).await?;
     Ok(Json(render_task(view)))
 }
@@ -203,22 +193,12 @@ pub async fn renew(
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
     let context = request_context(peer);
     let announced = state.issuer.announce_issuance();
-    let now = context.now;
     let refused = |who: Who<'_>, error| Refusal::of(event::CERT_DENIED, who, Some(&task_id), error);
     let bytes = match body_bytes(body) {
         Ok(bytes) => bytes,
         Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
     };
-    let caller = caller(
-        &state,
-        &headers,
-        &method,
-        uri.path(),
-        &bytes,
-        &context,
-        now.unix_timestamp(),
-    )
-    .await?;
+    let caller = caller(&state, &headers, &method, uri.path(), &bytes, &context).await?;
     let request: RenewRequest = match super::decode_json(Ok(bytes)) {
         Ok(request) => request,
         Err(e) => {
@@ -252,22 +232,12 @@ async fn end(
     ending: Ending,
 ) -> Result<Json<TaskResponse>, ApiError> {
     let context = request_context(peer);
-    let now = context.now;
     let refused = |who: Who<'_>, error| Refusal::of(event::TASK_DENIED, who, Some(&task_id), error);
     let bytes = match body_bytes(body) {
         Ok(bytes) => bytes,
         Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
     };
-    let caller = caller(
-        &state,
-        &headers,
-        &method,
-        uri.path(),
-        &bytes,
-        &context,
-        now.unix_timestamp(),
-    )
-    .await?;
+    let caller = caller(&state, &headers, &method, uri.path(), &bytes, &context).await?;
     let why = match optional_json(&bytes).and_then(|r| reason(r, ending == Ending::Revoke)) {
         Ok(why) => why,
         Err(e) => {
@@ -276,7 +246,7 @@ async fn end(
     };
     let view = state
         .issuer
-        .end_task(&caller, &task_id, ending, why, &context, now)
+        .end_task(&caller, &task_id, ending, why, &context)
         .await;
     let view = refusal::settle(&state, &context, view).await?;
     Ok(Json(render_task(view)))
@@ -339,7 +309,6 @@ pub async fn revoke_certificate(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let context = request_context(peer);
-    let now = context.now;
     let refused = |who: Who<'_>, error| {
         let mut entry = refusal::entry(event::TASK_DENIED, who, None);
         entry.serial = serial.parse::<u64>().ok().map(|s| s.to_string());
@@ -349,16 +318,7 @@ pub async fn revoke_certificate(
         Ok(bytes) => bytes,
         Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
     };
-    let caller = caller(
-        &state,
-        &headers,
-        &method,
-        uri.path(),
-        &bytes,
-        &context,
-        now.unix_timestamp(),
-    )
-    .await?;
+    let caller = caller(&state, &headers, &method, uri.path(), &bytes, &context).await?;
     let why = match optional_json(&bytes).and_then(|r| reason(r, false)) {
         Ok(why) => why,
         Err(e) => {
@@ -367,7 +327,7 @@ pub async fn revoke_certificate(
     };
     let revoked = state
         .issuer
-        .revoke_certificate(&caller, &serial, why, &context, now)
+        .revoke_certificate(&caller, &serial, why, &context)
         .await;
     refusal::settle(&state, &context, revoked).await?;
     Ok(Json(serde_json::json!({"serial": serial, "revoked": true})))

@@ -7,7 +7,6 @@
 use base64ct::{Base64, Encoding};
 use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, HashAlg};
-use time::OffsetDateTime;
 
 use super::lifecycle::task_state;
 use super::{IssueError, Issuer, Refused, RequestContext};
@@ -56,8 +55,8 @@ impl Issuer {
         host_identity: &Identity,
         request: &AuthorizeRequest,
         context: &RequestContext,
-        now: OffsetDateTime,
     ) -> Result<Decision, Refused> {
+        let now = context.now;
         let host = request.host.to_ascii_lowercase();
         let allowed_host = self
             .policies

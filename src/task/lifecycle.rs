@@ -370,10 +370,9 @@ impl Issuer {
         ending: Ending,
         reason: Option<String>,
         context: &RequestContext,
-        now: OffsetDateTime,
     ) -> Result<TaskView, Refused> {
         match self
-            .try_end_task(caller, task_id, ending, reason, context, now)
+            .try_end_task(caller, task_id, ending, reason, context)
             .await
         {
             Err(error) => Err(self
@@ -390,8 +389,8 @@ impl Issuer {
         ending: Ending,
         reason: Option<String>,
         context: &RequestContext,
-        now: OffsetDateTime,
     ) -> Result<TaskView, IssueError> {
+        let now = context.now;
         let (task, relation) = self.visible_task(caller, task_id).await?;
         if ending == Ending::Revoke && relation != Relation::Admin {
             return Err(IssueError::Forbidden {
@@ -485,10 +484,9 @@ impl Issuer {
         serial: &str,
         reason: Option<String>,
         context: &RequestContext,
-        now: OffsetDateTime,
     ) -> Result<(), Refused> {
         let error = match self
-            .try_revoke_certificate(caller, serial, reason, context, now)
+            .try_revoke_certificate(caller, serial, reason, context)
             .await
         {
             Ok(()) => return Ok(()),
@@ -520,8 +518,8 @@ impl Issuer {
         serial: &str,
         reason: Option<String>,
         context: &RequestContext,
-        now: OffsetDateTime,
     ) -> Result<(), IssueError> {
+        let now = context.now;
         let cert = match serial.parse::<i64>() {
             Ok(s) if s > 0 => self
                 .store
