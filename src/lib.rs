@@ -40,20 +40,18 @@ pub mod api;
 pub mod audit;
 pub mod authority;
 pub mod bench;
-pub mod cidr;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
-pub mod duration;
-pub mod glob;
 pub mod host;
 pub mod identity;
 pub mod logging;
 pub mod policy;
-pub mod profile;
 pub mod revocation;
 pub mod server;
 pub mod store;
 pub mod task;
-pub mod text;
+
+// The pure formats shared with hosts (crates/writ-formats), under their old paths.
+pub use writ_formats::{cidr, duration, glob, profile, text};
