@@ -2,7 +2,12 @@
 //! minute-scale SSH user certificates.
 //!
 //! # Layout
-//! Dependencies run one way, top to bottom.
+//! This crate is the root of a workspace (README "Layout"): the host side is the crate
+//! `writ-principals` (`crates/writ-principals`) and the pure formats shared by CA and hosts
+//! are the crate `writ-formats` (`crates/writ-formats`); neither depends on this crate, so
+//! neither can reach the store, the HTTP API or an async runtime. This crate re-exports
+//! them under the paths below, marked *(re-export)*. Dependencies run one way, top to
+//! bottom.
 //! - [`api`] — the HTTP API (axum): one file per endpoint group, errors → JSON envelope.
 //! - [`admin`] — operator commands (`writ admin …`), e.g. `policy explain`: verifies a
 //!   token and explains what the policies do with it, without issuing or writing anything.
@@ -16,44 +21,45 @@
 //!   `writ-principals check`, measured from the outside (HTTP, processes, `/proc`).
 //! - [`task`] — issuing certificates for tasks: identity → policy → sign → store.
 //! - [`revocation`] — what hosts fetch besides certificates: the signed revocation feed,
-//!   the KRL and the trust bundle (pure formats, shared with hosts), and
+//!   the KRL and the trust bundle (pure formats from `writ-formats`, *re-exported*), and
 //!   `revocation::publisher`, which builds them from the store and the keyring.
 //! - [`policy`] — which identities may get which logins, hosts and TTLs.
 //! - [`identity`] — JWKS fetching and workload-token (JWT) verification.
 //! - [`authority`] — the CA keyring (encrypted at rest), its rotation (next → active →
 //!   retiring → retired, revoked) and certificate signing behind the `Signer` trait.
 //! - [`audit`] — audit records and their hash chain, signed checkpoints, chain
-//!   verification, JSON Lines/OCSF export (pure); `audit::sink`/`audit::service` deliver
-//!   records to sinks and sign checkpoints inside `writ serve` (these read the store).
+//!   verification, JSON Lines/OCSF export (pure, from `writ-formats`, *re-exported*);
+//!   `audit::sink`/`audit::service` deliver records to sinks and sign checkpoints inside
+//!   `writ serve` (these read the store).
 //! - [`store`] — the storage trait and its SQLite implementation.
 //! - [`config`] — the CA's TOML configuration.
-//! - [`host`] — `writ-principals`: admitting certificates on SSH hosts. It uses only pure
-//!   format modules: the feed, KRL and bundle of [`revocation`] and those below (never
-//!   `store`, `api` or an async runtime).
+//! - [`host`] *(re-export of the crate `writ-principals`)* — admitting certificates on SSH
+//!   hosts; used here by `writ bench check`. It depends only on `writ-formats` (never on
+//!   this crate's `store`, `api` or an async runtime).
 //! - [`logging`] — the CA's log: every field value escaped ([`text`]).
-//! - [`profile`], [`glob`], [`duration`], [`cidr`], [`text`] — pure formats shared by CA
-//!   and hosts: how a task is written into a certificate, pattern matching, durations in
-//!   config files, characters unsafe to display.
+//! - [`profile`], [`glob`], [`duration`], [`cidr`], [`text`] *(re-exports from
+//!   `writ-formats`)* — pure formats shared by CA and hosts: how a task is written into a
+//!   certificate, pattern matching, durations in config files, address ranges, characters
+//!   unsafe to display.
 
 pub mod admin;
 pub mod api;
 pub mod audit;
 pub mod authority;
 pub mod bench;
-pub mod cidr;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod dev;
-pub mod duration;
-pub mod glob;
-pub mod host;
 pub mod identity;
 pub mod logging;
 pub mod policy;
-pub mod profile;
 pub mod revocation;
 pub mod server;
 pub mod store;
 pub mod task;
-pub mod text;
+
+// The pure formats shared with hosts (crates/writ-formats) and the host side
+// (crates/writ-principals), under their old paths.
+pub use writ_formats::{cidr, duration, glob, profile, text};
+pub use writ_principals as host;

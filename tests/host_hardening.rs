@@ -238,7 +238,7 @@ impl Host {
         ensure_user(ALICE);
         let idp = TestIdp::start(&[Key::Rsa]);
         let ca = TestCa::with_policy(&idp, "", &policy());
-        let host = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+        let host = TestHost::new(common::writ_principals());
         host.write_host_config(&host_config(&ca.url, &host, ""));
         let out = sync(&host);
         assert!(

@@ -30,7 +30,6 @@ use common::sshd::{Sshd, SshdOptions, TestHost, ensure_user, require_root_and_ss
 use common::{public_key, refusing_port, ssh_keygen};
 
 const INSTALL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/host/install.sh");
-const PRINCIPALS: &str = env!("CARGO_BIN_EXE_writ-principals");
 const HOST_NAME: &str = "web-01.prod.example.com";
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -97,7 +96,7 @@ impl World {
     /// not read sshd_config.d).
     fn new(include_dropins: bool) -> World {
         require_root_and_sshd();
-        let host = TestHost::new(Path::new(PRINCIPALS));
+        let host = TestHost::new(common::writ_principals());
         let root = host.dir().join("root");
         fs::create_dir(&root).expect("mkdir root");
         // Cron's directory exists, so the no-systemd path installs the cron file.
@@ -263,7 +262,10 @@ fn unreachable_ca_changes_nothing_and_key_logins_keep_working() {
     let before = tree(&root);
 
     let (_held, port) = refusing_port();
-    let out = world.install(&format!("http://127.0.0.1:{port}"), Path::new(PRINCIPALS));
+    let out = world.install(
+        &format!("http://127.0.0.1:{port}"),
+        common::writ_principals(),
+    );
 
     assert!(
         !out.status.success(),
@@ -331,7 +333,7 @@ fn real_ca_installs_reloads_and_admits_writ_certificates() {
         "control: no writ login before install"
     );
 
-    let out = world.install(&ca.url, Path::new(PRINCIPALS));
+    let out = world.install(&ca.url, common::writ_principals());
     assert!(out.status.success(), "{}", describe(&out));
 
     // What landed, naming the scratch root's paths.
@@ -404,7 +406,7 @@ fn real_ca_installs_reloads_and_admits_writ_certificates() {
     fs::write(&config_path, toml).expect("write host.toml");
     let before = tree(&root);
     let newer = keys.path().join("writ-principals-newer");
-    let mut bytes = fs::read(PRINCIPALS).expect("read binary");
+    let mut bytes = fs::read(common::writ_principals()).expect("read binary");
     bytes.extend_from_slice(b"\0a newer build\0"); // trailing bytes: still runs
     fs::write(&newer, bytes).expect("write newer binary");
     {
@@ -443,7 +445,7 @@ fn dropin_that_sshd_would_not_read_is_refused_and_rolled_back() {
     let root = world.root();
     let before = tree(&root);
 
-    let out = world.install(&ca.url, Path::new(PRINCIPALS));
+    let out = world.install(&ca.url, common::writ_principals());
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(
         text(&out.stderr).contains("is not in effect"),

@@ -1,5 +1,6 @@
-//! The Debian packages (README "Packages"): `cargo deb` builds `writ` (the CA) and, with
-//! `--variant principals`, `writ-principals` (SSH hosts) from `[package.metadata.deb]`.
+//! The Debian packages (README "Packages"): `cargo deb` builds `writ` (the CA) and
+//! `cargo deb -p writ-principals` builds `writ-principals` (SSH hosts), each from the
+//! `[package.metadata.deb]` of its crate's Cargo.toml.
 //!
 //! The test packages the binaries this test run has already built (`--no-build` with a
 //! scratch target directory holding them as `release/…`), so it checks the packaging —
@@ -55,23 +56,18 @@ fn build_packages(dir: &Path) -> (PathBuf, PathBuf) {
     let release = dir.join("target/release");
     fs::create_dir_all(&release).expect("mkdir target/release");
     for bin in [
-        env!("CARGO_BIN_EXE_writ"),
-        env!("CARGO_BIN_EXE_writ-principals"),
+        Path::new(env!("CARGO_BIN_EXE_writ")),
+        common::writ_principals(),
     ] {
-        let bin = Path::new(bin);
         fs::copy(bin, release.join(bin.file_name().expect("name"))).expect("copy binary");
     }
     let out_dir = dir.join("debian");
-    for variant in [None, Some("principals")] {
-        let mut cmd = Command::new("cargo");
-        cmd.args(["deb", "--no-build", "--fast", "--output"])
+    for package in ["writ", "writ-principals"] {
+        run(Command::new("cargo")
+            .args(["deb", "-p", package, "--no-build", "--fast", "--output"])
             .arg(&out_dir)
             .current_dir(MANIFEST_DIR)
-            .env("CARGO_TARGET_DIR", dir.join("target"));
-        if let Some(variant) = variant {
-            cmd.args(["--variant", variant]);
-        }
-        run(&mut cmd);
+            .env("CARGO_TARGET_DIR", dir.join("target")));
     }
     let deb = |name: &str| {
         let path = out_dir.join(format!("{name}_{VERSION}-1_amd64.deb"));

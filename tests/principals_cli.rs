@@ -116,7 +116,7 @@ impl Fixture {
     }
 
     fn check(&self, login: &str, cert: &str) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_writ-principals"))
+        Command::new(common::writ_principals())
             .arg("check")
             .arg("--config")
             .arg(&self.config)
@@ -184,7 +184,7 @@ fn denies_everything_doubtful_and_prints_nothing() {
     assert_denied(&f.check("deploy", &good), "missing trusted keys");
 
     // No config file.
-    let out = Command::new(env!("CARGO_BIN_EXE_writ-principals"))
+    let out = Command::new(common::writ_principals())
         .args([
             "check",
             "--config",

@@ -98,7 +98,7 @@ fn world() -> World {
     ensure_user(ALICE);
     let idp = TestIdp::start(&[Key::Rsa]);
     let ca = TestCa::with_policy(&idp, "", &policies());
-    let host = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+    let host = TestHost::new(common::writ_principals());
     host.write_host_config(&host_config(&ca.url, &host, ""));
     let dir = tempfile::tempdir().expect("tempdir");
     let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);

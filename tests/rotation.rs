@@ -143,7 +143,7 @@ fn sync(host: &TestHost) {
 
 /// A host whose sshd uses the synced trust bundle and KRL, like a production host.
 fn synced_host(ca: &TestCa) -> (TestHost, Sshd) {
-    let host = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+    let host = TestHost::new(common::writ_principals());
     host.write_host_config(&host_config(ca, &host.state_dir()));
     sync(&host);
     let sshd = Sshd::start(
@@ -419,7 +419,7 @@ fn retired_and_revoked_keys_are_refused_at_the_next_sync() {
     // A second host whose sshd keeps trusting every CA key it was ever given (a stale
     // TrustedUserCAKeys file), while its writ-principals syncs: writ-principals must
     // still refuse what the CA no longer trusts.
-    let stale = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+    let stale = TestHost::new(common::writ_principals());
     let stale_synced = stale.dir().join("synced");
     stale.write_host_config(&host_config(&ca, &stale_synced));
     sync(&stale);

@@ -105,7 +105,7 @@ fn api_certificate_logs_in_only_for_its_task() {
             "name = \"agents\"\nlogins = [\"{ALICE}\", \"{BOB}\"]\nhosts = [\"*.prod.example.com\"]\n"
         ),
     );
-    let host = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+    let host = TestHost::new(common::writ_principals());
     host.write_host_config(&host_config(&ca, &host, HOST_NAME));
     sync(&host);
     let sshd = Sshd::start(&host, SshdOptions::default());
@@ -180,7 +180,7 @@ fn hosts_without_writ_principals_refuse_writ_certificates() {
         "",
         &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*\"]\n"),
     );
-    let host = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+    let host = TestHost::new(common::writ_principals());
     host.write_host_config(&host_config(&ca, &host, HOST_NAME));
     sync(&host);
     // sshd trusts the writ CA but runs no AuthorizedPrincipalsCommand: principals must
@@ -234,7 +234,7 @@ fn writ_ssh_runs_a_task_scoped_session_and_completes_the_task() {
         "",
         &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*.prod.example.com\"]\n"),
     );
-    let host = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+    let host = TestHost::new(common::writ_principals());
     host.write_host_config(&host_config(&ca, &host, HOST_NAME));
     sync(&host);
     let sshd = Sshd::start(&host, SshdOptions::default());
@@ -328,7 +328,7 @@ fn writ_cert_certifies_an_existing_key() {
         "",
         &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*.prod.example.com\"]\n"),
     );
-    let host = TestHost::new(Path::new(env!("CARGO_BIN_EXE_writ-principals")));
+    let host = TestHost::new(common::writ_principals());
     host.write_host_config(&host_config(&ca, &host, HOST_NAME));
     sync(&host);
     let sshd = Sshd::start(&host, SshdOptions::default());

@@ -6,11 +6,13 @@
 # authentication attempt, so start-up is its main cost; each crate's `cpuid` probe traps
 # to the hypervisor on a VM and costs more than the vector code saves on two signature
 # checks. Measured in docs/performance.md ("Host check"). Portable to any x86-64 CPU.
+# Only the host crates are compiled (`-p writ-principals`: writ-principals, writ-formats
+# and their dependencies; no async runtime, HTTP server or database, README "Layout").
 #
 #   contrib/host/build.sh        → target/x86_64-unknown-linux-gnu/host/writ-principals
 set -eu
 cd "$(dirname "$0")/../.."
 target="${TARGET:-x86_64-unknown-linux-gnu}"
 RUSTFLAGS="-C target-feature=+crt-static --cfg curve25519_dalek_backend=\"serial\"" \
-    cargo build --profile host --target "$target" --features host-build --bin writ-principals
+    cargo build -p writ-principals --profile host --target "$target" --features host-build
 echo "target/$target/host/writ-principals"

@@ -105,7 +105,7 @@ if [ "$packaged" = 1 ]; then
     [ -x "$bin_path" ] || refuse "--packaged, but there is no $bin_path: install the writ-principals package first"
 else
     bin_path="$root/usr/local/bin/writ-principals"
-    [ -x "$binary" ] || refuse "no executable at $binary (build with contrib/host/build.sh, or cargo build --release)"
+    [ -x "$binary" ] || refuse "no executable at $binary (build with contrib/host/build.sh, or cargo build --release -p writ-principals)"
 fi
 config_path="$root/etc/writ/host.toml"
 state_dir="$root/var/lib/writ"

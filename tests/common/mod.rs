@@ -11,7 +11,28 @@ pub mod idp;
 pub mod serve;
 pub mod sshd;
 
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+
+/// The `writ-principals` binary of this build. It belongs to the member crate
+/// `crates/writ-principals`, so Cargo defines no `CARGO_BIN_EXE_writ-principals` for this
+/// crate's tests; built by the same command, it lies next to the `writ` binary.
+/// `cargo test --workspace` builds it (that crate has integration tests) before any test
+/// runs; a command that selects only this crate's tests (`cargo test -p writ`,
+/// `cargo test --test NAME`) does not, and may find a binary left by an earlier build.
+pub fn writ_principals() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let path = Path::new(env!("CARGO_BIN_EXE_writ")).with_file_name("writ-principals");
+        assert!(
+            path.is_file(),
+            "{} is missing: the writ-principals binary is built by the workspace member \
+             crates/writ-principals; run `cargo test --workspace`",
+            path.display()
+        );
+        path
+    })
+}
 
 /// One tokio runtime per test binary for every in-process server (CA and IdP); tests
 /// themselves are synchronous and talk to the servers over real HTTP.

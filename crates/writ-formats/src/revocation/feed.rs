@@ -14,8 +14,8 @@
 //! Version 1 has no binding; the CA still serves it by default, for hosts that predate
 //! version 2 (they refuse unknown fields), and `sync` refuses it.
 //!
-//! Pure: the CA signs through [`crate::authority`], hosts verify with [`verify`]; time is
-//! an input.
+//! Pure: the CA signs through its keyring (`writ::authority`), hosts verify with
+//! [`verify`]; time is an input.
 
 use std::time::Duration;
 

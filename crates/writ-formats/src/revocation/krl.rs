@@ -62,7 +62,7 @@ pub const MIN_RANGE_RUN: u64 = 3;
 ///
 /// ```
 /// use ssh_key::public::{Ed25519PublicKey, KeyData};
-/// use writ::revocation::krl::KrlBuilder;
+/// use writ_formats::revocation::krl::KrlBuilder;
 ///
 /// let ca = KeyData::Ed25519(Ed25519PublicKey([7; 32]));
 /// let krl = KrlBuilder::new(2, 1_700_000_000)

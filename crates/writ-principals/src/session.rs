@@ -26,10 +26,10 @@
 //! would not admit, an unreachable CA — and logs what it could not do. Denying is
 //! `check`'s job, before authentication; this hook only reports.
 
-use crate::host::check::{self, CertFacts, CheckError, log_owned};
-use crate::host::config::{HostConfig, Mode};
-use crate::host::online::{self, Answer, AuthorizeRequest, Phase};
-use crate::host::syslog::Severity;
+use crate::check::{self, CertFacts, CheckError, log_owned};
+use crate::config::{HostConfig, Mode};
+use crate::online::{self, Answer, AuthorizeRequest, Phase};
+use crate::syslog::Severity;
 
 /// The only `PAM_TYPE` acted on.
 pub const OPEN_SESSION: &str = "open_session";
@@ -298,11 +298,11 @@ mod tests {
     use std::time::Duration;
 
     use ssh_key::PrivateKey;
+    use writ_formats::revocation::feed::RevokedTask;
 
     use super::*;
-    use crate::host::check::tests::{HOST, NOW, SERIAL, Spec, TASK, issue, new_key, signed_feed};
-    use crate::host::online::tests::{ca_stand_in, request_json};
-    use crate::revocation::feed::RevokedTask;
+    use crate::check::tests::{HOST, NOW, SERIAL, Spec, TASK, issue, new_key, signed_feed};
+    use crate::online::tests::{ca_stand_in, request_json};
 
     struct Fixture {
         ca: PrivateKey,

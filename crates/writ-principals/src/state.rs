@@ -19,7 +19,7 @@ use std::fs::Metadata;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::host::config::SyncUser;
+use crate::config::SyncUser;
 
 /// Where the system's users are listed, for resolving a `sync_user` name.
 const PASSWD_FILE: &str = "/etc/passwd";

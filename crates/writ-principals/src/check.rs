@@ -10,7 +10,7 @@
 //! 2. it is a *user* certificate, signed by a key in the synced `trusted_user_ca_keys`
 //!    file, and `now` is inside its validity window (invariant 2). The state directory
 //!    and every file read from it must be owned by root (or `sync_user`) and not
-//!    writable by group or others ([`crate::host::state`]), or nothing is admitted;
+//!    writable by group or others ([`crate::state`]), or nothing is admitted;
 //! 3. it carries no critical option except `force-command` and `source-address`, which
 //!    sshd itself enforces;
 //! 4. its signed writ extensions name a task id and host patterns, and this host's name
@@ -38,15 +38,15 @@ use std::path::{Path, PathBuf};
 use base64ct::{Base64, Encoding};
 use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, Fingerprint, HashAlg, PublicKey};
+use writ_formats::duration;
+use writ_formats::profile;
+use writ_formats::revocation::bundle;
+use writ_formats::revocation::feed::{self, Feed, FeedError};
 
-use crate::duration;
-use crate::host::config::{FEED_CLOCK_SKEW, HostConfig, Mode};
-use crate::host::online::{self, Answer, AuthorizeRequest, Phase, TokenError};
-use crate::host::state::{self, InsecureState, Owners};
-use crate::host::syslog::{self, Severity};
-use crate::profile;
-use crate::revocation::bundle;
-use crate::revocation::feed::{self, Feed, FeedError};
+use crate::config::{FEED_CLOCK_SKEW, HostConfig, Mode};
+use crate::online::{self, Answer, AuthorizeRequest, Phase, TokenError};
+use crate::state::{self, InsecureState, Owners};
+use crate::syslog::{self, Severity};
 
 /// Critical options sshd enforces itself; a certificate with any other is refused, since
 /// an option we cannot see enforced is a restriction we would silently drop.
@@ -76,7 +76,7 @@ pub enum CheckError {
     #[error("not a user certificate")]
     NotUserCertificate,
     /// The state directory or a file read from it may have been written by someone other
-    /// than root or the sync user (see [`crate::host::state`]); nothing in it is trusted.
+    /// than root or the sync user (see [`crate::state`]); nothing in it is trusted.
     #[error(transparent)]
     InsecureState(InsecureState),
     /// The trusted CA keys could not be loaded; with no trust anchor nothing is admitted.
@@ -640,7 +640,7 @@ pub fn trusted_keys(config: &HostConfig) -> Result<Vec<PublicKey>, CheckError> {
 enum ReadError {
     /// Opening or reading failed, or the file is too large.
     Io(io::Error),
-    /// The file is not owned and protected as [`crate::host::state`] requires.
+    /// The file is not owned and protected as [`crate::state`] requires.
     Insecure(InsecureState),
 }
 
@@ -696,10 +696,10 @@ pub(crate) mod tests {
     use rand_core::OsRng;
     use ssh_key::certificate::Builder;
     use ssh_key::{Algorithm, LineEnding, PrivateKey};
+    use writ_formats::revocation::feed::{RevokedSerial, RevokedTask, SignedFeed};
 
     use super::*;
-    use crate::host::online::tests::{ca_stand_in, request_json};
-    use crate::revocation::feed::{RevokedSerial, RevokedTask, SignedFeed};
+    use crate::online::tests::{ca_stand_in, request_json};
 
     pub(crate) const NOW: u64 = 1_700_000_000;
     pub(crate) const TASK: &str = "0123456789abcdef0123456789abcdef";
@@ -999,11 +999,11 @@ pub(crate) mod tests {
             );
         }
         // Every piece is nobody's now; naming nobody as the sync user trusts them.
-        f.config.sync_user = Some(crate::host::config::SyncUser::Uid(nobody));
+        f.config.sync_user = Some(crate::config::SyncUser::Uid(nobody));
         assert!(f.check("deploy", &cert).is_ok());
-        f.config.sync_user = Some(crate::host::config::SyncUser::Name("nobody".to_owned()));
+        f.config.sync_user = Some(crate::config::SyncUser::Name("nobody".to_owned()));
         assert!(f.check("deploy", &cert).is_ok());
-        f.config.sync_user = Some(crate::host::config::SyncUser::Name("root".to_owned()));
+        f.config.sync_user = Some(crate::config::SyncUser::Name("root".to_owned()));
         assert_eq!(reason(f.check("deploy", &cert)), "insecure_state");
     }
 

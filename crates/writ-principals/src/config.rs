@@ -22,8 +22,9 @@ pub const KRL_FILE: &str = "revoked.krl";
 pub const REVOCATIONS_FILE: &str = "revocations.json";
 /// How far in the future a revocation feed's `issued_at` may lie (clock skew between the
 /// CA and this host) before it is refused; defined with the feed format, because the CA
-/// keeps revocations published this much longer ([`crate::revocation::feed::HOST_CLOCK_SKEW`]).
-pub const FEED_CLOCK_SKEW: Duration = crate::revocation::feed::HOST_CLOCK_SKEW;
+/// keeps revocations published this much longer
+/// ([`writ_formats::revocation::feed::HOST_CLOCK_SKEW`]).
+pub const FEED_CLOCK_SKEW: Duration = writ_formats::revocation::feed::HOST_CLOCK_SKEW;
 /// Default for `max_staleness`: how old revocation data may be before hosts deny.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(120);
 /// Default for `timeout`. `check` runs while sshd holds a pre-authentication slot, so any
@@ -79,7 +80,7 @@ pub struct HostConfig {
     /// How old revocation data may be before `check` denies.
     #[serde(
         default = "default_max_staleness",
-        deserialize_with = "crate::duration::deserialize"
+        deserialize_with = "writ_formats::duration::deserialize"
     )]
     pub max_staleness: Duration,
     /// This host's own workload token, for online mode (required there). Read on every
@@ -89,12 +90,12 @@ pub struct HostConfig {
     /// Hard timeout for every network call, from DNS lookup to the last body byte.
     #[serde(
         default = "default_timeout",
-        deserialize_with = "crate::duration::deserialize"
+        deserialize_with = "writ_formats::duration::deserialize"
     )]
     pub timeout: Duration,
     /// The user `writ-principals sync` runs as, if not root (a name, or a numeric uid).
     /// `state_dir` and the files in it must be owned by root or this user and writable by
-    /// no one else, or `check` and `sync` refuse them ([`crate::host::state`]). Unset:
+    /// no one else, or `check` and `sync` refuse them ([`crate::state`]). Unset:
     /// root only.
     #[serde(default)]
     pub sync_user: Option<SyncUser>,
@@ -205,7 +206,7 @@ impl HostConfig {
             _ => {}
         }
         if let Some(SyncUser::Name(name)) = &config.sync_user
-            && !crate::profile::is_valid_login(name)
+            && !writ_formats::profile::is_valid_login(name)
         {
             return Err(invalid(
                 "sync_user",
@@ -278,7 +279,7 @@ fn check_ca_url(url: &str) -> Result<(), String> {
 
 fn is_valid_host_name(name: &str) -> bool {
     !name.is_empty()
-        && name.len() <= crate::profile::MAX_HOST_PATTERN_LEN
+        && name.len() <= writ_formats::profile::MAX_HOST_PATTERN_LEN
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))

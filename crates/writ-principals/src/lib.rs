@@ -1,4 +1,7 @@
-//! The host side of writ: everything `writ-principals` does on an SSH host.
+//! writ-principals: the host side of writ, everything the `writ-principals` binary does on
+//! an SSH host (`src/main.rs` only parses arguments and calls this library). The CA crate
+//! `writ` re-exports it as `writ::host` (its `writ bench check` runs [`check`] in
+//! process).
 //!
 //! - [`config`] — the host's TOML configuration (`/etc/writ/host.toml`).
 //! - [`check`] — sshd's `AuthorizedPrincipalsCommand`: decides whether a certificate may
@@ -13,11 +16,14 @@
 //! - [`syslog`] — one escaped `key=value` line per decision to syslog (facility auth).
 //!
 //! `check` runs for every authentication attempt, before sshd has checked anything, so
-//! this module must stay small and fast: it uses only the pure format modules shared with
-//! the CA ([`crate::profile`], [`crate::glob`], [`crate::duration`],
-//! [`crate::revocation::feed`], [`crate::revocation::krl`]) and must never depend on
-//! `store`, `api` or an async runtime. Network access is blocking and always bounded by
-//! the configured timeout.
+//! this crate must stay small and fast. What it must never do: depend on the `writ` crate
+//! (its store, HTTP API or keyring), a database, an HTTP server or an async runtime — its
+//! only writ dependency is the pure crate [`writ_formats`] shared with the CA (certificate
+//! [`profile`](writ_formats::profile), [`duration`](writ_formats::duration)s, the
+//! revocation [`feed`](writ_formats::revocation::feed), [`krl`](writ_formats::revocation::krl)
+//! and trust [`bundle`](writ_formats::revocation::bundle)), so the compiler refuses
+//! anything else; `cargo tree -p writ-principals -e normal` shows the whole list. Network
+//! access is blocking (ureq) and always bounded by the configured timeout.
 
 pub mod check;
 pub mod config;

@@ -7,7 +7,7 @@
 //! | `GET /v1/ca/trusted-keys`               | `trusted_user_ca_keys` | sshd, check        |
 //! | `GET /v1/krl?sequence=S&issued_at=T`    | `revoked.krl`          | sshd `RevokedKeys` |
 //!
-//! First the state directory is checked ([`crate::host::state`]: owned by root or
+//! First the state directory is checked ([`crate::state`]: owned by root or
 //! `sync_user`, not writable by group or others, nor the files already in it), or
 //! nothing is fetched. Then everything is fetched and validated before anything is
 //! written: the feed must be version 2, naming the digests of the trust bundle and KRL it
@@ -40,16 +40,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use ssh_key::PublicKey;
+use writ_formats::duration;
+use writ_formats::revocation::bundle::{self, BundleError};
+use writ_formats::revocation::feed::{self, Feed, FeedError};
+use writ_formats::revocation::krl::{KRL_FORMAT_VERSION, KRL_MAGIC};
 
-use crate::duration;
-use crate::host::config::{
-    FEED_CLOCK_SKEW, HostConfig, KRL_FILE, REVOCATIONS_FILE, TRUSTED_KEYS_FILE,
-};
-use crate::host::online::http_agent;
-use crate::host::state::{self, InsecureState, Owners};
-use crate::revocation::bundle::{self, BundleError};
-use crate::revocation::feed::{self, Feed, FeedError};
-use crate::revocation::krl::{KRL_FORMAT_VERSION, KRL_MAGIC};
+use crate::config::{FEED_CLOCK_SKEW, HostConfig, KRL_FILE, REVOCATIONS_FILE, TRUSTED_KEYS_FILE};
+use crate::online::http_agent;
+use crate::state::{self, InsecureState, Owners};
 
 /// Path of the trust bundle below `ca_url`.
 pub const TRUSTED_KEYS_PATH: &str = "/v1/ca/trusted-keys";
@@ -205,7 +203,7 @@ pub enum SyncError {
         attempts: usize,
     },
     /// The state directory or a file in it is not owned and protected as `check`
-    /// requires ([`crate::host::state`]).
+    /// requires ([`crate::state`]).
     #[error(transparent)]
     Insecure(InsecureState),
     /// A sync round panicked (a bug); `watch` carries on with the next round.
@@ -310,7 +308,7 @@ pub fn sync_at(config: &HostConfig, now_unix: i64) -> Result<SyncReport, SyncErr
 }
 
 /// The state directory (created, mode 0755, if missing) and the files already in it must
-/// be owned and protected as [`crate::host::state`] requires before sync writes there.
+/// be owned and protected as [`crate::state`] requires before sync writes there.
 fn check_state(config: &HostConfig, owners: &Owners<'_>) -> Result<(), SyncError> {
     DirBuilder::new()
         .recursive(true)
@@ -607,11 +605,11 @@ mod tests {
     use std::time::Instant;
 
     use ssh_key::PrivateKey;
+    use writ_formats::revocation::feed::RevokedTask;
 
     use super::*;
-    use crate::host::check::tests::new_key;
-    use crate::host::config::Mode;
-    use crate::revocation::feed::RevokedTask;
+    use crate::check::tests::new_key;
+    use crate::config::Mode;
 
     const NOW: i64 = 1_700_000_000;
 
@@ -695,7 +693,7 @@ mod tests {
             revoked_serials: vec![],
             binding: Some(feed::Binding::of(bundle, krl)),
         };
-        crate::host::check::tests::sign_feed(signer, &feed).into_bytes()
+        crate::check::tests::sign_feed(signer, &feed).into_bytes()
     }
 
     /// The path of a request line's target, without its query.
@@ -846,8 +844,8 @@ mod tests {
         );
 
         // What sync installs, check accepts: the feed verifies against the bundle.
-        let keys = crate::host::check::trusted_keys(&config).expect("keys");
-        let feed = crate::host::check::load_feed(&config, &keys, NOW as u64).expect("feed");
+        let keys = crate::check::trusted_keys(&config).expect("keys");
+        let feed = crate::check::load_feed(&config, &keys, NOW as u64).expect("feed");
         assert_eq!(feed.sequence, 3);
     }
 
@@ -1026,7 +1024,7 @@ mod tests {
         let mut ca = Ca::new(&key, 5);
         ca.feed = Some(ok(
             "application/json",
-            crate::host::check::tests::sign_feed(&key, &feed),
+            crate::check::tests::sign_feed(&key, &feed),
         ));
         assert_refused(ca, "version 1 does not name the trust bundle and KRL");
     }

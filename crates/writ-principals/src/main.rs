@@ -1,5 +1,5 @@
 //! `writ-principals`: the host-side binary. It parses arguments, reads the clock once and
-//! calls [`writ::host`]; all decisions live in the library. It never starts an async
+//! calls [`writ_principals`]; all decisions live in the library. It never starts an async
 //! runtime: `check` runs for every SSH authentication attempt and must start fast.
 
 use std::io::{self, Write};
@@ -9,10 +9,11 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
-use writ::host::config::HostConfig;
-use writ::host::session::{self, Report, SessionEnv, SessionOutcome};
-use writ::host::syslog::{self, Severity};
-use writ::host::{check, sync};
+use writ_formats::duration;
+use writ_principals::config::HostConfig;
+use writ_principals::session::{self, Report, SessionEnv, SessionOutcome};
+use writ_principals::syslog::{self, Severity};
+use writ_principals::{check, sync};
 
 const AFTER_HELP: &str = "\
 Host setup (sshd_config):
@@ -123,7 +124,7 @@ enum Command {
 }
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
-    let interval = writ::duration::parse(text)?;
+    let interval = duration::parse(text)?;
     if interval < Duration::from_secs(1) {
         return Err("must be at least 1s".to_owned());
     }
@@ -250,8 +251,11 @@ fn run_sync(config_path: &Path) -> ExitCode {
         .and_then(|config| sync::sync(&config).map_err(|e| e.to_string()));
     match result {
         Ok(report) => {
-            // A closed pipe (`sync | head`) is not a failed sync.
-            let _ = writ::cli::println(&format!("writ-principals: {}", report_line(&report)));
+            // A closed pipe (`sync | head`) is not a failed sync: the write's result is
+            // ignored (and, unlike `println!`, it does not panic).
+            let mut stdout = io::stdout().lock();
+            let _ = writeln!(stdout, "writ-principals: {}", report_line(&report))
+                .and_then(|()| stdout.flush());
             ExitCode::SUCCESS
         }
         Err(message) => {
@@ -293,7 +297,7 @@ fn run_watch(config_path: &Path, interval: Duration) -> ExitCode {
     eprintln!(
         "writ-principals: syncing from {} every {}",
         config.ca_base_url(),
-        writ::duration::format(interval)
+        duration::format(interval)
     );
     // Quiet while nothing hosts enforce changes: a line for the first sync, for each
     // change of keys, KRL or revocations, after a failure, and for every failure.

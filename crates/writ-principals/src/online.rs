@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::config::HostConfig;
+use crate::config::HostConfig;
 
 /// Path of the authorize endpoint below `ca_url`.
 pub const AUTHORIZE_PATH: &str = "/v1/authorize";
@@ -240,7 +240,7 @@ pub(crate) mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::host::config::Mode;
+    use crate::config::Mode;
 
     /// A one-request HTTP responder standing in for the CA at the protocol level: it
     /// answers `status` with a JSON `body` and hands the request (head and body) back.
