@@ -31,7 +31,8 @@
 //!   verification, JSON Lines/OCSF export (pure, from `writ-formats`, *re-exported*);
 //!   `audit::sink`/`audit::service` deliver records to sinks and sign checkpoints inside
 //!   `writ serve` (these read the store).
-//! - [`store`] — the storage trait and its SQLite implementation.
+//! - [`store`] — the store contract (`Store`, typed records and states, its tests in
+//!   `store::contract`) and its SQLite backend (one driver, one writer thread).
 //! - [`config`] — the CA's TOML configuration.
 //! - [`host`] *(re-export of the crate `writ-principals`)* — admitting certificates on SSH
 //!   hosts; used here by `writ bench check`. It depends only on `writ-formats` (never on
