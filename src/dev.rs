@@ -165,6 +165,7 @@ pub fn prepare(
             source_address: None,
         }],
         audit: Default::default(),
+        limits: Default::default(),
     };
     Ok((config, jwks))
 }

@@ -42,7 +42,35 @@ async fn reject(
     context: &RequestContext,
 ) -> ApiError {
     let claimed_issuer = token.and_then(|t| state.verifier.claimed_issuer(t));
-    refusal::record(state, Refusal::token(claimed_issuer, error), context).await
+    let answer = refusal::record(state, Refusal::token(claimed_issuer, error), context).await;
+    if let Some(address) = client_address(context) {
+        state.rate.failed_auth_from(address);
+    }
+    answer
+}
+
+fn client_address(context: &RequestContext) -> Option<std::net::IpAddr> {
+    context.source_ip.as_deref()?.parse().ok()
+}
+
+/// A client address over its budget of failed authentications is answered 429 before
+/// its credentials are even looked at (and the refusal joins its flood summary).
+async fn refuse_if_flooding(state: &AppState, context: &RequestContext) -> Result<(), ApiError> {
+    let Some(limited) = client_address(context).and_then(|a| state.rate.flooding(a)) else {
+        return Ok(());
+    };
+    let answer = ApiError::rate_limited(
+        "too many failed authentications from this address",
+        limited.retry_after_secs,
+    );
+    let refused = Refusal::new(
+        crate::audit::AuditEntry::new(
+            crate::audit::event::TOKEN_REJECTED,
+            crate::audit::Outcome::Failure,
+        ),
+        answer,
+    );
+    Err(refusal::record(state, refused, context).await)
 }
 
 /// Verify the bearer token at the request's time, auditing a refusal as
@@ -52,6 +80,7 @@ pub async fn authenticate(
     headers: &HeaderMap,
     context: &RequestContext,
 ) -> Result<Identity, ApiError> {
+    refuse_if_flooding(state, context).await?;
     let now_unix = context.now.unix_timestamp();
     let token = bearer_token(headers);
     let result = match &token {
@@ -74,6 +103,7 @@ pub async fn caller(
     body: &[u8],
     context: &RequestContext,
 ) -> Result<Caller, ApiError> {
+    refuse_if_flooding(state, context).await?;
     let now_unix = context.now.unix_timestamp();
     if let Ok((scheme, params)) = authorization(headers)
         && scheme.eq_ignore_ascii_case(possession::SCHEME)

@@ -81,7 +81,20 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
     let context = request_context(peer);
     let announced = state.issuer.announce_issuance();
+    if let Err(limited) = state.rate.issuance_from(peer.ip()) {
+        let answer = limited.answer("too many certificates requested from this address");
+        let refused = Refusal::of(event::CERT_DENIED, Who::Nobody, None, answer);
+        return Err(refusal::record(&state, refused, &context).await);
+    }
     let identity = authenticate(&state, &headers, &context).await?;
+    if let Err(limited) = state
+        .rate
+        .issuance_for(&identity.issuer_name, &identity.subject)
+    {
+        let answer = limited.answer("too many certificates requested for this identity");
+        let refused = Refusal::of(event::CERT_DENIED, Who::Identity(&identity), None, answer);
+        return Err(refusal::record(&state, refused, &context).await);
+    }
     let request = match decode_body(body) {
         Ok(request) => request,
         Err(error) => {

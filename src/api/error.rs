@@ -18,6 +18,8 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// Seconds to wait before trying again (`Retry-After`), for 429 and 503 `overloaded`.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -27,6 +29,19 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429: a rate limit was reached; come back after `retry_after_secs`.
+    pub fn rate_limited(what: &str, retry_after_secs: u64) -> ApiError {
+        ApiError {
+            retry_after: Some(retry_after_secs),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("{what}; retry after {retry_after_secs}s"),
+            )
         }
     }
 
@@ -116,6 +131,11 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::WWW_AUTHENTICATE, value);
             }
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

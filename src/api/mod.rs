@@ -7,6 +7,7 @@ pub mod ca;
 pub mod certificates;
 pub mod error;
 pub mod health;
+pub mod rate;
 pub mod refusal;
 pub mod revocation;
 pub mod tasks;
@@ -46,6 +47,8 @@ pub struct AppState {
     /// How long revocations stay published after their certificate or task ended:
     /// [`crate::revocation::feed::retention_after_end`] of `[ca] clock_skew`.
     pub revocation_retention: std::time::Duration,
+    /// Rate limits and flood summaries (`[limits]`).
+    pub rate: Arc<rate::RateLimits>,
 }
 
 /// The router for all endpoints.

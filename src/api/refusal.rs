@@ -110,8 +110,26 @@ pub fn entry(event: &str, who: Who<'_>, task_id: Option<&str>) -> AuditEntry {
 }
 
 /// Record `refusal` and answer it: its error once the record is written, 503
-/// `audit_unavailable` if it cannot be.
+/// `audit_unavailable` if it cannot be. A refusal of a client address that is flooding
+/// (over its budget of failed authentications, [`super::rate`]) is counted into that
+/// address's summary record instead, written once per interval.
 pub async fn record(state: &AppState, refusal: Refusal, context: &RequestContext) -> ApiError {
+    let address = context
+        .source_ip
+        .as_deref()
+        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+    if let Some(address) = address {
+        if refusal.code == "rate_limited" {
+            // A client that ignores Retry-After spends its refusal budget like one that
+            // sends bad tokens.
+            state.rate.failed_auth_from(address);
+        }
+        if state.rate.flooding(address).is_some() {
+            // Over its budget: counted into the address's summary record, not one each.
+            state.rate.summarise(address, refusal.code, context.now);
+            return refusal.answer;
+        }
+    }
     let (entry, answer) = refusal.into_record(context);
     match state.store.append_audit(&entry, context.now).await {
         Ok(()) => answer,

@@ -20,7 +20,7 @@ use super::certificates::{CertificateResponse, render, rfc3339};
 use super::refusal::{self, Refusal, Who};
 use super::{ApiError, AppState, request_context};
 use crate::audit::event;
-use crate::task::lifecycle::{Ending, NewCertificate, TaskView};
+use crate::task::lifecycle::{Caller, Ending, NewCertificate, TaskView};
 
 /// Longest accepted reason text.
 const MAX_REASON_BYTES: usize = 512;
@@ -194,11 +194,23 @@ pub async fn renew(
     let context = request_context(peer);
     let announced = state.issuer.announce_issuance();
     let refused = |who: Who<'_>, error| Refusal::of(event::CERT_DENIED, who, Some(&task_id), error);
+    if let Err(limited) = state.rate.issuance_from(peer.ip()) {
+        let answer = limited.answer("too many certificates requested from this address");
+        return Err(refusal::record(&state, refused(Who::Nobody, answer), &context).await);
+    }
     let bytes = match body_bytes(body) {
         Ok(bytes) => bytes,
         Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
     };
     let caller = caller(&state, &headers, &method, uri.path(), &bytes, &context).await?;
+    if let Caller::Token(identity) = &caller
+        && let Err(limited) = state
+            .rate
+            .issuance_for(&identity.issuer_name, &identity.subject)
+    {
+        let answer = limited.answer("too many certificates requested for this identity");
+        return Err(refusal::record(&state, refused(Who::Caller(&caller), answer), &context).await);
+    }
     let request: RenewRequest = match super::decode_json(Ok(bytes)) {
         Ok(request) => request,
         Err(e) => {

@@ -365,7 +365,12 @@ fn start_server(
         "# Written by `writ bench issue`: a throwaway CA with writ's durable defaults.\n\
          [server]\nlisten = \"127.0.0.1:{port}\"\n\n\
          [storage]\nurl = {db}\n\n\
-         [ca]\npassphrase_file = {pass}\n\n{tables}",
+         [ca]\npassphrase_file = {pass}\n\n\
+         # One client and one identity at thousands a second: the rate limits still run,\n\
+         # set far above the load.\n\
+         [limits]\nissuances_per_minute_per_ip = 1000000000\n\
+         issuances_per_minute_per_identity = 1000000000\nmax_concurrent_requests = 100000\n\n\
+         {tables}",
         db = issuer::toml_string(&format!("sqlite://{}", dir.join(DATABASE_FILE).display())),
         pass = issuer::toml_string(&pass.display().to_string()),
         tables = issuer::config_tables(options.alg, &jwks),

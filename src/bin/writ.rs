@@ -461,7 +461,7 @@ fn serve(config: ConfigArg, dev: bool, data_dir: &Path, listen: Option<SocketAdd
         if is_dev {
             print_dev_banner(&addr, data_dir);
         }
-        let limits = config.server.limits();
+        let limits = config.connection_limits();
         server::serve(listener, state, server::shutdown_signal(), limits).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS

@@ -15,7 +15,9 @@ use zeroize::Zeroizing;
 use crate::{duration, profile};
 
 pub mod audit;
+pub mod limits;
 pub use audit::{AuditConfig, SinkConfig, SinkFormat, SinkType};
+pub use limits::LimitsConfig;
 
 /// Environment variable that carries the CA passphrase when `passphrase_file` is not set.
 pub const PASSPHRASE_ENV: &str = "WRIT_CA_PASSPHRASE";
@@ -42,6 +44,9 @@ pub struct Config {
     /// Audit sinks and signed checkpoints.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// Rate limits and request limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// `[server]`
@@ -75,6 +80,10 @@ pub struct ServerConfig {
         deserialize_with = "duration::deserialize"
     )]
     pub shutdown_timeout: Duration,
+    /// Proxies whose `X-Forwarded-For` names the client (addresses or CIDR blocks); from
+    /// anyone else the header is ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_client_timeout() -> Duration {
@@ -87,13 +96,26 @@ fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-impl ServerConfig {
-    /// The connection loop's time limits.
-    pub fn limits(&self) -> crate::server::Limits {
+impl Config {
+    /// The connection loop's limits: `[server]` time limits and trusted proxies, `[limits]`
+    /// header, request and connection caps.
+    pub fn connection_limits(&self) -> crate::server::Limits {
+        let server = &self.server;
         crate::server::Limits {
-            client_timeout: self.client_timeout,
-            request_timeout: self.request_timeout,
-            shutdown_timeout: self.shutdown_timeout,
+            client_timeout: server.client_timeout,
+            request_timeout: server.request_timeout,
+            shutdown_timeout: server.shutdown_timeout,
+            max_header_bytes: self.limits.max_header_bytes as usize,
+            max_headers: self.limits.max_headers as usize,
+            max_concurrent_requests: self.limits.max_concurrent_requests as usize,
+            max_connections: self.limits.max_connections as usize,
+            trusted_proxies: std::sync::Arc::new(
+                server
+                    .trusted_proxies
+                    .iter()
+                    .filter_map(|block| crate::cidr::Cidr::parse(block))
+                    .collect(),
+            ),
         }
     }
 }
@@ -107,6 +129,7 @@ impl Default for ServerConfig {
             client_timeout: default_client_timeout(),
             request_timeout: default_request_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -737,6 +760,16 @@ impl Config {
             }
         }
         self.audit.validate(path)?;
+        self.limits.validate(path)?;
+        for (n, proxy) in self.server.trusted_proxies.iter().enumerate() {
+            if !is_cidr(proxy) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    key: format!("server.trusted_proxies[{n}]"),
+                    message: format!("{proxy:?} is not an address or CIDR block"),
+                });
+            }
+        }
         Ok(())
     }
 

@@ -8,12 +8,20 @@
 //!   are answered, and after `shutdown_timeout` whatever is left is dropped, so shutdown
 //!   always completes in bounded time.
 //!
-//! It never looks into requests beyond adding the peer address (`ConnectInfo`) that
-//! handlers read; what a request means is the router's business.
+//! - a request's headers are bounded in count and size (`[limits] max_headers`,
+//!   `max_header_bytes`; beyond, 431 in the JSON envelope), at most
+//!   `max_concurrent_requests` are served at once (beyond, 503 `overloaded` with
+//!   `Retry-After`), and at most `max_connections` are open (beyond, new connections wait
+//!   in the listen backlog).
+//!
+//! It never looks into requests beyond their headers' size and adding the client address
+//! (`ConnectInfo`, [`super::client_address`]) that handlers read; what a request means is
+//! the router's business.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -23,16 +31,18 @@ use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use super::client_address::client_address;
 use crate::api::ApiError;
 use crate::api::error::ErrorCode;
+use crate::cidr::Cidr;
 
-/// Time limits of the connection loop (`[server]` `client_timeout`, `request_timeout`,
-/// `shutdown_timeout`).
-#[derive(Debug, Clone, Copy)]
+/// Limits of the connection loop (`[server]` `client_timeout`, `request_timeout`,
+/// `shutdown_timeout`, `trusted_proxies`; `[limits]` header, request and connection caps).
+#[derive(Debug, Clone)]
 pub struct Limits {
     /// Longest wait for a request's headers, and longest idle keep-alive.
     pub client_timeout: Duration,
@@ -40,7 +50,22 @@ pub struct Limits {
     pub request_timeout: Duration,
     /// Longest time shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
+    /// Bytes of all header names and values of one request.
+    pub max_header_bytes: usize,
+    /// Headers of one request.
+    pub max_headers: usize,
+    /// Requests served at once.
+    pub max_concurrent_requests: usize,
+    /// Connections open at once.
+    pub max_connections: usize,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Arc<Vec<Cidr>>,
 }
+
+/// How much more than `max_header_bytes` (and `max_headers`) hyper itself reads before it
+/// gives up with a bare 431: enough that the JSON answer comes from here.
+const HEADER_SLACK_BYTES: usize = 8 * 1024;
+const HEADER_SLACK_COUNT: usize = 32;
 
 /// How long to pause accepting after `accept` failed (e.g. out of file descriptors), so
 /// the loop does not spin while the condition lasts.
@@ -55,20 +80,36 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let requests = Arc::new(Semaphore::new(limits.max_concurrent_requests));
     tokio::pin!(shutdown);
     loop {
+        // A free connection slot first: at the cap, new connections wait in the backlog.
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_closed) => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_connection(
+                    let serve = serve_connection(
                         stream,
                         peer,
                         router.clone(),
-                        limits,
+                        limits.clone(),
+                        Arc::clone(&requests),
                         stop_rx.clone(),
-                    ));
+                    );
+                    connections.spawn(async move {
+                        serve.await;
+                        drop(slot);
+                    });
                 }
                 Err(error) => {
                     tracing::warn!(%error, "accepting a connection failed");
@@ -102,27 +143,46 @@ async fn serve_connection(
     peer: SocketAddr,
     router: Router,
     limits: Limits,
+    requests: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let (max_header_bytes, max_headers) = (limits.max_header_bytes, limits.max_headers);
+    let client_timeout = limits.client_timeout;
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
+        let client = client_address(peer, request.headers(), &limits.trusted_proxies);
+        request.extensions_mut().insert(ConnectInfo(client));
         let router = router.clone();
         let (method, uri) = (request.method().clone(), request.uri().clone());
+        let request_timeout_limit = limits.request_timeout;
+        let headers_refused = headers_too_large(request.headers(), &limits);
+        let admitted = Arc::clone(&requests).try_acquire_owned();
         async move {
-            let answer = router.oneshot(request.map(axum::body::Body::new));
-            let response = match tokio::time::timeout(limits.request_timeout, answer).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(never)) => match never {},
-                Err(_elapsed) => request_timeout(limits.request_timeout),
+            let response = if let Some(refused) = headers_refused {
+                refused
+            } else if let Ok(_admitted) = admitted {
+                let answer = router.oneshot(request.map(axum::body::Body::new));
+                match tokio::time::timeout(request_timeout_limit, answer).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(never)) => match never {},
+                    Err(_elapsed) => request_timeout(request_timeout_limit),
+                }
+            } else {
+                overloaded()
             };
-            log_refusal(&response, &method, &uri, peer);
+            log_refusal(&response, &method, &uri, client);
             Ok::<Response, Infallible>(response)
         }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.client_timeout)
+        .header_read_timeout(client_timeout)
+        .max_buf_size(
+            max_header_bytes
+                .saturating_add(HEADER_SLACK_BYTES)
+                .max(8192),
+        )
+        .max_headers(max_headers.saturating_add(HEADER_SLACK_COUNT))
         .keep_alive(true);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
@@ -159,6 +219,44 @@ fn log_connection_end(result: Result<(), hyper::Error>) {
         // Timeouts and clients that went away are routine on a network.
         tracing::debug!(%error, "connection ended with an error");
     }
+}
+
+/// 431 when a request has more headers, or more header bytes, than `limits` allow.
+fn headers_too_large(headers: &hyper::HeaderMap, limits: &Limits) -> Option<Response> {
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if headers.len() <= limits.max_headers && bytes <= limits.max_header_bytes {
+        return None;
+    }
+    Some(
+        ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request has {} headers of {bytes} bytes; at most {} headers of {} bytes \
+                 are accepted",
+                headers.len(),
+                limits.max_headers,
+                limits.max_header_bytes
+            ),
+        )
+        .into_response(),
+    )
+}
+
+/// 503 when `max_concurrent_requests` are being served already.
+fn overloaded() -> Response {
+    ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the CA is serving as many requests as it may at once; retry shortly",
+        )
+    }
+    .into_response()
 }
 
 fn request_timeout(limit: Duration) -> Response {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
+use crate::api::rate::RateLimits;
 use crate::api::{self, AppState};
 use crate::authority::KeyringError;
 use crate::authority::live::{LiveKeyring, MAINTENANCE_INTERVAL, PassphraseSource};
@@ -20,6 +21,7 @@ use crate::policy::Policies;
 use crate::store::{self, StoreError};
 use crate::task::Issuer;
 
+pub mod client_address;
 pub mod connections;
 
 pub use connections::Limits;
@@ -71,7 +73,8 @@ pub async fn build(
         Arc::clone(&keyring),
         policies,
         config.ca.clone(),
-    );
+    )
+    .cap_certificates_per_task(config.limits.certificates_per_task);
     tracing::info!(
         ca_fingerprint = keyring.current().signer().fingerprint(),
         issuers = config.issuers.len(),
@@ -90,6 +93,7 @@ pub async fn build(
         store,
         dev_jwks,
         revocation_retention: crate::revocation::feed::retention_after_end(config.ca.clock_skew),
+        rate: Arc::new(RateLimits::new(&config.limits)),
     }))
 }
 
@@ -102,8 +106,38 @@ pub async fn serve(
     limits: Limits,
 ) {
     let maintenance = tokio::spawn(maintain_keyring(Arc::clone(&state)));
-    connections::serve(listener, api::router(state), shutdown, limits).await;
+    let summaries = tokio::spawn(record_flood_summaries(Arc::clone(&state)));
+    connections::serve(listener, api::router(Arc::clone(&state)), shutdown, limits).await;
     maintenance.abort();
+    summaries.abort();
+    // What floods left since the last round, now that no request adds to it.
+    write_flood_summaries(&state).await;
+}
+
+/// Every `[limits] flood_summary_interval`, write the refusals of flooding client
+/// addresses as one `token.rejected` summary record each ([`RateLimits`]).
+async fn record_flood_summaries(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(state.rate.summary_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        write_flood_summaries(&state).await;
+    }
+}
+
+async fn write_flood_summaries(state: &AppState) {
+    let summaries = state.rate.take_summaries();
+    if summaries.is_empty() {
+        return;
+    }
+    let count = summaries.len();
+    if let Err(e) = state
+        .store
+        .append_audit_entries(summaries, OffsetDateTime::now_utc())
+        .await
+    {
+        tracing::error!(error = %e, summaries = count, "could not record flood summaries");
+    }
 }
 
 /// Background upkeep of the CA keyring while serving, every [`MAINTENANCE_INTERVAL`]:

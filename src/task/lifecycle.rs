@@ -265,6 +265,21 @@ impl Issuer {
         if state != "active" {
             return Err(IssueError::TaskNotActive(state));
         }
+        let issued = self
+            .store
+            .task_certificates(&task.id)
+            .await
+            .map_err(IssueError::StoreUnavailable)?
+            .len();
+        if issued >= self.certificates_per_task {
+            return Err(IssueError::Forbidden {
+                code: "task_certificate_limit",
+                message: format!(
+                    "this task has had {issued} certificates, the most one task may get \
+                     ([limits] certificates_per_task); open a new task"
+                ),
+            });
+        }
         let public_key = parse_public_key(&request.public_key)?;
         validate_options(
             &request.extensions,

@@ -254,6 +254,8 @@ pub struct Issuer {
     keyring: Arc<LiveKeyring>,
     policies: Policies,
     limits: CaConfig,
+    /// Certificates one task may get in all (`[limits] certificates_per_task`).
+    certificates_per_task: usize,
 }
 
 impl Issuer {
@@ -269,7 +271,14 @@ impl Issuer {
             keyring,
             policies,
             limits,
+            certificates_per_task: usize::MAX,
         }
+    }
+
+    /// Refuse a task's certificates beyond `cap` in all (its first included).
+    pub fn cap_certificates_per_task(mut self, cap: u32) -> Issuer {
+        self.certificates_per_task = usize::try_from(cap).unwrap_or(usize::MAX);
+        self
     }
 
     /// The store, for audit records of requests refused before issuance.

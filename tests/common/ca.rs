@@ -46,7 +46,7 @@ impl TestCa {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let serving = Arc::clone(&state);
         runtime().spawn(async move {
-            let limits = config.server.limits();
+            let limits = config.connection_limits();
             writ::server::serve(
                 listener,
                 serving,

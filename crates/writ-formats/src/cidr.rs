@@ -33,6 +33,14 @@ impl Cidr {
         }
     }
 
+    /// True when `addr` is inside `self` (an IPv4 address written as IPv6, `::ffff:a.b.c.d`,
+    /// counts as the IPv4 address).
+    pub fn contains_addr(&self, addr: IpAddr) -> bool {
+        let addr = addr.to_canonical();
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        self.contains(&Cidr { addr, prefix })
+    }
+
     /// True when every address of `inner` is inside `self`.
     pub fn contains(&self, inner: &Cidr) -> bool {
         let (outer_bits, width) = Cidr::bits(self.addr);
@@ -51,6 +59,14 @@ mod tests {
 
     fn c(s: &str) -> Cidr {
         Cidr::parse(s).expect(s)
+    }
+
+    #[test]
+    fn addresses_in_blocks() {
+        assert!(c("10.0.0.0/8").contains_addr("10.9.8.7".parse().expect("ip")));
+        assert!(c("127.0.0.1").contains_addr("::ffff:127.0.0.1".parse().expect("ip")));
+        assert!(!c("10.0.0.0/8").contains_addr("11.0.0.1".parse().expect("ip")));
+        assert!(!c("::1").contains_addr("127.0.0.1".parse().expect("ip")));
     }
 
     #[test]
