@@ -150,3 +150,104 @@ fn shutdown_completes_within_its_deadline_whatever_clients_do() {
     assert!(status.success(), "{status}\n{}", server.log());
     assert!(server.log().contains("stopped"), "{}", server.log());
 }
+
+/// SIGTERM under load: every certificate the server issued reached its client, and every
+/// certificate a client received has its durable `cert.issued` record — the two sets are
+/// the same. New connections after the signal are refused. A connection the kernel had
+/// queued but the server had not yet accepted when the listener closed is reset by the
+/// kernel before the server read anything: that request left no record and no answer,
+/// which the equality checks.
+#[test]
+fn sigterm_under_load_answers_every_request_and_loses_no_record() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let idp = TestIdp::start(&[Key::Rsa]);
+    let mut server = Server::start(
+        &idp,
+        "shutdown_timeout = \"30s\"\n\n[limits]\nissuances_per_minute_per_ip = 100000",
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = public_key(&ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]));
+    let body = certificate_request(&key, &["deploy"], &["a.example.com"], None).to_string();
+    let url = format!("{}/v1/certificates", server.url);
+    let issued = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..6)
+        .map(|client| {
+            let tokens: Vec<String> = (0..400)
+                .map(|n| idp.token(Key::Rsa, &format!("agent-{client}-{n}")))
+                .collect();
+            let (url, body, issued) = (url.clone(), body.clone(), Arc::clone(&issued));
+            std::thread::spawn(move || {
+                // A fresh connection per request: a connection the server closed while
+                // idle is not a request it dropped.
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .max_idle_connections(0)
+                    .timeout_global(Some(Duration::from_secs(60)))
+                    .build()
+                    .into();
+                let mut serials = Vec::new();
+                for token in tokens {
+                    let sent = agent
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("authorization", &format!("Bearer {token}"))
+                        .send(body.as_str());
+                    match sent {
+                        Ok(mut response) => {
+                            let status = response.status().as_u16();
+                            let text = response
+                                .body_mut()
+                                .read_to_string()
+                                .expect("a whole answer");
+                            assert_eq!(status, 201, "{text}");
+                            let answer: serde_json::Value =
+                                serde_json::from_str(&text).expect("json");
+                            serials.push(answer["serial"].as_str().expect("serial").to_owned());
+                            issued.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(ureq::Error::Io(e))
+                            if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                        {
+                            return serials;
+                        }
+                        Err(e) => panic!("a request got no answer: {e}"),
+                    }
+                }
+                serials
+            })
+        })
+        .collect();
+    // Under load (readiness: certificates are being issued), then the signal.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while issued.load(Ordering::Relaxed) < 30 {
+        assert!(Instant::now() < deadline, "no load:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.signal("TERM");
+    let serials: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    let status = server
+        .wait_exit(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("writ serve still running after SIGTERM:\n{}", server.log()));
+    assert!(status.success(), "{status}\n{}", server.log());
+    assert!(serials.len() >= 30);
+    let db = common::database(&server.db_path());
+    let mut recorded = db
+        .prepare("SELECT serial FROM audit_events WHERE event = 'cert.issued'")
+        .expect("query");
+    let recorded: std::collections::HashSet<String> = recorded
+        .query_map([], |row| row.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("serials");
+    for serial in &serials {
+        assert!(
+            recorded.contains(serial),
+            "certificate {serial} has no record"
+        );
+    }
+}

@@ -75,6 +75,11 @@ impl Server {
         server
     }
 
+    /// The server's SQLite database file.
+    pub fn db_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("writ.db")
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
