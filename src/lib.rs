@@ -30,7 +30,9 @@
 //! - [`host`] — `writ-principals`: admitting certificates on SSH hosts. It uses only pure
 //!   format modules: the feed, KRL and bundle of [`revocation`] and those below (never
 //!   `store`, `api` or an async runtime).
-//! - [`logging`] — the CA's log: every field value escaped ([`text`]).
+//! - [`logging`] — the CA's log: text with every field value escaped ([`text`]), or JSON.
+//! - [`metrics`] — the CA's Prometheus series (`GET /metrics`): one registry per server,
+//!   recorded into by `api`, `task`, `store` and `identity`, encoded on scrape.
 //! - [`profile`], [`glob`], [`duration`], [`cidr`], [`text`] — pure formats shared by CA
 //!   and hosts: how a task is written into a certificate, pattern matching, durations in
 //!   config files, characters unsafe to display.
@@ -50,6 +52,7 @@ pub mod glob;
 pub mod host;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod profile;
 pub mod revocation;

@@ -6,7 +6,9 @@
 //! ([`crate::task::Refused`], through [`settle`]). It stamps the request, writes the
 //! reason as `"{code}: {message}"` (the message bounded), appends the record, and answers
 //! the refusal's error — or 503 `audit_unavailable` ([`ApiError::audit_unavailable`]) if
-//! the record cannot be written.
+//! the record cannot be written. Each refusal counts once in
+//! `writ_refusals_total{reason}`, under the refusal's own code, whether or not its record
+//! could be written.
 
 use super::{ApiError, AppState};
 use crate::audit::{AuditEntry, Outcome, event};
@@ -112,6 +114,7 @@ pub fn entry(event: &str, who: Who<'_>, task_id: Option<&str>) -> AuditEntry {
 /// Record `refusal` and answer it: its error once the record is written, 503
 /// `audit_unavailable` if it cannot be.
 pub async fn record(state: &AppState, refusal: Refusal, context: &RequestContext) -> ApiError {
+    state.metrics.refused(refusal.code);
     let (entry, answer) = refusal.into_record(context);
     match state.store.append_audit(&entry, context.now).await {
         Ok(()) => answer,

@@ -102,6 +102,12 @@ Example:
     /// With --dev, runs like `vault server -dev`: state under ./writ-data (SQLite, a
     /// generated CA key and passphrase), a built-in development token issuer and a
     /// permissive policy; WRIT_CONFIG is ignored. Never use --dev in production.
+    ///
+    /// Logs go to stderr, as text or one JSON object per line ([server] log_format),
+    /// filtered by WRIT_LOG. GET /metrics (Prometheus) is served on the listen address,
+    /// or only on [server] metrics_listen when set; GET /readyz says whether the CA can
+    /// issue now. Every response carries X-Request-Id, the request_id of its audit
+    /// records.
     #[command(after_help = "\
 Examples:
   writ serve --dev
@@ -413,7 +419,6 @@ fn main() -> ExitCode {
 
 /// `writ serve`.
 fn serve(config: ConfigArg, dev: bool, data_dir: &Path, listen: Option<SocketAddr>) -> ExitCode {
-    writ::logging::init();
     let prepared = if dev {
         if config.typed {
             return fail(
@@ -439,6 +444,7 @@ fn serve(config: ConfigArg, dev: bool, data_dir: &Path, listen: Option<SocketAdd
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
+    writ::logging::init(config.server.log_format);
     let runtime = match writ::cli::server_runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
@@ -449,20 +455,22 @@ fn serve(config: ConfigArg, dev: bool, data_dir: &Path, listen: Option<SocketAdd
             Ok(state) => state,
             Err(e) => return fail(&e),
         };
-        let listener = match server::bind(&config).await {
+        let listeners = match server::bind(&config).await {
             Ok(l) => l,
             Err(e) => return fail(&e),
         };
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let address =
+            |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let addr = address(&listeners.api);
         tracing::info!(%addr, "listening");
+        if let Some(metrics) = &listeners.metrics {
+            tracing::info!(addr = %address(metrics), "metrics listening");
+        }
         if is_dev {
             print_dev_banner(&addr, data_dir);
         }
         let limits = config.server.limits();
-        server::serve(listener, state, server::shutdown_signal(), limits).await;
+        server::serve(listeners, state, server::shutdown_signal(), limits).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

@@ -2,11 +2,13 @@
 //! network-facing server needs whatever its clients do:
 //! - a client must send a request's headers within `client_timeout` (this also closes a
 //!   keep-alive connection idle for that long);
-//! - a whole request, body included, must be answered within `request_timeout`, else 408
-//!   (a client trickling its body is cut off);
 //! - on shutdown the listener closes at once, idle connections close, requests in flight
 //!   are answered, and after `shutdown_timeout` whatever is left is dropped, so shutdown
 //!   always completes in bounded time.
+//!
+//! A whole request, body included, must be answered within `request_timeout`: that limit
+//! is the router's (`api::observe`, which also gives each request its id and counts it),
+//! so a 408 is counted and carries an `X-Request-Id` like any other answer.
 //!
 //! It never looks into requests beyond adding the peer address (`ConnectInfo`) that
 //! handlers read; what a request means is the router's business.
@@ -18,8 +20,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -27,16 +28,17 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use crate::api::ApiError;
+use crate::api::X_REQUEST_ID;
 use crate::api::error::ErrorCode;
 
-/// Time limits of the connection loop (`[server]` `client_timeout`, `request_timeout`,
+/// Time limits of serving (`[server]` `client_timeout`, `request_timeout`,
 /// `shutdown_timeout`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Longest wait for a request's headers, and longest idle keep-alive.
     pub client_timeout: Duration,
-    /// Longest time to read a request and answer it.
+    /// Longest time to read a request and answer it (applied by the router:
+    /// `api::observe`).
     pub request_timeout: Duration,
     /// Longest time shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
@@ -109,11 +111,9 @@ async fn serve_connection(
         let router = router.clone();
         let (method, uri) = (request.method().clone(), request.uri().clone());
         async move {
-            let answer = router.oneshot(request.map(axum::body::Body::new));
-            let response = match tokio::time::timeout(limits.request_timeout, answer).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(never)) => match never {},
-                Err(_elapsed) => request_timeout(limits.request_timeout),
+            let response = match router.oneshot(request.map(axum::body::Body::new)).await {
+                Ok(response) => response,
+                Err(never) => match never {},
             };
             log_refusal(&response, &method, &uri, peer);
             Ok::<Response, Infallible>(response)
@@ -135,8 +135,9 @@ async fn serve_connection(
     }
 }
 
-/// One log line per refused request (4xx at info, 5xx at warn) with its error code; the
-/// audit record, where there is one, says the rest.
+/// One log line per refused request (4xx at info, 5xx at warn) with its error code and
+/// request id; the audit record, where there is one, says the rest and carries the same
+/// request id.
 fn log_refusal(response: &Response, method: &hyper::Method, uri: &hyper::Uri, peer: SocketAddr) {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -146,11 +147,16 @@ fn log_refusal(response: &Response, method: &hyper::Method, uri: &hyper::Uri, pe
         .extensions()
         .get::<ErrorCode>()
         .map_or("none", |c| c.0);
+    let request_id = response
+        .headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
     let (status, source_ip, path) = (status.as_u16(), peer.ip(), uri.path());
     if response.status().is_server_error() {
-        tracing::warn!(status, code, %method, path, %source_ip, "request failed");
+        tracing::warn!(status, code, %method, path, %source_ip, request_id, "request failed");
     } else {
-        tracing::info!(status, code, %method, path, %source_ip, "request refused");
+        tracing::info!(status, code, %method, path, %source_ip, request_id, "request refused");
     }
 }
 
@@ -159,16 +165,4 @@ fn log_connection_end(result: Result<(), hyper::Error>) {
         // Timeouts and clients that went away are routine on a network.
         tracing::debug!(%error, "connection ended with an error");
     }
-}
-
-fn request_timeout(limit: Duration) -> Response {
-    ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "request_timeout",
-        format!(
-            "the request was not received and answered within {}",
-            crate::duration::format(limit)
-        ),
-    )
-    .into_response()
 }

@@ -27,6 +27,7 @@ use crate::cidr::Cidr;
 use crate::config::{CaConfig, KNOWN_EXTENSIONS};
 use crate::duration::secs;
 use crate::identity::{Identity, TokenError};
+use crate::metrics::Metrics;
 use crate::policy::{Grant, Policies, PolicyError, Request};
 use crate::profile;
 use crate::store::{
@@ -254,21 +255,25 @@ pub struct Issuer {
     keyring: Arc<LiveKeyring>,
     policies: Policies,
     limits: CaConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl Issuer {
-    /// Build the issuance service.
+    /// Build the issuance service; every certificate it issues counts in `metrics`
+    /// (`writ_certificates_issued_total`).
     pub fn new(
         store: Arc<dyn Store>,
         keyring: Arc<LiveKeyring>,
         policies: Policies,
         limits: CaConfig,
+        metrics: Arc<Metrics>,
     ) -> Issuer {
         Issuer {
             store,
             keyring,
             policies,
             limits,
+            metrics,
         }
     }
 
@@ -500,6 +505,7 @@ impl Issuer {
             announced.withdraw();
             match self.store.record_issuance(record).await {
                 Ok(()) => {
+                    self.metrics.certificate_issued();
                     tracing::info!(
                         task_id = %task.id, serial, subject = ?identity.subject,
                         policy = %grant.policy, "certificate issued"
