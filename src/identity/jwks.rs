@@ -57,8 +57,13 @@ impl JwksSource {
         }
     }
 
-    /// Read the key set (blocking).
+    /// Read the key set (blocking), each HTTP fetch within [`FETCH_TIMEOUT`].
     pub fn load(&self) -> Result<JwkSet, String> {
+        self.load_within(FETCH_TIMEOUT)
+    }
+
+    /// Read the key set (blocking), each HTTP fetch within `timeout` (`writ check-config`).
+    pub fn load_within(&self, timeout: Duration) -> Result<JwkSet, String> {
         match self {
             JwksSource::File(path) => {
                 let text = std::fs::read_to_string(path)
@@ -66,13 +71,13 @@ impl JwksSource {
                 serde_json::from_str(&text)
                     .map_err(|e| format!("{} is not a JWKS: {e}", path.display()))
             }
-            JwksSource::Url(url) => fetch_json(url),
+            JwksSource::Url(url) => fetch_json(url, timeout),
             JwksSource::Discovery(issuer) => {
                 let url = format!(
                     "{}/.well-known/openid-configuration",
                     issuer.trim_end_matches('/')
                 );
-                let doc: serde_json::Value = fetch_json(&url)?;
+                let doc: serde_json::Value = fetch_json(&url, timeout)?;
                 // OpenID Connect Discovery 1.0 §4.3: a document for another issuer must
                 // not be used.
                 let named = doc.get("issuer").and_then(|v| v.as_str());
@@ -85,15 +90,27 @@ impl JwksSource {
                     .get("jwks_uri")
                     .and_then(|v| v.as_str())
                     .ok_or_else(|| format!("{url} has no jwks_uri"))?;
-                fetch_json(jwks_uri)
+                fetch_json(jwks_uri, timeout)
             }
+        }
+    }
+
+    /// Where the keys come from, for people: the URL, the file, or the discovery URL.
+    pub fn describe(&self) -> String {
+        match self {
+            JwksSource::Url(url) => url.clone(),
+            JwksSource::File(path) => path.display().to_string(),
+            JwksSource::Discovery(issuer) => format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            ),
         }
     }
 }
 
-fn fetch_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, String> {
+fn fetch_json<T: serde::de::DeserializeOwned>(url: &str, timeout: Duration) -> Result<T, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(FETCH_TIMEOUT))
+        .timeout_global(Some(timeout))
         .max_redirects(0)
         .build()
         .into();
