@@ -49,8 +49,8 @@ pub struct CheckConfigArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Check the file alone: neither fetch or read the issuers' keys nor look for the CA
-    /// passphrase.
+    /// Check the file alone: neither fetch nor read the issuers' keys, and do not look for
+    /// the CA passphrase.
     #[arg(long)]
     pub offline: bool,
     /// How long to wait for each issuer's keys.
@@ -445,6 +445,9 @@ impl Render for Report {
         }
         let _ = writeln!(out, "{file}: valid");
         let _ = writeln!(out, "\nissuers:");
+        if self.issuers.is_empty() {
+            let _ = writeln!(out, "  (none: every token is refused)");
+        }
         for issuer in &self.issuers {
             let keys = match (issuer.keys, issuer.key_count, &issuer.error) {
                 ("ok", Some(n), _) => format!("{n} usable key(s)"),
@@ -458,6 +461,9 @@ impl Render for Report {
             out,
             "\npolicies (first match that grants the request wins):"
         );
+        if self.policies.is_empty() {
+            let _ = writeln!(out, "  (none: every certificate request is refused)");
+        }
         for policy in &self.policies {
             let _ = writeln!(
                 out,
