@@ -37,7 +37,9 @@
 //! - [`host`] *(re-export of the crate `writ-principals`)* — admitting certificates on SSH
 //!   hosts; used here by `writ bench check`. It depends only on `writ-formats` (never on
 //!   this crate's `store`, `api` or an async runtime).
-//! - [`logging`] — the CA's log: every field value escaped ([`text`]).
+//! - [`logging`] — the CA's log: text with every field value escaped ([`text`]), or JSON.
+//! - [`metrics`] — the CA's Prometheus series (`GET /metrics`): one registry per server,
+//!   recorded into by `api`, `task`, `store` and `identity`, encoded on scrape.
 //! - [`profile`], [`glob`], [`duration`], [`cidr`], [`text`] *(re-exports from
 //!   `writ-formats`)* — pure formats shared by CA and hosts: how a task is written into a
 //!   certificate, pattern matching, durations in config files, address ranges, characters
@@ -54,6 +56,7 @@ pub mod config;
 pub mod dev;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod policy;
 pub mod revocation;
 pub mod server;

@@ -360,8 +360,9 @@ impl Policies {
         }
     }
 
-    /// The longest certificate and task `policy` allows, capped by `[ca]`.
-    fn max_ttls(&self, policy: &PolicyConfig) -> (Duration, Duration) {
+    /// The longest certificate and task `policy` allows, capped by `[ca]` (what
+    /// `writ check-config` shows as its effective lifetimes).
+    pub fn max_ttls(&self, policy: &PolicyConfig) -> (Duration, Duration) {
         let max_cert = policy
             .max_cert_ttl
             .unwrap_or(self.limits.max_cert_ttl)

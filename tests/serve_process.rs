@@ -120,6 +120,14 @@ fn a_client_that_stalls_is_cut_off_within_the_limits() {
     let answer = read_until_closed(&mut trickling);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("\"request_timeout\""), "{answer}");
+    // Answered like any other request: with its id, and counted under its route.
+    assert!(
+        answer.to_ascii_lowercase().contains("\r\nx-request-id: "),
+        "{answer}"
+    );
+    let metrics = common::metrics::scrape(&server.url);
+    let timed_out = [("endpoint", "/v1/certificates"), ("status", "408")];
+    assert_eq!(metrics.value("writ_requests_total", &timed_out), 1.0);
 
     // An idle keep-alive connection is closed too, and the server still serves.
     let mut idle = send_partial(&server, b"GET /healthz HTTP/1.1\r\nHost: ca\r\n\r\n");

@@ -301,6 +301,7 @@ fn post_authorized(url: &str, authorization: &str, body: &str) -> http::Response
     http::Response {
         status: r.status().as_u16(),
         www_authenticate: None,
+        headers: Vec::new(),
         text: r.body_mut().read_to_string().expect("body"),
     }
 }

@@ -21,6 +21,12 @@
 //! - [`ca`] — `writ admin ca list|rotate|revoke|schedule|export-public|rewrap`: the CA
 //!   keyring, in the store a running `writ serve` shares.
 //! - [`audit`] — `writ admin audit export|verify|trail|checkpoint|prune`: the audit log.
+//! - [`defaults`] — `writ admin default-config`: the complete commented example
+//!   configuration (it needs no `--config`).
+//! - [`check`] — `writ check-config` (top level, SPEC §9, as it runs before a
+//!   configuration is trusted): validate a file as `writ serve` does, resolve what it
+//!   points at, show each policy's effective grant, warn on risky patterns. It loads the
+//!   file itself, so an invalid one is its report rather than a [`Context`] error.
 //!
 //! Commands here never print or log a whole bearer token or key material. A command that
 //! only inspects (like `policy explain`) issues nothing, writes nothing and touches no
@@ -28,6 +34,8 @@
 
 pub mod audit;
 pub mod ca;
+pub mod check;
+pub mod defaults;
 pub mod explain;
 pub mod task;
 
@@ -77,6 +85,15 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Print a complete, commented example CA configuration (needs no --config).
+    ///
+    /// Every key of writ.toml, set to a safe example or commented out at its default.
+    /// Start from it, then check your edits with `writ check-config --config FILE`.
+    #[command(after_help = "\
+Example:
+  writ admin default-config > /etc/writ/writ.toml
+  writ check-config --config /etc/writ/writ.toml")]
+    DefaultConfig,
 }
 
 /// Why an operator command could not run. A command's own failures keep their module's
@@ -215,6 +232,10 @@ pub(crate) fn emit(out: &mut dyn Write, value: &dyn Render, json: bool) -> Resul
 /// Run `writ admin …` from the command line: load the configuration at `config_path`, run
 /// `command` on the command-line runtime, print on stdout.
 pub fn main(config_path: Option<&Path>, command: AdminCommand) -> Result<Status, AdminError> {
+    if let AdminCommand::DefaultConfig = command {
+        write(&mut std::io::stdout().lock(), defaults::DEFAULT_CONFIG)?;
+        return Ok(Status::Success);
+    }
     let context = Context::load(config_path)?;
     let runtime = crate::cli::runtime().map_err(AdminError::Runtime)?;
     runtime.block_on(run(&context, command, &mut std::io::stdout().lock()))
@@ -231,6 +252,10 @@ pub async fn run(
         AdminCommand::Task { command } => task::run(context, command, out).await,
         AdminCommand::Ca { command, json } => ca::run(context, command, json, out).await,
         AdminCommand::Audit { command } => audit::run(context, command, out).await,
+        AdminCommand::DefaultConfig => {
+            write(out, defaults::DEFAULT_CONFIG)?;
+            Ok(Status::Success)
+        }
     }
 }
 

@@ -43,20 +43,16 @@ async fn reject(
 ) -> ApiError {
     let claimed_issuer = token.and_then(|t| state.verifier.claimed_issuer(t));
     let answer = refusal::record(state, Refusal::token(claimed_issuer, error), context).await;
-    if let Some(address) = client_address(context) {
+    if let Some(address) = context.client_ip() {
         state.rate.failed_auth_from(address);
     }
     answer
 }
 
-fn client_address(context: &RequestContext) -> Option<std::net::IpAddr> {
-    context.source_ip.as_deref()?.parse().ok()
-}
-
 /// A client address over its budget of failed authentications is answered 429 before
 /// its credentials are even looked at (and the refusal joins its flood summary).
 async fn refuse_if_flooding(state: &AppState, context: &RequestContext) -> Result<(), ApiError> {
-    let Some(limited) = client_address(context).and_then(|a| state.rate.flooding(a)) else {
+    let Some(limited) = context.client_ip().and_then(|a| state.rate.flooding(a)) else {
         return Ok(());
     };
     let answer = ApiError::rate_limited(

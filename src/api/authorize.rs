@@ -1,20 +1,20 @@
 //! `POST /v1/authorize`: a host's online check (`writ-principals`, `mode = "online"`),
 //! authenticated with the host's own workload token (a `role = "host"` policy).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::auth::authenticate;
 use super::refusal::{self, Refusal, Who};
-use super::{ApiError, AppState, request_context};
+use super::{ApiError, AppState};
 use crate::audit::event;
+use crate::task::RequestContext;
 use crate::task::authorize::{AuthorizeRequest, Decision, Phase};
 
 /// Request body.
@@ -48,11 +48,10 @@ pub struct Answer {
 /// Handler.
 pub async fn authorize(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    context: RequestContext,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Answer>, ApiError> {
-    let context = request_context(peer);
     let identity = authenticate(&state, &headers, &context).await?;
     let refused = |error| {
         Refusal::of(

@@ -1,12 +1,11 @@
 //! `POST /v1/certificates`: open a task and get its first certificate.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -14,9 +13,9 @@ use time::format_description::well_known::Rfc3339;
 
 use super::auth::authenticate;
 use super::refusal::{self, Refusal, Who};
-use super::{ApiError, AppState, request_context};
+use super::{ApiError, AppState};
 use crate::audit::event;
-use crate::task::{Issued, NewTask};
+use crate::task::{Issued, NewTask, RequestContext};
 
 /// Request body.
 #[derive(Debug, Deserialize)]
@@ -75,13 +74,14 @@ pub struct CertificateResponse {
 /// Handler.
 pub async fn create(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    context: RequestContext,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
-    let context = request_context(peer);
     let announced = state.issuer.announce_issuance();
-    if let Err(limited) = state.rate.issuance_from(peer.ip()) {
+    if let Some(address) = context.client_ip()
+        && let Err(limited) = state.rate.issuance_from(address)
+    {
         let answer = limited.answer("too many certificates requested from this address");
         let refused = Refusal::of(event::CERT_DENIED, Who::Nobody, None, answer);
         return Err(refusal::record(&state, refused, &context).await);

@@ -1,5 +1,7 @@
 //! The HTTP API v1 (SPEC §3): the router, shared state, and one file per endpoint group.
-//! Handlers are thin: decode, authenticate, call [`crate::task`], render.
+//! Handlers are thin: decode, authenticate, call [`crate::task`], render. Around every
+//! route, one layer ([`observe`]) gives the request its id, its time limit and its count
+//! in the metrics.
 
 pub mod auth;
 pub mod authorize;
@@ -7,27 +9,30 @@ pub mod ca;
 pub mod certificates;
 pub mod error;
 pub mod health;
+pub mod metrics;
+pub mod observe;
 pub mod rate;
 pub mod refusal;
 pub mod revocation;
 pub mod tasks;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
-use rand_core::{OsRng, RngCore};
-use time::OffsetDateTime;
+use axum::handler::Handler;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{MethodRouter, get, post};
 
-use crate::audit;
 use crate::authority::LiveKeyring;
 use crate::identity::Verifier;
+use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::task::{Issuer, RequestContext};
+use crate::task::Issuer;
 
 pub use error::ApiError;
+pub use observe::{RequestId, X_REQUEST_ID};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -46,50 +51,90 @@ pub struct AppState {
     pub dev_jwks: Option<String>,
     /// How long revocations stay published after their certificate or task ended:
     /// [`crate::revocation::feed::retention_after_end`] of `[ca] clock_skew`.
-    pub revocation_retention: std::time::Duration,
+    pub revocation_retention: Duration,
     /// Rate limits and flood summaries (`[limits]`).
     pub rate: Arc<rate::RateLimits>,
+    /// The server's metrics (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
+    /// The names of the configured audit sinks (`writ_audit_sink_lag_records{sink}`).
+    pub audit_sinks: Vec<String>,
+    /// `[server] readyz_requires_issuers`: `/readyz` also needs every issuer's keys.
+    pub readyz_requires_issuers: bool,
 }
 
-/// The router for all endpoints.
-pub fn router(state: Arc<AppState>) -> Router {
-    let mut router = Router::new()
-        .route("/v1/certificates", post(certificates::create))
-        .route("/v1/ca/trusted-keys", get(ca::trusted_keys))
-        .route("/v1/tasks/{task_id}", get(tasks::show))
-        .route("/v1/tasks/{task_id}/certificates", post(tasks::renew))
-        .route("/v1/tasks/{task_id}/complete", post(tasks::complete))
-        .route("/v1/tasks/{task_id}/revoke", post(tasks::revoke))
-        .route(
+/// Where `GET /metrics` is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricsRoute {
+    /// On the API's own listener (no `metrics_listen`).
+    WithApi,
+    /// Only on a listener of its own ([`metrics_router`]).
+    Elsewhere,
+}
+
+type Routes = Vec<(&'static str, MethodRouter<Arc<AppState>>)>;
+
+/// The router for all endpoints; every request is read and answered within
+/// `request_timeout` ([`observe`]).
+pub fn router(state: Arc<AppState>, request_timeout: Duration, metrics: MetricsRoute) -> Router {
+    let mut routes: Routes = vec![
+        ("/v1/certificates", post(certificates::create)),
+        ("/v1/ca/trusted-keys", get(ca::trusted_keys)),
+        ("/v1/tasks/{task_id}", get(tasks::show)),
+        ("/v1/tasks/{task_id}/certificates", post(tasks::renew)),
+        ("/v1/tasks/{task_id}/complete", post(tasks::complete)),
+        ("/v1/tasks/{task_id}/revoke", post(tasks::revoke)),
+        (
             "/v1/certificates/{serial}/revoke",
             post(tasks::revoke_certificate),
-        )
-        .route("/v1/revocations", get(revocation::feed))
-        .route("/v1/krl", get(revocation::krl))
-        .route("/v1/authorize", post(authorize::authorize))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
+        ),
+        ("/v1/revocations", get(revocation::feed)),
+        ("/v1/krl", get(revocation::krl)),
+        ("/v1/authorize", post(authorize::authorize)),
+        ("/healthz", get(health::healthz)),
+        ("/readyz", get(health::readyz)),
+    ];
+    if metrics == MetricsRoute::WithApi {
+        routes.push(("/metrics", get(self::metrics::scrape)));
+    }
     if state.dev_jwks.is_some() {
-        router = router.route("/v1/dev/jwks", get(ca::dev_jwks));
+        routes.push(("/v1/dev/jwks", get(ca::dev_jwks)));
+    }
+    assemble(state, request_timeout, routes)
+}
+
+/// The router of a separate metrics listener (`[server] metrics_listen`): `GET /metrics`
+/// only.
+pub fn metrics_router(state: Arc<AppState>, request_timeout: Duration) -> Router {
+    assemble(
+        state,
+        request_timeout,
+        vec![("/metrics", get(self::metrics::scrape))],
+    )
+}
+
+/// `routes` (each answering 405 to other methods; axum adds `Allow`), 404 for unknown
+/// paths, the body limit, and around each route and the 404, [`observe`] naming it.
+fn assemble(state: Arc<AppState>, request_timeout: Duration, routes: Routes) -> Router {
+    let observer = observe::Observer::new(Arc::clone(&state.metrics), request_timeout);
+    let mut router = Router::new();
+    for (path, method) in routes {
+        let method = method
+            .fallback(method_not_allowed)
+            .layer(from_fn_with_state(observer.at(path), observe::observe));
+        router = router.route(path, method);
     }
     router
-        // After every route: applies to each path's method router. axum adds `Allow`.
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .fallback(|| async { ApiError::not_found() })
+        .fallback(not_found.layer(from_fn_with_state(observer, observe::observe)))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
-/// Audit context of one request: client address, a fresh request id, and the request's
-/// time, read here once.
-pub fn request_context(peer: SocketAddr) -> RequestContext {
-    let mut id = [0u8; 8];
-    OsRng.fill_bytes(&mut id);
-    RequestContext {
-        source_ip: Some(peer.ip().to_string()),
-        request_id: Some(audit::hex(&id)),
-        now: OffsetDateTime::now_utc(),
-    }
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found()
 }
 
 /// Decode a JSON request body, mapping failures to 413 (too large) or 400.

@@ -6,7 +6,9 @@
 //! ([`crate::task::Refused`], through [`settle`]). It stamps the request, writes the
 //! reason as `"{code}: {message}"` (the message bounded), appends the record, and answers
 //! the refusal's error — or 503 `audit_unavailable` ([`ApiError::audit_unavailable`]) if
-//! the record cannot be written.
+//! the record cannot be written. Each refusal counts once in
+//! `writ_refusals_total{reason}`, under the refusal's own code, whether or not its record
+//! could be written.
 
 use super::{ApiError, AppState};
 use crate::audit::{AuditEntry, Outcome, event};
@@ -114,11 +116,8 @@ pub fn entry(event: &str, who: Who<'_>, task_id: Option<&str>) -> AuditEntry {
 /// (over its budget of failed authentications, [`super::rate`]) is counted into that
 /// address's summary record instead, written once per interval.
 pub async fn record(state: &AppState, refusal: Refusal, context: &RequestContext) -> ApiError {
-    let address = context
-        .source_ip
-        .as_deref()
-        .and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
-    if let Some(address) = address {
+    state.metrics.refused(refusal.code);
+    if let Some(address) = context.client_ip() {
         if refusal.code == "rate_limited" {
             // A client that ignores Retry-After spends its refusal budget like one that
             // sends bad tokens.

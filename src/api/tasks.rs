@@ -5,21 +5,21 @@
 //! refusal leaves one audit record: `cert.denied` for certificate requests, `task.denied`
 //! for reads, completions and revocations.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use serde::{Deserialize, Serialize};
 
 use super::auth::caller;
 use super::certificates::{CertificateResponse, render, rfc3339};
 use super::refusal::{self, Refusal, Who};
-use super::{ApiError, AppState, request_context};
+use super::{ApiError, AppState};
 use crate::audit::event;
+use crate::task::RequestContext;
 use crate::task::lifecycle::{Caller, Ending, NewCertificate, TaskView};
 
 /// Longest accepted reason text.
@@ -168,13 +168,12 @@ fn optional_json<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Res
 /// `GET /v1/tasks/{task_id}`
 pub async fn show(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    context: RequestContext,
     Path(task_id): Path<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Json<TaskResponse>, ApiError> {
-    let context = request_context(peer);
     let caller = caller(&state, &headers, &method, uri.path(), b"", &context).await?;
     let view = state.issuer.task(&caller, &task_id, context.now).await;
     let view = refusal::settle(&state, &context, view).await?;
@@ -184,17 +183,18 @@ pub async fn show(
 /// `POST /v1/tasks/{task_id}/certificates`
 pub async fn renew(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    context: RequestContext,
     Path(task_id): Path<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
-    let context = request_context(peer);
     let announced = state.issuer.announce_issuance();
     let refused = |who: Who<'_>, error| Refusal::of(event::CERT_DENIED, who, Some(&task_id), error);
-    if let Err(limited) = state.rate.issuance_from(peer.ip()) {
+    if let Some(address) = context.client_ip()
+        && let Err(limited) = state.rate.issuance_from(address)
+    {
         let answer = limited.answer("too many certificates requested from this address");
         return Err(refusal::record(&state, refused(Who::Nobody, answer), &context).await);
     }
@@ -235,7 +235,7 @@ pub async fn renew(
 #[allow(clippy::too_many_arguments)]
 async fn end(
     state: Arc<AppState>,
-    peer: SocketAddr,
+    context: RequestContext,
     task_id: String,
     method: Method,
     uri: Uri,
@@ -243,7 +243,6 @@ async fn end(
     body: Result<Bytes, BytesRejection>,
     ending: Ending,
 ) -> Result<Json<TaskResponse>, ApiError> {
-    let context = request_context(peer);
     let refused = |who: Who<'_>, error| Refusal::of(event::TASK_DENIED, who, Some(&task_id), error);
     let bytes = match body_bytes(body) {
         Ok(bytes) => bytes,
@@ -267,7 +266,7 @@ async fn end(
 /// `POST /v1/tasks/{task_id}/complete`
 pub async fn complete(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    context: RequestContext,
     Path(task_id): Path<String>,
     method: Method,
     uri: Uri,
@@ -276,7 +275,7 @@ pub async fn complete(
 ) -> Result<Json<TaskResponse>, ApiError> {
     end(
         state,
-        peer,
+        context,
         task_id,
         method,
         uri,
@@ -290,7 +289,7 @@ pub async fn complete(
 /// `POST /v1/tasks/{task_id}/revoke`
 pub async fn revoke(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    context: RequestContext,
     Path(task_id): Path<String>,
     method: Method,
     uri: Uri,
@@ -299,7 +298,7 @@ pub async fn revoke(
 ) -> Result<Json<TaskResponse>, ApiError> {
     end(
         state,
-        peer,
+        context,
         task_id,
         method,
         uri,
@@ -313,14 +312,13 @@ pub async fn revoke(
 /// `POST /v1/certificates/{serial}/revoke`
 pub async fn revoke_certificate(
     State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    context: RequestContext,
     Path(serial): Path<String>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let context = request_context(peer);
     let refused = |who: Who<'_>, error| {
         let mut entry = refusal::entry(event::TASK_DENIED, who, None);
         entry.serial = serial.parse::<u64>().ok().map(|s| s.to_string());

@@ -155,6 +155,27 @@ impl From<&SshKeySigner<'_>> for KeyData {
     }
 }
 
+/// The SSHSIG namespace of [`probe`]'s signatures, so they can never pass for anything
+/// else the CA key signs (certificates, revocation feeds, audit checkpoints).
+pub const PROBE_NAMESPACE: &str = "readiness-probe@writ.dev";
+
+/// Check that `signer` can sign, and signs as `expected` (the active key's public half
+/// in the keyring): one SSHSIG in [`PROBE_NAMESPACE`], verified and discarded. For
+/// `/readyz`; the error says what failed, never with key material.
+pub fn probe(signer: &dyn Signer, expected: &ssh_key::PublicKey) -> Result<(), String> {
+    let message = b"writ readiness probe";
+    let signature = ssh_key::SshSig::sign(
+        &SshKeySigner(signer),
+        PROBE_NAMESPACE,
+        HashAlg::Sha512,
+        message,
+    )
+    .map_err(|e| format!("the active CA key cannot sign: {e}"))?;
+    expected
+        .verify(PROBE_NAMESPACE, message, &signature)
+        .map_err(|_| "the signer does not sign as the active CA key".to_owned())
+}
+
 /// Sign `message` as an OpenSSH SSHSIG (what `ssh-keygen -Y sign -n NAMESPACE` makes) and
 /// return it PEM-armoured.
 pub fn sign_sshsig(

@@ -28,6 +28,7 @@ const EXAMPLES: &str = "\
 Examples:
   writ serve --dev                                   a local development CA
   writ serve --config /etc/writ/writ.toml            the CA
+  writ check-config --config /etc/writ/writ.toml     check a configuration first
   writ dev token --sub agent-1 | writ cert --ca-url http://127.0.0.1:8422 --token - \\
       --login deploy --host web-01.example.com --key ~/.ssh/id_ed25519
   writ task complete TASK_ID --ca-url http://127.0.0.1:8422 --key ~/.ssh/id_ed25519
@@ -44,7 +45,8 @@ See `writ COMMAND --help`, and `writ man` for the manual page.";
 #[derive(Parser)]
 #[command(version, propagate_version = true, after_help = EXAMPLES)]
 struct Cli {
-    /// CA configuration file (TOML), for `serve` and `admin`; other commands refuse it.
+    /// CA configuration file (TOML), for `serve`, `check-config` and `admin`; other
+    /// commands refuse it.
     #[arg(long, global = true, env = "WRIT_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -102,6 +104,12 @@ Example:
     /// With --dev, runs like `vault server -dev`: state under ./writ-data (SQLite, a
     /// generated CA key and passphrase), a built-in development token issuer and a
     /// permissive policy; WRIT_CONFIG is ignored. Never use --dev in production.
+    ///
+    /// Logs go to stderr, as text or one JSON object per line ([server] log_format),
+    /// filtered by WRIT_LOG. GET /metrics (Prometheus) is served on the listen address,
+    /// or only on [server] metrics_listen when set; GET /readyz says whether the CA can
+    /// issue now. Every response carries X-Request-Id, the request_id of its audit
+    /// records.
     #[command(after_help = "\
 Examples:
   writ serve --dev
@@ -119,6 +127,27 @@ Examples:
         #[arg(long, value_name = "ADDR", value_parser = resolve_listen)]
         listen: Option<SocketAddr>,
     },
+    /// Check a CA configuration before serving it: validate it as `writ serve` does,
+    /// resolve its issuers' keys, show each policy's effective grant, warn on risky
+    /// patterns.
+    ///
+    /// Exit status 0 when the file is valid (warnings do not change it), 1 when it is not,
+    /// with the error naming the file and the key. Issuer keys that cannot be fetched or
+    /// read, and a CA passphrase that is not available here, are warnings: both are often
+    /// reachable only from the CA host (--offline skips them). Risky patterns: host
+    /// patterns that pin no domain (`*`, `*.com`), `root` or templated logins without
+    /// claim constraints, a subject matching everyone without claims, lifetimes above the
+    /// recommendations (certificates 15m, tasks 8h, tokens 1h), `replay = "allow"` with
+    /// tokens living over 10m, and plain HTTP on a non-loopback address.
+    #[command(after_help = "\
+Examples:
+  writ check-config --config /etc/writ/writ.toml
+  writ check-config --config writ.toml --offline --json | jq '.warnings[].code'
+  writ admin default-config > writ.toml && writ check-config --config writ.toml")]
+    CheckConfig {
+        #[command(flatten)]
+        args: admin::check::CheckConfigArgs,
+    },
     /// Operator commands on a CA configuration (give --config FILE or WRIT_CONFIG).
     #[command(after_help = "\
 Examples:
@@ -126,7 +155,8 @@ Examples:
   writ admin --config writ.toml task show TASK_ID
   writ admin --config writ.toml task revoke TASK_ID --reason 'key leaked'
   writ admin --config writ.toml audit verify
-  writ admin --config writ.toml policy explain --token @token --logins deploy --hosts web-01")]
+  writ admin --config writ.toml policy explain --token @token --logins deploy --hosts web-01
+  writ admin default-config > writ.toml")]
     Admin {
         #[command(subcommand)]
         command: admin::AdminCommand,
@@ -337,6 +367,10 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::CheckConfig { args } => match admin::check::main(config.path.as_deref(), &args) {
+            Ok(status) => status.into(),
+            Err(e) => fail(&e),
+        },
         Command::Admin { command } => match admin::main(config.path.as_deref(), command) {
             Ok(status) => status.into(),
             Err(e) => fail(&e),
@@ -413,7 +447,6 @@ fn main() -> ExitCode {
 
 /// `writ serve`.
 fn serve(config: ConfigArg, dev: bool, data_dir: &Path, listen: Option<SocketAddr>) -> ExitCode {
-    writ::logging::init();
     let prepared = if dev {
         if config.typed {
             return fail(
@@ -439,6 +472,7 @@ fn serve(config: ConfigArg, dev: bool, data_dir: &Path, listen: Option<SocketAdd
         Ok(p) => p,
         Err(e) => return fail(&e),
     };
+    writ::logging::init(config.server.log_format);
     let runtime = match writ::cli::server_runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(&e),
@@ -449,20 +483,22 @@ fn serve(config: ConfigArg, dev: bool, data_dir: &Path, listen: Option<SocketAdd
             Ok(state) => state,
             Err(e) => return fail(&e),
         };
-        let listener = match server::bind(&config).await {
+        let listeners = match server::bind(&config).await {
             Ok(l) => l,
             Err(e) => return fail(&e),
         };
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let address =
+            |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let addr = address(&listeners.api);
         tracing::info!(%addr, "listening");
+        if let Some(metrics) = &listeners.metrics {
+            tracing::info!(addr = %address(metrics), "metrics listening");
+        }
         if is_dev {
             print_dev_banner(&addr, data_dir);
         }
         let limits = config.connection_limits();
-        server::serve(listener, state, server::shutdown_signal(), limits).await;
+        server::serve(listeners, state, server::shutdown_signal(), limits).await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })

@@ -84,6 +84,28 @@ pub struct ServerConfig {
     /// anyone else the header is ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Serve `GET /metrics` on this address (`IP:PORT` or `NAME:PORT`) instead of on
+    /// `listen`; unset, `/metrics` is served on `listen`.
+    #[serde(default, deserialize_with = "deserialize_listen_option")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The log's format on stderr: `text` (the default) or `json`, one object per line.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Whether `/readyz` also requires every `[[issuer]]`'s keys to be loaded.
+    #[serde(default)]
+    pub readyz_requires_issuers: bool,
+}
+
+/// `[server] log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line per event, `key=value` fields, every value escaped (the default).
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `message` and the
+    /// event's fields), for log shippers.
+    Json,
 }
 
 fn default_client_timeout() -> Duration {
@@ -130,6 +152,9 @@ impl Default for ServerConfig {
             request_timeout: default_request_timeout(),
             shutdown_timeout: default_shutdown_timeout(),
             trusted_proxies: Vec::new(),
+            metrics_listen: None,
+            log_format: LogFormat::default(),
+            readyz_requires_issuers: false,
         }
     }
 }
@@ -159,6 +184,12 @@ pub fn resolve_listen(text: &str) -> Result<SocketAddr, String> {
 fn deserialize_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(d)?;
     resolve_listen(&text).map_err(serde::de::Error::custom)
+}
+
+fn deserialize_listen_option<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    deserialize_listen(d).map(Some)
 }
 
 /// `[storage]`. `Debug` shows the URL without its password.
@@ -520,6 +551,18 @@ impl Config {
                 format!(
                     "{listen} is not a loopback address; plain HTTP is only allowed on loopback \
                      (put writ behind a TLS-terminating proxy on the same host)"
+                ),
+            ));
+        }
+        if let Some(metrics) = self.server.metrics_listen
+            && metrics == listen
+            && metrics.port() != 0
+        {
+            return Err(invalid(
+                "server.metrics_listen".into(),
+                format!(
+                    "{metrics} is server.listen itself; name another address, or leave \
+                     metrics_listen unset to serve /metrics on server.listen"
                 ),
             ));
         }

@@ -8,7 +8,9 @@
 //! once); concurrent callers share one fetch in flight.
 //!
 //! Fetches use the blocking `ureq` client on a blocking thread, with a hard timeout and a
-//! size limit, so a slow issuer cannot stall the server.
+//! size limit, so a slow issuer cannot stall the server. With metrics (`writ serve`), each
+//! fetch counts in `writ_jwks_fetches_total{issuer,result}` under the configured issuer
+//! name.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -19,6 +21,7 @@ use jsonwebtoken::jwk::{Jwk, JwkSet};
 
 use super::TokenError;
 use crate::config::IssuerConfig;
+use crate::metrics::Metrics;
 
 /// Minimum time between two fetches triggered by unknown `kid`s, so a stream of tokens with
 /// random `kid`s cannot make writ hammer the issuer, and between two attempts to load keys
@@ -54,8 +57,13 @@ impl JwksSource {
         }
     }
 
-    /// Read the key set (blocking).
+    /// Read the key set (blocking), each HTTP fetch within [`FETCH_TIMEOUT`].
     pub fn load(&self) -> Result<JwkSet, String> {
+        self.load_within(FETCH_TIMEOUT)
+    }
+
+    /// Read the key set (blocking), each HTTP fetch within `timeout` (`writ check-config`).
+    pub fn load_within(&self, timeout: Duration) -> Result<JwkSet, String> {
         match self {
             JwksSource::File(path) => {
                 let text = std::fs::read_to_string(path)
@@ -63,13 +71,13 @@ impl JwksSource {
                 serde_json::from_str(&text)
                     .map_err(|e| format!("{} is not a JWKS: {e}", path.display()))
             }
-            JwksSource::Url(url) => fetch_json(url),
+            JwksSource::Url(url) => fetch_json(url, timeout),
             JwksSource::Discovery(issuer) => {
                 let url = format!(
                     "{}/.well-known/openid-configuration",
                     issuer.trim_end_matches('/')
                 );
-                let doc: serde_json::Value = fetch_json(&url)?;
+                let doc: serde_json::Value = fetch_json(&url, timeout)?;
                 // OpenID Connect Discovery 1.0 §4.3: a document for another issuer must
                 // not be used.
                 let named = doc.get("issuer").and_then(|v| v.as_str());
@@ -82,15 +90,27 @@ impl JwksSource {
                     .get("jwks_uri")
                     .and_then(|v| v.as_str())
                     .ok_or_else(|| format!("{url} has no jwks_uri"))?;
-                fetch_json(jwks_uri)
+                fetch_json(jwks_uri, timeout)
             }
+        }
+    }
+
+    /// Where the keys come from, for people: the URL, the file, or the discovery URL.
+    pub fn describe(&self) -> String {
+        match self {
+            JwksSource::Url(url) => url.clone(),
+            JwksSource::File(path) => path.display().to_string(),
+            JwksSource::Discovery(issuer) => format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            ),
         }
     }
 }
 
-fn fetch_json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, String> {
+fn fetch_json<T: serde::de::DeserializeOwned>(url: &str, timeout: Duration) -> Result<T, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(FETCH_TIMEOUT))
+        .timeout_global(Some(timeout))
         .max_redirects(0)
         .build()
         .into();
@@ -140,6 +160,8 @@ pub struct KeyCache {
     policy: CachePolicy,
     state: RwLock<CacheState>,
     refresh: tokio::sync::Mutex<()>,
+    /// The configured issuer name and the metrics its fetches count in.
+    metrics: Option<(String, Arc<Metrics>)>,
 }
 
 /// A consistent view of the cache.
@@ -157,7 +179,25 @@ impl KeyCache {
             policy,
             state: RwLock::new(CacheState::default()),
             refresh: tokio::sync::Mutex::new(()),
+            metrics: None,
         }
+    }
+
+    /// Count this cache's fetches in `metrics`, as the configured issuer `name`.
+    pub fn with_metrics(mut self, name: &str, metrics: Arc<Metrics>) -> KeyCache {
+        metrics.jwks_issuer(name);
+        self.metrics = Some((name.to_owned(), metrics));
+        self
+    }
+
+    /// Whether keys are loaded and still trusted (refreshed within `max_stale`): what
+    /// `/readyz` asks with `readyz_requires_issuers`.
+    pub fn has_keys(&self) -> bool {
+        let state = self.state.read().unwrap_or_else(|p| p.into_inner());
+        state.keys.is_some()
+            && state
+                .last_success
+                .is_some_and(|t| t.elapsed() < self.policy.max_stale)
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -177,6 +217,9 @@ impl KeyCache {
             .await
             .map_err(|e| format!("JWKS fetch task failed: {e}"))
             .and_then(|r| r);
+        if let Some((name, metrics)) = &self.metrics {
+            metrics.jwks_fetch(name, result.is_ok());
+        }
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         state.last_attempt = Some(now);

@@ -18,6 +18,7 @@ use super::jwks::{CachePolicy, JwksSource, KeyCache};
 use super::{Identity, MAX_TOKEN_BYTES, ReplayKey, TokenError};
 use crate::audit;
 use crate::config::{IssuerConfig, MAX_LEEWAY, Replay};
+use crate::metrics::Metrics;
 
 /// One configured issuer with its key cache.
 pub struct TrustedIssuer {
@@ -43,6 +44,11 @@ pub struct Verifier {
 impl Verifier {
     /// Build from `[[issuer]]` configuration (validated already).
     pub fn new(issuers: &[IssuerConfig]) -> Verifier {
+        Verifier::with_metrics(issuers, None)
+    }
+
+    /// [`Verifier::new`], counting every issuer's key fetches in `metrics` (`writ serve`).
+    pub fn with_metrics(issuers: &[IssuerConfig], metrics: Option<Arc<Metrics>>) -> Verifier {
         if !super::crypto::install() {
             tracing::warn!(
                 "another JWT crypto provider was installed first; token verification is slower"
@@ -56,16 +62,20 @@ impl Verifier {
                     .iter()
                     .filter_map(|a| Algorithm::from_str(a).ok())
                     .collect();
+                let mut keys = KeyCache::new(
+                    JwksSource::from_config(config),
+                    CachePolicy {
+                        refresh: config.jwks_refresh,
+                        max_stale: config.jwks_max_stale,
+                    },
+                );
+                if let Some(metrics) = &metrics {
+                    keys = keys.with_metrics(&config.name, Arc::clone(metrics));
+                }
                 let issuer = TrustedIssuer {
                     config: config.clone(),
                     algorithms,
-                    keys: KeyCache::new(
-                        JwksSource::from_config(config),
-                        CachePolicy {
-                            refresh: config.jwks_refresh,
-                            max_stale: config.jwks_max_stale,
-                        },
-                    ),
+                    keys,
                 };
                 (config.issuer.clone(), Arc::new(issuer))
             })
@@ -82,6 +92,19 @@ impl Verifier {
                 tracing::warn!(issuer = %issuer.config.name, error = %e, "could not fetch issuer keys at start-up");
             }
         }
+    }
+
+    /// The configured issuers whose keys are not loaded (never fetched, or not refreshed
+    /// within `jwks_max_stale`), by name, sorted: `/readyz` with `readyz_requires_issuers`.
+    pub fn issuers_without_keys(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .by_iss
+            .values()
+            .filter(|issuer| !issuer.keys.has_keys())
+            .map(|issuer| issuer.config.name.clone())
+            .collect();
+        names.sort();
+        names
     }
 
     /// The configured issuer name a token claims to come from (unverified), for audit

@@ -2,8 +2,6 @@
 //! network-facing server needs whatever its clients do:
 //! - a client must send a request's headers within `client_timeout` (this also closes a
 //!   keep-alive connection idle for that long);
-//! - a whole request, body included, must be answered within `request_timeout`, else 408
-//!   (a client trickling its body is cut off);
 //! - on shutdown the listener closes at once, idle connections close, requests in flight
 //!   are answered, and after `shutdown_timeout` whatever is left is dropped, so shutdown
 //!   always completes in bounded time.
@@ -13,6 +11,10 @@
 //!   `max_concurrent_requests` are served at once (beyond, 503 `overloaded` with
 //!   `Retry-After`), and at most `max_connections` are open (beyond, new connections wait
 //!   in the listen backlog).
+//!
+//! A whole request, body included, must be answered within `request_timeout`: that limit
+//! is the router's (`api::observe`, which also gives each request its id and counts it),
+//! so a 408 is counted and carries an `X-Request-Id` like any other answer.
 //!
 //! It never looks into requests beyond their headers' size and adding the client address
 //! (`ConnectInfo`, [`super::client_address`]) that handlers read; what a request means is
@@ -36,8 +38,8 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use super::client_address::client_address;
-use crate::api::ApiError;
 use crate::api::error::ErrorCode;
+use crate::api::{ApiError, X_REQUEST_ID};
 use crate::cidr::Cidr;
 
 /// Limits of the connection loop (`[server]` `client_timeout`, `request_timeout`,
@@ -46,7 +48,8 @@ use crate::cidr::Cidr;
 pub struct Limits {
     /// Longest wait for a request's headers, and longest idle keep-alive.
     pub client_timeout: Duration,
-    /// Longest time to read a request and answer it.
+    /// Longest time to read a request and answer it (applied by the router:
+    /// `api::observe`).
     pub request_timeout: Duration,
     /// Longest time shutdown waits for requests in flight.
     pub shutdown_timeout: Duration,
@@ -153,18 +156,15 @@ async fn serve_connection(
         request.extensions_mut().insert(ConnectInfo(client));
         let router = router.clone();
         let (method, uri) = (request.method().clone(), request.uri().clone());
-        let request_timeout_limit = limits.request_timeout;
         let headers_refused = headers_too_large(request.headers(), &limits);
         let admitted = Arc::clone(&requests).try_acquire_owned();
         async move {
             let response = if let Some(refused) = headers_refused {
                 refused
             } else if let Ok(_admitted) = admitted {
-                let answer = router.oneshot(request.map(axum::body::Body::new));
-                match tokio::time::timeout(request_timeout_limit, answer).await {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(never)) => match never {},
-                    Err(_elapsed) => request_timeout(request_timeout_limit),
+                match router.oneshot(request.map(axum::body::Body::new)).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
                 }
             } else {
                 overloaded()
@@ -195,8 +195,9 @@ async fn serve_connection(
     }
 }
 
-/// One log line per refused request (4xx at info, 5xx at warn) with its error code; the
-/// audit record, where there is one, says the rest.
+/// One log line per refused request (4xx at info, 5xx at warn) with its error code and
+/// request id; the audit record, where there is one, says the rest and carries the same
+/// request id.
 fn log_refusal(response: &Response, method: &hyper::Method, uri: &hyper::Uri, peer: SocketAddr) {
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
@@ -206,11 +207,16 @@ fn log_refusal(response: &Response, method: &hyper::Method, uri: &hyper::Uri, pe
         .extensions()
         .get::<ErrorCode>()
         .map_or("none", |c| c.0);
+    let request_id = response
+        .headers()
+        .get(X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none");
     let (status, source_ip, path) = (status.as_u16(), peer.ip(), uri.path());
     if response.status().is_server_error() {
-        tracing::warn!(status, code, %method, path, %source_ip, "request failed");
+        tracing::warn!(status, code, %method, path, %source_ip, request_id, "request failed");
     } else {
-        tracing::info!(status, code, %method, path, %source_ip, "request refused");
+        tracing::info!(status, code, %method, path, %source_ip, request_id, "request refused");
     }
 }
 
@@ -256,17 +262,5 @@ fn overloaded() -> Response {
             "the CA is serving as many requests as it may at once; retry shortly",
         )
     }
-    .into_response()
-}
-
-fn request_timeout(limit: Duration) -> Response {
-    ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        "request_timeout",
-        format!(
-            "the request was not received and answered within {}",
-            crate::duration::format(limit)
-        ),
-    )
     .into_response()
 }

@@ -1,6 +1,7 @@
-//! Assembling and running the CA: open the store, load (or create) the keyring, build the
-//! verifier, issuer and router, and serve on an already-bound listener until a shutdown
-//! future resolves (so tests can bind `127.0.0.1:0`).
+//! Assembling and running the CA: make the metrics registry, open the store, load (or
+//! create) the keyring, build the verifier, issuer and router, and serve on already-bound
+//! listeners ([`Listeners`]: the API's, and `metrics_listen`'s if configured) until a
+//! shutdown future resolves (so tests can bind `127.0.0.1:0`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,12 +12,13 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 
 use crate::api::rate::RateLimits;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, MetricsRoute};
 use crate::authority::KeyringError;
 use crate::authority::live::{LiveKeyring, MAINTENANCE_INTERVAL, PassphraseSource};
 use crate::authority::rotation::RotationSettings;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, SinkConfig};
 use crate::identity::Verifier;
+use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::store::{self, StoreError};
 use crate::task::Issuer;
@@ -55,7 +57,8 @@ pub async fn build(
     dev_jwks: Option<String>,
 ) -> Result<Arc<AppState>, StartError> {
     let passphrase = config.ca_passphrase(config_path)?;
-    let store = store::open(&config.storage.url).await?;
+    let metrics = Arc::new(Metrics::new());
+    let store = store::open_with(&config.storage.url, Some(Arc::clone(&metrics))).await?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
     // Read again if `writ admin ca rewrap` changes the passphrase under a running server.
     let source: PassphraseSource = {
@@ -65,7 +68,7 @@ pub async fn build(
     let settings = RotationSettings::from_config(&config.ca);
     let keyring =
         Arc::new(LiveKeyring::open(store.as_ref(), passphrase, Some(source), settings, now).await?);
-    let verifier = Verifier::new(&config.issuers);
+    let verifier = Verifier::with_metrics(&config.issuers, Some(Arc::clone(&metrics)));
     verifier.prefetch().await;
     let policies = Policies::new(config.policies.clone(), config.ca.clone());
     let issuer = Issuer::new(
@@ -73,6 +76,7 @@ pub async fn build(
         Arc::clone(&keyring),
         policies,
         config.ca.clone(),
+        Arc::clone(&metrics),
     )
     .cap_certificates_per_task(config.limits.certificates_per_task);
     tracing::info!(
@@ -94,20 +98,70 @@ pub async fn build(
         dev_jwks,
         revocation_retention: crate::revocation::feed::retention_after_end(config.ca.clock_skew),
         rate: Arc::new(RateLimits::new(&config.limits)),
+        metrics,
+        audit_sinks: config.audit.sinks.iter().map(SinkConfig::name).collect(),
+        readyz_requires_issuers: config.server.readyz_requires_issuers,
     }))
 }
 
-/// Serve the API on `listener` until `shutdown` resolves; requests in flight are answered
-/// within `limits.shutdown_timeout` ([`connections`]).
+/// Where the CA serves: the API's listener, and `[server] metrics_listen`'s if set (then
+/// `GET /metrics` is served there and not on the API's).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The API (`[server] listen`).
+    pub api: TcpListener,
+    /// `GET /metrics` only (`[server] metrics_listen`).
+    pub metrics: Option<TcpListener>,
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(api: TcpListener) -> Listeners {
+        Listeners { api, metrics: None }
+    }
+}
+
+/// Serve the API (and the metrics listener, if any) until `shutdown` resolves; requests
+/// in flight are answered within `limits.shutdown_timeout` ([`connections`]).
 pub async fn serve(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: Limits,
 ) {
+    let Listeners { api, metrics } = listeners.into();
     let maintenance = tokio::spawn(maintain_keyring(Arc::clone(&state)));
     let summaries = tokio::spawn(record_flood_summaries(Arc::clone(&state)));
-    connections::serve(listener, api::router(Arc::clone(&state)), shutdown, limits).await;
+    let timeout = limits.request_timeout;
+    match metrics {
+        None => {
+            let router = api::router(Arc::clone(&state), timeout, MetricsRoute::WithApi);
+            connections::serve(api, router, shutdown, limits).await;
+        }
+        Some(metrics) => {
+            // One shutdown signal, heard by both loops.
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let until_stopped = move || {
+                let mut stopped = stopped.clone();
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                }
+            };
+            let metrics_loop = tokio::spawn(connections::serve(
+                metrics,
+                api::metrics_router(Arc::clone(&state), timeout),
+                until_stopped(),
+                limits.clone(),
+            ));
+            let router = api::router(Arc::clone(&state), timeout, MetricsRoute::Elsewhere);
+            let api_loop = connections::serve(api, router, until_stopped(), limits);
+            let signal = async move {
+                shutdown.await;
+                let _ = stop.send(true);
+            };
+            tokio::join!(api_loop, signal);
+            let _ = metrics_loop.await;
+        }
+    }
     maintenance.abort();
     summaries.abort();
     // What floods left since the last round, now that no request adds to it.
@@ -153,12 +207,19 @@ async fn maintain_keyring(state: Arc<AppState>) {
     }
 }
 
-/// Bind the configured address.
-pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
-    let addr = config.server.listen;
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })
+/// Bind the configured addresses: `[server] listen`, and `metrics_listen` if set.
+pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Listen { addr, source })
+    };
+    let api = bind(config.server.listen).await?;
+    let metrics = match config.server.metrics_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    Ok(Listeners { api, metrics })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

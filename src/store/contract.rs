@@ -604,6 +604,40 @@ pub(crate) async fn rewrap_and_schedule(store: Arc<dyn Store>) {
     assert_eq!(store.rotation_schedule().await.expect("schedule"), None);
 }
 
+/// Active tasks are counted at the time asked about: a task that ended or expired by then
+/// is not, and a renewal does not count its task twice.
+pub(crate) async fn active_tasks_are_counted_at_the_time_asked(store: Arc<dyn Store>) {
+    let store = store.as_ref();
+    assert_eq!(store.active_tasks(500).await.expect("count"), 0);
+    let key_id = with_active_key(store).await;
+    for serial in [11, 12, 13] {
+        store
+            .record_issuance(issuance(&key_id, serial, None, None))
+            .await
+            .expect("issue");
+    }
+    store
+        .record_issuance(issuance(&key_id, 14, Some(&task_id_of(11)), None))
+        .await
+        .expect("renew");
+    assert_eq!(store.active_tasks(500).await.expect("count"), 3);
+    let end = TaskEnd {
+        task_id: task_id_of(12),
+        state: TaskState::Revoked,
+        reason: Some("test".into()),
+        now: at(600),
+        token_use: None,
+    };
+    store
+        .end_task(&end, Box::new(|_| Vec::new()))
+        .await
+        .expect("end");
+    assert_eq!(store.active_tasks(700).await.expect("count"), 2);
+    // The tasks of `issuance` run until 10,000.
+    assert_eq!(store.active_tasks(9_999).await.expect("count"), 2);
+    assert_eq!(store.active_tasks(10_000).await.expect("count"), 0);
+}
+
 /// Every contract test, for the backend `$open` opens: `async fn() -> (impl Drop-guard,
 /// Arc<dyn Store>)`, a fresh empty store each call.
 macro_rules! store_contract_tests {
@@ -626,6 +660,7 @@ macro_rules! store_contract_tests {
             case!(a_rotation_commits_whole_or_not_at_all);
             case!(retirement_waits_for_certificates_and_retired_keys_never_sign);
             case!(rewrap_and_schedule);
+            case!(active_tasks_are_counted_at_the_time_asked);
         }
     };
 }

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::audit::{AuditEntry, AuditRecord};
+use crate::metrics::Metrics;
 
 pub use audit_log::AuditLog;
 pub use records::{
@@ -160,12 +161,26 @@ pub trait Store: AuditLog + Send + Sync {
     /// What hosts must refuse at `now_unix`: ended tasks that have not expired yet and
     /// revoked certificates still inside their validity window.
     async fn revocations(&self, now_unix: i64) -> Result<Revocations, StoreError>;
+    /// How many tasks are active and unexpired at `now_unix` (`writ_active_tasks`, read on
+    /// each metrics scrape, on a reader: it never waits for the writer).
+    async fn active_tasks(&self, now_unix: i64) -> Result<i64, StoreError>;
 }
 
 /// Open (creating and migrating if needed) the store a URL names.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(url, None).await
+}
+
+/// [`open`], recording the writer's transactions into `metrics` (`writ serve`):
+/// `writ_store_commit_duration_seconds` and `writ_group_commit_batch_size`.
+pub async fn open_with(
+    url: &str,
+    metrics: Option<Arc<Metrics>>,
+) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(path) = url.strip_prefix("sqlite://") {
-        Ok(Arc::new(sqlite::SqliteStore::open(path).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open_with(path, metrics).await?,
+        ))
     } else {
         Err(StoreError::UnsupportedUrl(crate::text::redact_url(url)))
     }

@@ -27,6 +27,7 @@ use crate::cidr::Cidr;
 use crate::config::{CaConfig, KNOWN_EXTENSIONS};
 use crate::duration::secs;
 use crate::identity::{Identity, TokenError};
+use crate::metrics::Metrics;
 use crate::policy::{Grant, Policies, PolicyError, Request};
 use crate::profile;
 use crate::store::{
@@ -89,6 +90,11 @@ impl RequestContext {
             request_id: None,
             now,
         }
+    }
+
+    /// The client's address, when the request came over the network.
+    pub fn client_ip(&self) -> Option<std::net::IpAddr> {
+        self.source_ip.as_deref()?.parse().ok()
     }
 
     /// Stamp `entry` with this request's client address and id: every record a request
@@ -256,15 +262,18 @@ pub struct Issuer {
     limits: CaConfig,
     /// Certificates one task may get in all (`[limits] certificates_per_task`).
     certificates_per_task: usize,
+    metrics: Arc<Metrics>,
 }
 
 impl Issuer {
-    /// Build the issuance service.
+    /// Build the issuance service; every certificate it issues counts in `metrics`
+    /// (`writ_certificates_issued_total`).
     pub fn new(
         store: Arc<dyn Store>,
         keyring: Arc<LiveKeyring>,
         policies: Policies,
         limits: CaConfig,
+        metrics: Arc<Metrics>,
     ) -> Issuer {
         Issuer {
             store,
@@ -272,6 +281,7 @@ impl Issuer {
             policies,
             limits,
             certificates_per_task: usize::MAX,
+            metrics,
         }
     }
 
@@ -509,6 +519,7 @@ impl Issuer {
             announced.withdraw();
             match self.store.record_issuance(record).await {
                 Ok(()) => {
+                    self.metrics.certificate_issued();
                     tracing::info!(
                         task_id = %task.id, serial, subject = ?identity.subject,
                         policy = %grant.policy, "certificate issued"

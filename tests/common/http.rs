@@ -10,11 +10,21 @@ pub struct Response {
     pub status: u16,
     /// `WWW-Authenticate`, if any.
     pub www_authenticate: Option<String>,
+    /// Every header, names in lowercase, in order.
+    pub headers: Vec<(String, String)>,
     /// Body text.
     pub text: String,
 }
 
 impl Response {
+    /// The first value of header `name` (lowercase), if any.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The body as JSON (panics if it is not).
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
@@ -45,10 +55,21 @@ fn finish(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp
         .get("www-authenticate")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
     let text = response.body_mut().read_to_string().expect("read body");
     Response {
         status,
         www_authenticate,
+        headers,
         text,
     }
 }

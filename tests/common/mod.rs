@@ -1,6 +1,6 @@
 //! Shared integration-test helpers: a real test identity provider ([`idp`]), a real CA
-//! server on an ephemeral port ([`ca`]), the usual agent/admin/host world ([`agents`]), a blocking HTTP client ([`http`]), and real
-//! OpenSSH ([`sshd`]).
+//! server on an ephemeral port ([`ca`]), the usual agent/admin/host world ([`agents`]), a blocking HTTP client ([`http`]), `GET /metrics` read with a strict
+//! parser ([`metrics`]), and real OpenSSH ([`sshd`]).
 
 #![allow(dead_code)]
 
@@ -8,6 +8,7 @@ pub mod agents;
 pub mod ca;
 pub mod http;
 pub mod idp;
+pub mod metrics;
 pub mod serve;
 pub mod sshd;
 

@@ -13,6 +13,24 @@ pub struct Server {
     dir: tempfile::TempDir,
     /// `http://ADDR`
     pub url: String,
+    /// `http://ADDR` of `[server] metrics_listen`, when configured.
+    pub metrics_url: Option<String>,
+}
+
+/// The address a "listening" line names (`listening` or `metrics listening`), in the
+/// text log (`… listening addr=ADDR`) or the JSON log (`"message":"listening"`).
+fn listening_addr(line: &str, message: &str) -> Option<String> {
+    if line.starts_with('{') {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        return (event["message"] == message)
+            .then(|| event["addr"].as_str().map(str::to_owned))
+            .flatten();
+    }
+    let (before, after) = line.split_once(&format!("{message} addr="))?;
+    if message == "listening" && before.ends_with("metrics ") {
+        return None;
+    }
+    after.split_whitespace().next().map(str::to_owned)
 }
 
 impl Server {
@@ -50,18 +68,20 @@ impl Server {
             child,
             dir,
             url: String::new(),
+            metrics_url: None,
         };
-        // Readiness: the "listening" line names the bound address.
+        // Readiness: the "listening" lines name the bound addresses.
+        let with_metrics = server_extra.contains("metrics_listen");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while server.url.is_empty() {
+        while server.url.is_empty() || (with_metrics && server.metrics_url.is_none()) {
             let log = server.log();
-            if let Some(addr) = log
-                .lines()
-                .find(|l| l.contains("listening"))
-                .and_then(|l| l.split("addr=").nth(1))
-                .and_then(|rest| rest.split_whitespace().next())
-            {
-                server.url = format!("http://{addr}");
+            for line in log.lines() {
+                if let Some(addr) = listening_addr(line, "listening") {
+                    server.url = format!("http://{addr}");
+                }
+                if let Some(addr) = listening_addr(line, "metrics listening") {
+                    server.metrics_url = Some(format!("http://{addr}"));
+                }
             }
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("writ serve exited with {status}:\n{log}");

@@ -7,6 +7,7 @@
 //! else.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
@@ -16,6 +17,7 @@ use super::{
     Revocations, RotationSchedule, Store, StoreError, TaskEnd, TaskRecord,
 };
 use crate::audit::{AuditEntry, AuditRecord};
+use crate::metrics::Metrics;
 
 mod arrivals;
 mod audit_log;
@@ -45,6 +47,14 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Open or create the database file at `path` and run migrations.
     pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(path, None).await
+    }
+
+    /// [`SqliteStore::open`], the writer recording each transaction into `metrics`.
+    pub async fn open_with(
+        path: &str,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Result<SqliteStore, StoreError> {
         let path = Path::new(path).to_owned();
         let prepared = path.clone();
         tokio::task::spawn_blocking(move || {
@@ -58,7 +68,7 @@ impl SqliteStore {
         let arrivals = Arrivals::default();
         Ok(SqliteStore {
             readers: Readers::new(&path),
-            writer: Writer::start(&path, arrivals.clone())?,
+            writer: Writer::start(&path, arrivals.clone(), metrics)?,
             arrivals,
         })
     }
@@ -173,6 +183,12 @@ impl Store for SqliteStore {
     async fn revocations(&self, now_unix: i64) -> Result<Revocations, StoreError> {
         self.readers
             .read(move |db| tasks::revocations(db, now_unix))
+            .await
+    }
+
+    async fn active_tasks(&self, now_unix: i64) -> Result<i64, StoreError> {
+        self.readers
+            .read(move |db| tasks::active_tasks(db, now_unix))
             .await
     }
 }

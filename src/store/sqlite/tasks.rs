@@ -140,6 +140,15 @@ pub(super) fn revocations(db: &Connection, now_unix: i64) -> Result<Revocations,
     })
 }
 
+/// Tasks active and unexpired at `now_unix`. A scan of `tasks` (no index holds active
+/// tasks: one would cost every issuance a page, migration 0008), run once per metrics
+/// scrape on a reader.
+pub(super) fn active_tasks(db: &Connection, now_unix: i64) -> Result<i64, StoreError> {
+    Ok(db
+        .prepare_cached("SELECT COUNT(*) FROM tasks WHERE state = 'active' AND expires_at > ?1")?
+        .query_row([now_unix], |row| row.get(0))?)
+}
+
 /// Forget used tokens that expired before `now_unix`; returns how many.
 pub(super) fn prune_used_tokens(tx: &Connection, now_unix: i64) -> Result<u64, StoreError> {
     let mut pruned = 0;
