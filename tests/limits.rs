@@ -135,6 +135,16 @@ fn an_identity_over_its_rate_gets_429_with_retry_after_and_recovers() {
                     .is_some_and(|why| why.starts_with("rate_limited"))),
         "{denied:?}"
     );
+    // Counted for monitoring.
+    let metrics = common::http::get(&format!("{}/metrics", ca.url)).text;
+    let limited_total: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("writ_rate_limited_total "))
+        .expect("writ_rate_limited_total")
+        .trim()
+        .parse()
+        .expect("number");
+    assert!(limited_total >= 1.0, "{metrics}");
     // After Retry-After the identity issues again.
     std::thread::sleep(Duration::from_secs(wait));
     let again = post(&client, &url, &token, None, &body);

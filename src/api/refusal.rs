@@ -119,6 +119,7 @@ pub async fn record(state: &AppState, refusal: Refusal, context: &RequestContext
     state.metrics.refused(refusal.code);
     if let Some(address) = context.client_ip() {
         if refusal.code == "rate_limited" {
+            state.metrics.rate_limited();
             // A client that ignores Retry-After spends its refusal budget like one that
             // sends bad tokens.
             state.rate.failed_auth_from(address);
