@@ -4,6 +4,8 @@
 //!   keep-alive connection idle for that long);
 //! - a whole request, body included, must be answered within `request_timeout`, else 408
 //!   (a client trickling its body is cut off);
+//! - with TLS, the handshake runs in the connection's own task and must finish within
+//!   `client_timeout`, so a slow or stalled handshake never holds up accepting;
 //! - on shutdown the listener closes at once, idle connections close, requests in flight
 //!   are answered, and after `shutdown_timeout` whatever is left is dropped, so shutdown
 //!   always completes in bounded time.
@@ -22,9 +24,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::api::ApiError;
@@ -46,9 +50,11 @@ pub struct Limits {
 /// the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serve `router` on `listener` until `shutdown` resolves, then drain within the limits.
+/// Serve `router` on `listener` (over TLS when `tls` is given) until `shutdown` resolves,
+/// then drain within the limits.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: Limits,
@@ -62,9 +68,10 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_connection(
+                    connections.spawn(handshake_then_serve(
                         stream,
                         peer,
+                        tls.clone(),
                         router.clone(),
                         limits,
                         stop_rx.clone(),
@@ -97,8 +104,39 @@ pub async fn serve(
     }
 }
 
+/// The TLS handshake, if any, within `client_timeout` (or until shutdown), then HTTP.
+async fn handshake_then_serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(acceptor) = tls else {
+        return serve_connection(stream, peer, router, limits, stop).await;
+    };
+    let handshake = tokio::time::timeout(limits.client_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                // Scanners and clients without an acceptable certificate are routine.
+                tracing::debug!(%error, source_ip = %peer.ip(), "TLS handshake failed");
+                return;
+            }
+            Err(_elapsed) => {
+                tracing::debug!(source_ip = %peer.ip(), "TLS handshake timed out");
+                return;
+            }
+        },
+        () = async { let _ = stop.wait_for(|stopped| *stopped).await; } => return,
+    };
+    serve_connection(stream, peer, router, limits, stop).await;
+}
+
 async fn serve_connection(
-    stream: tokio::net::TcpStream,
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     peer: SocketAddr,
     router: Router,
     limits: Limits,

@@ -21,8 +21,10 @@ use crate::store::{self, StoreError};
 use crate::task::Issuer;
 
 pub mod connections;
+pub mod tls;
 
 pub use connections::Limits;
+pub use tls::{TlsError, TlsServer};
 
 /// Why the CA could not start.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +38,9 @@ pub enum StartError {
     /// Keyring problem (e.g. wrong passphrase).
     #[error(transparent)]
     Keyring(#[from] KeyringError),
+    /// TLS files missing, unreadable or not matching.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Could not listen.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -93,17 +98,57 @@ pub async fn build(
     }))
 }
 
+/// What [`serve`] listens with: a bound TCP listener, TLS or not, and — for the real
+/// server ([`bind`]) — the SIGHUP stream that reloads the TLS certificate. A bare
+/// [`TcpListener`] converts into a plain-HTTP one.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<Arc<TlsServer>>,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Listener {
+    /// Serve TLS on `tcp` (no SIGHUP handling: the certificate is still reloaded when its
+    /// files change).
+    pub fn tls(tcp: TcpListener, tls: TlsServer) -> Listener {
+        Listener {
+            tcp,
+            tls: Some(Arc::new(tls)),
+            hangup: None,
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Listener {
+        Listener {
+            tcp,
+            tls: None,
+            hangup: None,
+        }
+    }
+}
+
 /// Serve the API on `listener` until `shutdown` resolves; requests in flight are answered
 /// within `limits.shutdown_timeout` ([`connections`]).
 pub async fn serve(
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: Limits,
 ) {
+    let Listener { tcp, tls, hangup } = listener.into();
     let maintenance = tokio::spawn(maintain_keyring(Arc::clone(&state)));
-    connections::serve(listener, api::router(state), shutdown, limits).await;
+    let reloading = tokio::spawn(tls::reload_on_change(tls.clone(), hangup));
+    let acceptor = tls.as_ref().map(|t| t.acceptor());
+    connections::serve(tcp, acceptor, api::router(state), shutdown, limits).await;
     maintenance.abort();
+    reloading.abort();
 }
 
 /// Background upkeep of the CA keyring while serving, every [`MAINTENANCE_INTERVAL`]:
@@ -119,12 +164,38 @@ async fn maintain_keyring(state: Arc<AppState>) {
     }
 }
 
-/// Bind the configured address.
-pub async fn bind(config: &Config) -> Result<TcpListener, StartError> {
-    let addr = config.server.listen;
-    TcpListener::bind(addr)
+/// Load the TLS certificate (if configured), bind the configured address and take over
+/// SIGHUP (it reloads the certificate from then on). Plain HTTP on a non-loopback address
+/// (`allow_plaintext = true`) is logged as a warning.
+pub async fn bind(config: &Config) -> Result<Listener, StartError> {
+    let server = &config.server;
+    let tls = TlsServer::load(server)?;
+    let addr = server.listen;
+    let tcp = TcpListener::bind(addr)
         .await
-        .map_err(|source| StartError::Listen { addr, source })
+        .map_err(|source| StartError::Listen { addr, source })?;
+    match &tls {
+        Some(tls) => tracing::info!(
+            sha256 = %tls.fingerprint(),
+            mutual_tls = tls.is_mutual(),
+            "TLS certificate loaded"
+        ),
+        None if !addr.ip().is_loopback() => tracing::warn!(
+            %addr,
+            "serving plain HTTP on a non-loopback address (allow_plaintext = true): tokens \
+             and certificates travel unencrypted unless a TLS-terminating proxy on this host \
+             is the only client"
+        ),
+        None => {}
+    }
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|error| tracing::warn!(%error, "cannot handle SIGHUP"))
+        .ok();
+    Ok(Listener {
+        tcp,
+        tls: tls.map(Arc::new),
+        hangup,
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

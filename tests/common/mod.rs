@@ -8,6 +8,7 @@ pub mod agents;
 pub mod ca;
 pub mod http;
 pub mod idp;
+pub mod pki;
 pub mod serve;
 pub mod sshd;
 
