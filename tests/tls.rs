@@ -285,7 +285,13 @@ fn mutual_tls_answers_only_clients_with_a_certificate_from_tls_client_ca() {
         &server.url,
         &format!("ca_bundle = \"{}\"\n", bundle.display()),
     );
-    assert!(!sync(&without).status.success());
+    let refused = sync(&without);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("client_cert"),
+        "{}",
+        stderr(&refused)
+    );
 
     // So does the agent client (`--client-cert`, `--client-key`).
     let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);

@@ -149,6 +149,11 @@ pub(crate) fn transport_error(config: &HostConfig, error: &ureq::Error) -> Strin
             "the CA's TLS certificate is not trusted ({error}): it does not chain to {}",
             crate::tls::trust_source(config)
         )
+    } else if crate::tls::may_need_client_certificate(config, error) {
+        format!(
+            "{error}; if the CA requires client certificates (mutual TLS), set client_cert \
+             and client_key in the host config"
+        )
     } else {
         error.to_string()
     }

@@ -48,7 +48,9 @@ use writ_formats::revocation::krl::{KRL_FORMAT_VERSION, KRL_MAGIC};
 use crate::config::{FEED_CLOCK_SKEW, HostConfig, KRL_FILE, REVOCATIONS_FILE, TRUSTED_KEYS_FILE};
 use crate::online::http_agent;
 use crate::state::{self, InsecureState, Owners};
-use crate::tls::{TlsFileError, is_untrusted_certificate, trust_source};
+use crate::tls::{
+    TlsFileError, is_untrusted_certificate, may_need_client_certificate, trust_source,
+};
 
 /// Path of the trust bundle below `ca_url`.
 pub const TRUSTED_KEYS_PATH: &str = "/v1/ca/trusted-keys";
@@ -131,6 +133,18 @@ pub enum SyncError {
         url: String,
         /// What it must chain to.
         trust: String,
+        /// ureq's error.
+        source: Box<ureq::Error>,
+    },
+    /// The CA closed the connection or refused the handshake, and this host presents no
+    /// client certificate: the CA may require one (mutual TLS).
+    #[error(
+        "cannot fetch {url}: {source}; if the CA requires client certificates (mutual TLS), \
+         set client_cert and client_key in the host config"
+    )]
+    NoClientCertificate {
+        /// The URL requested.
+        url: String,
         /// ureq's error.
         source: Box<ureq::Error>,
     },
@@ -272,6 +286,11 @@ pub fn sync_at(config: &HostConfig, now_unix: i64) -> Result<SyncReport, SyncErr
                     trust: trust_source(config),
                     source,
                 });
+            }
+            Err(SyncError::Request { url, source })
+                if may_need_client_certificate(config, &source) =>
+            {
+                return Err(SyncError::NoClientCertificate { url, source });
             }
             Err(SyncError::Inconsistent { .. }) if attempt < SYNC_ATTEMPTS => attempt += 1,
             Err(SyncError::Inconsistent { document, url, .. }) => {

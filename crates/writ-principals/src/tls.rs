@@ -76,6 +76,33 @@ pub fn is_untrusted_certificate(error: &ureq::Error) -> bool {
     matches!(tls_error(error), Some(rustls::Error::InvalidCertificate(_)))
 }
 
+/// Whether `error` looks like a CA with mutual TLS turning away a host that presented no
+/// client certificate: an alert, or (TLS 1.3, where the server decides after the client's
+/// last handshake message) a connection closed under the first request.
+pub fn may_need_client_certificate(config: &HostConfig, error: &ureq::Error) -> bool {
+    if config.client_cert.is_some() || !config.ca_url.starts_with("https://") {
+        return false;
+    }
+    match tls_error(error) {
+        Some(rustls::Error::AlertReceived(alert)) => matches!(
+            alert,
+            rustls::AlertDescription::CertificateRequired
+                | rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::HandshakeFailure
+        ),
+        Some(_) => false,
+        None => matches!(
+            error,
+            ureq::Error::Io(io) if matches!(
+                io.kind(),
+                std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        ),
+    }
+}
+
 fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
     std::fs::read(path).map_err(|e| TlsFileError {
         key,
