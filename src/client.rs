@@ -3,7 +3,10 @@
 //! own key — so the agent needs exactly one workload token per task.
 //!
 //! Blocking (ureq) with a hard timeout; never prints or logs the token or private keys.
+//! An `https://` CA must present a certificate that chains to the system's trust store or
+//! to the `--ca-bundle` given ([`CaClient`]); `http://` is for a CA on loopback.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -98,6 +101,16 @@ pub enum ClientError {
         /// The task asked for.
         wanted: String,
     },
+    /// A TLS file given on the command line could not be used.
+    #[error("cannot use {option} {}: {detail}", path.display())]
+    TlsFile {
+        /// The option that named it (`--ca-bundle`, …).
+        option: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// The CA did not accept the proof of possession.
     #[error(
         "the CA refused the certificate as proof of possession ({0}); a certificate stops \
@@ -106,72 +119,230 @@ pub enum ClientError {
     PossessionRefused(String),
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(TIMEOUT))
-        .http_status_as_error(false)
-        .build()
-        .into()
+/// How the agent trusts an `https://` CA, and how it proves itself when the CA asks for
+/// a client certificate (mutual TLS). Ignored for `http://`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM bundle of the CA certificates the CA's TLS certificate must chain to
+    /// (`--ca-bundle`, `WRIT_CA_BUNDLE`); `None`: the system's trust store.
+    pub ca_bundle: Option<PathBuf>,
+    /// PEM client certificate chain (`--client-cert`), for a CA with `tls_client_ca`.
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert` (`--client-key`).
+    pub client_key: Option<PathBuf>,
 }
 
-fn post(url: &str, authorization: &str, body: &str) -> Result<Value, ClientError> {
-    let sent = agent()
-        .post(url)
-        .header("authorization", authorization)
-        .header("content-type", "application/json")
-        .send(body);
-    answer(url, sent)
+/// The CA as the agent talks to it: its base URL and an HTTP agent that trusts only what
+/// [`TlsOptions`] says.
+pub struct CaClient {
+    base: String,
+    agent: ureq::Agent,
+    ca_bundle: Option<PathBuf>,
+    client_cert: bool,
 }
 
-fn get(url: &str, authorization: &str) -> Result<Value, ClientError> {
-    answer(
-        url,
-        agent()
-            .get(url)
-            .header("authorization", authorization)
-            .call(),
-    )
-}
-
-/// The CA's JSON answer to a request sent to `url`: the value on 2xx, the error envelope
-/// as [`ClientError::Refused`] otherwise. The URL in errors is shown without a password.
-fn answer(
-    url: &str,
-    sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<Value, ClientError> {
-    let unreachable = |e: ureq::Error| ClientError::Unreachable {
-        url: crate::text::redact_url(url),
-        detail: e.to_string(),
-    };
-    let mut response = sent.map_err(unreachable)?;
-    let status = response.status().as_u16();
-    let text = response
-        .body_mut()
-        .with_config()
-        .limit(1024 * 1024)
-        .read_to_string()
-        .map_err(unreachable)?;
-    let value: Value =
-        serde_json::from_str(&text).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
-    if (200..300).contains(&status) {
-        return Ok(value);
+impl CaClient {
+    /// A client for the CA at `ca_url`; the TLS files are read now, so a missing or
+    /// malformed one is refused before anything is sent.
+    pub fn new(ca_url: &str, tls: &TlsOptions) -> Result<CaClient, ClientError> {
+        let roots = match &tls.ca_bundle {
+            None => ureq::tls::RootCerts::PlatformVerifier,
+            Some(path) => {
+                ureq::tls::RootCerts::new_with_certs(&pem_certificates("--ca-bundle", path)?)
+            }
+        };
+        let client_cert = match (&tls.client_cert, &tls.client_key) {
+            (Some(cert), Some(key)) => {
+                let chain = pem_certificates("--client-cert", cert)?;
+                let key_error = |detail: String| ClientError::TlsFile {
+                    option: "--client-key",
+                    path: key.clone(),
+                    detail,
+                };
+                let text = zeroize::Zeroizing::new(
+                    std::fs::read(key).map_err(|e| key_error(e.to_string()))?,
+                );
+                let key = ureq::tls::PrivateKey::from_pem(&text)
+                    .map_err(|e| key_error(format!("no PEM private key ({e})")))?;
+                Some(ureq::tls::ClientCert::new_with_certs(&chain, key))
+            }
+            (None, None) => None,
+            (Some(cert), None) | (None, Some(cert)) => {
+                return Err(ClientError::TlsFile {
+                    option: "--client-cert/--client-key",
+                    path: cert.clone(),
+                    detail: "give both --client-cert and --client-key".into(),
+                });
+            }
+        };
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(TIMEOUT))
+            .http_status_as_error(false)
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(roots)
+                    .client_cert(client_cert)
+                    .build(),
+            )
+            .build()
+            .into();
+        Ok(CaClient {
+            base: ca_url.trim_end_matches('/').to_owned(),
+            agent,
+            ca_bundle: tls.ca_bundle.clone(),
+            client_cert: tls.client_cert.is_some(),
+        })
     }
-    Err(ClientError::Refused {
-        status,
-        code: value["error"]["code"]
-            .as_str()
-            .unwrap_or("unknown")
-            .to_owned(),
-        message: value["error"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-    })
+
+    /// The CA's base URL (without a trailing slash).
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    fn post(&self, path: &str, authorization: &str, body: &str) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let sent = self
+            .agent
+            .post(&url)
+            .header("authorization", authorization)
+            .header("content-type", "application/json")
+            .send(body);
+        self.answer(&url, sent)
+    }
+
+    fn get(&self, path: &str, authorization: &str) -> Result<Value, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let sent = self
+            .agent
+            .get(&url)
+            .header("authorization", authorization)
+            .call();
+        self.answer(&url, sent)
+    }
+
+    /// The CA's JSON answer to a request sent to `url`: the value on 2xx, the error
+    /// envelope as [`ClientError::Refused`] otherwise. The URL in errors is shown without
+    /// a password.
+    fn answer(
+        &self,
+        url: &str,
+        sent: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Value, ClientError> {
+        let unreachable = |e: ureq::Error| ClientError::Unreachable {
+            url: crate::text::redact_url(url),
+            detail: self.explain(&e),
+        };
+        let mut response = sent.map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(1024 * 1024)
+            .read_to_string()
+            .map_err(unreachable)?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+        if (200..300).contains(&status) {
+            return Ok(value);
+        }
+        Err(ClientError::Refused {
+            status,
+            code: value["error"]["code"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_owned(),
+            message: value["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+
+    /// A transport error in words: a CA certificate that is not trusted says where trust
+    /// comes from and how to change it.
+    fn explain(&self, error: &ureq::Error) -> String {
+        let tls = match error {
+            ureq::Error::Rustls(e) => Some(e),
+            ureq::Error::Io(io) => io.get_ref().and_then(|e| e.downcast_ref()),
+            _ => None,
+        };
+        match tls {
+            Some(rustls::Error::InvalidCertificate(_)) => match &self.ca_bundle {
+                Some(bundle) => format!(
+                    "the CA's TLS certificate is not trusted ({error}): it does not chain to \
+                     a certificate in --ca-bundle {}",
+                    bundle.display()
+                ),
+                None => format!(
+                    "the CA's TLS certificate is not trusted ({error}): it does not chain to \
+                     the system's trust store; give --ca-bundle FILE (or WRIT_CA_BUNDLE) with \
+                     the certificate of the CA that issued it"
+                ),
+            },
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::CertificateRequired
+                | rustls::AlertDescription::BadCertificate
+                | rustls::AlertDescription::UnknownCA
+                | rustls::AlertDescription::HandshakeFailure,
+            )) => format!(
+                "the CA refused the TLS handshake ({error}); if it requires client \
+                 certificates (mutual TLS), give --client-cert and --client-key"
+            ),
+            // With TLS 1.3 a server that refuses the client's certificate (or its absence)
+            // does so after the client's last handshake message: the client then often
+            // sees its request fail on a closed connection rather than the alert.
+            None if self.base.starts_with("https://")
+                && !self.client_cert
+                && matches!(
+                    error,
+                    ureq::Error::Io(io) if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::UnexpectedEof
+                    )
+                ) =>
+            {
+                format!(
+                    "the CA closed the connection ({error}); if it requires client \
+                     certificates (mutual TLS), give --client-cert and --client-key"
+                )
+            }
+            _ => error.to_string(),
+        }
+    }
+}
+
+/// Every certificate of a PEM file named by `option`; at least one.
+fn pem_certificates(
+    option: &'static str,
+    path: &Path,
+) -> Result<Vec<ureq::tls::Certificate<'static>>, ClientError> {
+    let error = |detail: String| ClientError::TlsFile {
+        option,
+        path: path.to_owned(),
+        detail,
+    };
+    let text = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+    let mut certificates = Vec::new();
+    for item in ureq::tls::parse_pem(&text) {
+        match item {
+            Ok(ureq::tls::PemItem::Certificate(certificate)) => certificates.push(certificate),
+            Ok(_) => {}
+            Err(e) => return Err(error(format!("not a PEM file: {e}"))),
+        }
+    }
+    if certificates.is_empty() {
+        return Err(error(
+            "no certificate (-----BEGIN CERTIFICATE-----) in the file".into(),
+        ));
+    }
+    Ok(certificates)
 }
 
 /// Open a task and get its first certificate for `public_key` (an OpenSSH line).
 pub fn open_task(
-    ca_url: &str,
+    ca: &CaClient,
     token: &str,
     public_key: &str,
     request: &TaskRequest,
@@ -185,14 +356,17 @@ pub fn open_task(
     if let Some(ttl) = request.cert_ttl {
         body["ttl_seconds"] = ttl.as_secs().into();
     }
-    let url = format!("{}/v1/certificates", ca_url.trim_end_matches('/'));
-    let value = post(&url, &format!("Bearer {token}"), &body.to_string())?;
+    let value = ca.post(
+        "/v1/certificates",
+        &format!("Bearer {token}"),
+        &body.to_string(),
+    )?;
     serde_json::from_value(value).map_err(|e| ClientError::BadAnswer(e.to_string()))
 }
 
 /// Complete `task_id`, proving possession of `key`, the private key of `certificate`.
 pub fn complete_task(
-    ca_url: &str,
+    ca: &CaClient,
     task_id: &str,
     certificate: &str,
     key: &PrivateKey,
@@ -201,8 +375,8 @@ pub fn complete_task(
     let path = format!("/v1/tasks/{task_id}/complete");
     let body = b"{}";
     let header = possession_header(certificate, key, "POST", &path, now_unix, body)?;
-    let url = format!("{}{path}", ca_url.trim_end_matches('/'));
-    post(&url, &header, std::str::from_utf8(body).unwrap_or("{}")).map(|_| ())
+    ca.post(&path, &header, std::str::from_utf8(body).unwrap_or("{}"))
+        .map(|_| ())
 }
 
 /// A private directory with a fresh ed25519 key, removed on drop.
@@ -325,7 +499,7 @@ pub fn ssh_arguments(
 /// `writ ssh`: open a task with a fresh key, run `ssh` with the certificate, then complete
 /// the task (unless `keep_task`). Returns ssh's exit code.
 pub fn ssh(
-    ca_url: &str,
+    ca: &CaClient,
     token: &str,
     invocation: &SshInvocation,
     request: &TaskRequest,
@@ -337,7 +511,7 @@ pub fn ssh(
         &ephemeral.key_path(),
         &ephemeral.certificate_path(),
     )?;
-    let issued = open_task(ca_url, token, &ephemeral.public_key()?, request)?;
+    let issued = open_task(ca, token, &ephemeral.public_key()?, request)?;
     std::fs::write(
         ephemeral.certificate_path(),
         format!("{}\n", issued.certificate),
@@ -357,7 +531,7 @@ pub fn ssh(
     if !keep_task {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         match complete_task(
-            ca_url,
+            ca,
             &issued.task_id,
             &issued.certificate,
             &ephemeral.key,
@@ -463,14 +637,14 @@ pub fn certificate_task(certificate: &str) -> Option<String> {
 
 /// `writ task show ID`: the task's state, logins, hosts, expiry and certificates.
 pub fn task_status(
-    ca_url: &str,
+    ca: &CaClient,
     task_id: &str,
     credential: &Credential<'_>,
     now_unix: i64,
 ) -> Result<TaskStatus, ClientError> {
     task_call(
         "GET",
-        ca_url,
+        ca,
         &format!("/v1/tasks/{task_id}"),
         task_id,
         credential,
@@ -481,19 +655,19 @@ pub fn task_status(
 /// `writ task complete ID`: end the task (its certificates stop working everywhere) and
 /// return its final state.
 pub fn finish_task(
-    ca_url: &str,
+    ca: &CaClient,
     task_id: &str,
     credential: &Credential<'_>,
     now_unix: i64,
 ) -> Result<TaskStatus, ClientError> {
     let path = format!("/v1/tasks/{task_id}/complete");
-    task_call("POST", ca_url, &path, task_id, credential, now_unix)
+    task_call("POST", ca, &path, task_id, credential, now_unix)
 }
 
 /// One authenticated task call: `GET` has no body, `POST` sends `{}`.
 fn task_call(
     method: &str,
-    ca_url: &str,
+    ca: &CaClient,
     path: &str,
     task_id: &str,
     credential: &Credential<'_>,
@@ -509,11 +683,10 @@ fn task_call(
             possession_header(certificate, key, method, path, now_unix, body)?
         }
     };
-    let url = format!("{}{path}", ca_url.trim_end_matches('/'));
     let answer = if method == "GET" {
-        get(&url, &authorization)
+        ca.get(path, &authorization)
     } else {
-        post(&url, &authorization, "{}")
+        ca.post(path, &authorization, "{}")
     };
     let value = match answer {
         Err(ClientError::Refused {
@@ -604,7 +777,10 @@ mod tests {
     #[test]
     fn a_password_in_the_ca_url_never_reaches_an_error() {
         // Port 9 (discard) on loopback: nothing listens there, the connection is refused.
-        let refused = get("http://agent:s3cret@127.0.0.1:9/v1/tasks/x", "Bearer t")
+        let ca = CaClient::new("http://agent:s3cret@127.0.0.1:9", &TlsOptions::default())
+            .expect("no TLS files to read");
+        let refused = ca
+            .get("/v1/tasks/x", "Bearer t")
             .expect_err("nothing listens on port 9");
         let text = refused.to_string();
         assert!(matches!(refused, ClientError::Unreachable { .. }), "{text}");

@@ -11,7 +11,8 @@
 //! - [`api`] — the HTTP API (axum): one file per endpoint group, errors → JSON envelope.
 //! - [`admin`] — operator commands (`writ admin …`), e.g. `policy explain`: verifies a
 //!   token and explains what the policies do with it, without issuing or writing anything.
-//! - [`server`] — builds the running CA from a [`config::Config`] and serves [`api`].
+//! - [`server`] — builds the running CA from a [`config::Config`] and serves [`api`]
+//!   (over TLS when configured: [`server::tls`]).
 //! - [`client`] — the agent side (`writ cert`, `writ ssh`, `writ task`): certificates
 //!   and task calls over HTTP.
 //! - [`cli`] — what every command line shares: stdout that survives `| head`, times for

@@ -35,7 +35,8 @@ Examples:
   writ admin --config writ.toml task show TASK_ID
   writ completions bash > /etc/bash_completion.d/writ
 
-Environment: WRIT_CONFIG (for --config), WRIT_CA_URL (for --ca-url).
+Environment: WRIT_CONFIG (for --config), WRIT_CA_URL (for --ca-url), WRIT_CA_BUNDLE
+(for --ca-bundle), WRIT_CLIENT_CERT and WRIT_CLIENT_KEY (for --client-cert, --client-key).
 See `writ COMMAND --help`, and `writ man` for the manual page.";
 
 /// An SSH certificate authority for AI agents and other workloads.
@@ -101,6 +102,9 @@ Example:
     /// Run the CA.
     ///
     /// With --config, serves that configuration; --listen overrides its [server] listen.
+    /// With [server] tls_cert and tls_key it serves HTTPS (TLS 1.2/1.3; tls_client_ca
+    /// for mutual TLS); SIGHUP, or a change of either file, reloads the certificate
+    /// without dropping connections.
     /// With --dev, runs like `vault server -dev`: state under ./writ-data (SQLite, a
     /// generated CA key and passphrase), a built-in development token issuer and a
     /// permissive policy; WRIT_CONFIG is ignored. Never use --dev in production.
@@ -123,7 +127,9 @@ Examples:
         #[arg(long, default_value = dev::DEFAULT_DATA_DIR, requires = "dev", value_name = "DIR")]
         data_dir: PathBuf,
         /// Listen address, IP:PORT or HOST:PORT (default: the configuration's [server]
-        /// listen; 127.0.0.1:8422 with --dev). Plain HTTP only on loopback.
+        /// listen; 127.0.0.1:8422 with --dev). A non-loopback address needs TLS
+        /// ([server] tls_cert, tls_key) or [server] allow_plaintext = true; --dev is
+        /// loopback only.
         #[arg(long, value_name = "ADDR", value_parser = resolve_listen)]
         listen: Option<SocketAddr>,
     },
@@ -240,6 +246,46 @@ struct TaskCall {
     /// Print the task as JSON (the CA's answer).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+/// How an agent trusts an https:// CA (and proves itself to one with mutual TLS).
+#[derive(clap::Args)]
+struct TlsArgs {
+    /// PEM file of the CA certificate(s) the CA's TLS certificate must chain to (default:
+    /// the system's trust store). A CA whose certificate does not chain to it is refused.
+    #[arg(long, env = "WRIT_CA_BUNDLE", value_name = "FILE")]
+    ca_bundle: Option<PathBuf>,
+    /// PEM client certificate (chain) to present to a CA that requires one (mutual TLS,
+    /// its [server] tls_client_ca); needs --client-key.
+    #[arg(
+        long,
+        env = "WRIT_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "client_key"
+    )]
+    client_cert: Option<PathBuf>,
+    /// PEM private key of --client-cert.
+    #[arg(
+        long,
+        env = "WRIT_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    client_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The CA at `ca_url`, trusted as these options say.
+    fn ca(&self, ca_url: &str) -> Result<writ::client::CaClient, writ::client::ClientError> {
+        let options = writ::client::TlsOptions {
+            ca_bundle: self.ca_bundle.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
+        };
+        writ::client::CaClient::new(ca_url, &options)
+    }
 }
 
 /// What an agent asks for.
@@ -282,6 +328,8 @@ struct AgentArgs {
         value_name = "TEXT"
     )]
     purpose: String,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl AgentArgs {
@@ -432,7 +480,11 @@ fn main() -> ExitCode {
                 options: ssh_options,
                 command,
             };
-            match writ::client::ssh(&agent.ca_url, &token, &ssh, &agent.request(), keep_task) {
+            let ca = match agent.tls.ca(&agent.ca_url) {
+                Ok(ca) => ca,
+                Err(e) => return fail(&e),
+            };
+            match writ::client::ssh(&ca, &token, &ssh, &agent.request(), keep_task) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
                 Err(e) => fail(&e),
             }
@@ -457,9 +509,16 @@ fn serve(config: ConfigArg, dev: bool, data_dir: &Path, listen: Option<SocketAdd
         if config.path.is_some() {
             eprintln!("writ: --dev: ignoring WRIT_CONFIG");
         }
+        let config_path = data_dir.join("(dev)");
         dev::prepare(data_dir, listen.unwrap_or(DEV_LISTEN))
-            .map(|(config, jwks)| (config, data_dir.join("(dev)"), Some(jwks)))
             .map_err(|e| e.to_string())
+            .and_then(|(config, jwks)| {
+                // The plain-HTTP rule holds for --dev --listen too (dev serves no TLS).
+                config
+                    .validate(&config_path)
+                    .map_err(|e| format!("--dev: {e}"))?;
+                Ok((config, config_path, Some(jwks)))
+            })
     } else {
         match config.path {
             Some(path) => load_serving(&path, listen).map(|c| (c, path, None)),
@@ -487,12 +546,11 @@ fn serve(config: ConfigArg, dev: bool, data_dir: &Path, listen: Option<SocketAdd
             Ok(l) => l,
             Err(e) => return fail(&e),
         };
-        let address =
-            |l: &tokio::net::TcpListener| l.local_addr().map(|a| a.to_string()).unwrap_or_default();
-        let addr = address(&listeners.api);
+        let address = |a: std::io::Result<SocketAddr>| a.map(|a| a.to_string()).unwrap_or_default();
+        let addr = address(listeners.api.local_addr());
         tracing::info!(%addr, "listening");
         if let Some(metrics) = &listeners.metrics {
-            tracing::info!(addr = %address(metrics), "metrics listening");
+            tracing::info!(addr = %address(metrics.local_addr()), "metrics listening");
         }
         if is_dev {
             print_dev_banner(&addr, data_dir);
@@ -527,7 +585,11 @@ fn cert_command(agent: &AgentArgs, key: &Path) -> ExitCode {
         Ok(text) => text.trim().to_owned(),
         Err(e) => return fail(&format!("cannot read {base}.pub: {e}")),
     };
-    match writ::client::open_task(&agent.ca_url, &token, &public_key, &agent.request()) {
+    let ca = match agent.tls.ca(&agent.ca_url) {
+        Ok(ca) => ca,
+        Err(e) => return fail(&e),
+    };
+    match writ::client::open_task(&ca, &token, &public_key, &agent.request()) {
         Ok(issued) => {
             let path = format!("{base}-cert.pub");
             if let Err(e) = std::fs::write(&path, format!("{}\n", issued.certificate)) {
@@ -582,11 +644,15 @@ fn agent_task_command(command: AgentTaskCommand) -> ExitCode {
         }
         (None, None) => return fail(&"give --key PATH or --token TOKEN"),
     };
+    let ca = match call.tls.ca(&call.ca_url) {
+        Ok(ca) => ca,
+        Err(e) => return fail(&e),
+    };
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let answer = if complete {
-        writ::client::finish_task(&call.ca_url, &call.id, &credential, now)
+        writ::client::finish_task(&ca, &call.id, &credential, now)
     } else {
-        writ::client::task_status(&call.ca_url, &call.id, &credential, now)
+        writ::client::task_status(&ca, &call.id, &credential, now)
     };
     match answer {
         Ok(task) if call.json => {

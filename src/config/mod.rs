@@ -53,13 +53,14 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address to listen on; plain HTTP is only allowed on loopback. `IP:PORT`, or
-    /// `NAME:PORT` resolved when the configuration loads ([`resolve_listen`]).
+    /// Address to listen on. `IP:PORT`, or `NAME:PORT` resolved when the configuration
+    /// loads ([`resolve_listen`]). Plain HTTP only on loopback, unless `allow_plaintext`.
     #[serde(default = "default_listen", deserialize_with = "deserialize_listen")]
     pub listen: SocketAddr,
-    /// PEM certificate chain for TLS (not yet supported; see README).
+    /// PEM certificate chain (leaf first) to serve TLS with; needs `tls_key`. Reloaded on
+    /// SIGHUP and when the file changes ([`crate::server::tls`]).
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for TLS (not yet supported; see README).
+    /// PEM private key of `tls_cert` (PKCS#8, RSA or SEC1 EC); needs `tls_cert`.
     pub tls_key: Option<PathBuf>,
     /// Longest wait for a request's headers; also closes keep-alive connections idle
     /// this long.
@@ -94,6 +95,14 @@ pub struct ServerConfig {
     /// Whether `/readyz` also requires every `[[issuer]]`'s keys to be loaded.
     #[serde(default)]
     pub readyz_requires_issuers: bool,
+    /// PEM bundle of the CA certificates that client certificates must chain to: mutual
+    /// TLS, every client must present one (the identity still comes from the workload
+    /// token). Needs `tls_cert`.
+    pub tls_client_ca: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback `listen` address: only for a TLS-terminating
+    /// proxy on the same host (a warning is logged at start).
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 /// `[server] log_format`.
@@ -155,7 +164,16 @@ impl Default for ServerConfig {
             metrics_listen: None,
             log_format: LogFormat::default(),
             readyz_requires_issuers: false,
+            tls_client_ca: None,
+            allow_plaintext: false,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Whether the listener serves TLS (`tls_cert` and `tls_key` are set).
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
     }
 }
 
@@ -544,13 +562,41 @@ impl Config {
             key,
             message,
         };
-        let listen = self.server.listen;
-        if !listen.ip().is_loopback() {
+        let server = &self.server;
+        if server.tls_cert.is_some() != server.tls_key.is_some() {
+            let (key, other) = if server.tls_cert.is_some() {
+                ("server.tls_key", "server.tls_cert")
+            } else {
+                ("server.tls_cert", "server.tls_key")
+            };
+            return Err(invalid(
+                key.into(),
+                format!("missing: {other} is set, and TLS needs both tls_cert and tls_key"),
+            ));
+        }
+        if server.tls_client_ca.is_some() && !server.tls_enabled() {
+            return Err(invalid(
+                "server.tls_client_ca".into(),
+                "mutual TLS needs TLS: set tls_cert and tls_key too".into(),
+            ));
+        }
+        for (key, file) in [
+            ("server.tls_cert", &server.tls_cert),
+            ("server.tls_key", &server.tls_key),
+            ("server.tls_client_ca", &server.tls_client_ca),
+        ] {
+            if file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+                return Err(invalid(key.into(), "must name a file".into()));
+            }
+        }
+        let listen = server.listen;
+        if !listen.ip().is_loopback() && !server.tls_enabled() && !server.allow_plaintext {
             return Err(invalid(
                 "server.listen".into(),
                 format!(
-                    "{listen} is not a loopback address; plain HTTP is only allowed on loopback \
-                     (put writ behind a TLS-terminating proxy on the same host)"
+                    "{listen} is not a loopback address and TLS is off: set tls_cert and \
+                     tls_key, or allow_plaintext = true if a TLS-terminating proxy on this \
+                     host is the only client"
                 ),
             ));
         }
@@ -564,14 +610,6 @@ impl Config {
                     "{metrics} is server.listen itself; name another address, or leave \
                      metrics_listen unset to serve /metrics on server.listen"
                 ),
-            ));
-        }
-        if self.server.tls_cert.is_some() || self.server.tls_key.is_some() {
-            return Err(invalid(
-                "server.tls_cert".into(),
-                "built-in TLS is not available in this release; terminate TLS in a proxy on \
-                 the same host and keep writ on loopback"
-                    .into(),
             ));
         }
         if !self.storage.url.starts_with("sqlite://") {
@@ -1071,6 +1109,32 @@ extensions = ["permit-pty"]
             "audiences = [\"writ\"]\nalgorithms = [\"HS256\"]",
         );
         assert!(parse(&bad).expect_err("hmac").to_string().contains("HS256"));
+    }
+
+    #[test]
+    fn tls_keys_go_together_and_plain_http_stays_on_loopback() {
+        let with = |server: &str| parse(&format!("[server]\n{server}\n{GOOD}"));
+        for (server, key) in [
+            ("tls_cert = \"/c.pem\"", "server.tls_key"),
+            ("tls_key = \"/k.pem\"", "server.tls_cert"),
+            ("tls_client_ca = \"/ca.pem\"", "server.tls_client_ca"),
+            ("tls_cert = \"\"\ntls_key = \"/k.pem\"", "server.tls_cert"),
+            ("listen = \"0.0.0.0:8422\"", "server.listen"),
+            ("listen = \"[::]:8422\"", "server.listen"),
+        ] {
+            let message = with(server).expect_err(server).to_string();
+            assert!(message.contains(key), "{key} not in {message}");
+        }
+        let refused = with("listen = \"0.0.0.0:8422\"").expect_err("plain");
+        assert!(refused.to_string().contains("allow_plaintext"), "{refused}");
+        // TLS, or an explicit allow_plaintext, make any address acceptable.
+        let tls = with("listen = \"0.0.0.0:8422\"\ntls_cert = \"/c.pem\"\ntls_key = \"/k.pem\"")
+            .expect("TLS");
+        assert!(tls.server.tls_enabled());
+        let plain = with("listen = \"0.0.0.0:8422\"\nallow_plaintext = true").expect("allowed");
+        assert!(!plain.server.tls_enabled() && plain.server.allow_plaintext);
+        // Loopback needs neither.
+        assert!(!parse(GOOD).expect("valid").server.tls_enabled());
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! network-facing server needs whatever its clients do:
 //! - a client must send a request's headers within `client_timeout` (this also closes a
 //!   keep-alive connection idle for that long);
+//! - with TLS, the handshake runs in the connection's own task and must finish within
+//!   `client_timeout`, so a slow or stalled handshake never holds up accepting;
 //! - on shutdown the listener closes at once, idle connections close, requests in flight
 //!   are answered, and after `shutdown_timeout` whatever is left is dropped, so shutdown
 //!   always completes in bounded time.
@@ -32,9 +34,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use super::client_address::client_address;
@@ -74,9 +78,11 @@ const HEADER_SLACK_COUNT: usize = 32;
 /// the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serve `router` on `listener` until `shutdown` resolves, then drain within the limits.
+/// Serve `router` on `listener` (over TLS when `tls` is given) until `shutdown` resolves,
+/// then drain within the limits.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
     limits: Limits,
@@ -101,9 +107,10 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let serve = serve_connection(
+                    let serve = handshake_then_serve(
                         stream,
                         peer,
+                        tls.clone(),
                         router.clone(),
                         limits.clone(),
                         Arc::clone(&requests),
@@ -141,8 +148,40 @@ pub async fn serve(
     }
 }
 
+/// The TLS handshake, if any, within `client_timeout` (or until shutdown), then HTTP.
+async fn handshake_then_serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    router: Router,
+    limits: Limits,
+    requests: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Some(acceptor) = tls else {
+        return serve_connection(stream, peer, router, limits, requests, stop).await;
+    };
+    let handshake = tokio::time::timeout(limits.client_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                // Scanners and clients without an acceptable certificate are routine.
+                tracing::debug!(%error, source_ip = %peer.ip(), "TLS handshake failed");
+                return;
+            }
+            Err(_elapsed) => {
+                tracing::debug!(source_ip = %peer.ip(), "TLS handshake timed out");
+                return;
+            }
+        },
+        () = async { let _ = stop.wait_for(|stopped| *stopped).await; } => return,
+    };
+    serve_connection(stream, peer, router, limits, requests, stop).await;
+}
+
 async fn serve_connection(
-    stream: tokio::net::TcpStream,
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send + 'static,
     peer: SocketAddr,
     router: Router,
     limits: Limits,

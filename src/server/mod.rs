@@ -25,8 +25,10 @@ use crate::task::Issuer;
 
 pub mod client_address;
 pub mod connections;
+pub mod tls;
 
 pub use connections::Limits;
+pub use tls::{TlsError, TlsServer};
 
 /// Why the CA could not start.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,9 @@ pub enum StartError {
     /// Keyring problem (e.g. wrong passphrase).
     #[error(transparent)]
     Keyring(#[from] KeyringError),
+    /// TLS files missing, unreadable or not matching.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// Could not listen.
     #[error("cannot listen on {addr}: {source}")]
     Listen {
@@ -104,18 +109,62 @@ pub async fn build(
     }))
 }
 
-/// Where the CA serves: the API's listener, and `[server] metrics_listen`'s if set (then
-/// `GET /metrics` is served there and not on the API's).
-#[derive(Debug)]
+/// What [`serve`] listens with: a bound TCP listener, TLS or not, and — for the real
+/// server ([`bind`]) — the SIGHUP stream that reloads the TLS certificate. A bare
+/// [`TcpListener`] converts into a plain-HTTP one.
+pub struct Listener {
+    tcp: TcpListener,
+    tls: Option<Arc<TlsServer>>,
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Listener {
+    /// Serve TLS on `tcp` (no SIGHUP handling: the certificate is still reloaded when its
+    /// files change).
+    pub fn tls(tcp: TcpListener, tls: TlsServer) -> Listener {
+        Listener {
+            tcp,
+            tls: Some(Arc::new(tls)),
+            hangup: None,
+        }
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Listener {
+        Listener {
+            tcp,
+            tls: None,
+            hangup: None,
+        }
+    }
+}
+
+/// Where the CA serves: the API's listener (TLS or not), and `[server] metrics_listen`'s
+/// if set (then `GET /metrics` is served there, plain HTTP, and not on the API's).
 pub struct Listeners {
     /// The API (`[server] listen`).
-    pub api: TcpListener,
+    pub api: Listener,
     /// `GET /metrics` only (`[server] metrics_listen`).
     pub metrics: Option<TcpListener>,
 }
 
 impl From<TcpListener> for Listeners {
     fn from(api: TcpListener) -> Listeners {
+        Listeners {
+            api: api.into(),
+            metrics: None,
+        }
+    }
+}
+
+impl From<Listener> for Listeners {
+    fn from(api: Listener) -> Listeners {
         Listeners { api, metrics: None }
     }
 }
@@ -129,13 +178,16 @@ pub async fn serve(
     limits: Limits,
 ) {
     let Listeners { api, metrics } = listeners.into();
+    let Listener { tcp, tls, hangup } = api;
     let maintenance = tokio::spawn(maintain_keyring(Arc::clone(&state)));
+    let reloading = tokio::spawn(tls::reload_on_change(tls.clone(), hangup));
+    let acceptor = tls.as_ref().map(|t| t.acceptor());
     let summaries = tokio::spawn(record_flood_summaries(Arc::clone(&state)));
     let timeout = limits.request_timeout;
     match metrics {
         None => {
             let router = api::router(Arc::clone(&state), timeout, MetricsRoute::WithApi);
-            connections::serve(api, router, shutdown, limits).await;
+            connections::serve(tcp, acceptor, router, shutdown, limits).await;
         }
         Some(metrics) => {
             // One shutdown signal, heard by both loops.
@@ -148,12 +200,13 @@ pub async fn serve(
             };
             let metrics_loop = tokio::spawn(connections::serve(
                 metrics,
+                None,
                 api::metrics_router(Arc::clone(&state), timeout),
                 until_stopped(),
                 limits.clone(),
             ));
             let router = api::router(Arc::clone(&state), timeout, MetricsRoute::Elsewhere);
-            let api_loop = connections::serve(api, router, until_stopped(), limits);
+            let api_loop = connections::serve(tcp, acceptor, router, until_stopped(), limits);
             let signal = async move {
                 shutdown.await;
                 let _ = stop.send(true);
@@ -164,6 +217,7 @@ pub async fn serve(
     }
     maintenance.abort();
     summaries.abort();
+    reloading.abort();
     // What floods left since the last round, now that no request adds to it.
     write_flood_summaries(&state).await;
 }
@@ -207,17 +261,45 @@ async fn maintain_keyring(state: Arc<AppState>) {
     }
 }
 
-/// Bind the configured addresses: `[server] listen`, and `metrics_listen` if set.
+/// Load the TLS certificate (if configured), bind the configured addresses (`[server]
+/// listen`, and `metrics_listen` if set) and take over SIGHUP (it reloads the certificate
+/// from then on). Plain HTTP on a non-loopback address (`allow_plaintext = true`) is
+/// logged as a warning.
 pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+    let server = &config.server;
+    let tls = TlsServer::load(server)?;
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Listen { addr, source })
     };
-    let api = bind(config.server.listen).await?;
-    let metrics = match config.server.metrics_listen {
+    let addr = server.listen;
+    let tcp = bind(addr).await?;
+    let metrics = match server.metrics_listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
+    };
+    match &tls {
+        Some(tls) => tracing::info!(
+            sha256 = %tls.fingerprint(),
+            mutual_tls = tls.is_mutual(),
+            "TLS certificate loaded"
+        ),
+        None if !addr.ip().is_loopback() => tracing::warn!(
+            %addr,
+            "serving plain HTTP on a non-loopback address (allow_plaintext = true): tokens \
+             and certificates travel unencrypted unless a TLS-terminating proxy on this host \
+             is the only client"
+        ),
+        None => {}
+    }
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|error| tracing::warn!(%error, "cannot handle SIGHUP"))
+        .ok();
+    let api = Listener {
+        tcp,
+        tls: tls.map(Arc::new),
+        hangup,
     };
     Ok(Listeners { api, metrics })
 }

@@ -9,6 +9,7 @@ pub mod ca;
 pub mod http;
 pub mod idp;
 pub mod metrics;
+pub mod pki;
 pub mod serve;
 pub mod sshd;
 

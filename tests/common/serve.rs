@@ -38,6 +38,23 @@ impl Server {
     /// `agent-*`, login `deploy`, hosts `*.example.com`); `server_extra` is added to
     /// `[server]`. Returns once the server listens.
     pub fn start(idp: &TestIdp, server_extra: &str) -> Server {
+        Server::try_start(idp, server_extra, &[])
+            .unwrap_or_else(|(status, log)| panic!("writ serve exited with {status}:\n{log}"))
+    }
+
+    /// [`Server::start`] with `args` added to `writ serve --config FILE`; the exit status
+    /// and log if the server exits instead of listening. With `tls_cert` in
+    /// `server_extra`, `url` is `https://`; a wildcard address is reached on 127.0.0.1.
+    pub fn try_start(
+        idp: &TestIdp,
+        server_extra: &str,
+        args: &[&str],
+    ) -> Result<Server, (std::process::ExitStatus, String)> {
+        let scheme = if server_extra.contains("tls_cert") {
+            "https"
+        } else {
+            "http"
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let pass = dir.path().join("ca.pass");
         std::fs::write(&pass, "test passphrase\n").expect("passphrase");
@@ -58,6 +75,7 @@ impl Server {
         let child = Command::new(env!("CARGO_BIN_EXE_writ"))
             .args(["serve", "--config"])
             .arg(&config_path)
+            .args(args)
             .env_remove("WRIT_CONFIG")
             .env_remove("WRIT_LOG")
             .stdout(Stdio::null())
@@ -77,14 +95,17 @@ impl Server {
             let log = server.log();
             for line in log.lines() {
                 if let Some(addr) = listening_addr(line, "listening") {
-                    server.url = format!("http://{addr}");
+                    let addr = addr.replace("0.0.0.0:", "127.0.0.1:");
+                    server.url = format!("{scheme}://{addr}");
                 }
                 if let Some(addr) = listening_addr(line, "metrics listening") {
                     server.metrics_url = Some(format!("http://{addr}"));
                 }
             }
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("writ serve exited with {status}:\n{log}");
+            if server.url.is_empty()
+                && let Ok(Some(status)) = server.child.try_wait()
+            {
+                return Err((status, server.log()));
             }
             assert!(
                 Instant::now() < deadline,
@@ -92,7 +113,37 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(20)); // poll interval
         }
-        server
+        Ok(server)
+    }
+
+    /// The directory holding the configuration, database and log.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// `IP:PORT` of `url`.
+    pub fn addr(&self) -> &str {
+        self.url.split("://").nth(1).unwrap_or_default()
+    }
+
+    /// Wait up to a minute for a log line containing every one of `parts`; panics with
+    /// the log if none comes (or the process exits).
+    pub fn wait_for_log(&mut self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| parts.iter().all(|p| l.contains(p))) {
+                return line.to_owned();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("writ serve exited with {status} before logging {parts:?}:\n{log}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {parts:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(20)); // poll interval
+        }
     }
 
     /// The server's SQLite database file.

@@ -882,6 +882,9 @@ pub(crate) mod tests {
             token_file: None,
             timeout: std::time::Duration::from_secs(2),
             sync_user: None,
+            ca_bundle: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 

@@ -99,6 +99,17 @@ pub struct HostConfig {
     /// root only.
     #[serde(default)]
     pub sync_user: Option<SyncUser>,
+    /// PEM file of the CA certificate(s) an `https://` CA's TLS certificate must chain to;
+    /// unset: the system's trust store ([`crate::tls`]).
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// PEM client certificate (chain) presented to a CA with mutual TLS (its
+    /// `tls_client_ca`); needs `client_key`.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// PEM private key of `client_cert`; needs `client_cert`.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 /// `sync_user`: a user name (looked up in `/etc/passwd` when needed) or a numeric uid.
@@ -204,6 +215,29 @@ impl HostConfig {
                 ));
             }
             _ => {}
+        }
+        for (key, file) in [
+            ("ca_bundle", &config.ca_bundle),
+            ("client_cert", &config.client_cert),
+            ("client_key", &config.client_key),
+        ] {
+            if file
+                .as_ref()
+                .is_some_and(|f| f.as_os_str().is_empty() || !f.is_absolute())
+            {
+                return Err(invalid(key, "must be an absolute path".to_owned()));
+            }
+        }
+        if config.client_cert.is_some() != config.client_key.is_some() {
+            let missing = if config.client_cert.is_some() {
+                "client_key"
+            } else {
+                "client_cert"
+            };
+            return Err(invalid(
+                missing,
+                "client_cert and client_key go together (mutual TLS)".to_owned(),
+            ));
         }
         if let Some(SyncUser::Name(name)) = &config.sync_user
             && !writ_formats::profile::is_valid_login(name)
@@ -385,6 +419,18 @@ mod tests {
                 "sync_user",
             ),
             ("ca_url = \"https://ca\"\nsync_user = -1\n", "sync_user"),
+            (
+                "ca_url = \"https://ca\"\nca_bundle = \"ca.pem\"\n",
+                "ca_bundle",
+            ),
+            (
+                "ca_url = \"https://ca\"\nclient_cert = \"/etc/writ/host.crt\"\n",
+                "client_key",
+            ),
+            (
+                "ca_url = \"https://ca\"\nclient_key = \"/etc/writ/host.key\"\n",
+                "client_cert",
+            ),
         ];
         for (text, key) in cases {
             let message = parse(text).expect_err(text).to_string();

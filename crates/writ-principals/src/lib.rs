@@ -14,6 +14,8 @@
 //! - [`sync`] — pulls the CA's trust bundle, KRL and revocation feed into the host's state
 //!   directory, verified and atomically (`sync --watch` keeps doing it).
 //! - [`syslog`] — one escaped `key=value` line per decision to syslog (facility auth).
+//! - [`tls`] — how calls to an `https://` CA are trusted (`ca_bundle` or the system's
+//!   trust store) and which client certificate they present (mutual TLS).
 //!
 //! `check` runs for every authentication attempt, before sshd has checked anything, so
 //! this crate must stay small and fast. What it must never do: depend on the `writ` crate
@@ -32,3 +34,4 @@ pub mod session;
 pub mod state;
 pub mod sync;
 pub mod syslog;
+pub mod tls;

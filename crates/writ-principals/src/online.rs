@@ -12,11 +12,11 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::HostConfig;
+use crate::tls::TlsFileError;
 
 /// Path of the authorize endpoint below `ca_url`.
 pub const AUTHORIZE_PATH: &str = "/v1/authorize";
@@ -127,17 +127,36 @@ pub fn read_token(config: &HostConfig) -> Result<String, TokenError> {
     Ok(token.to_owned())
 }
 
-/// A blocking HTTP agent whose every call, body included, ends within `timeout`. No
-/// redirects (the CA's URL is configured, not discovered), statuses are returned rather
-/// than turned into errors.
-pub(crate) fn http_agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
+/// A blocking HTTP agent for `config`'s CA whose every call, body included, ends within
+/// `config.timeout`. No redirects (the CA's URL is configured, not discovered), statuses
+/// are returned rather than turned into errors, and an `https://` CA is trusted as
+/// [`crate::tls`] says.
+pub(crate) fn http_agent(config: &HostConfig) -> Result<ureq::Agent, TlsFileError> {
+    Ok(ureq::Agent::config_builder()
+        .timeout_global(Some(config.timeout))
         .http_status_as_error(false)
         .max_redirects(0)
         .user_agent(concat!("writ-principals/", env!("CARGO_PKG_VERSION")))
+        .tls_config(crate::tls::tls_config(config)?)
         .build()
-        .into()
+        .into())
+}
+
+/// A transport error in words; an untrusted CA certificate says what it must chain to.
+pub(crate) fn transport_error(config: &HostConfig, error: &ureq::Error) -> String {
+    if crate::tls::is_untrusted_certificate(error) {
+        format!(
+            "the CA's TLS certificate is not trusted ({error}): it does not chain to {}",
+            crate::tls::trust_source(config)
+        )
+    } else if crate::tls::may_need_client_certificate(config, error) {
+        format!(
+            "{error}; if the CA requires client certificates (mutual TLS), set client_cert \
+             and client_key in the host config"
+        )
+    } else {
+        error.to_string()
+    }
 }
 
 #[derive(Deserialize)]
@@ -167,7 +186,10 @@ pub fn authorize(config: &HostConfig, token: &str, request: &AuthorizeRequest<'_
         Ok(body) => body,
         Err(e) => return unavailable(format!("cannot encode the request: {e}")),
     };
-    let agent = http_agent(config.timeout);
+    let agent = match http_agent(config) {
+        Ok(agent) => agent,
+        Err(e) => return unavailable(e.to_string()),
+    };
     let mut response = match agent
         .post(&url)
         .header("Authorization", format!("Bearer {token}"))
@@ -175,7 +197,7 @@ pub fn authorize(config: &HostConfig, token: &str, request: &AuthorizeRequest<'_
         .send(&body[..])
     {
         Ok(response) => response,
-        Err(e) => return unavailable(format!("POST {url}: {e}")),
+        Err(e) => return unavailable(format!("POST {url}: {}", transport_error(config, &e))),
     };
     let status = response.status().as_u16();
     let body = response
@@ -237,7 +259,7 @@ pub(crate) mod tests {
     use std::path::Path;
     use std::sync::mpsc;
     use std::thread;
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use super::*;
     use crate::config::Mode;
@@ -308,6 +330,9 @@ pub(crate) mod tests {
             token_file: Some(token_file),
             timeout: Duration::from_secs(2),
             sync_user: None,
+            ca_bundle: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 

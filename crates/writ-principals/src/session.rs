@@ -333,6 +333,9 @@ mod tests {
                 token_file: None,
                 timeout: Duration::from_secs(2),
                 sync_user: None,
+                ca_bundle: None,
+                client_cert: None,
+                client_key: None,
             };
             Fixture { ca, config, dir }
         }

@@ -48,6 +48,9 @@ use writ_formats::revocation::krl::{KRL_FORMAT_VERSION, KRL_MAGIC};
 use crate::config::{FEED_CLOCK_SKEW, HostConfig, KRL_FILE, REVOCATIONS_FILE, TRUSTED_KEYS_FILE};
 use crate::online::http_agent;
 use crate::state::{self, InsecureState, Owners};
+use crate::tls::{
+    TlsFileError, is_untrusted_certificate, may_need_client_certificate, trust_source,
+};
 
 /// Path of the trust bundle below `ca_url`.
 pub const TRUSTED_KEYS_PATH: &str = "/v1/ca/trusted-keys";
@@ -122,6 +125,33 @@ pub enum SyncError {
         /// ureq's error (connection, TLS, timeout, …).
         source: Box<ureq::Error>,
     },
+    /// The CA's TLS certificate does not chain to what this host trusts (`ca_bundle`,
+    /// or the system's trust store).
+    #[error("the TLS certificate of {url} is not trusted: it does not chain to {trust} ({source})")]
+    UntrustedCa {
+        /// The URL requested.
+        url: String,
+        /// What it must chain to.
+        trust: String,
+        /// ureq's error.
+        source: Box<ureq::Error>,
+    },
+    /// The CA closed the connection or refused the handshake, and this host presents no
+    /// client certificate: the CA may require one (mutual TLS).
+    #[error(
+        "cannot fetch {url}: {source}; if the CA requires client certificates (mutual TLS), \
+         set client_cert and client_key in the host config"
+    )]
+    NoClientCertificate {
+        /// The URL requested.
+        url: String,
+        /// ureq's error.
+        source: Box<ureq::Error>,
+    },
+    /// A TLS file of the host configuration (`ca_bundle`, `client_cert`, `client_key`)
+    /// could not be used.
+    #[error(transparent)]
+    TlsFile(#[from] TlsFileError),
     /// The CA answered with a status other than 200.
     #[error("{url} answered HTTP {status}, expected 200")]
     Status {
@@ -246,10 +276,22 @@ struct Fetched {
 pub fn sync_at(config: &HostConfig, now_unix: i64) -> Result<SyncReport, SyncError> {
     let owners = Owners::new(config.sync_user.as_ref());
     check_state(config, &owners)?;
-    let agent = http_agent(config.timeout);
+    let agent = http_agent(config)?;
     let mut attempt = 1;
     let fetched = loop {
         match fetch_round(&agent, config, now_unix) {
+            Err(SyncError::Request { url, source }) if is_untrusted_certificate(&source) => {
+                return Err(SyncError::UntrustedCa {
+                    url,
+                    trust: trust_source(config),
+                    source,
+                });
+            }
+            Err(SyncError::Request { url, source })
+                if may_need_client_certificate(config, &source) =>
+            {
+                return Err(SyncError::NoClientCertificate { url, source });
+            }
             Err(SyncError::Inconsistent { .. }) if attempt < SYNC_ATTEMPTS => attempt += 1,
             Err(SyncError::Inconsistent { document, url, .. }) => {
                 return Err(SyncError::Inconsistent {
@@ -776,6 +818,9 @@ mod tests {
             token_file: None,
             timeout: Duration::from_secs(2),
             sync_user: None,
+            ca_bundle: None,
+            client_cert: None,
+            client_key: None,
         }
     }
 
