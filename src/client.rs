@@ -324,20 +324,7 @@ fn pem_certificates(
         detail,
     };
     let text = std::fs::read(path).map_err(|e| error(e.to_string()))?;
-    let mut certificates = Vec::new();
-    for item in ureq::tls::parse_pem(&text) {
-        match item {
-            Ok(ureq::tls::PemItem::Certificate(certificate)) => certificates.push(certificate),
-            Ok(_) => {}
-            Err(e) => return Err(error(format!("not a PEM file: {e}"))),
-        }
-    }
-    if certificates.is_empty() {
-        return Err(error(
-            "no certificate (-----BEGIN CERTIFICATE-----) in the file".into(),
-        ));
-    }
-    Ok(certificates)
+    crate::host::tls::pem_certificates(&text).map_err(error)
 }
 
 /// Open a task and get its first certificate for `public_key` (an OpenSSH line).

@@ -113,24 +113,27 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, TlsFileError> {
 
 /// Every certificate of a PEM file; at least one.
 fn certificates(key: &'static str, path: &Path) -> Result<Vec<Certificate<'static>>, TlsFileError> {
-    let error = |detail: String| TlsFileError {
+    let text = read(key, path)?;
+    pem_certificates(&text).map_err(|detail| TlsFileError {
         key,
         path: path.to_owned(),
         detail,
-    };
-    let text = read(key, path)?;
+    })
+}
+
+/// Every certificate in PEM `text` (other PEM items are skipped); at least one, else why
+/// not. Shared with the agent client (`writ::client`).
+pub fn pem_certificates(text: &[u8]) -> Result<Vec<Certificate<'static>>, String> {
     let mut certificates = Vec::new();
-    for item in ureq::tls::parse_pem(&text) {
+    for item in ureq::tls::parse_pem(text) {
         match item {
             Ok(PemItem::Certificate(certificate)) => certificates.push(certificate),
             Ok(_) => {}
-            Err(e) => return Err(error(format!("not a PEM file: {e}"))),
+            Err(e) => return Err(format!("not a PEM file: {e}")),
         }
     }
     if certificates.is_empty() {
-        return Err(error(
-            "no certificate (-----BEGIN CERTIFICATE-----) in the file".into(),
-        ));
+        return Err("no certificate (-----BEGIN CERTIFICATE-----) in the file".into());
     }
     Ok(certificates)
 }
