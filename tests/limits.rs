@@ -298,3 +298,53 @@ fn a_task_gets_at_most_its_cap_of_certificates() {
     assert_eq!(third.status, 403, "{}", third.body);
     assert_eq!(third.body["error"]["code"], "task_certificate_limit");
 }
+
+#[test]
+fn requests_beyond_the_concurrency_cap_get_503_overloaded_until_one_finishes() {
+    use std::io::Write;
+
+    let idp = TestIdp::start(&[Key::Rsa]);
+    let ca = ca_with(&idp, "max_concurrent_requests = 1", "");
+    let address = ca.url.trim_start_matches("http://").to_owned();
+    // One request in flight: its headers are in, its body never finishes.
+    let mut slow = std::net::TcpStream::connect(&address).expect("connect");
+    slow.write_all(
+        b"POST /v1/certificates HTTP/1.1\r\nHost: ca\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"public_key\"",
+    )
+    .expect("send");
+    let client = agent();
+    let health = || {
+        client
+            .get(&format!("{}/healthz", ca.url))
+            .call()
+            .expect("request")
+    };
+    // Readiness: once the server has taken the slow request, the next one is turned away.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = loop {
+        let response = health();
+        if response.status().as_u16() == 503 {
+            break response;
+        }
+        assert!(Instant::now() < deadline, "never overloaded");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value =
+        serde_json::from_str(&refused.body_mut().read_to_string().expect("body")).expect("json");
+    assert_eq!(body["error"]["code"], "overloaded");
+    // The slow client goes away: its request ends, and the next one is served.
+    drop(slow);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while health().status().as_u16() != 200 {
+        assert!(Instant::now() < deadline, "still overloaded");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
