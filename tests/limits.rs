@@ -348,3 +348,45 @@ fn requests_beyond_the_concurrency_cap_get_503_overloaded_until_one_finishes() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn connections_beyond_the_cap_wait_until_one_closes() {
+    use std::io::{Read, Write};
+
+    let idp = TestIdp::start(&[Key::Rsa]);
+    let ca = ca_with(&idp, "max_connections = 1", "");
+    let address = ca.url.trim_start_matches("http://").to_owned();
+    let ask = |stream: &mut std::net::TcpStream| {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: ca\r\nConnection: close\r\n\r\n")
+            .expect("send");
+    };
+    // The one slot, held by a connection that is served and stays open (keep-alive).
+    let mut holder = std::net::TcpStream::connect(&address).expect("connect");
+    holder
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: ca\r\n\r\n")
+        .expect("send");
+    let mut first = [0u8; 12];
+    holder.read_exact(&mut first).expect("answer");
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // A second connection is left in the backlog: its request gets no answer meanwhile.
+    let mut waiting = std::net::TcpStream::connect(&address).expect("connect");
+    ask(&mut waiting);
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let early = waiting.read(&mut byte);
+    assert!(
+        early.is_err(),
+        "answered while the only slot was taken: {early:?}"
+    );
+    // The slot frees: the waiting request is answered.
+    drop(holder);
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut answer = String::new();
+    waiting.read_to_string(&mut answer).expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
