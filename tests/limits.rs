@@ -146,7 +146,7 @@ fn an_identity_over_its_rate_gets_429_with_retry_after_and_recovers() {
         .expect("number");
     assert!(limited_total >= 1.0, "{metrics}");
     // After Retry-After the identity issues again.
-    std::thread::sleep(Duration::from_secs(wait));
+    std::thread::sleep(Duration::from_secs(wait)); // the wait Retry-After asks for: time must pass
     let again = post(&client, &url, &token, None, &body);
     assert_eq!(again.status, 201, "{}", again.body);
 }
@@ -216,7 +216,7 @@ fn a_flood_of_junk_tokens_grows_the_database_by_less_than_a_megabyte_and_is_summ
         if counted >= (FLOOD - refused) as u64 || Instant::now() > deadline {
             break counted;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(200)); // poll interval
     };
     assert_eq!(summarised, (FLOOD - refused) as u64);
     let single: Vec<_> = ca
@@ -328,7 +328,7 @@ fn requests_beyond_the_concurrency_cap_get_503_overloaded_until_one_finishes() {
             break response;
         }
         assert!(Instant::now() < deadline, "never overloaded");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // poll interval
     };
     assert_eq!(
         refused
@@ -345,7 +345,7 @@ fn requests_beyond_the_concurrency_cap_get_503_overloaded_until_one_finishes() {
     let deadline = Instant::now() + Duration::from_secs(20);
     while health().status().as_u16() != 200 {
         assert!(Instant::now() < deadline, "still overloaded");
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(20)); // poll interval
     }
 }
 

@@ -233,7 +233,7 @@ fn sigterm_under_load_answers_every_request_and_loses_no_record() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while issued.load(Ordering::Relaxed) < 30 {
         assert!(Instant::now() < deadline, "no load:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(10)); // poll interval
     }
     server.signal("TERM");
     let serials: Vec<String> = clients

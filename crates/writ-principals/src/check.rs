@@ -873,19 +873,7 @@ pub(crate) mod tests {
     }
 
     fn config_for(state_dir: &Path) -> HostConfig {
-        HostConfig {
-            ca_url: "https://ca.example.com".to_owned(),
-            host_name: Some(HOST.to_owned()),
-            state_dir: state_dir.to_owned(),
-            mode: Mode::Offline,
-            max_staleness: std::time::Duration::from_secs(120),
-            token_file: None,
-            timeout: std::time::Duration::from_secs(2),
-            sync_user: None,
-            ca_bundle: None,
-            client_cert: None,
-            client_key: None,
-        }
+        HostConfig::for_tests("https://ca.example.com", HOST, state_dir)
     }
 
     fn reason(result: Result<String, CheckError>) -> String {

@@ -112,6 +112,27 @@ pub struct HostConfig {
     pub client_key: Option<PathBuf>,
 }
 
+#[cfg(test)]
+impl HostConfig {
+    /// The unit tests' base: an offline host `host_name`, its state in `state_dir`, its CA
+    /// at `ca_url`, every other setting at its default; tests change what they exercise.
+    pub(crate) fn for_tests(ca_url: &str, host_name: &str, state_dir: &Path) -> HostConfig {
+        HostConfig {
+            ca_url: ca_url.to_owned(),
+            host_name: Some(host_name.to_owned()),
+            state_dir: state_dir.to_owned(),
+            mode: Mode::Offline,
+            max_staleness: Duration::from_secs(120),
+            token_file: None,
+            timeout: Duration::from_secs(2),
+            sync_user: None,
+            ca_bundle: None,
+            client_cert: None,
+            client_key: None,
+        }
+    }
+}
+
 /// `sync_user`: a user name (looked up in `/etc/passwd` when needed) or a numeric uid.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(untagged)]

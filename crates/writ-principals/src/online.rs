@@ -322,17 +322,9 @@ pub(crate) mod tests {
         token_file: PathBuf,
     ) -> HostConfig {
         HostConfig {
-            ca_url,
-            host_name: Some("web-01.prod.example.com".to_owned()),
-            state_dir: state_dir.to_owned(),
             mode: Mode::Online,
-            max_staleness: Duration::from_secs(120),
             token_file: Some(token_file),
-            timeout: Duration::from_secs(2),
-            sync_user: None,
-            ca_bundle: None,
-            client_cert: None,
-            client_key: None,
+            ..HostConfig::for_tests(&ca_url, "web-01.prod.example.com", state_dir)
         }
     }
 

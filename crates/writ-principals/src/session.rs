@@ -324,19 +324,7 @@ mod tests {
                 signed_feed(&ca, NOW as i64, 1, vec![], vec![]),
             )
             .expect("write");
-            let config = HostConfig {
-                ca_url: "http://127.0.0.1:1".to_owned(),
-                host_name: Some(HOST.to_owned()),
-                state_dir: dir.path().to_owned(),
-                mode: Mode::Offline,
-                max_staleness: Duration::from_secs(120),
-                token_file: None,
-                timeout: Duration::from_secs(2),
-                sync_user: None,
-                ca_bundle: None,
-                client_cert: None,
-                client_key: None,
-            };
+            let config = HostConfig::for_tests("http://127.0.0.1:1", HOST, dir.path());
             Fixture { ca, config, dir }
         }
 

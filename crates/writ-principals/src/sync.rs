@@ -651,7 +651,6 @@ mod tests {
 
     use super::*;
     use crate::check::tests::new_key;
-    use crate::config::Mode;
 
     const NOW: i64 = 1_700_000_000;
 
@@ -809,19 +808,7 @@ mod tests {
     }
 
     fn config(ca_url: String, state_dir: &Path) -> HostConfig {
-        HostConfig {
-            ca_url,
-            host_name: Some("web-01".to_owned()),
-            state_dir: state_dir.to_owned(),
-            mode: Mode::Offline,
-            max_staleness: Duration::from_secs(120),
-            token_file: None,
-            timeout: Duration::from_secs(2),
-            sync_user: None,
-            ca_bundle: None,
-            client_cert: None,
-            client_key: None,
-        }
+        HostConfig::for_tests(&ca_url, "web-01", state_dir)
     }
 
     fn names(dir: &Path) -> Vec<String> {
