@@ -984,3 +984,86 @@ fn sync_watch_logs_a_round_only_when_what_the_host_enforces_changes() {
     assert_eq!(rounds(&quiet), 1, "one line for unchanged rounds:\n{quiet}");
     assert_eq!(rounds(&after), 2, "a line when a task ended:\n{after}");
 }
+
+/// `metrics_file`: each `sync` replaces the textfile-collector file with what is
+/// installed, in a format a strict Prometheus parser reads; a failed round (the CA is
+/// gone) says so and keeps reporting the last good files and when they were synced.
+#[test]
+fn sync_writes_textfile_collector_metrics_and_a_failed_round_keeps_the_installed_state() {
+    let mut w = world();
+    let metrics_path = w.dir.path().join("writ-principals.prom");
+    w.host.write_host_config(&host_config(
+        &w.ca().url,
+        &w.host,
+        &format!("metrics_file = \"{}\"\n", metrics_path.display()),
+    ));
+    let ended = w.issue("ended");
+    w.complete(&ended.task_id);
+    sync_ok(&w.host);
+    let installed = feed_of(&read(&revocations_path(&w.host)));
+    let after_success = common::metrics::parse(
+        &fs::read_to_string(&metrics_path).expect("the metrics file is written"),
+    );
+    let value = |m: &common::metrics::Metrics, name: &str| m.value(name, &[]);
+    assert_eq!(value(&after_success, "writ_principals_sync_up"), 1.0);
+    assert_eq!(
+        value(&after_success, "writ_principals_feed_sequence"),
+        installed.sequence as f64
+    );
+    assert_eq!(
+        value(
+            &after_success,
+            "writ_principals_feed_issued_timestamp_seconds"
+        ),
+        installed.issued_at as f64
+    );
+    assert_eq!(value(&after_success, "writ_principals_revoked_tasks"), 1.0);
+    let trusted = fs::read_to_string(w.host.trusted_keys_path()).expect("trusted keys");
+    let trusted = trusted
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .count();
+    assert!(trusted >= 1);
+    assert_eq!(
+        value(&after_success, "writ_principals_trusted_ca_keys"),
+        trusted as f64
+    );
+    assert_eq!(
+        value(&after_success, "writ_principals_krl_bytes"),
+        read(&krl_path(&w.host)).len() as f64
+    );
+    let synced_at = value(
+        &after_success,
+        "writ_principals_sync_last_success_timestamp_seconds",
+    );
+    assert!(synced_at > 0.0, "{}", after_success.text);
+
+    w.stop_ca();
+    let failed = sync(&w.host);
+    assert!(!failed.status.success(), "the CA is stopped");
+    let after_failure = common::metrics::parse(&fs::read_to_string(&metrics_path).expect("read"));
+    assert_eq!(value(&after_failure, "writ_principals_sync_up"), 0.0);
+    assert_eq!(
+        value(
+            &after_failure,
+            "writ_principals_sync_last_success_timestamp_seconds"
+        ),
+        synced_at,
+        "a failed round does not move the last success"
+    );
+    assert_eq!(value(&after_failure, "writ_principals_revoked_tasks"), 1.0);
+    assert!(
+        value(
+            &after_failure,
+            "writ_principals_sync_last_attempt_timestamp_seconds"
+        ) >= synced_at
+    );
+    assert!(
+        !fs::read_dir(w.dir.path()).expect("list").any(|e| e
+            .expect("entry")
+            .file_name()
+            .to_string_lossy()
+            .contains(".tmp")),
+        "no temporary file is left behind"
+    );
+}

@@ -110,6 +110,10 @@ pub struct HostConfig {
     /// PEM private key of `client_cert`; needs `client_cert`.
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// A node_exporter textfile-collector file (`*.prom`) that every `sync` round replaces
+    /// with metrics about what is installed ([`crate::metrics_file`]); unset: none.
+    #[serde(default)]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -129,6 +133,7 @@ impl HostConfig {
             ca_bundle: None,
             client_cert: None,
             client_key: None,
+            metrics_file: None,
         }
     }
 }
@@ -241,6 +246,7 @@ impl HostConfig {
             ("ca_bundle", &config.ca_bundle),
             ("client_cert", &config.client_cert),
             ("client_key", &config.client_key),
+            ("metrics_file", &config.metrics_file),
         ] {
             if file
                 .as_ref()
@@ -248,6 +254,17 @@ impl HostConfig {
             {
                 return Err(invalid(key, "must be an absolute path".to_owned()));
             }
+        }
+        if let Some(file) = &config.metrics_file
+            && file.extension().and_then(|e| e.to_str()) != Some(crate::metrics_file::EXTENSION)
+        {
+            return Err(invalid(
+                "metrics_file",
+                format!(
+                    "must end in .{}: node_exporter's textfile collector reads no other file",
+                    crate::metrics_file::EXTENSION
+                ),
+            ));
         }
         if config.client_cert.is_some() != config.client_key.is_some() {
             let missing = if config.client_cert.is_some() {
@@ -447,6 +464,14 @@ mod tests {
             (
                 "ca_url = \"https://ca\"\nclient_cert = \"/etc/writ/host.crt\"\n",
                 "client_key",
+            ),
+            (
+                "ca_url = \"https://ca\"\nmetrics_file = \"writ.prom\"\n",
+                "metrics_file",
+            ),
+            (
+                "ca_url = \"https://ca\"\nmetrics_file = \"/var/lib/node/writ.txt\"\n",
+                "metrics_file",
             ),
             (
                 "ca_url = \"https://ca\"\nclient_key = \"/etc/writ/host.key\"\n",

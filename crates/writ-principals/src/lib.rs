@@ -7,6 +7,8 @@
 //! - [`check`] — sshd's `AuthorizedPrincipalsCommand`: decides whether a certificate may
 //!   log in as a login on this host and, if so, names the principal that lets it in;
 //!   enforces the synced, signed revocation feed (offline) or asks the CA (online).
+//! - [`metrics_file`] — after each sync round, node_exporter textfile-collector metrics
+//!   about what is installed (`metrics_file`).
 //! - [`online`] — the one network call of `check` and `session`: `POST /v1/authorize`.
 //! - [`session`] — the `pam_exec` session hook that records a use after a real login.
 //! - [`state`] — who may own and write the state directory and its files; checked before
@@ -29,6 +31,7 @@
 
 pub mod check;
 pub mod config;
+pub mod metrics_file;
 pub mod online;
 pub mod session;
 pub mod state;

@@ -13,7 +13,7 @@ use writ_formats::duration;
 use writ_principals::config::HostConfig;
 use writ_principals::session::{self, Report, SessionEnv, SessionOutcome};
 use writ_principals::syslog::{self, Severity};
-use writ_principals::{check, sync};
+use writ_principals::{check, metrics_file, sync};
 
 const AFTER_HELP: &str = "\
 Host setup (sshd_config):
@@ -246,9 +246,15 @@ fn report_line(report: &sync::SyncReport) -> String {
 }
 
 fn run_sync(config_path: &Path) -> ExitCode {
-    let result = HostConfig::load(config_path)
-        .map_err(|e| e.to_string())
-        .and_then(|config| sync::sync(&config).map_err(|e| e.to_string()));
+    let config = match HostConfig::load(config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("writ-principals: sync failed (nothing written): {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = sync::sync(&config);
+    write_metrics_file(&config, result.is_ok());
     match result {
         Ok(report) => {
             // A closed pipe (`sync | head`) is not a failed sync: the write's result is
@@ -258,10 +264,21 @@ fn run_sync(config_path: &Path) -> ExitCode {
                 .and_then(|()| stdout.flush());
             ExitCode::SUCCESS
         }
-        Err(message) => {
-            eprintln!("writ-principals: sync failed (nothing written): {message}");
+        Err(e) => {
+            eprintln!("writ-principals: sync failed (nothing written): {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// After a round: the textfile-collector file, if configured. Failing to write it is a
+/// warning; the sync's outcome stands.
+fn write_metrics_file(config: &HostConfig, succeeded: bool) {
+    let now_unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if let Err(e) = metrics_file::write_after_round(config, succeeded, now_unix) {
+        eprintln!("writ-principals: warning: {e}");
     }
 }
 
@@ -303,6 +320,7 @@ fn run_watch(config_path: &Path, interval: Duration) -> ExitCode {
     // change of keys, KRL or revocations, after a failure, and for every failure.
     let mut last: Option<Enforced> = None;
     sync::watch(&config, interval, |result| {
+        write_metrics_file(&config, result.is_ok());
         match result {
             Ok(report) => {
                 let now = Enforced::of(report);

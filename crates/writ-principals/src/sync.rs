@@ -575,7 +575,7 @@ fn fetch(
 /// A file written and fsynced under a temporary name, waiting to be renamed over its
 /// target by [`commit`]. Dropped uncommitted, it removes its temporary file.
 #[derive(Debug)]
-struct Staged {
+pub(crate) struct Staged {
     tmp: PathBuf,
     target: PathBuf,
     /// Owner of the written file (the user sync runs as).
@@ -594,7 +594,11 @@ impl Drop for Staged {
 
 /// Write `contents` to a temporary file next to `dir/name` (mode 0644, fsynced). On
 /// error, returns the path involved.
-fn stage(dir: &Path, name: &str, contents: &[u8]) -> Result<Staged, (PathBuf, io::Error)> {
+pub(crate) fn stage(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+) -> Result<Staged, (PathBuf, io::Error)> {
     // The process id keeps two concurrent syncs from writing into the same file; a
     // leftover from a crashed process that had the same id is ours to replace.
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
@@ -627,7 +631,10 @@ fn stage(dir: &Path, name: &str, contents: &[u8]) -> Result<Staged, (PathBuf, io
 }
 
 /// Rename every staged file over its target, in order, then make the renames durable.
-fn commit<const N: usize>(dir: &Path, staged: [Staged; N]) -> Result<(), (PathBuf, io::Error)> {
+pub(crate) fn commit<const N: usize>(
+    dir: &Path,
+    staged: [Staged; N],
+) -> Result<(), (PathBuf, io::Error)> {
     for mut file in staged {
         fs::rename(&file.tmp, &file.target).map_err(|e| (file.target.clone(), e))?;
         file.committed = true;
