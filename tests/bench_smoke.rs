@@ -84,6 +84,52 @@ fn bench_issue_reports_certificates_per_server_cpu_second() {
     assert_eq!(report["server_exit"], "exit status: 0", "{report}");
 }
 
+/// `--tls --flood`: the load goes over TLS to the bench's own server, and junk tokens from
+/// another address are shed (401 until that address's failed-authentication budget of 60
+/// and 1/s is spent, then 429) while no honest request is refused.
+#[test]
+fn bench_issue_over_tls_beside_a_junk_flood() {
+    let report = bench(&[
+        "issue",
+        "--duration",
+        "1s",
+        "--warmup",
+        "1s",
+        "--concurrency",
+        "2",
+        "--tls",
+        "--flood",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(report["tls"], true, "{report}");
+    assert!(
+        report["label"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("-tls-flood")),
+        "{report}"
+    );
+    assert!(number(&report, &["ok"]) > 0.0, "{report}");
+    assert_eq!(number(&report, &["errors"]), 0.0, "{report}");
+    assert_eq!(report["flood"]["source"], "127.0.0.2", "{report}");
+    let requests = number(&report, &["flood", "requests"]);
+    assert!(requests > 0.0, "{report}");
+    let seconds = requests / number(&report, &["flood", "per_s"]);
+    let by_status = report["flood"]["by_status"]
+        .as_object()
+        .expect("answers by status");
+    assert!(
+        by_status.keys().all(|k| k == "401" || k == "429"),
+        "junk is refused, never issued or failed: {report}"
+    );
+    let unauthorized = by_status.get("401").and_then(Value::as_f64).unwrap_or(0.0);
+    assert!(
+        unauthorized <= 60.0 + seconds.ceil() + 1.0,
+        "beyond the budget the flood gets 429: {report}"
+    );
+    assert_eq!(report["server_exit"], "exit status: 0", "{report}");
+}
+
 #[test]
 fn bench_check_compares_writ_principals_with_the_spawn_floor() {
     let report = bench(&["check", "--runs", "5", "--json"]);

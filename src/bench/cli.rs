@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::issue::{self, IssueOptions, Pinning, Target};
+use super::issue::{self, FloodOptions, IssueOptions, Pinning, Target};
 use super::issuer::Alg;
 use super::{BenchError, check};
 use crate::duration;
@@ -73,6 +73,18 @@ pub struct IssueArgs {
     /// records (e.g. 10000000), to compare latency on a large log with an empty one.
     #[arg(long, value_name = "N", conflicts_with = "target", default_value_t = 0)]
     prefill_audit: u64,
+    /// Serve the started server over TLS (a certificate made for the run; the load
+    /// trusts only its authority), to compare with plaintext.
+    #[arg(long, conflicts_with = "target")]
+    tls: bool,
+    /// Beside the measured load, N connections sending junk tokens (a random signature
+    /// naming the bench issuer) from --flood-from, as fast as the server answers.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    flood: usize,
+    /// Source address of the junk connections: another loopback address than the
+    /// measured load's, as an attacker's would be.
+    #[arg(long, value_name = "IP", default_value = "127.0.0.2")]
+    flood_from: std::net::IpAddr,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -149,6 +161,11 @@ pub fn run(command: BenchCommand) -> Result<(), BenchError> {
                 prefill_audit: a.prefill_audit,
                 server_exe: current_exe()?,
                 keep_dir: a.keep_dir,
+                tls: a.tls,
+                flood: (a.flood > 0).then_some(FloodOptions {
+                    connections: a.flood,
+                    source: a.flood_from,
+                }),
             };
             let report = issue::run(&options, &mut progress)?;
             print(a.json, &report, &report)

@@ -2,11 +2,16 @@
 //! nothing else. A general client (ureq, used for the preflight and set-up) spent ~70 µs of
 //! CPU per request building header maps and parsing URLs, which on a shared machine is
 //! CPU taken from the server under test; this one writes a prepared request with one
-//! syscall and reads the answer by its `Content-Length`. Plain `http://` only.
+//! syscall and reads the answer by its `Content-Length`. `http://`, or `https://` with a
+//! rustls client configuration ([`super::tls`]); optionally from a chosen source address
+//! (the junk flood comes from another loopback address than the honest load).
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
 
 /// Longest response head accepted.
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -14,12 +19,14 @@ const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// `POST` `body` (JSON) to one URL, again and again, on one connection.
 pub struct Poster {
     address: String,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    source: Option<IpAddr>,
     /// The request up to and including `Authorization: Bearer `.
     head: Vec<u8>,
     /// `\r\n`, the remaining headers, the blank line and the body.
     tail: Vec<u8>,
     timeout: Duration,
-    connection: Option<TcpStream>,
+    connection: Option<Connection>,
     request: Vec<u8>,
     buffer: Vec<u8>,
 }
@@ -33,11 +40,28 @@ pub struct Answer {
 }
 
 impl Poster {
-    /// A client for `url` (`http://HOST:PORT/PATH`) sending `body` with a bearer token.
-    pub fn new(url: &str, body: &str, timeout: Duration) -> io::Result<Poster> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| invalid(format!("only http:// URLs are supported: {url}")))?;
+    /// A client for `url` (`http://HOST:PORT/PATH`, or `https://…` with `tls`) sending
+    /// `body` with a bearer token.
+    pub fn new(
+        url: &str,
+        body: &str,
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> io::Result<Poster> {
+        let (rest, tls) = match (url.strip_prefix("https://"), tls) {
+            (Some(rest), Some(config)) => (rest, Some(config)),
+            (Some(_), None) => {
+                return Err(invalid(format!("{url} needs a TLS client configuration")));
+            }
+            (None, _) => (
+                url.strip_prefix("http://").ok_or_else(|| {
+                    invalid(format!(
+                        "only http:// and https:// URLs are supported: {url}"
+                    ))
+                })?,
+                None,
+            ),
+        };
         let (address, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -47,8 +71,19 @@ impl Poster {
             "\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
+        let tls = match tls {
+            Some(config) => {
+                let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+                let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
+                    .map_err(|e| invalid(format!("{host:?} is not a TLS server name: {e}")))?;
+                Some((config, name))
+            }
+            None => None,
+        };
         Ok(Poster {
             address: address.to_owned(),
+            tls,
+            source: None,
             head: head.into_bytes(),
             tail: tail.into_bytes(),
             timeout,
@@ -56,6 +91,12 @@ impl Poster {
             request: Vec::with_capacity(4096),
             buffer: Vec::with_capacity(8192),
         })
+    }
+
+    /// Connect from `source` (e.g. `127.0.0.2`) rather than the address the system picks.
+    pub fn from_source(mut self, source: IpAddr) -> Poster {
+        self.source = Some(source);
+        self
     }
 
     /// Send the request with `token` and read the whole answer. After an error the
@@ -70,11 +111,7 @@ impl Poster {
 
     fn exchange(&mut self, token: &str) -> io::Result<Answer> {
         if self.connection.is_none() {
-            let stream = TcpStream::connect(&self.address)?;
-            stream.set_nodelay(true)?;
-            stream.set_read_timeout(Some(self.timeout))?;
-            stream.set_write_timeout(Some(self.timeout))?;
-            self.connection = Some(stream);
+            self.connection = Some(self.connect()?);
         }
         let stream = self.connection.as_mut().expect("connected above");
         self.request.clear();
@@ -104,9 +141,74 @@ impl Poster {
         }
         Ok(Answer { status, body })
     }
+
+    fn connect(&self) -> io::Result<Connection> {
+        let stream = match self.source {
+            None => TcpStream::connect(&self.address)?,
+            Some(source) => {
+                let target = self
+                    .address
+                    .to_socket_addrs()?
+                    .next()
+                    .ok_or_else(|| invalid(format!("{} resolves to nothing", self.address)))?;
+                connect_from(source, target)?
+            }
+        };
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
+        Ok(match &self.tls {
+            None => Connection::Plain(stream),
+            Some((config, name)) => {
+                let client = rustls::ClientConnection::new(config.clone(), name.clone())
+                    .map_err(io::Error::other)?;
+                Connection::Tls(Box::new(rustls::StreamOwned::new(client, stream)))
+            }
+        })
+    }
 }
 
-fn read_more(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> io::Result<()> {
+/// A TCP connection to `target` from the local address `source`.
+fn connect_from(source: IpAddr, target: SocketAddr) -> io::Result<TcpStream> {
+    let domain = socket2::Domain::for_address(target);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    socket.connect(&target.into())?;
+    Ok(socket.into())
+}
+
+/// One keep-alive connection, plain or TLS (the handshake runs on the first write).
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Connection::Plain(stream) => stream.read(buf),
+            Connection::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Connection::Plain(stream) => stream.write(buf),
+            Connection::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Connection::Plain(stream) => stream.flush(),
+            Connection::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+fn read_more(stream: &mut impl Read, buffer: &mut Vec<u8>) -> io::Result<()> {
     let start = buffer.len();
     buffer.resize(start + 8192, 0);
     let read = stream.read(&mut buffer[start..]);
@@ -226,7 +328,8 @@ mod tests {
             }
             seen
         });
-        let mut poster = Poster::new(&url, "{\"a\":true}", Duration::from_secs(5)).expect("poster");
+        let mut poster =
+            Poster::new(&url, "{\"a\":true}", Duration::from_secs(5), None).expect("poster");
         let first = poster.post("tok-1").expect("first");
         assert_eq!((first.status, first.body.as_slice()), (201, &b"first"[..]));
         let second = poster.post("tok-2").expect("second");

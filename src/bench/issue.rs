@@ -19,10 +19,18 @@
 //!    when it started and finished inside the window; OK means 2xx. CPU is sampled at the
 //!    window's edges: the server's `utime + stime`, this process's, and the machine's.
 //! 5. The server is stopped with SIGTERM and reaped; the temporary directory is removed.
+//!
+//! `--tls`: the started server serves HTTPS with a certificate made for the run
+//! ([`super::tls`]), and every client trusts exactly its authority: the handshake happens
+//! once per keep-alive connection, as for an agent runtime that keeps its connection.
+//! `--flood N`: during the warm-up and the window, N more connections send junk tokens
+//! from another source address ([`super::flood`]); the report gives their answers next to
+//! the honest load's latency.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -30,10 +38,12 @@ use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 
 use super::cpu::{Sample, Usage};
+use super::flood::{Flood, FloodReport};
 use super::http;
 use super::issuer::{self, Alg, BenchIssuer};
 use super::process::{self, Server, TempDir};
 use super::stats::{Summary, show};
+use super::tls::{BenchTls, agent_with};
 use super::{BenchError, build_profile};
 
 /// The started server's database, in the bench directory.
@@ -60,6 +70,15 @@ pub struct Pinning {
     pub server_cpus: String,
     /// `taskset -c` list for this load generator, e.g. `1`.
     pub client_cpus: String,
+}
+
+/// Junk traffic beside the measured load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FloodOptions {
+    /// Junk connections.
+    pub connections: usize,
+    /// Their source address (another loopback address than the honest load's).
+    pub source: std::net::IpAddr,
 }
 
 /// An existing CA to drive instead of starting one.
@@ -97,6 +116,10 @@ pub struct IssueOptions {
     pub server_exe: PathBuf,
     /// Keep the temporary directory (config, database, server log).
     pub keep_dir: bool,
+    /// Serve the started server over TLS.
+    pub tls: bool,
+    /// Junk traffic during the warm-up and the window.
+    pub flood: Option<FloodOptions>,
 }
 
 /// Token pool figures.
@@ -133,6 +156,10 @@ pub struct IssueReport {
     pub window_s: f64,
     /// Whether server and client were pinned.
     pub pinned: bool,
+    /// Whether the load went over TLS.
+    pub tls: bool,
+    /// The junk flood beside the load, if any.
+    pub flood: Option<FloodReport>,
     /// Server CPU list when pinned.
     pub server_cpus: Option<String>,
     /// Client CPU list when pinned.
@@ -198,18 +225,29 @@ pub fn run(
             "--duration must be greater than zero".into(),
         ));
     }
+    if options.tls && options.target.is_some() {
+        return Err(BenchError::Usage(
+            "--tls serves the bench's own server over TLS; it does not apply to --target".into(),
+        ));
+    }
     let mut dir = TempDir::new("issue")?;
     if options.keep_dir {
         dir.keep();
         progress(&format!("keeping {}", dir.path().display()));
     }
 
+    let bench_tls = match options.tls {
+        true => Some(BenchTls::generate(dir.path())?),
+        false => None,
+    };
+    let tls = bench_tls.as_ref();
+    let client_tls = tls.map(BenchTls::client_config).transpose()?;
     // The issuer, and the CA that trusts it.
     let (issuer, base_url, mut server) = match &options.target {
         None => {
             progress(&format!("generating the {} bench issuer key", options.alg));
             let issuer = BenchIssuer::generate(options.alg)?;
-            let (url, server) = start_server(options, dir.path(), &issuer, progress)?;
+            let (url, server) = start_server(options, dir.path(), &issuer, tls, progress)?;
             (issuer, url, Some(server))
         }
         Some(target) => {
@@ -256,7 +294,7 @@ pub fn run(
 
     // Preflight: one request, checked in full.
     let token = issuer.mint_pool(1, 1, now_unix(), lifetime, 1)?;
-    preflight(&url, &body, &token[0])?;
+    preflight(&agent(tls), &url, &body, &token[0])?;
 
     // Size and mint the pool.
     let mut tokens = TokenReport::default();
@@ -268,6 +306,7 @@ pub fn run(
             let probe = drive(
                 &url,
                 &body,
+                client_tls.as_ref(),
                 &pool,
                 options.concurrency,
                 Duration::ZERO,
@@ -313,15 +352,37 @@ pub fn run(
         options.warmup.as_secs_f64(),
         options.duration.as_secs_f64()
     ));
+    let flood = match &options.flood {
+        Some(flood) => {
+            progress(&format!(
+                "flooding: {} connections of junk tokens from {}",
+                flood.connections, flood.source
+            ));
+            Some(
+                Flood::start(
+                    &url,
+                    &body,
+                    flood.connections,
+                    flood.source,
+                    client_tls.clone(),
+                    REQUEST_TIMEOUT,
+                )
+                .map_err(|e| BenchError::Setup(format!("starting the flood: {e}")))?,
+            )
+        }
+        None => None,
+    };
     let run = drive(
         &url,
         &body,
+        client_tls.as_ref(),
         &pool,
         options.concurrency,
         options.warmup,
         options.duration,
         server_pid,
     );
+    let flood = flood.map(Flood::stop);
     if run.exhausted_before_window {
         return Err(BenchError::Usage(format!(
             "the pool of {count} tokens ran out during the warm-up; give a larger --tokens"
@@ -343,6 +404,7 @@ pub fn run(
     });
     let mut report = report(options, run, tokens, server_pid, server_exit);
     report.prefill_audit = prefill_audit;
+    report.flood = flood;
     Ok(report)
 }
 
@@ -351,6 +413,7 @@ fn start_server(
     options: &IssueOptions,
     dir: &Path,
     issuer: &BenchIssuer,
+    tls: Option<&BenchTls>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(String, Server), BenchError> {
     let jwks = dir.join("jwks.json");
@@ -360,10 +423,20 @@ fn start_server(
     OsRng.fill_bytes(&mut secret);
     write_file(&pass, crate::audit::hex(&secret).as_bytes(), 0o600)?;
     let port = process::free_port()?;
-    let base_url = format!("http://127.0.0.1:{port}");
+    let (base_url, tls_files) = match tls {
+        Some(tls) => (
+            format!("https://127.0.0.1:{port}"),
+            format!(
+                "tls_cert = {}\ntls_key = {}\n",
+                issuer::toml_string(&tls.cert_path.display().to_string()),
+                issuer::toml_string(&tls.key_path.display().to_string())
+            ),
+        ),
+        None => (format!("http://127.0.0.1:{port}"), String::new()),
+    };
     let config = format!(
         "# Written by `writ bench issue`: a throwaway CA with writ's durable defaults.\n\
-         [server]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [server]\nlisten = \"127.0.0.1:{port}\"\n{tls_files}\n\
          [storage]\nurl = {db}\n\n\
          [ca]\npassphrase_file = {pass}\n\n\
          # One client and one identity at thousands a second: the rate limits still run,\n\
@@ -384,7 +457,7 @@ fn start_server(
         &dir.join("server.log"),
         pin,
     )?;
-    server.wait_ready(&base_url, READY_TIMEOUT)?;
+    server.wait_ready(&base_url, READY_TIMEOUT, &agent(tls))?;
     progress(&format!(
         "server ready: pid {}{}, {base_url}",
         server.pid(),
@@ -394,7 +467,7 @@ fn start_server(
 }
 
 /// Write `bytes` to `path` with `mode` (if it creates the file).
-fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BenchError> {
+pub(super) fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), BenchError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -438,18 +511,18 @@ fn request_body() -> Result<String, BenchError> {
     .to_string())
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(REQUEST_TIMEOUT))
-        .http_status_as_error(false)
-        .max_idle_connections_per_host(1)
-        .build()
-        .into()
+/// The set-up and preflight client: trusts the bench's own TLS authority when it serves
+/// TLS, the system's roots otherwise.
+fn agent(tls: Option<&BenchTls>) -> ureq::Agent {
+    match tls {
+        Some(tls) => tls.agent(REQUEST_TIMEOUT),
+        None => agent_with(REQUEST_TIMEOUT, ureq::tls::TlsConfig::default()),
+    }
 }
 
 /// One request, its answer checked in full: 2xx and a certificate that parses.
-fn preflight(url: &str, body: &str, token: &str) -> Result<(), BenchError> {
-    let mut response = agent()
+fn preflight(agent: &ureq::Agent, url: &str, body: &str, token: &str) -> Result<(), BenchError> {
+    let mut response = agent
         .post(url)
         .header("Authorization", &format!("Bearer {token}"))
         .content_type("application/json")
@@ -545,12 +618,18 @@ fn outcome_key(outcome: Outcome) -> String {
     }
 }
 
-fn worker(url: &str, body: &str, pool: &Pool, stop: &AtomicBool) -> WorkerResult {
+fn worker(
+    url: &str,
+    body: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    pool: &Pool,
+    stop: &AtomicBool,
+) -> WorkerResult {
     let mut result = WorkerResult {
         records: Vec::with_capacity(1 << 14),
         first_errors: BTreeMap::new(),
     };
-    let mut poster = match http::Poster::new(url, body, REQUEST_TIMEOUT) {
+    let mut poster = match http::Poster::new(url, body, REQUEST_TIMEOUT, tls.cloned()) {
         Ok(poster) => poster,
         Err(e) => {
             result
@@ -600,9 +679,11 @@ struct Run {
 
 /// `concurrency` workers load `url` for `warmup`, then CPU is sampled, then for `window`
 /// (or until the pool runs out), then CPU is sampled again and the workers stop.
+#[allow(clippy::too_many_arguments)]
 fn drive(
     url: &str,
     body: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     pool: &Pool,
     concurrency: usize,
     warmup: Duration,
@@ -612,7 +693,7 @@ fn drive(
     let stop = AtomicBool::new(false);
     let (start, end, results, exhausted_before_window) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..concurrency)
-            .map(|_| scope.spawn(|| worker(url, body, pool, &stop)))
+            .map(|_| scope.spawn(|| worker(url, body, tls, pool, &stop)))
             .collect();
         let begin = Instant::now();
         wait_until(begin + warmup, pool);
@@ -686,10 +767,16 @@ fn report(
     let errors = run.errors.values().sum();
     let pinned = options.pin.is_some();
     let label = format!(
-        "writ-issue-{}-c{}-{}",
+        "writ-issue-{}-c{}-{}{}{}",
         options.alg,
         options.concurrency,
-        if pinned { "pinned" } else { "unpinned" }
+        if pinned { "pinned" } else { "unpinned" },
+        if options.tls { "-tls" } else { "" },
+        if options.flood.is_some() {
+            "-flood"
+        } else {
+            ""
+        },
     );
     IssueReport {
         bench: "issue",
@@ -700,6 +787,8 @@ fn report(
         duration_s: options.duration.as_secs_f64(),
         window_s: usage.wall_s,
         pinned,
+        tls: options.tls,
+        flood: None,
         server_cpus: options.pin.as_ref().map(|p| p.server_cpus.clone()),
         client_cpus: options.pin.as_ref().map(|p| p.client_cpus.clone()),
         target: options.target.as_ref().map(|t| t.url.clone()),
@@ -743,6 +832,7 @@ impl fmt::Display for IssueReport {
         };
         let server = match &self.target {
             Some(url) => format!("target {url}"),
+            None if self.tls => "own server (SQLite, synchronous=FULL), TLS".to_owned(),
             None => "own server (SQLite, synchronous=FULL)".to_owned(),
         };
         writeln!(
@@ -804,6 +894,22 @@ impl fmt::Display for IssueReport {
                 ""
             }
         )?;
+        if let Some(flood) = &self.flood {
+            let answers: Vec<String> = flood
+                .by_status
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
+            writeln!(
+                f,
+                "  junk flood    {} connections from {}: {} requests ({:.0}/s), answered {}",
+                flood.connections,
+                flood.source,
+                flood.requests,
+                flood.per_s,
+                answers.join(", ")
+            )?;
+        }
         if let Some((records, seconds)) = self.prefill_audit {
             writeln!(
                 f,

@@ -7,6 +7,8 @@
 //!   figure is certificates per server CPU-second, measured the same way as the peer
 //!   benchmarks in `../shared/peers/` (keep-alive connections, warm-up, server CPU from
 //!   `/proc/PID/stat`, optional pinning with `taskset`).
+//!   With `--tls` its server serves TLS with a certificate from [`tls`]; with `--flood N`
+//!   [`flood`] sends junk tokens from another address beside the measured load.
 //! - [`check`] — `writ bench check`: the per-process cost of `writ-principals check` on the
 //!   full allow path, next to `/bin/true` as the process-spawn floor.
 //! - [`issuer`] — a throwaway token issuer (RS256, ES256 or EdDSA) that mints single-use
@@ -24,12 +26,14 @@
 pub mod check;
 pub mod cli;
 pub mod cpu;
+pub mod flood;
 pub mod http;
 pub mod issue;
 pub mod issuer;
 pub mod prefill;
 pub mod process;
 pub mod stats;
+pub mod tls;
 
 use std::path::PathBuf;
 

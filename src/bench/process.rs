@@ -146,12 +146,12 @@ impl Server {
     }
 
     /// Poll `GET {base_url}/readyz` until it answers 200, the server exits, or `timeout`.
-    pub fn wait_ready(&mut self, base_url: &str, timeout: Duration) -> Result<(), BenchError> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(2)))
-            .http_status_as_error(false)
-            .build()
-            .into();
+    pub fn wait_ready(
+        &mut self,
+        base_url: &str,
+        timeout: Duration,
+        agent: &ureq::Agent,
+    ) -> Result<(), BenchError> {
         let url = format!("{base_url}/readyz");
         let deadline = Instant::now() + timeout;
         loop {
