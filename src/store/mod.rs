@@ -9,6 +9,7 @@
 //! every backend must do is pinned down by the tests in `contract`, which each backend
 //! runs unchanged.
 
+mod arrivals;
 pub mod audit_log;
 #[cfg(test)]
 pub(crate) mod contract;
