@@ -298,6 +298,38 @@ async fn revocations_and_keyring_changes_hold_across_replicas() {
     );
 }
 
+/// Concurrent issuances on one store share a transaction: their audit records, written
+/// by the batch itself, carry fewer transaction ids than there are issuances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_issuances_share_a_commit() {
+    let (_database, a, _b) = two_replicas().await;
+    let key_id = with_active_key(a.as_ref()).await;
+    let mut calls = Vec::new();
+    for n in 1..=40_i64 {
+        let store = a.clone();
+        let mut announced = store.announce_issuance();
+        let issuance = issuance(&key_id, n, None, Some(&format!("t{n}")));
+        calls.push(tokio::spawn(async move {
+            announced.withdraw();
+            store.record_issuance(issuance).await
+        }));
+    }
+    for call in calls {
+        call.await.expect("join").expect("issue");
+    }
+    let transactions: i64 = sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT xmin::text) FROM audit_events WHERE event = 'cert.issued'",
+    )
+    .fetch_one(&a.pool)
+    .await
+    .expect("count");
+    assert!(
+        (1..40).contains(&transactions),
+        "40 issuances in {transactions} transactions"
+    );
+    assert_eq!(verified_length(a.as_ref()).await, 40);
+}
+
 /// Migrations run again, or by several processes at once, change nothing: the migrator's
 /// advisory lock lets one apply them and the others find them applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

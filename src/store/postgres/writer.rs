@@ -48,6 +48,8 @@ const SQL_NEXT_SAVEPOINT: &str = "RELEASE SAVEPOINT issuance; SAVEPOINT issuance
 const SQL_FIRST_SAVEPOINT: &str = "SAVEPOINT issuance";
 /// Undo a refused issuance; the savepoint stays, where the next issuance starts.
 const SQL_UNDO_SAVEPOINT: &str = "ROLLBACK TO SAVEPOINT issuance";
+/// After the last issuance: keep it; the audit records are the batch's own.
+const SQL_LAST_SAVEPOINT: &str = "RELEASE SAVEPOINT issuance";
 
 struct Pending {
     issuance: Issuance,
@@ -175,6 +177,9 @@ async fn write_batch(
             undo(&mut tx).await?;
         }
         results.push(result);
+    }
+    if open {
+        sqlx::raw_sql(SQL_LAST_SAVEPOINT).execute(&mut *tx).await?;
     }
     // The committed issuances' records, in batch order (collected first: the lock is
     // taken only if there is something to append).
