@@ -39,9 +39,12 @@ pub(super) fn connect_options(options: &StoreOptions) -> Result<PgConnectOptions
     if let Some(password) = &options.password {
         connect = connect.password(password);
     }
-    // Milliseconds; a timeout too large to say means none (0), which validation of
-    // `[storage] statement_timeout` never lets through.
-    let statement_timeout = u64::try_from(options.statement_timeout.as_millis()).unwrap_or(0);
+    // Milliseconds, at most the largest PostgreSQL accepts (validation of `[storage]
+    // statement_timeout` keeps it far below).
+    let statement_timeout = options
+        .statement_timeout
+        .as_millis()
+        .min(u128::from(i32::MAX.unsigned_abs()));
     Ok(connect
         .application_name("writ")
         .options([("statement_timeout", statement_timeout)]))
