@@ -8,6 +8,10 @@
 //! are serialised and the chain cannot fork; the primary key on `seq` is the backstop (a
 //! second record with the same `seq` fails its transaction instead of forking).
 //!
+//! The lock is released only once the commit is visible, so records become visible in
+//! `seq` order: a reader following the log (a sink, the feed's sequence number) never
+//! sees a gap that fills in later.
+//!
 //! The lock is the last one a transaction takes (after its own rows are written and
 //! locked), and nothing waits for a row lock while holding it, so it never takes part in
 //! a deadlock and is held only for the head read, one insert and the commit.

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rand_core::OsRng;
+use sqlx::AssertSqlSafe;
 
 use super::PgStore;
 use super::scratch::ScratchDatabase;
@@ -366,6 +367,47 @@ async fn open_together(count: usize, database: &ScratchDatabase) -> Vec<PgStore>
         stores.push(opened.expect("join").expect("open"));
     }
     stores
+}
+
+/// The revocation feed's queries and the renewal walk can read their partial indexes
+/// (the planner prefers a scan of a table this small; with scans off, the plan shows
+/// whether the index matches the query).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_and_renewal_queries_match_their_partial_indexes() {
+    let (_database, a, _b) = two_replicas().await;
+    let key_id = with_active_key(a.as_ref()).await;
+    for serial in 1..=3 {
+        a.record_issuance(issuance(&key_id, serial, None, None))
+            .await
+            .expect("issue");
+    }
+    let mut tx = a.pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL enable_seqscan = off")
+        .execute(&mut *tx)
+        .await
+        .expect("set");
+    for (sql, index) in [
+        (super::tasks::SQL_FEED_TASKS, "tasks_ended_expires_at"),
+        (
+            super::tasks::SQL_FEED_CERTIFICATES,
+            "certificates_revoked_valid_before",
+        ),
+        (
+            super::tasks::SQL_LIVE_RENEWAL_TREE,
+            "certificates_renewed_from",
+        ),
+    ] {
+        let plan: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN {sql}")))
+            .bind(10_i64)
+            .fetch_all(&mut *tx)
+            .await
+            .expect("plan");
+        assert!(
+            plan.iter().any(|step| step.contains(index)),
+            "{sql} should read {index}: {plan:#?}"
+        );
+    }
+    tx.rollback().await.expect("rollback");
 }
 
 /// The audit log refuses edits and deletes outside a prune, from any connection.
