@@ -331,6 +331,129 @@ async fn concurrent_issuances_share_a_commit() {
     assert_eq!(verified_length(a.as_ref()).await, 40);
 }
 
+/// Renewals racing a revocation across replicas: chains of renewals through both
+/// replicas while one revokes the certificate they all descend from. Whatever the order,
+/// nothing renewed from it is left live: each renewal either committed before the
+/// revocation reached it (and was revoked with it) or was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_racing_a_revocation_across_replicas_are_all_revoked() {
+    let (_database, a, b) = two_replicas().await;
+    let key_id = with_active_key(a.as_ref()).await;
+    a.record_issuance(issuance(&key_id, 7, None, None))
+        .await
+        .expect("root");
+    let task_id = task_id_of(7);
+    let mut chains = Vec::new();
+    for chain in 0..4_i64 {
+        let store = if chain % 2 == 0 { a.clone() } else { b.clone() };
+        let (key_id, task_id) = (key_id.clone(), task_id.clone());
+        chains.push(tokio::spawn(async move {
+            let mut parent = 7;
+            for step in 0..15_i64 {
+                let serial = 1_000 * (chain + 1) + step;
+                let mut renewal = issuance(&key_id, serial, Some(&task_id), None);
+                renewal.certificate.renewed_from = Some(parent);
+                match store.record_issuance(renewal).await {
+                    Ok(()) => parent = serial,
+                    Err(StoreError::RenewedFromRevoked) => return,
+                    Err(e) => panic!("renewal {serial}: {e}"),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let revoked = b
+        .revoke_certificate(7, at(300), Box::new(|_| Vec::new()))
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.first().map(|c| c.serial), Some(7));
+    for chain in chains {
+        chain.await.expect("join");
+    }
+    let certificates = a.task_certificates(&task_id).await.expect("read");
+    for cert in &certificates {
+        assert_eq!(
+            cert.revoked_at,
+            Some(300),
+            "serial {} outlived its root",
+            cert.serial
+        );
+    }
+    assert_eq!(
+        revoked.len(),
+        certificates.len(),
+        "the revocation returns every certificate it revoked"
+    );
+}
+
+/// A retirement racing issuances by the retiring key on another replica: either the
+/// retirement sees a certificate valid past its guard and is refused, or it commits and
+/// every issuance that comes after is refused; never a retired key with a certificate
+/// valid past the guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retirement_and_issuances_by_its_key_on_another_replica_never_both_commit() {
+    let (_database, a, b) = two_replicas().await;
+    let new_key =
+        |state| new_key_record("pass", KeyAlgorithm::Ed25519, state, 1, &mut OsRng).expect("key");
+    let (old, new) = (new_key(KeyState::Retiring), new_key(KeyState::Active));
+    a.change_keyring(&KeyringChange {
+        new_keys: vec![old.clone(), new],
+        ..KeyringChange::at(at(1))
+    })
+    .await
+    .expect("keys");
+    let mut issuances = Vec::new();
+    for n in 1..=20_i64 {
+        let (store, key_id) = (a.clone(), old.id.clone());
+        issuances.push(tokio::spawn(async move {
+            let mut late = issuance(&key_id, n, None, None);
+            late.certificate.valid_before = 120;
+            store.record_issuance(late).await
+        }));
+    }
+    let retire = KeyringChange {
+        transitions: vec![crate::store::KeyTransition {
+            id: old.id.clone(),
+            from: KeyState::Retiring,
+            to: KeyState::Retired,
+            at: 110,
+            unless_valid_after: Some(110),
+        }],
+        ..KeyringChange::at(at(110))
+    };
+    let retired = b.change_keyring(&retire).await;
+    let mut issued = 0;
+    for call in issuances {
+        match call.await.expect("join") {
+            Ok(()) => issued += 1,
+            Err(StoreError::Unavailable(_)) => {}
+            Err(e) => panic!("issuance: {e}"),
+        }
+    }
+    let state = b
+        .ca_keys()
+        .await
+        .expect("keys")
+        .into_iter()
+        .find(|k| k.id == old.id)
+        .expect("old key")
+        .state;
+    match retired {
+        Ok(()) => {
+            assert_eq!(state, KeyState::Retired);
+            assert_eq!(
+                issued, 0,
+                "a certificate valid past the guard of a retired key"
+            );
+        }
+        Err(StoreError::Conflict(_)) => {
+            assert_eq!(state, KeyState::Retiring);
+            assert!(issued > 0, "refused with no certificate in the way");
+        }
+        Err(e) => panic!("retire: {e}"),
+    }
+}
+
 /// Migrations run again, or by several processes at once, change nothing: the migrator's
 /// advisory lock lets one apply them and the others find them applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
