@@ -129,6 +129,7 @@ pub fn prepare(
         },
         storage: StorageConfig {
             url: format!("sqlite://{}", data_dir.join("writ.db").display()),
+            ..StorageConfig::default()
         },
         ca: CaConfig {
             passphrase_file: Some(passphrase_file),

@@ -33,7 +33,8 @@
 //!   `audit::sink`/`audit::service` deliver records to sinks and sign checkpoints inside
 //!   `writ serve` (these read the store).
 //! - [`store`] — the store contract (`Store`, typed records and states, its tests in
-//!   `store::contract`) and its SQLite backend (one driver, one writer thread).
+//!   `store::contract`) and its backends: SQLite (one driver, one writer thread) and
+//!   PostgreSQL (one driver, a pool, one writer task; replicas share the database).
 //! - [`config`] — the CA's TOML configuration.
 //! - [`host`] *(re-export of the crate `writ-principals`)* — admitting certificates on SSH
 //!   hosts; used here by `writ bench check`. It depends only on `writ-formats` (never on

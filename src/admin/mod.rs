@@ -199,8 +199,17 @@ impl Context {
 
     /// The CA's store (the one a running `writ serve` uses).
     pub async fn store(&self) -> Result<Arc<dyn Store>, StoreError> {
-        store::open(&self.config.storage.url).await
+        open_store(&self.config).await
     }
+}
+
+/// Open the store `config`'s `[storage]` names (its password file read now).
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    let options = config
+        .storage
+        .store_options()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    store::open_with(&options, None).await
 }
 
 /// Something a command prints: for people, or for scripts (`--json`).

@@ -168,7 +168,7 @@ async fn load(
     config: &Config,
     task_id: &str,
 ) -> Result<(std::sync::Arc<dyn store::Store>, TaskRecord), TaskCommandError> {
-    let store = store::open(&config.storage.url).await?;
+    let store = super::open_store(config).await?;
     if !profile::is_valid_task_id(task_id) {
         return Err(TaskCommandError::NotFound(
             task_id.chars().take(64).collect(),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::store::{StoreOptions, postgres};
 use crate::{duration, profile};
 
 pub mod audit;
@@ -210,19 +211,43 @@ fn deserialize_listen_option<'de, D: serde::Deserializer<'de>>(
     deserialize_listen(d).map(Some)
 }
 
-/// `[storage]`. `Debug` shows the URL without its password.
+/// `[storage]`. `Debug` shows the URL without its password (and no password is ever
+/// read into this: a PostgreSQL password comes from `password_file` or `PGPASSWORD`).
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
-    /// `sqlite://PATH` (the default, embedded) or `postgres://…`.
+    /// `sqlite://PATH` (the default, embedded) or `postgres://USER@HOST/DATABASE`
+    /// (`?sslmode=verify-full&sslrootcert=FILE` as for libpq), never with a password.
     #[serde(default = "default_storage_url")]
     pub url: String,
+    /// PostgreSQL: a file holding the password (one line; its trailing newline is not
+    /// part of it). Unset: the `PGPASSWORD` environment variable or `~/.pgpass`.
+    pub password_file: Option<PathBuf>,
+    /// PostgreSQL: most connections open at once.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: u32,
+    /// PostgreSQL: longest wait to connect, or for a free connection.
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub connect_timeout: Duration,
+    /// PostgreSQL: longest any one statement may run, a wait for a lock included.
+    #[serde(
+        default = "default_statement_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub statement_timeout: Duration,
 }
 
 impl std::fmt::Debug for StorageConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StorageConfig")
             .field("url", &crate::text::redact_url(&self.url))
+            .field("password_file", &self.password_file)
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
             .finish()
     }
 }
@@ -231,12 +256,138 @@ impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
             url: default_storage_url(),
+            password_file: None,
+            pool_size: default_pool_size(),
+            connect_timeout: default_connect_timeout(),
+            statement_timeout: default_statement_timeout(),
         }
     }
 }
 
 fn default_storage_url() -> String {
     "sqlite://writ-data/writ.db".to_owned()
+}
+fn default_pool_size() -> u32 {
+    StoreOptions::DEFAULT_POOL_SIZE
+}
+fn default_connect_timeout() -> Duration {
+    StoreOptions::DEFAULT_CONNECT_TIMEOUT
+}
+fn default_statement_timeout() -> Duration {
+    StoreOptions::DEFAULT_STATEMENT_TIMEOUT
+}
+
+/// Most connections `[storage] pool_size` may ask for (PostgreSQL's own default
+/// `max_connections` is 100, shared by every replica).
+const MAX_POOL_SIZE: u32 = 1000;
+
+impl StorageConfig {
+    /// The `[storage]` checks of [`Config::validate`].
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            key: format!("storage.{key}"),
+            message,
+        };
+        let url = self.url.as_str();
+        if url.starts_with("sqlite://") {
+            if self.password_file.is_some() {
+                return Err(invalid(
+                    "password_file",
+                    "only a postgres:// URL takes a password; remove password_file".into(),
+                ));
+            }
+        } else if postgres::is_postgres_url(url) {
+            if postgres::url_has_password(url) {
+                return Err(invalid(
+                    "url",
+                    format!(
+                        "{} carries a password: put the password in a file that \
+                         [storage] password_file names (or in the PGPASSWORD environment \
+                         variable), never in the configuration",
+                        crate::text::redact_url(url)
+                    ),
+                ));
+            }
+        } else {
+            return Err(invalid(
+                "url",
+                format!(
+                    "{} names no supported backend: use sqlite://PATH or \
+                     postgres://USER@HOST/DATABASE",
+                    crate::text::redact_url(url)
+                ),
+            ));
+        }
+        if self
+            .password_file
+            .as_ref()
+            .is_some_and(|f| f.as_os_str().is_empty())
+        {
+            return Err(invalid("password_file", "must name a file".into()));
+        }
+        if !(1..=MAX_POOL_SIZE).contains(&self.pool_size) {
+            return Err(invalid(
+                "pool_size",
+                format!("must be between 1 and {MAX_POOL_SIZE}"),
+            ));
+        }
+        for (key, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("statement_timeout", self.statement_timeout),
+        ] {
+            if value < Duration::from_secs(1) || value > Duration::from_secs(600) {
+                return Err(invalid(key, "must be between 1s and 10m".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// What [`crate::store::open_with`] needs, with the password read from
+    /// `password_file` if one is named. The file must not be readable or writable by
+    /// every local user.
+    pub fn store_options(&self) -> Result<StoreOptions, ConfigError> {
+        let password = match &self.password_file {
+            Some(file) => Some(read_password_file(file)?),
+            None => None,
+        };
+        Ok(StoreOptions {
+            url: self.url.clone(),
+            password,
+            pool_size: self.pool_size,
+            connect_timeout: self.connect_timeout,
+            statement_timeout: self.statement_timeout,
+        })
+    }
+}
+
+/// The database password in `file`: its contents without the trailing newline. Refused
+/// if every local user may read or write the file, or if it is empty.
+fn read_password_file(file: &Path) -> Result<Zeroizing<String>, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let read_error = |source| ConfigError::PasswordRead {
+        path: file.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(file)
+        .map_err(read_error)?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o007 != 0 {
+        return Err(ConfigError::PasswordFileOpen {
+            path: file.to_owned(),
+            mode: format!("{mode:04o}"),
+        });
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(file).map_err(read_error)?);
+    let password = Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned());
+    if password.is_empty() {
+        return Err(ConfigError::EmptyPasswordFile {
+            path: file.to_owned(),
+        });
+    }
+    Ok(password)
 }
 
 /// `[ca]`
@@ -533,6 +684,21 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The database password file could not be read.
+    #[error("cannot read the database password file {path} ([storage] password_file): {source}")]
+    PasswordRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The database password file is open to every local user.
+    #[error(
+        "the database password file {path} ([storage] password_file) has mode {mode}: \
+         every local user may read or change it; chmod 0600 it"
+    )]
+    PasswordFileOpen { path: PathBuf, mode: String },
+    /// The database password file is empty.
+    #[error("the database password file {path} is empty (it is named by [storage] password_file)")]
+    EmptyPasswordFile { path: PathBuf },
 }
 
 impl Config {
@@ -612,16 +778,7 @@ impl Config {
                 ),
             ));
         }
-        if !self.storage.url.starts_with("sqlite://") {
-            return Err(invalid(
-                "storage.url".into(),
-                format!(
-                    "{} names no backend of this release: use sqlite://PATH \
-                     (PostgreSQL is not available yet)",
-                    crate::text::redact_url(&self.storage.url)
-                ),
-            ));
-        }
+        self.storage.validate(path)?;
         for (key, value) in [
             ("server.client_timeout", self.server.client_timeout),
             ("server.request_timeout", self.server.request_timeout),
@@ -1036,9 +1193,11 @@ extensions = ["permit-pty"]
     #[test]
     fn a_storage_password_is_never_shown() {
         let text = format!("[storage]\nurl = \"postgres://writ:hunter2@db/writ\"\n{GOOD}");
-        let message = parse(&text).expect_err("not available").to_string();
+        let message = parse(&text).expect_err("a password in the URL").to_string();
         assert!(message.contains("storage.url"), "{message}");
+        assert!(message.contains("password_file"), "{message}");
         assert!(message.contains("postgres://writ:***@db/writ"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
         let mut config = parse(GOOD).expect("valid");
         config.storage.url = "postgres://writ:hunter2@db/writ".into();
         assert!(!format!("{config:?}").contains("hunter2"));
@@ -1048,10 +1207,104 @@ extensions = ["permit-pty"]
         let error = runtime
             .block_on(crate::store::open("postgres://writ:hunter2@db/writ"))
             .err()
-            .expect("unsupported")
+            .expect("refused before connecting")
             .to_string();
         assert!(!error.contains("hunter2"), "{error}");
         assert!(error.contains("writ:***@db"), "{error}");
+    }
+
+    /// `[storage]`: a PostgreSQL URL without a password and its pool settings are taken;
+    /// a password in a query parameter, an unknown scheme, a password file for SQLite and
+    /// settings out of range are refused, each naming its key.
+    #[test]
+    fn storage_settings_are_checked() {
+        let with = |storage: &str| format!("[storage]\n{storage}\n{GOOD}");
+        let config = parse(&with(
+            "url = \"postgres://writ@db.example/writ?sslmode=verify-full\"\n\
+             password_file = \"/etc/writ/db.pass\"\npool_size = 20\n\
+             connect_timeout = \"3s\"\nstatement_timeout = \"30s\"",
+        ))
+        .expect("valid");
+        assert_eq!(config.storage.pool_size, 20);
+        assert_eq!(config.storage.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.storage.statement_timeout, Duration::from_secs(30));
+        let defaults = parse(GOOD).expect("valid").storage;
+        assert_eq!(
+            (
+                defaults.pool_size,
+                defaults.connect_timeout,
+                defaults.statement_timeout
+            ),
+            (10, Duration::from_secs(5), Duration::from_secs(10))
+        );
+        for (storage, key, words) in [
+            (
+                "url = \"postgres://writ@db/writ?password=hunter2\"",
+                "storage.url",
+                "password_file",
+            ),
+            (
+                "url = \"mysql://writ@db/writ\"",
+                "storage.url",
+                "no supported backend",
+            ),
+            (
+                "url = \"sqlite://writ.db\"\npassword_file = \"/etc/writ/db.pass\"",
+                "storage.password_file",
+                "postgres://",
+            ),
+            (
+                "url = \"postgres://writ@db/writ\"\npool_size = 0",
+                "storage.pool_size",
+                "between",
+            ),
+            (
+                "url = \"postgres://writ@db/writ\"\nstatement_timeout = \"0s\"",
+                "storage.statement_timeout",
+                "between",
+            ),
+            (
+                "url = \"postgres://writ@db/writ\"\nconnect_timeout = \"1h\"",
+                "storage.connect_timeout",
+                "between",
+            ),
+        ] {
+            let message = parse(&with(storage)).expect_err(storage).to_string();
+            assert!(message.contains(key), "{key} not in {message}");
+            assert!(message.contains(words), "{words} not in {message}");
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+    }
+
+    /// The password file: read without its trailing newline, refused when every local
+    /// user may read it, and never shown by `Debug` of the options it goes into.
+    #[test]
+    fn the_database_password_comes_from_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("db.pass");
+        std::fs::write(&file, "s3cret\n").expect("write");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let mut storage = StorageConfig {
+            url: "postgres://writ@db/writ".into(),
+            password_file: Some(file.clone()),
+            ..StorageConfig::default()
+        };
+        let options = storage.store_options().expect("options");
+        assert_eq!(
+            options.password.as_deref().map(String::as_str),
+            Some("s3cret")
+        );
+        assert!(!format!("{options:?}").contains("s3cret"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let message = storage.store_options().expect_err("open file").to_string();
+        assert!(message.contains("chmod 0600"), "{message}");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::write(&file, "\n").expect("write");
+        let message = storage.store_options().expect_err("empty").to_string();
+        assert!(message.contains("is empty"), "{message}");
+        storage.password_file = None;
+        assert!(storage.store_options().expect("options").password.is_none());
     }
 
     #[test]

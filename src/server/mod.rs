@@ -63,7 +63,8 @@ pub async fn build(
 ) -> Result<Arc<AppState>, StartError> {
     let passphrase = config.ca_passphrase(config_path)?;
     let metrics = Arc::new(Metrics::new());
-    let store = store::open_with(&config.storage.url, Some(Arc::clone(&metrics))).await?;
+    let store =
+        store::open_with(&config.storage.store_options()?, Some(Arc::clone(&metrics))).await?;
     let now = OffsetDateTime::now_utc().unix_timestamp();
     // Read again if `writ admin ca rewrap` changes the passphrase under a running server.
     let source: PassphraseSource = {

@@ -255,14 +255,14 @@ pub(crate) async fn concurrent_issuances_commit_or_fail_one_by_one(store: Arc<dy
         assert!(store.certificate(*serial).await.expect("read").is_some());
     }
     // What a refused issuance would have written is not there, and the token it brought
-    // (unless another issuance used it) is still unused.
+    // (unless another issuance used it: issuance 1 brings "t1" too) is still unused.
     for n in refused.into_iter().filter(|n| n % 15 != 0 && *n != 2) {
         assert!(store.certificate(n).await.expect("read").is_none(), "{n}");
         assert!(
             store.task(&task_id_of(n)).await.expect("read").is_none(),
             "{n}"
         );
-        if n % 10 != 0 {
+        if n % 10 != 0 && n != 1 {
             store
                 .record_issuance(issuance(&key_id, 1_000 + n, None, Some(&format!("t{n}"))))
                 .await

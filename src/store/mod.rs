@@ -1,7 +1,8 @@
 //! Storage: the [`Store`] contract every caller uses — typed records and states
 //! ([`records`]), one method per operation, each write committed whole or not at all with
-//! its audit entries — and one backend per database (SQLite now, chosen by the
-//! `sqlite://` URL prefix). Migrations live in `migrations/<backend>/` and are append-only.
+//! its audit entries — and one backend per database, chosen by the URL prefix: SQLite
+//! (`sqlite://`, embedded, the default) and PostgreSQL (`postgres://`, several replicas
+//! sharing one database). Migrations live in `migrations/<backend>/` and are append-only.
 //!
 //! The contract never reads a clock: every write carries its time (`at`/`now`) from the
 //! request that makes it. Nothing of how a backend commits leaks through it: a backend
@@ -9,16 +10,20 @@
 //! every backend must do is pinned down by the tests in `contract`, which each backend
 //! runs unchanged.
 
+mod arrivals;
 pub mod audit_log;
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod postgres;
 pub mod records;
 pub mod sqlite;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::metrics::Metrics;
@@ -89,8 +94,15 @@ pub enum StoreError {
     #[error("the certificate it was renewed from is revoked")]
     RenewedFromRevoked,
     /// The URL names no supported backend (held redacted: [`crate::text::redact_url`]).
-    #[error("unsupported storage URL {0:?}: use sqlite://PATH")]
+    #[error("unsupported storage URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DATABASE")]
     UnsupportedUrl(String),
+    /// The URL carries a password (held redacted): it belongs in `[storage]
+    /// password_file` or `PGPASSWORD`, never in the configuration.
+    #[error(
+        "the storage URL {0:?} carries a password: put it in the file [storage] \
+         password_file names (or the PGPASSWORD environment variable) instead"
+    )]
+    PasswordInUrl(String),
 }
 
 /// What the CA needs from storage.
@@ -166,21 +178,74 @@ pub trait Store: AuditLog + Send + Sync {
     async fn active_tasks(&self, now_unix: i64) -> Result<i64, StoreError>;
 }
 
-/// Open (creating and migrating if needed) the store a URL names.
-pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    open_with(url, None).await
+/// How to open a store (`[storage]`): its URL and, for PostgreSQL, the password and the
+/// pool's settings. `Debug` shows no password.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// `sqlite://PATH` or `postgres://USER@HOST[:PORT]/DATABASE[?sslmode=…]`.
+    pub url: String,
+    /// The PostgreSQL password (read from `[storage] password_file`); `None`: the
+    /// `PGPASSWORD` environment variable or `~/.pgpass`, as for libpq.
+    pub password: Option<Zeroizing<String>>,
+    /// PostgreSQL: most connections the pool keeps open.
+    pub pool_size: u32,
+    /// PostgreSQL: longest wait to connect, or for a free connection of the pool.
+    pub connect_timeout: Duration,
+    /// PostgreSQL: longest any one statement may run (a wait for a lock included).
+    pub statement_timeout: Duration,
 }
 
-/// [`open`], recording the writer's transactions into `metrics` (`writ serve`):
-/// `writ_store_commit_duration_seconds` and `writ_group_commit_batch_size`.
+impl StoreOptions {
+    /// Default `[storage] pool_size`.
+    pub const DEFAULT_POOL_SIZE: u32 = 10;
+    /// Default `[storage] connect_timeout`.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default `[storage] statement_timeout`.
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// The store at `url`, with every other setting at its default.
+    pub fn new(url: &str) -> StoreOptions {
+        StoreOptions {
+            url: url.to_owned(),
+            password: None,
+            pool_size: StoreOptions::DEFAULT_POOL_SIZE,
+            connect_timeout: StoreOptions::DEFAULT_CONNECT_TIMEOUT,
+            statement_timeout: StoreOptions::DEFAULT_STATEMENT_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("url", &crate::text::redact_url(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .finish()
+    }
+}
+
+/// Open (creating and migrating if needed) the store a URL names, with default settings.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    open_with(&StoreOptions::new(url), None).await
+}
+
+/// Open the store `options` names, recording the writer's transactions into `metrics`
+/// (`writ serve`): `writ_store_commit_duration_seconds` and
+/// `writ_group_commit_batch_size`.
 pub async fn open_with(
-    url: &str,
+    options: &StoreOptions,
     metrics: Option<Arc<Metrics>>,
 ) -> Result<Arc<dyn Store>, StoreError> {
+    let url = options.url.as_str();
     if let Some(path) = url.strip_prefix("sqlite://") {
         Ok(Arc::new(
             sqlite::SqliteStore::open_with(path, metrics).await?,
         ))
+    } else if postgres::is_postgres_url(url) {
+        Ok(Arc::new(postgres::PgStore::open(options, metrics).await?))
     } else {
         Err(StoreError::UnsupportedUrl(crate::text::redact_url(url)))
     }

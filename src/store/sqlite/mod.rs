@@ -19,7 +19,6 @@ use super::{
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::metrics::Metrics;
 
-mod arrivals;
 mod audit_log;
 mod chain;
 mod connection;
@@ -31,7 +30,7 @@ mod rows;
 mod tasks;
 mod writer;
 
-use arrivals::Arrivals;
+use crate::store::arrivals::Arrivals;
 use connection::Readers;
 use rows::{audit_record, collect};
 use writer::Writer;

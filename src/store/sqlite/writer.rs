@@ -30,11 +30,11 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
-use super::arrivals::Arrivals;
 use super::chain::Chain;
 use super::connection;
 use super::issuance::{self, BatchFacts};
 use crate::metrics::Metrics;
+use crate::store::arrivals::Arrivals;
 use crate::store::{Issuance, StoreError};
 
 /// Most issuances committed in one transaction.

@@ -1,8 +1,9 @@
-//! Issuances on their way to the SQLite store: requests that announced one
-//! ([`crate::store::Store::announce_issuance`]) and are being checked and signed. The
-//! writer (`super::writer`) waits briefly for them when it is about to commit, so under
-//! concurrent load they share one commit, and one fsync, instead of each paying for its
-//! own; when none is on its way it commits at once, so a lone request never waits.
+//! Issuances on their way to a store that groups commits: requests that announced one
+//! ([`crate::store::Store::announce_issuance`]) and are being checked and signed. A
+//! backend's writer (`sqlite::writer`, `postgres::writer`) waits briefly for them when it
+//! is about to commit, so under concurrent load they share one commit, and one fsync,
+//! instead of each paying for its own; when none is on its way it commits at once, so a
+//! lone request never waits. Only counts: it never holds an issuance nor blocks.
 
 use std::fmt;
 use std::sync::Arc;
