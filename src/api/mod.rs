@@ -60,6 +60,8 @@ pub struct AppState {
     pub audit_sinks: Vec<String>,
     /// `[server] readyz_requires_issuers`: `/readyz` also needs every issuer's keys.
     pub readyz_requires_issuers: bool,
+    /// Whether this replica runs the once-only background work ([`crate::server::leader`]).
+    pub leadership: Arc<crate::server::leader::Leadership>,
 }
 
 /// Where `GET /metrics` is served.

@@ -9,7 +9,11 @@
 //!   appends it to the checkpoint file ([`checkpoint_now`], also behind
 //!   `writ admin audit checkpoint`).
 //!
-//! The tasks hold the store weakly and end when the server that spawned them is gone.
+//! Both run only while this process holds the store's background-work lease
+//! ([`crate::server::leader`]), so of several replicas exactly one delivers and signs; a
+//! sink that (re)starts leading reads its position from the store again, where the
+//! previous leader left it. The tasks hold the store weakly and end when the server that
+//! spawned them is gone.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -33,6 +37,9 @@ const BATCH: i64 = 500;
 
 /// The CA key that signs checkpoints now (the keyring may change while serving).
 pub type SignerSource = Arc<dyn Fn() -> Arc<dyn Signer> + Send + Sync>;
+
+/// Whether this process does the once-only work now (holds the lease).
+pub type Leading = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Why a checkpoint could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -59,20 +66,22 @@ pub fn spawn(
     storage_url: &str,
     store: &Arc<dyn Store>,
     signer: SignerSource,
+    leading: Leading,
 ) {
     let weak = Arc::downgrade(store);
     for sink in &config.sinks {
-        tokio::spawn(run_sink(weak.clone(), Sink::new(sink)));
+        tokio::spawn(run_sink(weak.clone(), Sink::new(sink), leading.clone()));
     }
     tokio::spawn(run_checkpoints(
         weak,
         signer,
+        leading,
         config.checkpoint_path(storage_url),
         config.checkpoint_interval,
     ));
 }
 
-async fn run_sink(store: Weak<dyn Store>, sink: Sink) {
+async fn run_sink(store: Weak<dyn Store>, sink: Sink, leading: Leading) {
     let name = sink.name().to_owned();
     let sink = Arc::new(Mutex::new(sink));
     let mut position = None;
@@ -81,6 +90,14 @@ async fn run_sink(store: Weak<dyn Store>, sink: Sink) {
         let Some(strong) = store.upgrade() else {
             return;
         };
+        if !leading() {
+            // Another replica delivers; when this one leads again it starts from the
+            // position stored by then.
+            drop(strong);
+            position = None;
+            tokio::time::sleep(SINK_POLL).await;
+            continue;
+        }
         let result = deliver_step(strong.as_ref(), &name, &sink, &mut position).await;
         drop(strong);
         match result {
@@ -176,6 +193,7 @@ async fn on_sink<T: Send + 'static>(
 async fn run_checkpoints(
     store: Weak<dyn Store>,
     signer: SignerSource,
+    leading: Leading,
     file: Option<PathBuf>,
     every: Duration,
 ) {
@@ -187,6 +205,11 @@ async fn run_checkpoints(
         let Some(strong) = store.upgrade() else {
             return;
         };
+        if !leading() {
+            // Another replica signs; read where it got to when this one leads again.
+            last = None;
+            continue;
+        }
         if last.is_none() {
             match strong.audit_checkpoints().await {
                 Ok(all) => last = Some(all.last().map_or(0, |c| c.seq)),

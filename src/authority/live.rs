@@ -160,13 +160,21 @@ impl LiveKeyring {
         Ok(true)
     }
 
-    /// One maintenance round at `now`: retire keys whose certificates have all expired,
-    /// publish a `next` key if there is none, rotate if the schedule says so, and reload.
+    /// One maintenance round at `now`: if `leading` (this replica holds the background-work
+    /// lease, [`crate::server::leader`]), retire keys whose certificates have all expired,
+    /// publish a `next` key if there is none and rotate if the schedule says so; then, on
+    /// every replica, reload.
     /// Failures are logged (once, here) and reported in the result's absence of effects;
     /// the current snapshot stays in use.
-    pub async fn maintain(&self, store: &dyn Store, now_unix: i64) -> Maintenance {
+    pub async fn maintain(&self, store: &dyn Store, now_unix: i64, leading: bool) -> Maintenance {
         let mut passphrase = self.passphrase.lock().await;
         let mut done = Maintenance::default();
+        if !leading {
+            // Another replica retires, publishes and rotates; this one follows.
+            self.reload_after_maintenance(store, &mut passphrase, &mut done)
+                .await;
+            return done;
+        }
         let actor = Actor::scheduler();
         match rotation::retire_expired(store, &self.settings, now_unix, &actor).await {
             Ok(retired) => {
@@ -229,14 +237,24 @@ impl LiveKeyring {
             Ok(None) => {}
             Err(e) => log_rotation_error(&e),
         }
-        match self.reload_locked(store, &mut passphrase).await {
+        self.reload_after_maintenance(store, &mut passphrase, &mut done)
+            .await;
+        done
+    }
+
+    async fn reload_after_maintenance(
+        &self,
+        store: &dyn Store,
+        passphrase: &mut Zeroizing<String>,
+        done: &mut Maintenance,
+    ) {
+        match self.reload_locked(store, passphrase).await {
             Ok(reloaded) => done.reloaded = reloaded,
             Err(e) => tracing::error!(
                 error = %e,
                 "cannot reload the CA keyring; still signing with the key loaded before"
             ),
         }
-        done
     }
 }
 
@@ -285,7 +303,10 @@ mod tests {
             .expect("next")
             .id
             .clone();
-        assert_eq!(live.maintain(&store, t0 + 1).await, Maintenance::default());
+        assert_eq!(
+            live.maintain(&store, t0 + 1, true).await,
+            Maintenance::default()
+        );
 
         // Scheduled every 60 s: due at t0 + 60, but the next key must be published 600 s.
         rotation::set_schedule(
@@ -297,10 +318,16 @@ mod tests {
         .await
         .expect("schedule");
         assert_eq!(
-            live.maintain(&store, t0 + 100).await,
+            live.maintain(&store, t0 + 100, true).await,
             Maintenance::default()
         );
-        let done = live.maintain(&store, t0 + 600).await;
+        // Due, but another replica holds the lease: this one only follows.
+        assert_eq!(
+            live.maintain(&store, t0 + 600, false).await,
+            Maintenance::default()
+        );
+        assert_eq!(live.current().active_id(), first.active_id());
+        let done = live.maintain(&store, t0 + 600, true).await;
         let rotated = done.rotated.expect("rotated");
         assert!(done.reloaded);
         assert_eq!(rotated.activated.id, next);
@@ -309,8 +336,13 @@ mod tests {
         assert_eq!(live.current().trusted_keys().count(), 3);
 
         // The retiring key retires max_cert_ttl after it stopped signing.
-        assert!(live.maintain(&store, t0 + 899).await.retired.is_empty());
-        let done = live.maintain(&store, t0 + 900).await;
+        assert!(
+            live.maintain(&store, t0 + 899, true)
+                .await
+                .retired
+                .is_empty()
+        );
+        let done = live.maintain(&store, t0 + 900, true).await;
         assert_eq!(done.retired.len(), 1);
         assert_eq!(done.retired[0].id, first.active_id());
         assert!(

@@ -22,9 +22,11 @@ use crate::metrics::Metrics;
 use crate::policy::Policies;
 use crate::store::{self, StoreError};
 use crate::task::Issuer;
+use leader::Leadership;
 
 pub mod client_address;
 pub mod connections;
+pub mod leader;
 pub mod tls;
 
 pub use connections::Limits;
@@ -91,11 +93,27 @@ pub async fn build(
         policies = config.policies.len(),
         "CA ready"
     );
-    // Audit sinks and signed checkpoints, off the request path; they stop with the store.
-    crate::audit::service::spawn(&config.audit, &config.storage.url, &store, {
-        let keyring = Arc::clone(&keyring);
-        Arc::new(move || keyring.current().signer())
-    });
+    // Which replica runs the once-only work; asks until the store is gone.
+    let leadership = Leadership::new();
+    tokio::spawn(leader::keep_asking(
+        Arc::clone(&leadership),
+        Arc::downgrade(&store),
+    ));
+    // Audit sinks and signed checkpoints, off the request path, on the replica that holds
+    // the lease; they stop with the store.
+    crate::audit::service::spawn(
+        &config.audit,
+        &config.storage.url,
+        &store,
+        {
+            let keyring = Arc::clone(&keyring);
+            Arc::new(move || keyring.current().signer())
+        },
+        {
+            let leadership = Arc::clone(&leadership);
+            Arc::new(move || leadership.is_leading())
+        },
+    );
     Ok(Arc::new(AppState {
         verifier,
         issuer,
@@ -107,6 +125,7 @@ pub async fn build(
         metrics,
         audit_sinks: config.audit.sinks.iter().map(SinkConfig::name).collect(),
         readyz_requires_issuers: config.server.readyz_requires_issuers,
+        leadership,
     }))
 }
 
@@ -221,6 +240,8 @@ pub async fn serve(
     reloading.abort();
     // What floods left since the last round, now that no request adds to it.
     write_flood_summaries(&state).await;
+    // Another replica takes the once-only work over at its next ask.
+    state.leadership.release(state.store.as_ref()).await;
 }
 
 /// Every `[limits] flood_summary_interval`, write the refusals of flooding client
@@ -249,16 +270,21 @@ async fn write_flood_summaries(state: &AppState) {
     }
 }
 
-/// Background upkeep of the CA keyring while serving, every [`MAINTENANCE_INTERVAL`]:
-/// retire keys whose certificates have all expired, publish a `next` key, rotate when the
-/// schedule says so, and pick up changes made by `writ admin` or other replicas.
+/// Background upkeep of the CA keyring while serving, every [`MAINTENANCE_INTERVAL`]: on
+/// the replica that holds the lease ([`leader`]), retire keys whose certificates have all
+/// expired, publish a `next` key and rotate when the schedule says so; on every replica,
+/// pick up changes made by `writ admin` or other replicas.
 async fn maintain_keyring(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        state.keyring.maintain(state.store.as_ref(), now).await;
+        let leading = state.leadership.is_leading();
+        state
+            .keyring
+            .maintain(state.store.as_ref(), now, leading)
+            .await;
     }
 }
 

@@ -638,6 +638,80 @@ pub(crate) async fn active_tasks_are_counted_at_the_time_asked(store: Arc<dyn St
     assert_eq!(store.active_tasks(10_000).await.expect("count"), 0);
 }
 
+/// A lease is one holder's until it expires or is given up; a holder keeps renewing its
+/// own; of many asking at once exactly one gets it.
+pub(crate) async fn a_lease_is_one_holders_until_it_expires_or_is_released(store: Arc<dyn Store>) {
+    assert!(store.hold_lease("work", "a", 100, 110).await.expect("take"));
+    assert!(
+        !store
+            .hold_lease("work", "b", 105, 115)
+            .await
+            .expect("held by a")
+    );
+    assert!(
+        store
+            .hold_lease("work", "a", 108, 118)
+            .await
+            .expect("renew")
+    );
+    assert!(
+        !store
+            .hold_lease("work", "b", 117, 127)
+            .await
+            .expect("renewed by a")
+    );
+    assert!(
+        store
+            .hold_lease("other", "b", 117, 127)
+            .await
+            .expect("another lease")
+    );
+    // Expired: anyone may take it, and then the old holder may not.
+    assert!(
+        store
+            .hold_lease("work", "b", 118, 128)
+            .await
+            .expect("expired")
+    );
+    assert!(
+        !store
+            .hold_lease("work", "a", 119, 129)
+            .await
+            .expect("b's now")
+    );
+    // Only the holder releases it.
+    store.release_lease("work", "a").await.expect("not a's");
+    assert!(
+        !store
+            .hold_lease("work", "a", 120, 130)
+            .await
+            .expect("still b's")
+    );
+    store.release_lease("work", "b").await.expect("release");
+    assert!(
+        store
+            .hold_lease("work", "a", 120, 130)
+            .await
+            .expect("released")
+    );
+    // Many at once, on an expired lease: exactly one wins.
+    let mut calls = Vec::new();
+    for n in 0..8 {
+        let store = Arc::clone(&store);
+        calls.push(tokio::spawn(async move {
+            store
+                .hold_lease("work", &format!("c{n}"), 200, 210)
+                .await
+                .expect("ask")
+        }));
+    }
+    let mut granted = 0;
+    for call in calls {
+        granted += usize::from(call.await.expect("join"));
+    }
+    assert_eq!(granted, 1);
+}
+
 /// Every contract test, for the backend `$open` opens: `async fn() -> (impl Drop-guard,
 /// Arc<dyn Store>)`, a fresh empty store each call.
 macro_rules! store_contract_tests {
@@ -661,6 +735,7 @@ macro_rules! store_contract_tests {
             case!(retirement_waits_for_certificates_and_retired_keys_never_sign);
             case!(rewrap_and_schedule);
             case!(active_tasks_are_counted_at_the_time_asked);
+            case!(a_lease_is_one_holders_until_it_expires_or_is_released);
         }
     };
 }

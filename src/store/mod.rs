@@ -176,7 +176,32 @@ pub trait Store: AuditLog + Send + Sync {
     /// How many tasks are active and unexpired at `now_unix` (`writ_active_tasks`, read on
     /// each metrics scrape, on a reader: it never waits for the writer).
     async fn active_tasks(&self, now_unix: i64) -> Result<i64, StoreError>;
+    /// Take or keep the lease `name` for `holder` until `until_unix`: true if `holder`
+    /// held it already or nobody holds it at `now_unix` (never held, or expired), and
+    /// then it is `holder`'s until `until_unix`; false (nothing written) if another
+    /// holder's lease runs past `now_unix`. The database decides, so of several processes
+    /// asking at once exactly one gets it.
+    async fn hold_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_unix: i64,
+        until_unix: i64,
+    ) -> Result<bool, StoreError>;
+    /// Give the lease `name` up if `holder` holds it (a clean shutdown), so another
+    /// process may take it at once.
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }
+
+/// Take or keep a lease (both backends; `$1` name, `$2` holder, `$3` until, `$4` now).
+/// The update applies only to the holder's own lease or an expired one, so the row
+/// changes (one row affected) exactly when the lease is granted.
+pub(crate) const SQL_HOLD_LEASE: &str = "INSERT INTO leases (name, holder, expires_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE \
+     SET holder = excluded.holder, expires_at = excluded.expires_at \
+     WHERE leases.holder = excluded.holder OR leases.expires_at <= $4";
+/// Give a lease up (`$1` name, `$2` holder).
+pub(crate) const SQL_RELEASE_LEASE: &str = "DELETE FROM leases WHERE name = $1 AND holder = $2";
 
 /// How to open a store (`[storage]`): its URL and, for PostgreSQL, the password and the
 /// pool's settings. `Debug` shows no password.

@@ -18,11 +18,24 @@ use crate::store::StoreError;
 
 /// Every migration, in order: version, description (the file name's words), SQL. A new
 /// file in `migrations/postgres/` is listed here too (a test checks the two agree).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../../migrations/postgres/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "leases",
+        include_str!("../../../migrations/postgres/0002_leases.sql"),
+    ),
+];
+
+/// How many migrations there are (each recorded once when applied).
+#[cfg(test)]
+pub(super) fn count() -> usize {
+    MIGRATIONS.len()
+}
 
 fn migrator() -> Migrator {
     let migrations = MIGRATIONS

@@ -178,6 +178,32 @@ impl Store for PgStore {
     async fn active_tasks(&self, now_unix: i64) -> Result<i64, StoreError> {
         tasks::active_tasks(&mut *self.pool.acquire().await?, now_unix).await
     }
+
+    async fn hold_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_unix: i64,
+        until_unix: i64,
+    ) -> Result<bool, StoreError> {
+        let granted = sqlx::query(super::SQL_HOLD_LEASE)
+            .bind(name)
+            .bind(holder)
+            .bind(until_unix)
+            .bind(now_unix)
+            .execute(&self.pool)
+            .await?;
+        Ok(granted.rows_affected() == 1)
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        sqlx::query(super::SQL_RELEASE_LEASE)
+            .bind(name)
+            .bind(holder)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }
 
 impl PgStore {

@@ -65,6 +65,7 @@ const MIGRATIONS: &[Migration] = migrations![
         "0010_certificates_renewed_from.sql"
     ),
     (11, "audit purpose", "0011_audit_purpose.sql"),
+    (12, "leases", "0012_leases.sql"),
 ];
 
 const SQL_CREATE_BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (

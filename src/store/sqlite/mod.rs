@@ -190,6 +190,35 @@ impl Store for SqliteStore {
             .read(move |db| tasks::active_tasks(db, now_unix))
             .await
     }
+
+    async fn hold_lease(
+        &self,
+        name: &str,
+        holder: &str,
+        now_unix: i64,
+        until_unix: i64,
+    ) -> Result<bool, StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.writer
+            .write(move |tx| {
+                let changed = tx.execute(
+                    super::SQL_HOLD_LEASE,
+                    rusqlite::params![name, holder, until_unix, now_unix],
+                )?;
+                Ok(changed == 1)
+            })
+            .await
+    }
+
+    async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        self.writer
+            .write(move |tx| {
+                tx.execute(super::SQL_RELEASE_LEASE, rusqlite::params![name, holder])?;
+                Ok(())
+            })
+            .await
+    }
 }
 
 #[cfg(test)]
