@@ -98,6 +98,18 @@ pub fn post_raw(url: &str, token: Option<&str>, body: &str) -> Response {
     finish(request.send(body))
 }
 
+/// POST JSON to `url`; `Err` when no answer came (connection refused or reset).
+pub fn try_post(url: &str, token: Option<&str>, body: &Value) -> Result<Response, String> {
+    let mut request = agent().post(url).header("content-type", "application/json");
+    if let Some(token) = token {
+        request = request.header("authorization", &format!("Bearer {token}"));
+    }
+    match request.send(body.to_string()) {
+        Ok(response) => Ok(finish(Ok(response))),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// POST JSON to `url`.
 pub fn post(url: &str, token: Option<&str>, body: &Value) -> Response {
     post_raw(url, token, &body.to_string())

@@ -10,6 +10,7 @@ pub mod http;
 pub mod idp;
 pub mod metrics;
 pub mod pki;
+pub mod postgres;
 pub mod serve;
 pub mod sshd;
 

@@ -50,11 +50,6 @@ impl Server {
         server_extra: &str,
         args: &[&str],
     ) -> Result<Server, (std::process::ExitStatus, String)> {
-        let scheme = if server_extra.contains("tls_cert") {
-            "https"
-        } else {
-            "http"
-        };
         let dir = tempfile::tempdir().expect("tempdir");
         let pass = dir.path().join("ca.pass");
         std::fs::write(&pass, "test passphrase\n").expect("passphrase");
@@ -69,6 +64,22 @@ impl Server {
             iss = idp.issuer,
             jwks = idp.jwks_url(),
         );
+        Server::try_start_config(dir, &config, args)
+    }
+
+    /// Start `writ serve` with the whole configuration `config` (written into `dir`, which
+    /// the server keeps and removes when dropped); the exit status and log if it exits
+    /// instead of listening. `tls_cert` in it makes `url` `https://`.
+    pub fn try_start_config(
+        dir: tempfile::TempDir,
+        config: &str,
+        args: &[&str],
+    ) -> Result<Server, (std::process::ExitStatus, String)> {
+        let scheme = if config.contains("tls_cert") {
+            "https"
+        } else {
+            "http"
+        };
         let config_path = dir.path().join("writ.toml");
         std::fs::write(&config_path, config).expect("config");
         let log = std::fs::File::create(dir.path().join("writ.log")).expect("log file");
@@ -89,7 +100,7 @@ impl Server {
             metrics_url: None,
         };
         // Readiness: the "listening" lines name the bound addresses.
-        let with_metrics = server_extra.contains("metrics_listen");
+        let with_metrics = config.contains("metrics_listen");
         let deadline = Instant::now() + Duration::from_secs(60);
         while server.url.is_empty() || (with_metrics && server.metrics_url.is_none()) {
             let log = server.log();
@@ -114,6 +125,11 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20)); // poll interval
         }
         Ok(server)
+    }
+
+    /// The configuration file (`writ admin --config` takes it too).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("writ.toml")
     }
 
     /// The directory holding the configuration, database and log.
