@@ -284,7 +284,7 @@ pub fn run(
     let mut check_wall = Vec::with_capacity(options.runs);
     let (mut floor_ticks, mut check_ticks) = (Some(0u64), Some(0u64));
     let add = |sum: Option<u64>, t: Option<u64>| Some(sum? + t?);
-    let start = Sample::take(None);
+    let start = Sample::take(&[], false);
     for _ in 0..options.runs {
         let (wall, ticks) = time_once(&options.floor, &fixture)?;
         floor_wall.push(wall);
@@ -293,7 +293,7 @@ pub fn run(
         check_wall.push(wall);
         check_ticks = add(check_ticks, ticks);
     }
-    let end = Sample::take(None);
+    let end = Sample::take(&[], false);
     let usage = Usage::between(&start, &end);
     // The children ran while we waited; the machine's busy time minus our own and theirs
     // is what other processes used.

@@ -85,6 +85,15 @@ pub struct IssueArgs {
     /// measured load's, as an attacker's would be.
     #[arg(long, value_name = "IP", default_value = "127.0.0.2")]
     flood_from: std::net::IpAddr,
+    /// Store in a fresh database made for the run on this PostgreSQL server (a role that
+    /// may CREATE DATABASE; password from PGPASSWORD), dropped afterwards, instead of
+    /// SQLite. Its CPU (every `postgres` process) is reported next to the servers'.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["target", "prefill_audit"])]
+    postgres: Option<String>,
+    /// Servers to start on the one database (needs --postgres); connections are spread
+    /// over them round robin and their CPU is summed.
+    #[arg(long, value_name = "N", default_value_t = 1, requires = "postgres")]
+    replicas: usize,
     /// Print one JSON object instead of the report.
     #[arg(long)]
     json: bool,
@@ -162,6 +171,8 @@ pub fn run(command: BenchCommand) -> Result<(), BenchError> {
                 server_exe: current_exe()?,
                 keep_dir: a.keep_dir,
                 tls: a.tls,
+                postgres: a.postgres,
+                replicas: a.replicas,
                 flood: (a.flood > 0).then_some(FloodOptions {
                     connections: a.flood,
                     source: a.flood_from,

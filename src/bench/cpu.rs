@@ -106,13 +106,36 @@ pub fn machine_cpus() -> usize {
     }
 }
 
+/// `utime + stime` of every process whose command name is `name` (all of a database
+/// server's processes: `postgres`), in clock ticks; `None` if `/proc` cannot be listed.
+pub fn processes_named_ticks(name: &str) -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let pid = entry.file_name();
+        let Some(pid) = pid
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == name {
+            total += process_ticks(pid).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
 /// One reading of everything, at one instant.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
     /// When it was taken.
     pub at: Instant,
-    /// The server process, if one is watched.
+    /// The server processes (replicas) watched, summed; `None` if there are none or one
+    /// cannot be read.
     pub server: Option<u64>,
+    /// The database server's processes (`postgres`), when watched.
+    pub database: Option<u64>,
     /// This process (the load generator).
     pub client: Option<u64>,
     /// The machine.
@@ -120,11 +143,22 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Read now. `server_pid` is the process under test, if any.
-    pub fn take(server_pid: Option<u32>) -> Sample {
+    /// Read now. `server_pids` are the processes under test (replicas); with `database`,
+    /// the `postgres` processes too.
+    pub fn take(server_pids: &[u32], database: bool) -> Sample {
+        let server = match server_pids {
+            [] => None,
+            pids => pids
+                .iter()
+                .map(|p| process_ticks(&p.to_string()))
+                .sum::<Option<u64>>(),
+        };
         Sample {
             at: Instant::now(),
-            server: server_pid.and_then(|p| process_ticks(&p.to_string())),
+            server,
+            database: database
+                .then(|| processes_named_ticks("postgres"))
+                .flatten(),
             client: process_ticks("self"),
             machine: machine_ticks(),
         }
@@ -140,9 +174,12 @@ pub struct Usage {
     pub server_cpu_s: Option<f64>,
     /// CPU seconds of this process (the load generator).
     pub client_cpu_s: Option<f64>,
+    /// CPU seconds of the database server (PostgreSQL), when watched.
+    pub database_cpu_s: Option<f64>,
     /// CPU seconds the whole machine was busy.
     pub machine_cpu_s: Option<f64>,
-    /// CPU seconds used by everything else: machine − server − client. Well above zero
+    /// CPU seconds used by everything else: machine − server − client − database. Well
+    /// above zero
     /// means someone else's work (a compile, another benchmark) disturbed the run.
     pub other_cpu_s: Option<f64>,
     /// CPU seconds stolen by the hypervisor.
@@ -156,14 +193,20 @@ impl Usage {
         let secs = |a: Option<u64>, b: Option<u64>| Some(b?.saturating_sub(a?) as f64 / tick);
         let server_cpu_s = secs(start.server, end.server);
         let client_cpu_s = secs(start.client, end.client);
+        let database_cpu_s = secs(start.database, end.database);
         let machine_cpu_s = secs(start.machine.map(|m| m.busy), end.machine.map(|m| m.busy));
         let steal_s = secs(start.machine.map(|m| m.steal), end.machine.map(|m| m.steal));
-        let other_cpu_s = machine_cpu_s
-            .map(|m| (m - server_cpu_s.unwrap_or(0.0) - client_cpu_s.unwrap_or(0.0)).max(0.0));
+        let other_cpu_s = machine_cpu_s.map(|m| {
+            (m - server_cpu_s.unwrap_or(0.0)
+                - client_cpu_s.unwrap_or(0.0)
+                - database_cpu_s.unwrap_or(0.0))
+            .max(0.0)
+        });
         Usage {
             wall_s: end.at.saturating_duration_since(start.at).as_secs_f64(),
             server_cpu_s,
             client_cpu_s,
+            database_cpu_s,
             machine_cpu_s,
             other_cpu_s,
             steal_s,
@@ -185,18 +228,22 @@ mod tests {
     fn reads_this_process_and_the_machine() {
         assert!(clock_ticks() > 0.0);
         // Burn a little CPU so the counters have something to show.
-        let start = Sample::take(Some(std::process::id()));
+        let start = Sample::take(&[std::process::id()], true);
         let mut x = 0u64;
         let t = Instant::now();
         while t.elapsed().as_millis() < 50 {
             x = x.wrapping_mul(31).wrapping_add(7);
         }
         std::hint::black_box(x);
-        let end = Sample::take(Some(std::process::id()));
+        let end = Sample::take(&[std::process::id()], true);
         let usage = Usage::between(&start, &end);
         assert!(usage.wall_s >= 0.05);
         assert!(usage.server_cpu_s.is_some());
         assert!(usage.client_cpu_s.is_some());
+        assert!(
+            usage.database_cpu_s.is_some(),
+            "zero when no PostgreSQL runs"
+        );
         assert!(usage.machine_cpu_s.is_some());
         assert!(children_ticks().is_some());
         assert!(machine_cpus() >= 1);

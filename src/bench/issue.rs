@@ -23,6 +23,10 @@
 //! `--tls`: the started server serves HTTPS with a certificate made for the run
 //! ([`super::tls`]), and every client trusts exactly its authority: the handshake happens
 //! once per keep-alive connection, as for an agent runtime that keeps its connection.
+//! `--postgres URL`: the started server stores in a fresh PostgreSQL database made for
+//! the run on that server ([`super::database`]) instead of SQLite, and `--replicas N`
+//! starts N servers on it, the connections spread over them round robin; the report adds
+//! PostgreSQL's CPU (every `postgres` process) to the servers'.
 //! `--flood N`: during the warm-up and the window, N more connections send junk tokens
 //! from another source address ([`super::flood`]); the report gives their answers next to
 //! the honest load's latency.
@@ -38,6 +42,7 @@ use rand_core::{OsRng, RngCore};
 use serde::Serialize;
 
 use super::cpu::{Sample, Usage};
+use super::database::BenchDatabase;
 use super::flood::{Flood, FloodReport};
 use super::http;
 use super::issuer::{self, Alg, BenchIssuer};
@@ -120,6 +125,10 @@ pub struct IssueOptions {
     pub tls: bool,
     /// Junk traffic during the warm-up and the window.
     pub flood: Option<FloodOptions>,
+    /// Store in a fresh database on this PostgreSQL server instead of SQLite.
+    pub postgres: Option<String>,
+    /// Servers (replicas) to start on the one database.
+    pub replicas: usize,
 }
 
 /// Token pool figures.
@@ -160,6 +169,16 @@ pub struct IssueReport {
     pub tls: bool,
     /// The junk flood beside the load, if any.
     pub flood: Option<FloodReport>,
+    /// `sqlite` or `postgres` (the started server's store; `None` with `--target`).
+    pub database: Option<&'static str>,
+    /// Servers started on it.
+    pub replicas: usize,
+    /// PostgreSQL's CPU seconds in the window (every `postgres` process).
+    pub database_cpu_s: Option<f64>,
+    /// PostgreSQL's CPU in cores busy.
+    pub database_cores_busy: Option<f64>,
+    /// Certificates per CPU-second of the servers and PostgreSQL together.
+    pub ok_per_server_and_database_cpu_s: Option<f64>,
     /// Server CPU list when pinned.
     pub server_cpus: Option<String>,
     /// Client CPU list when pinned.
@@ -225,6 +244,20 @@ pub fn run(
             "--duration must be greater than zero".into(),
         ));
     }
+    if options.replicas == 0 {
+        return Err(BenchError::Usage("--replicas must be at least 1".into()));
+    }
+    if options.replicas > 1 && options.postgres.is_none() {
+        return Err(BenchError::Usage(
+            "--replicas above 1 needs --postgres: SQLite serves one process".into(),
+        ));
+    }
+    if options.postgres.is_some() && (options.target.is_some() || options.prefill_audit > 0) {
+        return Err(BenchError::Usage(
+            "--postgres applies to the bench's own servers, without --target or --prefill-audit"
+                .into(),
+        ));
+    }
     if options.tls && options.target.is_some() {
         return Err(BenchError::Usage(
             "--tls serves the bench's own server over TLS; it does not apply to --target".into(),
@@ -243,12 +276,37 @@ pub fn run(
     let tls = bench_tls.as_ref();
     let client_tls = tls.map(BenchTls::client_config).transpose()?;
     // The issuer, and the CA that trusts it.
-    let (issuer, base_url, mut server) = match &options.target {
+    let database = match &options.postgres {
+        Some(server_url) => {
+            let database = BenchDatabase::create(server_url, &dir.path().join("db.password"))?;
+            progress(&format!(
+                "created {}",
+                crate::text::redact_url(&database.url)
+            ));
+            Some(database)
+        }
+        None => None,
+    };
+    let (issuer, base_urls, mut servers) = match &options.target {
         None => {
             progress(&format!("generating the {} bench issuer key", options.alg));
             let issuer = BenchIssuer::generate(options.alg)?;
-            let (url, server) = start_server(options, dir.path(), &issuer, tls, progress)?;
-            (issuer, url, Some(server))
+            let mut urls = Vec::new();
+            let mut servers = Vec::new();
+            for replica in 0..options.replicas {
+                let (url, server) = start_server(
+                    options,
+                    &dir.path().join(format!("replica-{replica}")),
+                    dir.path(),
+                    database.as_ref(),
+                    &issuer,
+                    tls,
+                    progress,
+                )?;
+                urls.push(url);
+                servers.push(server);
+            }
+            (issuer, urls, servers)
         }
         Some(target) => {
             let key_path = PathBuf::from(format!("{}.key", target.jwks_out.display()));
@@ -264,14 +322,33 @@ pub fn run(
                     issuer::config_tables(options.alg, &absolute(&target.jwks_out))
                 )));
             }
-            (issuer, target.url.trim_end_matches('/').to_owned(), None)
+            (
+                issuer,
+                vec![target.url.trim_end_matches('/').to_owned()],
+                Vec::new(),
+            )
         }
     };
-    let server_pid = server
-        .as_ref()
-        .map(Server::pid)
-        .or(options.target.as_ref().and_then(|t| t.server_pid));
-    let url = format!("{base_url}/v1/certificates");
+    let server_pids: Vec<u32> = if servers.is_empty() {
+        options
+            .target
+            .as_ref()
+            .and_then(|t| t.server_pid)
+            .into_iter()
+            .collect()
+    } else {
+        servers.iter().map(Server::pid).collect()
+    };
+    let server_pid = server_pids.first().copied();
+    let watch = Watch {
+        server_pids: &server_pids,
+        database: database.is_some(),
+    };
+    let urls: Vec<String> = base_urls
+        .iter()
+        .map(|base| format!("{base}/v1/certificates"))
+        .collect();
+    let url = &urls[0];
     let body = request_body()?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let lifetime = i64::try_from(
@@ -294,7 +371,7 @@ pub fn run(
 
     // Preflight: one request, checked in full.
     let token = issuer.mint_pool(1, 1, now_unix(), lifetime, 1)?;
-    preflight(&agent(tls), &url, &body, &token[0])?;
+    preflight(&agent(tls), url, &body, &token[0])?;
 
     // Size and mint the pool.
     let mut tokens = TokenReport::default();
@@ -304,14 +381,14 @@ pub fn run(
             let n = (options.concurrency * PROBE_TOKENS_PER_CONNECTION).clamp(2000, 8000);
             let pool = Pool::new(issuer.mint_pool(n, threads, now_unix(), lifetime, n)?);
             let probe = drive(
-                &url,
+                &urls,
                 &body,
                 client_tls.as_ref(),
                 &pool,
                 options.concurrency,
                 Duration::ZERO,
                 PROBE_TIME,
-                server_pid,
+                watch,
             );
             let mut rate = probe.ok_in_window as f64 / probe.usage.wall_s.max(1e-3);
             if pool.exhausted.load(Ordering::Relaxed) {
@@ -360,7 +437,7 @@ pub fn run(
             ));
             Some(
                 Flood::start(
-                    &url,
+                    url,
                     &body,
                     flood.connections,
                     flood.source,
@@ -373,14 +450,14 @@ pub fn run(
         None => None,
     };
     let run = drive(
-        &url,
+        &urls,
         &body,
         client_tls.as_ref(),
         &pool,
         options.concurrency,
         options.warmup,
         options.duration,
-        server_pid,
+        watch,
     );
     let flood = flood.map(Flood::stop);
     if run.exhausted_before_window {
@@ -398,10 +475,15 @@ pub fn run(
         ));
     }
 
-    let server_exit = server.take().map(|server| match server.stop() {
-        Ok(status) => status.to_string(),
-        Err(e) => e.to_string(),
-    });
+    let exits: Vec<String> = servers
+        .drain(..)
+        .map(|server| match server.stop() {
+            Ok(status) => status.to_string(),
+            Err(e) => e.to_string(),
+        })
+        .collect();
+    let server_exit = (!exits.is_empty()).then(|| exits.join(", "));
+    drop(database);
     let mut report = report(options, run, tokens, server_pid, server_exit);
     report.prefill_audit = prefill_audit;
     report.flood = flood;
@@ -412,16 +494,36 @@ pub fn run(
 fn start_server(
     options: &IssueOptions,
     dir: &Path,
+    bench_dir: &Path,
+    database: Option<&BenchDatabase>,
     issuer: &BenchIssuer,
     tls: Option<&BenchTls>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(String, Server), BenchError> {
-    let jwks = dir.join("jwks.json");
+    std::fs::create_dir_all(dir).map_err(BenchError::io(dir))?;
+    let jwks = bench_dir.join("jwks.json");
     write_file(&jwks, issuer.jwks_json().as_bytes(), 0o644)?;
-    let pass = dir.join("ca.pass");
-    let mut secret = [0u8; 32];
-    OsRng.fill_bytes(&mut secret);
-    write_file(&pass, crate::audit::hex(&secret).as_bytes(), 0o600)?;
+    // One passphrase for every replica (they share the keyring), made by the first.
+    let pass = bench_dir.join("ca.pass");
+    if !pass.exists() {
+        let mut secret = [0u8; 32];
+        OsRng.fill_bytes(&mut secret);
+        write_file(&pass, crate::audit::hex(&secret).as_bytes(), 0o600)?;
+    }
+    let storage = match database {
+        Some(database) => format!(
+            "url = {}\npassword_file = {}\npool_size = 16",
+            issuer::toml_string(&database.url),
+            issuer::toml_string(&bench_dir.join("db.password").display().to_string())
+        ),
+        None => format!(
+            "url = {}",
+            issuer::toml_string(&format!(
+                "sqlite://{}",
+                bench_dir.join(DATABASE_FILE).display()
+            ))
+        ),
+    };
     let port = process::free_port()?;
     let (base_url, tls_files) = match tls {
         Some(tls) => (
@@ -437,14 +539,13 @@ fn start_server(
     let config = format!(
         "# Written by `writ bench issue`: a throwaway CA with writ's durable defaults.\n\
          [server]\nlisten = \"127.0.0.1:{port}\"\n{tls_files}\n\
-         [storage]\nurl = {db}\n\n\
+         [storage]\n{storage}\n\n\
          [ca]\npassphrase_file = {pass}\n\n\
          # One client and one identity at thousands a second: the rate limits still run,\n\
          # set far above the load.\n\
          [limits]\nissuances_per_minute_per_ip = 1000000000\n\
          issuances_per_minute_per_identity = 1000000000\nmax_concurrent_requests = 100000\n\n\
          {tables}",
-        db = issuer::toml_string(&format!("sqlite://{}", dir.join(DATABASE_FILE).display())),
         pass = issuer::toml_string(&pass.display().to_string()),
         tables = issuer::config_tables(options.alg, &jwks),
     );
@@ -679,28 +780,38 @@ struct Run {
 
 /// `concurrency` workers load `url` for `warmup`, then CPU is sampled, then for `window`
 /// (or until the pool runs out), then CPU is sampled again and the workers stop.
+/// What [`drive`] samples the CPU of besides this process.
+#[derive(Debug, Clone, Copy)]
+struct Watch<'a> {
+    server_pids: &'a [u32],
+    database: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn drive(
-    url: &str,
+    urls: &[String],
     body: &str,
     tls: Option<&Arc<rustls::ClientConfig>>,
     pool: &Pool,
     concurrency: usize,
     warmup: Duration,
     window: Duration,
-    server_pid: Option<u32>,
+    watch: Watch<'_>,
 ) -> Run {
     let stop = AtomicBool::new(false);
     let (start, end, results, exhausted_before_window) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..concurrency)
-            .map(|_| scope.spawn(|| worker(url, body, tls, pool, &stop)))
+            .map(|i| {
+                let (url, stop) = (&urls[i % urls.len()], &stop);
+                scope.spawn(move || worker(url, body, tls, pool, stop))
+            })
             .collect();
         let begin = Instant::now();
         wait_until(begin + warmup, pool);
         let exhausted_in_warmup = !warmup.is_zero() && pool.exhausted.load(Ordering::Relaxed);
-        let start = Sample::take(server_pid);
+        let start = Sample::take(watch.server_pids, watch.database);
         wait_until(start.at + window, pool);
-        let end = Sample::take(server_pid);
+        let end = Sample::take(watch.server_pids, watch.database);
         stop.store(true, Ordering::Relaxed);
         let results: Vec<WorkerResult> = handles
             .into_iter()
@@ -767,10 +878,15 @@ fn report(
     let errors = run.errors.values().sum();
     let pinned = options.pin.is_some();
     let label = format!(
-        "writ-issue-{}-c{}-{}{}{}",
+        "writ-issue-{}-c{}-{}{}{}{}",
         options.alg,
         options.concurrency,
         if pinned { "pinned" } else { "unpinned" },
+        match (&options.postgres, options.replicas) {
+            (None, _) => String::new(),
+            (Some(_), 1) => "-postgres".to_owned(),
+            (Some(_), n) => format!("-postgres-x{n}"),
+        },
         if options.tls { "-tls" } else { "" },
         if options.flood.is_some() {
             "-flood"
@@ -789,6 +905,27 @@ fn report(
         pinned,
         tls: options.tls,
         flood: None,
+        database: options
+            .target
+            .is_none()
+            .then_some(if options.postgres.is_some() {
+                "postgres"
+            } else {
+                "sqlite"
+            }),
+        replicas: if options.target.is_some() {
+            1
+        } else {
+            options.replicas
+        },
+        database_cpu_s: usage.database_cpu_s,
+        database_cores_busy: usage.cores(usage.database_cpu_s),
+        ok_per_server_and_database_cpu_s: match (usage.server_cpu_s, usage.database_cpu_s) {
+            (Some(server), Some(database)) if server + database > 0.0 => {
+                Some(run.ok_in_window as f64 / (server + database))
+            }
+            _ => None,
+        },
         server_cpus: options.pin.as_ref().map(|p| p.server_cpus.clone()),
         client_cpus: options.pin.as_ref().map(|p| p.client_cpus.clone()),
         target: options.target.as_ref().map(|t| t.url.clone()),
@@ -830,10 +967,21 @@ impl fmt::Display for IssueReport {
             (Some(s), Some(c)) => format!("server on CPU {s}, client on CPU {c}"),
             _ => "unpinned".to_owned(),
         };
-        let server = match &self.target {
-            Some(url) => format!("target {url}"),
-            None if self.tls => "own server (SQLite, synchronous=FULL), TLS".to_owned(),
-            None => "own server (SQLite, synchronous=FULL)".to_owned(),
+        let server = match (&self.target, self.database) {
+            (Some(url), _) => format!("target {url}"),
+            (None, Some("postgres")) => format!(
+                "own {} on PostgreSQL{}",
+                if self.replicas == 1 {
+                    "server".to_owned()
+                } else {
+                    format!("{} replicas", self.replicas)
+                },
+                if self.tls { ", TLS" } else { "" }
+            ),
+            (None, _) => format!(
+                "own server (SQLite, synchronous=FULL){}",
+                if self.tls { ", TLS" } else { "" }
+            ),
         };
         writeln!(
             f,
@@ -875,6 +1023,15 @@ impl fmt::Display for IssueReport {
             show(self.server_cpu_s, 2),
             show(self.ok_per_server_cpu_s, 0)
         )?;
+        if self.database_cpu_s.is_some() {
+            writeln!(
+                f,
+                "  PostgreSQL    {} cores ({} CPU-s)  =>  {} certificates per CPU-second of servers and PostgreSQL",
+                show(self.database_cores_busy, 2),
+                show(self.database_cpu_s, 2),
+                show(self.ok_per_server_and_database_cpu_s, 0)
+            )?;
+        }
         writeln!(
             f,
             "  client CPU    {} cores",

@@ -26,6 +26,7 @@
 pub mod check;
 pub mod cli;
 pub mod cpu;
+pub mod database;
 pub mod flood;
 pub mod http;
 pub mod issue;
