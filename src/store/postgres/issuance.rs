@@ -71,7 +71,7 @@ impl SigningKeys {
         Ok(SigningKeys(keys))
     }
 
-    fn may_sign(&self, id: &str) -> bool {
+    pub(super) fn may_sign(&self, id: &str) -> bool {
         self.0.iter().any(|(key, may)| key == id && *may)
     }
 }

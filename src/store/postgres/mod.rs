@@ -30,6 +30,7 @@ use crate::audit::{AuditEntry, AuditRecord};
 use crate::metrics::Metrics;
 
 mod audit_log;
+mod batch;
 mod chain;
 mod connection;
 mod issuance;

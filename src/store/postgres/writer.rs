@@ -26,6 +26,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::batch::{self, Outcome};
 use super::chain::Chain;
 use super::issuance::{self, SigningKeys};
 use super::rows::is_statement_error;
@@ -146,20 +147,50 @@ async fn commit_batch(pool: &PgPool, batch: &mut Vec<Pending>) {
     }
 }
 
-/// Write and commit one batch; the outer error fails the whole batch (nothing of it
-/// commits), the inner results are per issuance.
-async fn write_batch(
-    pool: &PgPool,
-    batch: &[Pending],
-) -> Result<Vec<Result<(), StoreError>>, StoreError> {
-    let mut tx = pool.begin().await?;
+/// The batch's signing keys, locked.
+async fn lock_keys(conn: &mut PgConnection, batch: &[Pending]) -> Result<SigningKeys, StoreError> {
     let mut ids: Vec<String> = batch
         .iter()
         .map(|p| p.issuance.certificate.ca_key_id.clone())
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let keys = SigningKeys::lock(&mut tx, ids).await?;
+    Ok(SigningKeys::lock(conn, ids).await?)
+}
+
+/// Write and commit one batch; the outer error fails the whole batch (nothing of it
+/// commits), the inner results are per issuance. First with a few set-based statements
+/// ([`batch`]); if those meet a taken task id or serial, or the database refuses one of
+/// them (a deadlock, a timeout), everything is rolled back and the batch is written one
+/// issuance at a time, each in a savepoint, which confines the failure to its issuance.
+async fn write_batch(
+    pool: &PgPool,
+    batch: &[Pending],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let keys = lock_keys(&mut tx, batch).await?;
+    let issuances: Vec<&Issuance> = batch.iter().map(|p| &p.issuance).collect();
+    match batch::record(&mut tx, &keys, &issuances).await {
+        Ok(Outcome::Done(results)) => append_and_commit(tx, batch, results).await,
+        Ok(Outcome::Retry) => {
+            tx.rollback().await?;
+            write_batch_one_by_one(pool, batch).await
+        }
+        Err(e) if is_statement_error(&e) => {
+            tx.rollback().await?;
+            write_batch_one_by_one(pool, batch).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`write_batch`]'s careful path: each issuance in a savepoint of its own.
+async fn write_batch_one_by_one(
+    pool: &PgPool,
+    batch: &[Pending],
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+    let mut tx = pool.begin().await?;
+    let keys = lock_keys(&mut tx, batch).await?;
     let mut results = Vec::with_capacity(batch.len());
     sqlx::raw_sql(SQL_FIRST_SAVEPOINT).execute(&mut *tx).await?;
     let mut open = false;
@@ -181,6 +212,15 @@ async fn write_batch(
     if open {
         sqlx::raw_sql(SQL_LAST_SAVEPOINT).execute(&mut *tx).await?;
     }
+    append_and_commit(tx, batch, results).await
+}
+
+/// Append the committed issuances' audit records under the chain's lock, then commit.
+async fn append_and_commit(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    batch: &[Pending],
+    results: Vec<Result<(), StoreError>>,
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     // The committed issuances' records, in batch order (collected first: the lock is
     // taken only if there is something to append).
     let mut records = Vec::new();
