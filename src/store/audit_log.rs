@@ -15,7 +15,30 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use crate::audit::checkpoint::SignedCheckpoint;
-use crate::audit::{AuditEntry, AuditRecord};
+use crate::audit::{self, AuditEntry, AuditRecord};
+
+/// The link a new record makes after the head (`seq`, `time`, `hash`): its `seq`, its
+/// time (`at`, or the head's time if that is later, so times never go backwards) and its
+/// chain hash. Every backend chains with this, so every chain verifies the same way.
+pub(crate) fn next_link(
+    head_seq: i64,
+    head_time: &str,
+    head_hash: &str,
+    entry: &AuditEntry,
+    at: OffsetDateTime,
+) -> Result<(i64, String, String), StoreError> {
+    let seq = head_seq
+        .checked_add(1)
+        .ok_or_else(|| StoreError::Corrupt("the audit log is full".into()))?;
+    let stamped = audit::format_time(at);
+    let time = if stamped.as_str() < head_time {
+        head_time.to_owned()
+    } else {
+        stamped
+    };
+    let hash = audit::chain_hash(seq, &time, entry, head_hash);
+    Ok((seq, time, hash))
+}
 
 /// The audit log's bookkeeping in the store.
 #[async_trait]

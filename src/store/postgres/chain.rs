@@ -119,17 +119,8 @@ impl Chain {
         entry: &AuditEntry,
         at: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let seq = self
-            .seq
-            .checked_add(1)
-            .ok_or_else(|| StoreError::Corrupt("the audit log is full".into()))?;
-        let stamped = audit::format_time(at);
-        let time = if stamped < self.time {
-            self.time.clone()
-        } else {
-            stamped
-        };
-        let hash = audit::chain_hash(seq, &time, entry, &self.hash);
+        let (seq, time, hash) =
+            crate::store::audit_log::next_link(self.seq, &self.time, &self.hash, entry, at)?;
         let p = &mut self.pending;
         p.seq.push(seq);
         p.time.push(time.clone());
