@@ -294,9 +294,16 @@ pub fn run(
             let mut urls = Vec::new();
             let mut servers = Vec::new();
             for replica in 0..options.replicas {
+                // One server keeps its files at the top of the directory (`--keep-dir`
+                // users find `writ.toml` and `server.log` there); replicas each in
+                // `replica-N`.
+                let replica_dir = match options.replicas {
+                    1 => dir.path().to_owned(),
+                    _ => dir.path().join(format!("replica-{replica}")),
+                };
                 let (url, server) = start_server(
                     options,
-                    &dir.path().join(format!("replica-{replica}")),
+                    &replica_dir,
                     dir.path(),
                     database.as_ref(),
                     &issuer,
