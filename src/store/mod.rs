@@ -252,6 +252,31 @@ impl std::fmt::Debug for StoreOptions {
     }
 }
 
+/// A migration [`migrate`] (or opening a store) applied: its number and the words of its
+/// file name (`migrations/<backend>/NNNN_words.sql`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedMigration {
+    /// Its number.
+    pub version: i64,
+    /// What it does, in the words of its file name.
+    pub description: &'static str,
+}
+
+/// Bring the schema of the store `options` names up to date, exactly as opening it does,
+/// and return the migrations this call applied (none: it was up to date). PostgreSQL
+/// migrates under sqlx's advisory lock, so this is safe while replicas run; a SQLite file
+/// is created if it does not exist, as opening creates it.
+pub async fn migrate(options: &StoreOptions) -> Result<Vec<AppliedMigration>, StoreError> {
+    let url = options.url.as_str();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        sqlite::migrate(path).await
+    } else if postgres::is_postgres_url(url) {
+        postgres::migrate(options).await
+    } else {
+        Err(StoreError::UnsupportedUrl(crate::text::redact_url(url)))
+    }
+}
+
 /// Open (creating and migrating if needed) the store a URL names, with default settings.
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     open_with(&StoreOptions::new(url), None).await

@@ -12,7 +12,7 @@
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha384};
 
-use crate::store::StoreError;
+use crate::store::{AppliedMigration, StoreError};
 
 /// One migration: version, description (the file name's words), SQL.
 struct Migration {
@@ -81,34 +81,46 @@ fn failed(version: i64, why: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("migration {version} failed: {why}"))
 }
 
-/// Apply every migration `connection`'s database has not recorded yet.
-pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+/// Whether `migration` is applied, given its bookkeeping row (`success`, `checksum`), if
+/// any: an error if it was applied from a different file or stopped halfway.
+fn is_applied(
+    migration: &Migration,
+    recorded: Option<(bool, Vec<u8>)>,
+) -> Result<bool, StoreError> {
+    match recorded {
+        Some((true, stored)) if stored == checksum(migration) => Ok(true),
+        Some((true, _)) => Err(failed(
+            migration.version,
+            "it was applied from a different file than this version of writ has",
+        )),
+        Some((false, _)) => Err(failed(
+            migration.version,
+            "an earlier attempt stopped halfway; restore the database from a backup",
+        )),
+        None => Ok(false),
+    }
+}
+
+fn checksum(migration: &Migration) -> Vec<u8> {
+    Sha384::digest(migration.sql.as_bytes()).to_vec()
+}
+
+const SQL_RECORDED: &str = "SELECT success, checksum FROM _sqlx_migrations WHERE version = ?1";
+
+/// Apply every migration `connection`'s database has not recorded yet; returns those it
+/// applied, in order.
+pub(super) fn migrate(connection: &mut Connection) -> Result<Vec<AppliedMigration>, StoreError> {
     connection.execute_batch(SQL_CREATE_BOOKKEEPING)?;
+    let mut applied = Vec::new();
     for migration in MIGRATIONS {
-        let checksum = Sha384::digest(migration.sql.as_bytes()).to_vec();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let recorded: Option<(bool, Vec<u8>)> = tx
-            .query_row(
-                "SELECT success, checksum FROM _sqlx_migrations WHERE version = ?1",
-                [migration.version],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
+        let recorded = tx
+            .query_row(SQL_RECORDED, [migration.version], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
             .optional()?;
-        match recorded {
-            Some((true, stored)) if stored == checksum => continue,
-            Some((true, _)) => {
-                return Err(failed(
-                    migration.version,
-                    "it was applied from a different file than this version of writ has",
-                ));
-            }
-            Some((false, _)) => {
-                return Err(failed(
-                    migration.version,
-                    "an earlier attempt stopped halfway; restore the database from a backup",
-                ));
-            }
-            None => {}
+        if is_applied(migration, recorded)? {
+            continue;
         }
         let started = std::time::Instant::now();
         tx.execute_batch(migration.sql)
@@ -117,7 +129,12 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
         tx.execute(
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
              execution_time) VALUES (?1, ?2, TRUE, ?3, ?4)",
-            params![migration.version, migration.description, checksum, nanos],
+            params![
+                migration.version,
+                migration.description,
+                checksum(migration),
+                nanos
+            ],
         )?;
         tx.commit()?;
         tracing::info!(
@@ -125,8 +142,12 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
             description = migration.description,
             "database migrated"
         );
+        applied.push(AppliedMigration {
+            version: migration.version,
+            description: migration.description,
+        });
     }
-    Ok(())
+    Ok(applied)
 }
 
 #[cfg(test)]
@@ -161,8 +182,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("writ.db");
         let mut db = Connection::open(&path).expect("open");
-        migrate(&mut db).expect("first");
-        migrate(&mut db).expect("second");
+        let first = migrate(&mut db).expect("first");
+        assert_eq!(first.len(), MIGRATIONS.len());
+        assert_eq!(first.last().map(|m| m.version), Some(12));
+        assert_eq!(migrate(&mut db).expect("second"), []);
         let count: i64 = db
             .query_row(
                 "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
