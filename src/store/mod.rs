@@ -14,6 +14,7 @@ mod arrivals;
 pub mod audit_log;
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod copy;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;

@@ -33,6 +33,7 @@ use crate::metrics::Metrics;
 mod audit_log;
 mod chain;
 mod connection;
+pub(crate) mod copy;
 mod issuance;
 mod keyring;
 mod migrate;
@@ -234,6 +235,6 @@ impl PgStore {
 }
 
 #[cfg(test)]
-mod scratch;
+pub(crate) mod scratch;
 #[cfg(test)]
 mod tests;

@@ -150,6 +150,51 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<Vec<AppliedMigratio
     Ok(applied)
 }
 
+/// The migrations `connection`'s database has not recorded yet, read without writing
+/// anything (the store copy reads a database it must not change). An error if a recorded
+/// one differs from this version's file or stopped halfway, or if the database records a
+/// migration this version of writ does not have (a newer writ migrated it).
+pub(super) fn pending(connection: &Connection) -> Result<Vec<AppliedMigration>, StoreError> {
+    let has_bookkeeping: bool = connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
+         AND name = '_sqlx_migrations')",
+        [],
+        |row| row.get(0),
+    )?;
+    if has_bookkeeping {
+        let newest: Option<i64> =
+            connection.query_row("SELECT MAX(version) FROM _sqlx_migrations", [], |row| {
+                row.get(0)
+            })?;
+        let known = MIGRATIONS.last().map_or(0, |m| m.version);
+        if let Some(newest) = newest.filter(|&v| v > known) {
+            return Err(StoreError::Unavailable(format!(
+                "the database records migration {newest}, which this version of writ \
+                 (migrations up to {known}) does not have: a newer writ migrated it"
+            )));
+        }
+    }
+    let mut pending = Vec::new();
+    for migration in MIGRATIONS {
+        let recorded = if has_bookkeeping {
+            connection
+                .query_row(SQL_RECORDED, [migration.version], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?
+        } else {
+            None
+        };
+        if !is_applied(migration, recorded)? {
+            pending.push(AppliedMigration {
+                version: migration.version,
+                description: migration.description,
+            });
+        }
+    }
+    Ok(pending)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,10 +227,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("writ.db");
         let mut db = Connection::open(&path).expect("open");
+        assert_eq!(pending(&db).expect("nothing yet").len(), MIGRATIONS.len());
         let first = migrate(&mut db).expect("first");
         assert_eq!(first.len(), MIGRATIONS.len());
         assert_eq!(first.last().map(|m| m.version), Some(12));
         assert_eq!(migrate(&mut db).expect("second"), []);
+        assert_eq!(pending(&db).expect("all applied"), []);
         let count: i64 = db
             .query_row(
                 "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
@@ -202,6 +249,8 @@ mod tests {
         .expect("tamper");
         let changed = migrate(&mut db).expect_err("changed");
         assert!(changed.to_string().contains("migration 3"), "{changed}");
+        let changed = pending(&db).expect_err("changed");
+        assert!(changed.to_string().contains("migration 3"), "{changed}");
 
         db.execute(
             "UPDATE _sqlx_migrations SET success = FALSE, checksum = ?1 WHERE version = 3",
@@ -210,5 +259,24 @@ mod tests {
         .expect("tamper");
         let halfway = migrate(&mut db).expect_err("failed before");
         assert!(halfway.to_string().contains("halfway"), "{halfway}");
+        let halfway = pending(&db).expect_err("failed before");
+        assert!(halfway.to_string().contains("halfway"), "{halfway}");
+    }
+
+    /// A database a newer writ migrated is not read as if it had this version's schema.
+    #[test]
+    fn a_migration_from_a_newer_writ_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = Connection::open(dir.path().join("writ.db")).expect("open");
+        migrate(&mut db).expect("migrate");
+        db.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (99, 'future', TRUE, x'00', 0)",
+            [],
+        )
+        .expect("a newer migration");
+        let newer = pending(&db).expect_err("newer");
+        assert!(newer.to_string().contains("migration 99"), "{newer}");
+        assert!(newer.to_string().contains("newer writ"), "{newer}");
     }
 }

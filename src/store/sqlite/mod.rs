@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 mod audit_log;
 mod chain;
 mod connection;
+pub(crate) mod copy;
 mod issuance;
 mod keyring;
 mod migrate;
