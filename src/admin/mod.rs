@@ -21,7 +21,8 @@
 //! - [`ca`] — `writ admin ca list|rotate|revoke|schedule|export-public|rewrap`: the CA
 //!   keyring, in the store a running `writ serve` shares.
 //! - [`audit`] — `writ admin audit export|verify|trail|checkpoint|prune`: the audit log.
-//! - [`store`] — `writ admin store migrate`: the store's schema.
+//! - [`store`] — `writ admin store migrate|copy`: the store's schema, and moving a SQLite
+//!   store to PostgreSQL.
 //! - [`defaults`] — `writ admin default-config`: the complete commented example
 //!   configuration (it needs no `--config`).
 //! - [`check`] — `writ check-config` (top level, SPEC §9, as it runs before a
@@ -87,14 +88,22 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
-    /// The store itself: migrate its schema.
+    /// The store itself: migrate its schema, or copy a SQLite store to PostgreSQL.
     ///
-    /// `migrate` brings the schema of the store [storage] url names up to date (as
-    /// opening it does) and says which migrations it applied; run it before rolling out
-    /// a new binary. On PostgreSQL it is safe while replicas run.
+    /// `migrate` brings the schema of the store `[storage] url` names up to date (as
+    /// opening it does) and says which migrations it applied: run the new binary's once
+    /// before rolling it out. On PostgreSQL it is safe while replicas run.
+    ///
+    /// `copy --to postgres://USER@HOST/DB` copies the configured SQLite store, stopped,
+    /// into an empty PostgreSQL database (password from --password-file or PGPASSWORD,
+    /// never in the URL), in one transaction, and verifies the copy; then point
+    /// `[storage] url` at that database and start the replicas.
     #[command(after_help = "\
-Example:
-  writ admin --config /etc/writ/writ.toml store migrate")]
+Examples:
+  writ admin --config /etc/writ/writ.toml store migrate
+  writ admin --config /etc/writ/writ.toml store copy \\
+      --to 'postgres://writ@db.example.com/writ?sslmode=verify-full' \\
+      --password-file /etc/writ/db.pass")]
     Store {
         #[command(subcommand)]
         command: store::StoreCommand,

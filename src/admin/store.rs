@@ -3,7 +3,7 @@
 //!
 //! - `migrate` — bring the configured store's schema up to date and say which migrations
 //!   were applied. Opening a store migrates it too; this is for operators who migrate
-//!   before they roll a new binary out. PostgreSQL migrates under sqlx's advisory lock,
+//!   with a new binary before they roll it out. PostgreSQL migrates under sqlx's advisory lock,
 //!   so it is safe while replicas run.
 //! - `copy --to postgres://…` — copy the configured SQLite store into an empty PostgreSQL
 //!   database ([`crate::store::copy`] does the rows, in one snapshot and one transaction),
@@ -40,7 +40,7 @@ pub enum StoreCommand {
     /// Bring the store's schema up to date; print which migrations were applied.
     ///
     /// `writ serve` and every `writ admin` command migrate the store when they open it;
-    /// run this to migrate before rolling out a new binary. On PostgreSQL it takes the
+    /// run the new binary's once to migrate before rolling it out. On PostgreSQL it takes the
     /// migrations' advisory lock, so it is safe while replicas run (they wait for it, or
     /// find the migrations applied).
     Migrate {
@@ -57,7 +57,7 @@ pub enum StoreCommand {
     /// written; the destination is migrated, must hold no data, and is written in one
     /// transaction committed only after its row counts, audit chain and head match the
     /// source. The copy is then opened as the replicas will open it and verified like
-    /// `writ admin audit verify`. Then point [storage] url at the database.
+    /// `writ admin audit verify`. Then point `[storage] url` at the database.
     #[command(after_help = "\
 Example:
   systemctl stop writ
@@ -65,8 +65,8 @@ Example:
       --to 'postgres://writ@db.example.com/writ?sslmode=verify-full' \\
       --password-file /etc/writ/db.pass")]
     Copy {
-        /// The PostgreSQL database: postgres://USER@HOST[:PORT]/DATABASE[?sslmode=…],
-        /// never with a password.
+        /// The PostgreSQL database, never with a password:
+        /// `postgres://USER@HOST[:PORT]/DATABASE[?sslmode=…]`.
         #[arg(long, value_name = "URL")]
         to: String,
         /// A file holding the database password (one line, not readable by every local

@@ -1,7 +1,7 @@
 //! Copying a SQLite store into an empty PostgreSQL database, row for row (`writ admin
 //! store copy`): the move from one `writ serve` on a file to replicas sharing a database.
 //!
-//! This module owns what is copied ([`TABLES`]: every table of the schema, every column,
+//! This module owns what is copied (`TABLES`: every table of the schema, every column,
 //! in an order the destination's foreign keys accept) and the order of the work:
 //!
 //! 1. migrate the destination and open ONE transaction on it, locking every table it
@@ -20,7 +20,7 @@
 //! as stored), never leaves a half copy (any failure before the commit rolls the one
 //! destination transaction back, leaving the database as empty as it was), and never
 //! invents a row, save one mapping: tokens SQLite kept in `used_tokens_before_0006` (see
-//! [`TABLES`]). Signed checkpoints' signatures, and the checkpoint file, are checked by
+//! `TABLES`). Signed checkpoints' signatures, and the checkpoint file, are checked by
 //! the caller after the commit, with `writ admin audit verify`'s own code.
 
 use std::path::{Path, PathBuf};
@@ -252,7 +252,7 @@ pub(crate) const TABLES: &[Table] = &[
 ];
 
 /// The `expires_at` given to tokens from SQLite's `used_tokens_before_0006` (an SQL
-/// literal): 9999-12-31T23:59:59Z, see [`TABLES`].
+/// literal): 9999-12-31T23:59:59Z, see `TABLES`.
 pub(crate) const LEGACY_TOKENS_EXPIRE_AT: &str = "253402300799";
 
 /// Tables of either schema that are not copied, and why.
@@ -301,7 +301,7 @@ pub(crate) struct Batch {
 /// What the source's snapshot held.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Snapshot {
-    /// Rows read per entry of [`TABLES`], in its order.
+    /// Rows read per entry of `TABLES`, in its order.
     pub(crate) rows: Vec<u64>,
     /// The audit log's head (seq, hash), if it has records.
     pub(crate) head: Option<(i64, String)>,
