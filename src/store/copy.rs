@@ -1008,6 +1008,24 @@ mod tests {
             }
         }
 
+        /// A row that does not decode stops the copy halfway (after the CA keys were
+        /// written into the transaction): named by table and column, nothing committed.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_copy_that_fails_halfway_leaves_the_destination_empty() {
+            let (_dir, path) = filled_sqlite().await;
+            Connection::open(&path)
+                .expect("open")
+                .execute_batch("UPDATE tasks SET logins = 'not a list'")
+                .expect("a corrupt row");
+            let database = ScratchDatabase::create().await;
+            let failed = sqlite_to_postgres(&path, &database.options, 1_000).await;
+            let Err(CopyError::Source(StoreError::Corrupt(why))) = &failed else {
+                panic!("{failed:?}");
+            };
+            assert!(why.starts_with("tasks.logins: bad JSON list"), "{why}");
+            assert_empty(&database.options).await;
+        }
+
         /// A source whose audit log was edited is not committed: the copy stops at the
         /// edited record and the destination stays empty.
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

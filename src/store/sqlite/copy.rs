@@ -118,19 +118,25 @@ fn values(row: &Row<'_>, table: &Table) -> Result<Vec<Value>, StoreError> {
         .collect()
 }
 
+/// One value, as `column`'s kind says; a value of another type, or a list that is not a
+/// JSON array of strings, is corrupt data named by its table and column.
 fn value(row: &Row<'_>, i: usize, table: &Table, column: &Column) -> Result<Value, StoreError> {
     let corrupt =
-        |e: rusqlite::Error| StoreError::Corrupt(format!("{}.{}: {e}", table.from, column.from));
+        |why: String| StoreError::Corrupt(format!("{}.{}: {why}", table.from, column.from));
+    let read = |e: rusqlite::Error| corrupt(e.to_string());
     Ok(match column.kind {
-        Kind::Integer => Value::Integer(row.get(i).map_err(corrupt)?),
-        Kind::Text => Value::Text(row.get(i).map_err(corrupt)?),
+        Kind::Integer => Value::Integer(row.get(i).map_err(read)?),
+        Kind::Text => Value::Text(row.get(i).map_err(read)?),
         Kind::List => Value::List(
             row.get::<_, Option<String>>(i)
-                .map_err(corrupt)?
+                .map_err(read)?
                 .as_deref()
                 .map(rows::from_json)
                 .transpose()
-                .map_err(|e| StoreError::Corrupt(format!("{}.{}: {e}", table.from, column.from)))?,
+                .map_err(|e| match e {
+                    StoreError::Corrupt(why) => corrupt(why),
+                    other => other,
+                })?,
         ),
     })
 }
