@@ -34,7 +34,8 @@
 //!   `writ serve` (these read the store).
 //! - [`store`] — the store contract (`Store`, typed records and states, its tests in
 //!   `store::contract`) and its backends: SQLite (one driver, one writer thread) and
-//!   PostgreSQL (one driver, a pool, one writer task; replicas share the database).
+//!   PostgreSQL (one driver, a pool, one writer task; replicas share the database);
+//!   `store::copy` moves a SQLite store into an empty PostgreSQL database.
 //! - [`config`] — the CA's TOML configuration.
 //! - [`host`] *(re-export of the crate `writ-principals`)* — admitting certificates on SSH
 //!   hosts; used here by `writ bench check`. It depends only on `writ-formats` (never on

@@ -559,6 +559,9 @@ fn help_explains_with_examples() {
         (&["task", "complete", "--help"], "<key>-cert.pub"),
         (&["task", "show", "--help"], "Examples:"),
         (&["admin", "--help"], "Examples:"),
+        (&["admin", "--help"], "store copy --to"),
+        (&["admin", "store", "--help"], "migrate"),
+        (&["admin", "store", "copy", "--help"], "--password-file"),
         (&["completions", "--help"], "bash_completion"),
     ] {
         let out = run(writ().args(args));

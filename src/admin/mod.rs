@@ -4,7 +4,7 @@
 //! Every admin command has the same shape:
 //! - its arguments are a clap type next to it ([`AdminCommand`] here, and
 //!   [`explain::PolicyCommand`], [`task::TaskCommand`], [`ca::CaCommand`],
-//!   [`audit::AuditCommand`]), so `src/bin/writ.rs` only embeds [`AdminCommand`];
+//!   [`audit::AuditCommand`], [`store::StoreCommand`]), so `src/bin/writ.rs` only embeds [`AdminCommand`];
 //! - it is `async fn run(&Context, command, out: &mut dyn Write) -> Result<Status,
 //!   AdminError>` in its module: it does its work with functions that return structured
 //!   data and their module's own error, renders that as text or `--json` ([`Render`]) onto
@@ -21,6 +21,8 @@
 //! - [`ca`] — `writ admin ca list|rotate|revoke|schedule|export-public|rewrap`: the CA
 //!   keyring, in the store a running `writ serve` shares.
 //! - [`audit`] — `writ admin audit export|verify|trail|checkpoint|prune`: the audit log.
+//! - [`store`] — `writ admin store migrate|copy`: the store's schema, and moving a SQLite
+//!   store to PostgreSQL.
 //! - [`defaults`] — `writ admin default-config`: the complete commented example
 //!   configuration (it needs no `--config`).
 //! - [`check`] — `writ check-config` (top level, SPEC §9, as it runs before a
@@ -37,6 +39,7 @@ pub mod ca;
 pub mod check;
 pub mod defaults;
 pub mod explain;
+pub mod store;
 pub mod task;
 
 use std::io::{Read, Write};
@@ -49,7 +52,7 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use crate::config::{Config, ConfigError};
-use crate::store::{self, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// Most bytes read for a token from stdin or a file; a real token is far smaller (the CA
 /// refuses tokens over [`crate::identity::MAX_TOKEN_BYTES`]).
@@ -84,6 +87,26 @@ pub enum AdminCommand {
     Audit {
         #[command(subcommand)]
         command: audit::AuditCommand,
+    },
+    /// The store itself: migrate its schema, or copy a SQLite store to PostgreSQL.
+    ///
+    /// `migrate` brings the schema of the store `[storage] url` names up to date (as
+    /// opening it does) and says which migrations it applied: run the new binary's once
+    /// before rolling it out. On PostgreSQL it is safe while replicas run.
+    ///
+    /// `copy --to postgres://USER@HOST/DB` copies the configured SQLite store, stopped,
+    /// into an empty PostgreSQL database (password from --password-file or PGPASSWORD,
+    /// never in the URL), in one transaction, and verifies the copy; then point
+    /// `[storage] url` at that database and start the replicas.
+    #[command(after_help = "\
+Examples:
+  writ admin --config /etc/writ/writ.toml store migrate
+  writ admin --config /etc/writ/writ.toml store copy \\
+      --to 'postgres://writ@db.example.com/writ?sslmode=verify-full' \\
+      --password-file /etc/writ/db.pass")]
+    Store {
+        #[command(subcommand)]
+        command: store::StoreCommand,
     },
     /// Print a complete, commented example CA configuration (needs no --config).
     ///
@@ -140,6 +163,9 @@ pub enum AdminError {
     /// `writ admin audit` failed.
     #[error(transparent)]
     Audit(#[from] audit::AuditCommandError),
+    /// `writ admin store` failed.
+    #[error(transparent)]
+    StoreCommand(#[from] store::StoreCommandError),
     /// The async runtime could not start.
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
@@ -209,7 +235,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
         .storage
         .store_options()
         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-    store::open_with(&options, None).await
+    crate::store::open_with(&options, None).await
 }
 
 /// Something a command prints: for people, or for scripts (`--json`).
@@ -261,6 +287,7 @@ pub async fn run(
         AdminCommand::Task { command } => task::run(context, command, out).await,
         AdminCommand::Ca { command, json } => ca::run(context, command, json, out).await,
         AdminCommand::Audit { command } => audit::run(context, command, out).await,
+        AdminCommand::Store { command } => store::run(context, command, out).await,
         AdminCommand::DefaultConfig => {
             write(out, defaults::DEFAULT_CONFIG)?;
             Ok(Status::Success)

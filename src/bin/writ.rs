@@ -161,6 +161,8 @@ Examples:
   writ admin --config writ.toml task show TASK_ID
   writ admin --config writ.toml task revoke TASK_ID --reason 'key leaked'
   writ admin --config writ.toml audit verify
+  writ admin --config writ.toml store migrate
+  writ admin --config writ.toml store copy --to postgres://writ@db/writ --password-file db.pass
   writ admin --config writ.toml policy explain --token @token --logins deploy --hosts web-01
   writ admin default-config > writ.toml")]
     Admin {

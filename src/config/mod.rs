@@ -348,7 +348,7 @@ impl StorageConfig {
     /// every local user.
     pub fn store_options(&self) -> Result<StoreOptions, ConfigError> {
         let password = match &self.password_file {
-            Some(file) => Some(read_password_file(file)?),
+            Some(file) => Some(read_password_file(file, "[storage] password_file")?),
             None => None,
         };
         Ok(StoreOptions {
@@ -361,12 +361,17 @@ impl StorageConfig {
     }
 }
 
-/// The database password in `file`: its contents without the trailing newline. Refused
-/// if every local user may read or write the file, or if it is empty.
-fn read_password_file(file: &Path) -> Result<Zeroizing<String>, ConfigError> {
+/// The database password in `file`, which `named_by` names (`[storage] password_file`,
+/// or a command's option): its contents without the trailing newline. Refused if every
+/// local user may read or write the file, or if it is empty.
+pub fn read_password_file(
+    file: &Path,
+    named_by: &'static str,
+) -> Result<Zeroizing<String>, ConfigError> {
     use std::os::unix::fs::PermissionsExt;
     let read_error = |source| ConfigError::PasswordRead {
         path: file.to_owned(),
+        named_by,
         source,
     };
     let mode = std::fs::metadata(file)
@@ -377,6 +382,7 @@ fn read_password_file(file: &Path) -> Result<Zeroizing<String>, ConfigError> {
     if mode & 0o007 != 0 {
         return Err(ConfigError::PasswordFileOpen {
             path: file.to_owned(),
+            named_by,
             mode: format!("{mode:04o}"),
         });
     }
@@ -385,6 +391,7 @@ fn read_password_file(file: &Path) -> Result<Zeroizing<String>, ConfigError> {
     if password.is_empty() {
         return Err(ConfigError::EmptyPasswordFile {
             path: file.to_owned(),
+            named_by,
         });
     }
     Ok(password)
@@ -684,21 +691,30 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The database password file could not be read.
-    #[error("cannot read the database password file {path} ([storage] password_file): {source}")]
+    /// The database password file could not be read (`named_by`: the setting or option
+    /// that names it).
+    #[error("cannot read the database password file {path} ({named_by}): {source}")]
     PasswordRead {
         path: PathBuf,
+        named_by: &'static str,
         source: std::io::Error,
     },
     /// The database password file is open to every local user.
     #[error(
-        "the database password file {path} ([storage] password_file) has mode {mode}: \
+        "the database password file {path} ({named_by}) has mode {mode}: \
          every local user may read or change it; chmod 0600 it"
     )]
-    PasswordFileOpen { path: PathBuf, mode: String },
+    PasswordFileOpen {
+        path: PathBuf,
+        named_by: &'static str,
+        mode: String,
+    },
     /// The database password file is empty.
-    #[error("the database password file {path} is empty (it is named by [storage] password_file)")]
-    EmptyPasswordFile { path: PathBuf },
+    #[error("the database password file {path} is empty (it is named by {named_by})")]
+    EmptyPasswordFile {
+        path: PathBuf,
+        named_by: &'static str,
+    },
 }
 
 impl Config {
@@ -1303,6 +1319,7 @@ extensions = ["permit-pty"]
         std::fs::write(&file, "\n").expect("write");
         let message = storage.store_options().expect_err("empty").to_string();
         assert!(message.contains("is empty"), "{message}");
+        assert!(message.contains("[storage] password_file"), "{message}");
         storage.password_file = None;
         assert!(storage.store_options().expect("options").password.is_none());
     }

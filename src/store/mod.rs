@@ -14,6 +14,7 @@ mod arrivals;
 pub mod audit_log;
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod copy;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
@@ -249,6 +250,31 @@ impl std::fmt::Debug for StoreOptions {
             .field("connect_timeout", &self.connect_timeout)
             .field("statement_timeout", &self.statement_timeout)
             .finish()
+    }
+}
+
+/// A migration [`migrate`] (or opening a store) applied: its number and the words of its
+/// file name (`migrations/<backend>/NNNN_words.sql`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedMigration {
+    /// Its number.
+    pub version: i64,
+    /// What it does, in the words of its file name.
+    pub description: &'static str,
+}
+
+/// Bring the schema of the store `options` names up to date, exactly as opening it does,
+/// and return the migrations this call applied (none: it was up to date). PostgreSQL
+/// migrates under sqlx's advisory lock, so this is safe while replicas run; a SQLite file
+/// is created if it does not exist, as opening creates it.
+pub async fn migrate(options: &StoreOptions) -> Result<Vec<AppliedMigration>, StoreError> {
+    let url = options.url.as_str();
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        sqlite::migrate(path).await
+    } else if postgres::is_postgres_url(url) {
+        postgres::migrate(options).await
+    } else {
+        Err(StoreError::UnsupportedUrl(crate::text::redact_url(url)))
     }
 }
 

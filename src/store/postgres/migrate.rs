@@ -10,11 +10,12 @@
 
 use std::borrow::Cow;
 
-use sqlx::PgPool;
-use sqlx::SqlSafeStr;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
+use std::collections::HashSet;
 
-use crate::store::StoreError;
+use sqlx::migrate::{Migrate, MigrateError, Migration, MigrationType, Migrator};
+use sqlx::{PgConnection, PgPool, SqlSafeStr};
+
+use crate::store::{AppliedMigration, StoreError};
 
 /// Every migration, in order: version, description (the file name's words), SQL. A new
 /// file in `migrations/postgres/` is listed here too (a test checks the two agree).
@@ -56,12 +57,45 @@ fn migrator() -> Migrator {
     migrator
 }
 
-/// Apply every migration the database behind `pool` has not recorded yet.
-pub(super) async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    migrator()
-        .run(pool)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("migrating the database failed: {e}")))
+/// Apply every migration the database behind `pool` has not recorded yet; returns those
+/// this call applied, in order.
+///
+/// What was applied is read under the migrator's own advisory lock, taken once more
+/// around its run (PostgreSQL's session locks nest): the versions recorded before the
+/// run, compared with the list, are exactly what this run applies, even while other
+/// processes migrate the same database.
+pub(super) async fn migrate(pool: &PgPool) -> Result<Vec<AppliedMigration>, StoreError> {
+    let mut connection = pool.acquire().await?;
+    let migrated = run_locked(&mut connection).await;
+    if migrated.is_err() {
+        // The session may still hold the lock: end it rather than hand it back to the pool.
+        let _ = connection.close().await;
+    }
+    migrated.map_err(|e| StoreError::Unavailable(format!("migrating the database failed: {e}")))
+}
+
+async fn run_locked(connection: &mut PgConnection) -> Result<Vec<AppliedMigration>, MigrateError> {
+    let migrator = migrator();
+    connection.lock().await?;
+    connection
+        .ensure_migrations_table(&migrator.table_name)
+        .await?;
+    let before: HashSet<i64> = connection
+        .list_applied_migrations(&migrator.table_name)
+        .await?
+        .into_iter()
+        .map(|m| m.version)
+        .collect();
+    migrator.run_direct(None, &mut *connection, false).await?;
+    connection.unlock().await?;
+    Ok(MIGRATIONS
+        .iter()
+        .filter(|(version, _, _)| !before.contains(version))
+        .map(|&(version, description, _)| AppliedMigration {
+            version,
+            description,
+        })
+        .collect())
 }
 
 #[cfg(test)]

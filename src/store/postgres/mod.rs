@@ -23,8 +23,9 @@ use time::OffsetDateTime;
 
 use super::arrivals::Arrivals;
 use super::{
-    Announcement, AuditFor, CaKeyRecord, CertificateRecord, Issuance, KeyUsage, KeyringChange,
-    Revocations, RotationSchedule, Store, StoreError, StoreOptions, TaskEnd, TaskRecord,
+    Announcement, AppliedMigration, AuditFor, CaKeyRecord, CertificateRecord, Issuance, KeyUsage,
+    KeyringChange, Revocations, RotationSchedule, Store, StoreError, StoreOptions, TaskEnd,
+    TaskRecord,
 };
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::metrics::Metrics;
@@ -33,6 +34,7 @@ mod audit_log;
 mod batch;
 mod chain;
 mod connection;
+pub(crate) mod copy;
 mod issuance;
 mod keyring;
 mod migrate;
@@ -69,6 +71,19 @@ impl PgStore {
             arrivals,
         })
     }
+}
+
+/// Connect to the database `options` names and apply the migrations it has not recorded
+/// (under the migrator's advisory lock); returns those applied. What opening a store does
+/// first, and all `writ admin store migrate` does.
+pub async fn migrate(options: &StoreOptions) -> Result<Vec<AppliedMigration>, StoreError> {
+    let connect = connection::connect_options(options)?;
+    let mut one = options.clone();
+    one.pool_size = 1;
+    let pool = connection::pool(connect, &one).await?;
+    let applied = migrate::migrate(&pool).await;
+    pool.close().await;
+    applied
 }
 
 #[async_trait]
@@ -221,6 +236,6 @@ impl PgStore {
 }
 
 #[cfg(test)]
-mod scratch;
+pub(crate) mod scratch;
 #[cfg(test)]
 mod tests;

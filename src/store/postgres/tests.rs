@@ -481,6 +481,42 @@ async fn migrations_run_twice_or_together_are_harmless() {
         .expect("issue");
 }
 
+/// `store::migrate` says what it applied: everything on a fresh database, nothing the
+/// second time, and of several run at once, each migration is reported by exactly one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_reports_each_migration_once() {
+    let fresh = ScratchDatabase::create().await;
+    let applied = crate::store::migrate(&fresh.options)
+        .await
+        .expect("migrate");
+    let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
+    let every: Vec<i64> = (1..=i64::try_from(super::migrate::count()).expect("few")).collect();
+    assert_eq!(versions, every);
+    assert_eq!(applied[0].description, "init");
+    assert_eq!(
+        crate::store::migrate(&fresh.options).await.expect("again"),
+        []
+    );
+
+    let together = ScratchDatabase::create().await;
+    let mut running = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let options = together.options.clone();
+        running.spawn(async move { crate::store::migrate(&options).await });
+    }
+    let mut reported: Vec<i64> = Vec::new();
+    while let Some(done) = running.join_next().await {
+        reported.extend(
+            done.expect("join")
+                .expect("migrate")
+                .iter()
+                .map(|m| m.version),
+        );
+    }
+    reported.sort_unstable();
+    assert_eq!(reported, every);
+}
+
 /// `count` stores opened on `database` at once.
 async fn open_together(count: usize, database: &ScratchDatabase) -> Vec<PgStore> {
     let mut opening = tokio::task::JoinSet::new();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 
 use crate::store::StoreError;
 
@@ -27,6 +27,27 @@ pub(super) fn open(path: &Path) -> Result<Connection, StoreError> {
     // Any statement journal stays in memory, not in a temporary file created and
     // unlinked on every batch.
     connection.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(connection)
+}
+
+/// A `query_only` connection to the existing database at `path`, with the same settings
+/// as the store's readers, for a caller that must not change the file (the store copy):
+/// a missing file is an error rather than a new, empty database. Opened read-write but
+/// `query_only`, as the readers are, because a WAL database cannot always be opened
+/// read-only (its shared-memory file may have to be created).
+pub(super) fn open_existing_query_only(path: &Path) -> Result<Connection, StoreError> {
+    if !path.is_file() {
+        return Err(StoreError::Unavailable(format!(
+            "{}: no database file there",
+            path.display()
+        )));
+    }
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(BUSY_TIMEOUT)?;
+    connection.pragma_update(None, "query_only", "ON")?;
     Ok(connection)
 }
 

@@ -12,7 +12,7 @@
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha384};
 
-use crate::store::StoreError;
+use crate::store::{AppliedMigration, StoreError};
 
 /// One migration: version, description (the file name's words), SQL.
 struct Migration {
@@ -81,34 +81,46 @@ fn failed(version: i64, why: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("migration {version} failed: {why}"))
 }
 
-/// Apply every migration `connection`'s database has not recorded yet.
-pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+/// Whether `migration` is applied, given its bookkeeping row (`success`, `checksum`), if
+/// any: an error if it was applied from a different file or stopped halfway.
+fn is_applied(
+    migration: &Migration,
+    recorded: Option<(bool, Vec<u8>)>,
+) -> Result<bool, StoreError> {
+    match recorded {
+        Some((true, stored)) if stored == checksum(migration) => Ok(true),
+        Some((true, _)) => Err(failed(
+            migration.version,
+            "it was applied from a different file than this version of writ has",
+        )),
+        Some((false, _)) => Err(failed(
+            migration.version,
+            "an earlier attempt stopped halfway; restore the database from a backup",
+        )),
+        None => Ok(false),
+    }
+}
+
+fn checksum(migration: &Migration) -> Vec<u8> {
+    Sha384::digest(migration.sql.as_bytes()).to_vec()
+}
+
+const SQL_RECORDED: &str = "SELECT success, checksum FROM _sqlx_migrations WHERE version = ?1";
+
+/// Apply every migration `connection`'s database has not recorded yet; returns those it
+/// applied, in order.
+pub(super) fn migrate(connection: &mut Connection) -> Result<Vec<AppliedMigration>, StoreError> {
     connection.execute_batch(SQL_CREATE_BOOKKEEPING)?;
+    let mut applied = Vec::new();
     for migration in MIGRATIONS {
-        let checksum = Sha384::digest(migration.sql.as_bytes()).to_vec();
         let tx = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let recorded: Option<(bool, Vec<u8>)> = tx
-            .query_row(
-                "SELECT success, checksum FROM _sqlx_migrations WHERE version = ?1",
-                [migration.version],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
+        let recorded = tx
+            .query_row(SQL_RECORDED, [migration.version], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
             .optional()?;
-        match recorded {
-            Some((true, stored)) if stored == checksum => continue,
-            Some((true, _)) => {
-                return Err(failed(
-                    migration.version,
-                    "it was applied from a different file than this version of writ has",
-                ));
-            }
-            Some((false, _)) => {
-                return Err(failed(
-                    migration.version,
-                    "an earlier attempt stopped halfway; restore the database from a backup",
-                ));
-            }
-            None => {}
+        if is_applied(migration, recorded)? {
+            continue;
         }
         let started = std::time::Instant::now();
         tx.execute_batch(migration.sql)
@@ -117,7 +129,12 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
         tx.execute(
             "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
              execution_time) VALUES (?1, ?2, TRUE, ?3, ?4)",
-            params![migration.version, migration.description, checksum, nanos],
+            params![
+                migration.version,
+                migration.description,
+                checksum(migration),
+                nanos
+            ],
         )?;
         tx.commit()?;
         tracing::info!(
@@ -125,8 +142,57 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
             description = migration.description,
             "database migrated"
         );
+        applied.push(AppliedMigration {
+            version: migration.version,
+            description: migration.description,
+        });
     }
-    Ok(())
+    Ok(applied)
+}
+
+/// The migrations `connection`'s database has not recorded yet, read without writing
+/// anything (the store copy reads a database it must not change). An error if a recorded
+/// one differs from this version's file or stopped halfway, or if the database records a
+/// migration this version of writ does not have (a newer writ migrated it).
+pub(super) fn pending(connection: &Connection) -> Result<Vec<AppliedMigration>, StoreError> {
+    let has_bookkeeping: bool = connection.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
+         AND name = '_sqlx_migrations')",
+        [],
+        |row| row.get(0),
+    )?;
+    if has_bookkeeping {
+        let newest: Option<i64> =
+            connection.query_row("SELECT MAX(version) FROM _sqlx_migrations", [], |row| {
+                row.get(0)
+            })?;
+        let known = MIGRATIONS.last().map_or(0, |m| m.version);
+        if let Some(newest) = newest.filter(|&v| v > known) {
+            return Err(StoreError::Unavailable(format!(
+                "the database records migration {newest}, which this version of writ \
+                 (migrations up to {known}) does not have: a newer writ migrated it"
+            )));
+        }
+    }
+    let mut pending = Vec::new();
+    for migration in MIGRATIONS {
+        let recorded = if has_bookkeeping {
+            connection
+                .query_row(SQL_RECORDED, [migration.version], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?
+        } else {
+            None
+        };
+        if !is_applied(migration, recorded)? {
+            pending.push(AppliedMigration {
+                version: migration.version,
+                description: migration.description,
+            });
+        }
+    }
+    Ok(pending)
 }
 
 #[cfg(test)]
@@ -161,8 +227,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("writ.db");
         let mut db = Connection::open(&path).expect("open");
-        migrate(&mut db).expect("first");
-        migrate(&mut db).expect("second");
+        assert_eq!(pending(&db).expect("nothing yet").len(), MIGRATIONS.len());
+        let first = migrate(&mut db).expect("first");
+        assert_eq!(first.len(), MIGRATIONS.len());
+        assert_eq!(first.last().map(|m| m.version), Some(12));
+        assert_eq!(migrate(&mut db).expect("second"), []);
+        assert_eq!(pending(&db).expect("all applied"), []);
         let count: i64 = db
             .query_row(
                 "SELECT COUNT(*) FROM _sqlx_migrations WHERE success",
@@ -179,6 +249,8 @@ mod tests {
         .expect("tamper");
         let changed = migrate(&mut db).expect_err("changed");
         assert!(changed.to_string().contains("migration 3"), "{changed}");
+        let changed = pending(&db).expect_err("changed");
+        assert!(changed.to_string().contains("migration 3"), "{changed}");
 
         db.execute(
             "UPDATE _sqlx_migrations SET success = FALSE, checksum = ?1 WHERE version = 3",
@@ -187,5 +259,24 @@ mod tests {
         .expect("tamper");
         let halfway = migrate(&mut db).expect_err("failed before");
         assert!(halfway.to_string().contains("halfway"), "{halfway}");
+        let halfway = pending(&db).expect_err("failed before");
+        assert!(halfway.to_string().contains("halfway"), "{halfway}");
+    }
+
+    /// A database a newer writ migrated is not read as if it had this version's schema.
+    #[test]
+    fn a_migration_from_a_newer_writ_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut db = Connection::open(dir.path().join("writ.db")).expect("open");
+        migrate(&mut db).expect("migrate");
+        db.execute(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (99, 'future', TRUE, x'00', 0)",
+            [],
+        )
+        .expect("a newer migration");
+        let newer = pending(&db).expect_err("newer");
+        assert!(newer.to_string().contains("migration 99"), "{newer}");
+        assert!(newer.to_string().contains("newer writ"), "{newer}");
     }
 }

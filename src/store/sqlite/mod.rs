@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{
-    Announcement, AuditFor, CaKeyRecord, CertificateRecord, Issuance, KeyUsage, KeyringChange,
-    Revocations, RotationSchedule, Store, StoreError, TaskEnd, TaskRecord,
+    Announcement, AppliedMigration, AuditFor, CaKeyRecord, CertificateRecord, Issuance, KeyUsage,
+    KeyringChange, Revocations, RotationSchedule, Store, StoreError, TaskEnd, TaskRecord,
 };
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::metrics::Metrics;
@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 mod audit_log;
 mod chain;
 mod connection;
+pub(crate) mod copy;
 mod issuance;
 mod keyring;
 mod migrate;
@@ -54,16 +55,8 @@ impl SqliteStore {
         path: &str,
         metrics: Option<Arc<Metrics>>,
     ) -> Result<SqliteStore, StoreError> {
+        migrate(path).await?;
         let path = Path::new(path).to_owned();
-        let prepared = path.clone();
-        tokio::task::spawn_blocking(move || {
-            private_files::prepare(&prepared)?;
-            let mut setup = connection::open(&prepared)?;
-            connection::use_wal(&setup)?;
-            migrate::migrate(&mut setup)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("opening the database stopped: {e}")))??;
         let arrivals = Arrivals::default();
         Ok(SqliteStore {
             readers: Readers::new(&path),
@@ -71,6 +64,21 @@ impl SqliteStore {
             arrivals,
         })
     }
+}
+
+/// Create the database file at `path` if needed (privately), make its journal a WAL and
+/// apply the migrations it has not recorded; returns those applied. What opening a store
+/// does first, and all `writ admin store migrate` does.
+pub async fn migrate(path: &str) -> Result<Vec<AppliedMigration>, StoreError> {
+    let path = Path::new(path).to_owned();
+    tokio::task::spawn_blocking(move || {
+        private_files::prepare(&path)?;
+        let mut setup = connection::open(&path)?;
+        connection::use_wal(&setup)?;
+        migrate::migrate(&mut setup)
+    })
+    .await
+    .map_err(|e| StoreError::Unavailable(format!("opening the database stopped: {e}")))?
 }
 
 #[async_trait]

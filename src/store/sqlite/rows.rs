@@ -35,7 +35,7 @@ pub(super) fn to_json(values: &[String]) -> String {
     serde_json::to_string(values).expect("a list of strings always serialises")
 }
 
-fn from_json(text: &str) -> Result<Vec<String>, StoreError> {
+pub(super) fn from_json(text: &str) -> Result<Vec<String>, StoreError> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("bad JSON list: {e}")))
 }
 
