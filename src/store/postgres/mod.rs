@@ -66,7 +66,7 @@ impl PgStore {
         migrate::migrate(&pool).await?;
         let arrivals = Arrivals::default();
         Ok(PgStore {
-            writer: Writer::start(pool.clone(), arrivals.clone(), metrics),
+            writer: Writer::start(pool.clone(), options.pool_size, arrivals.clone(), metrics),
             pool,
             arrivals,
         })

@@ -1,8 +1,14 @@
 //! Group commit for the PostgreSQL store: one task per process that takes every issuance
-//! queued while the previous batch was committing (up to [`MAX_BATCH`]), waits briefly
-//! for those announced and still on their way ([`Arrivals`]), and records them all in one
-//! transaction on one pooled connection, then answers every caller only after `COMMIT`
-//! has returned: no certificate leaves before its rows and audit records are durable.
+//! queued (up to [`MAX_BATCH`]), waits briefly for those announced and still on their way
+//! ([`Arrivals`]), and records them all in one transaction on one pooled connection, then
+//! answers every caller only after `COMMIT` has returned: no certificate leaves before its
+//! rows and audit records are durable.
+//!
+//! Up to [`IN_FLIGHT`] batches are written at once, each on its own connection: while one
+//! waits for its commit to reach the disk, the next checks and writes its rows, and then
+//! waits for the chain's lock (`super::chain`), which orders their audit records. With
+//! one batch at a time, the requests answered by a commit and the commit of the requests
+//! after them could never overlap, and both the CPU and the disk sat idle half the time.
 //!
 //! Each issuance runs in a savepoint of its own (`super::issuance`): a refusal, or an
 //! error the server raises about one of its statements (a unique key another process
@@ -23,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::batch::{self, Outcome};
@@ -39,6 +45,9 @@ use crate::store::{Issuance, StoreError};
 /// PostgreSQL's per-backend cache of them, which makes every other session's snapshot
 /// checks slower until it ends; so a batch stays within the cache.
 pub const MAX_BATCH: usize = 64;
+/// Most batches written at once (fewer if the pool is too small to leave a connection
+/// for everything else, see [`in_flight`]).
+pub const IN_FLIGHT: usize = 2;
 /// Longest the writer waits for issuances on their way before it commits.
 const GATHER_WINDOW: Duration = Duration::from_millis(2);
 /// Issuances that may wait for the writer before callers queue on the channel.
@@ -68,9 +77,16 @@ fn stopped() -> StoreError {
 
 impl Writer {
     /// Start the writer task on the current runtime.
-    pub(super) fn start(pool: PgPool, arrivals: Arrivals, metrics: Option<Arc<Metrics>>) -> Writer {
+    /// `pool_size` is the pool's size, which bounds the batches written at once.
+    pub(super) fn start(
+        pool: PgPool,
+        pool_size: u32,
+        arrivals: Arrivals,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Writer {
         let (queue, receiver) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(pool, receiver, arrivals, metrics));
+        let batches = Arc::new(Semaphore::new(in_flight(pool_size)));
+        tokio::spawn(run(pool, receiver, arrivals, batches, metrics));
         Writer { queue }
     }
 
@@ -85,21 +101,40 @@ impl Writer {
     }
 }
 
+/// Batches written at once with a pool of `pool_size`: [`IN_FLIGHT`], but always one
+/// connection left for reads and other writes, and at least one batch.
+fn in_flight(pool_size: u32) -> usize {
+    let spare = usize::try_from(pool_size.saturating_sub(1)).unwrap_or(usize::MAX);
+    spare.clamp(1, IN_FLIGHT)
+}
+
 async fn run(
     pool: PgPool,
     mut receiver: mpsc::Receiver<Pending>,
     arrivals: Arrivals,
+    batches: Arc<Semaphore>,
     metrics: Option<Arc<Metrics>>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = receiver.recv().await {
+    loop {
+        // A batch starts gathering only when it can be written at once.
+        let Ok(slot) = batches.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = receiver.recv().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(MAX_BATCH);
         batch.push(first);
         gather(&mut receiver, &mut batch, &arrivals).await;
-        let (started, issuances) = (std::time::Instant::now(), batch.len());
-        commit_batch(&pool, &mut batch).await;
-        if let Some(metrics) = &metrics {
-            metrics.store_commit(started.elapsed(), Some(issuances));
-        }
+        let (pool, metrics) = (pool.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let (started, issuances) = (std::time::Instant::now(), batch.len());
+            commit_batch(&pool, &mut batch).await;
+            drop(slot);
+            if let Some(metrics) = &metrics {
+                metrics.store_commit(started.elapsed(), Some(issuances));
+            }
+        });
     }
 }
 
@@ -244,4 +279,18 @@ async fn append_and_commit(
 async fn undo(conn: &mut PgConnection) -> Result<(), StoreError> {
     sqlx::raw_sql(SQL_UNDO_SAVEPOINT).execute(conn).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_pool_keeps_a_connection_for_everything_else() {
+        assert_eq!(in_flight(0), 1);
+        assert_eq!(in_flight(1), 1);
+        assert_eq!(in_flight(2), 1);
+        assert_eq!(in_flight(3), IN_FLIGHT);
+        assert_eq!(in_flight(u32::MAX), IN_FLIGHT);
+    }
 }
