@@ -73,6 +73,11 @@ Example:
         /// Private or public key file to certify (e.g. ~/.ssh/id_ed25519).
         #[arg(long, value_name = "PATH")]
         key: PathBuf,
+        /// Also write the CA's `@cert-authority` known-hosts lines to PATH, for ssh's
+        /// `UserKnownHostsFile=PATH` with `StrictHostKeyChecking=yes` (hosts verified by
+        /// their host certificates, never on first use).
+        #[arg(long, value_name = "PATH")]
+        known_hosts: Option<PathBuf>,
     },
     /// Open a task, ssh to the host with a fresh key and certificate, then complete the
     /// task so the certificate stops working everywhere.
@@ -86,6 +91,11 @@ Example:
         /// Keep the task open after ssh exits (until it expires).
         #[arg(long)]
         keep_task: bool,
+        /// Accept whatever host key the host presents (remembered for this session only)
+        /// instead of requiring a host certificate from the CA: a man in the middle would
+        /// get the session. Only for hosts not yet enrolled (README "Host certificates").
+        #[arg(long)]
+        insecure_trust_on_first_use: bool,
         /// An ssh option, before the host (repeat), e.g. --ssh-arg=-p --ssh-arg=2222.
         #[arg(long = "ssh-arg", value_name = "ARG", allow_hyphen_values = true)]
         ssh_options: Vec<String>,
@@ -425,8 +435,12 @@ fn main() -> ExitCode {
             Ok(status) => status.into(),
             Err(e) => fail(&e),
         },
-        Command::Cert { agent, key } => match config.refuse("cert", over_http) {
-            Ok(()) => cert_command(&agent, &key),
+        Command::Cert {
+            agent,
+            key,
+            known_hosts,
+        } => match config.refuse("cert", over_http) {
+            Ok(()) => cert_command(&agent, &key, known_hosts.as_deref()),
             Err(code) => code,
         },
         Command::Task { command } => match config.refuse("task", over_http) {
@@ -464,6 +478,7 @@ fn main() -> ExitCode {
         Command::Ssh {
             agent,
             keep_task,
+            insecure_trust_on_first_use,
             ssh_options,
             command,
         } => {
@@ -486,7 +501,12 @@ fn main() -> ExitCode {
                 Ok(ca) => ca,
                 Err(e) => return fail(&e),
             };
-            match writ::client::ssh(&ca, &token, &ssh, &agent.request(), keep_task) {
+            let host_trust = if insecure_trust_on_first_use {
+                writ::client::HostTrust::TrustOnFirstUse
+            } else {
+                writ::client::HostTrust::CertificateAuthority
+            };
+            match writ::client::ssh(&ca, &token, &ssh, &agent.request(), keep_task, host_trust) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
                 Err(e) => fail(&e),
             }
@@ -577,7 +597,7 @@ fn load_serving(path: &Path, listen: Option<SocketAddr>) -> Result<Config, Strin
     Ok(config)
 }
 
-fn cert_command(agent: &AgentArgs, key: &Path) -> ExitCode {
+fn cert_command(agent: &AgentArgs, key: &Path, known_hosts: Option<&Path>) -> ExitCode {
     let token = match admin::read_token(&agent.token, &mut std::io::stdin()) {
         Ok(t) => t,
         Err(e) => return fail(&e),
@@ -591,6 +611,19 @@ fn cert_command(agent: &AgentArgs, key: &Path) -> ExitCode {
         Ok(ca) => ca,
         Err(e) => return fail(&e),
     };
+    // Fetched before the task is opened, so a CA without host keys leaves no task behind.
+    let known_hosts_lines = match known_hosts {
+        Some(_) => match writ::client::known_hosts::fetch(&ca) {
+            Ok(lines) => Some(lines),
+            Err(e) => return fail(&e),
+        },
+        None => None,
+    };
+    if let (Some(path), Some(lines)) = (known_hosts, &known_hosts_lines)
+        && let Err(e) = writ::client::known_hosts::write(path, lines, false)
+    {
+        return fail(&e);
+    }
     match writ::client::open_task(&ca, &token, &public_key, &agent.request()) {
         Ok(issued) => {
             let path = format!("{base}-cert.pub");

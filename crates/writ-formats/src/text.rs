@@ -2,7 +2,8 @@
 //! C1), line and paragraph separators, and the bidirectional formatting characters that
 //! reorder what a terminal shows ("Trojan Source"). Pure; used to refuse such characters
 //! in free text the CA stores (a task's `purpose`) and to escape them in the CA's log.
-//! Also [`redact_url`]: a URL as it may be shown, without its password.
+//! Also [`redact_url`]: a URL as it may be shown, without its password; and [`rfc3339`]:
+//! a Unix time as people read it in messages.
 
 /// Whether `c` may change how surrounding text is displayed or split into lines.
 pub fn is_unsafe_char(c: char) -> bool {
@@ -65,6 +66,23 @@ pub fn redact_url(url: &str) -> String {
         out.push_str(&parameters.join("&"));
     }
     out
+}
+
+/// `unix` seconds as RFC 3339 in UTC (`2026-12-02T14:00:00Z`), for messages; a time out of
+/// range is shown as its number.
+pub fn rfc3339(unix: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(unix) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => format!("@{unix}"),
+    }
 }
 
 #[cfg(test)]

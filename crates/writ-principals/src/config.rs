@@ -114,6 +114,39 @@ pub struct HostConfig {
     /// with metrics about what is installed ([`crate::metrics_file`]); unset: none.
     #[serde(default)]
     pub metrics_file: Option<PathBuf>,
+    /// Host certificates for this host's keys (`writ-principals host-cert`, and every
+    /// `sync --watch` round); unset: none are requested ([`crate::host_cert`]).
+    #[serde(default)]
+    pub host_certificates: Option<HostCertificates>,
+}
+
+/// `[host_certificates]`: which host keys get certificates, for which names, and how sshd
+/// is told to read them again.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostCertificates {
+    /// Public host keys (`*.pub`) to certify; empty: every `/etc/ssh/ssh_host_*_key.pub`.
+    /// Each certificate is written next to its key as `…-cert.pub`.
+    #[serde(default)]
+    pub keys: Vec<PathBuf>,
+    /// The names clients reach this host by, exactly the certificates' principals; empty:
+    /// `host_name`. The CA grants only names its `role = "host"` policy covers.
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// sshd's PID file: after a certificate changed, SIGHUP goes to that process.
+    #[serde(default = "default_sshd_pid_file")]
+    pub sshd_pid_file: PathBuf,
+    /// Instead of the SIGHUP, run this command (program and arguments, no shell), e.g.
+    /// `["systemctl", "reload", "ssh"]`.
+    #[serde(default)]
+    pub reload_command: Vec<String>,
+}
+
+/// Default `[host_certificates] sshd_pid_file` (OpenSSH's `PidFile` default on Debian).
+pub const DEFAULT_SSHD_PID_FILE: &str = "/run/sshd.pid";
+
+fn default_sshd_pid_file() -> PathBuf {
+    PathBuf::from(DEFAULT_SSHD_PID_FILE)
 }
 
 #[cfg(test)]
@@ -134,6 +167,7 @@ impl HostConfig {
             client_cert: None,
             client_key: None,
             metrics_file: None,
+            host_certificates: None,
         }
     }
 }
@@ -285,6 +319,10 @@ impl HostConfig {
                 format!("{name:?} is not a user name or uid"),
             ));
         }
+        if let Some(settings) = &mut config.host_certificates {
+            check_host_certificates(settings, config.token_file.is_some())
+                .map_err(|(key, message)| invalid(key, message))?;
+        }
         Ok(config)
     }
 
@@ -347,6 +385,50 @@ fn check_ca_url(url: &str) -> Result<(), String> {
         )),
         other => Err(format!("unsupported scheme {other:?}; use https://")),
     }
+}
+
+/// `[host_certificates]`: names lowercased and valid, paths absolute, and the host's own
+/// token (`token_file`) configured, since it is what the host proves itself with.
+fn check_host_certificates(
+    settings: &mut HostCertificates,
+    has_token: bool,
+) -> Result<(), (&'static str, String)> {
+    if !has_token {
+        return Err((
+            "token_file",
+            "[host_certificates] needs the host's own workload token (token_file)".to_owned(),
+        ));
+    }
+    for name in &mut settings.names {
+        let lower = name.trim().to_ascii_lowercase();
+        if !is_valid_host_name(&lower) {
+            return Err((
+                "host_certificates.names",
+                format!(
+                    "{name:?} is not a host name (letters, digits, '-', '.', '_'; no wildcards)"
+                ),
+            ));
+        }
+        *name = lower;
+    }
+    for key in &settings.keys {
+        if !key.is_absolute() || key.extension().and_then(|e| e.to_str()) != Some("pub") {
+            return Err((
+                "host_certificates.keys",
+                format!(
+                    "{} must be an absolute path to a public key (*.pub)",
+                    key.display()
+                ),
+            ));
+        }
+    }
+    if !settings.sshd_pid_file.is_absolute() {
+        return Err((
+            "host_certificates.sshd_pid_file",
+            "must be an absolute path".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 fn is_valid_host_name(name: &str) -> bool {

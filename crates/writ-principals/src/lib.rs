@@ -7,6 +7,9 @@
 //! - [`check`] — sshd's `AuthorizedPrincipalsCommand`: decides whether a certificate may
 //!   log in as a login on this host and, if so, names the principal that lets it in;
 //!   enforces the synced, signed revocation feed (offline) or asks the CA (online).
+//! - [`host_cert`] — keeps an SSH host certificate next to each host key
+//!   (`writ-principals host-cert`, and each `sync --watch` round), so clients verify this
+//!   host by the CA.
 //! - [`metrics_file`] — after each sync round, node_exporter textfile-collector metrics
 //!   about what is installed (`metrics_file`).
 //! - [`online`] — the one network call of `check` and `session`: `POST /v1/authorize`.
@@ -31,6 +34,7 @@
 
 pub mod check;
 pub mod config;
+pub mod host_cert;
 pub mod metrics_file;
 pub mod online;
 pub mod session;

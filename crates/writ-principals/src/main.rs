@@ -13,7 +13,7 @@ use writ_formats::duration;
 use writ_principals::config::HostConfig;
 use writ_principals::session::{self, Report, SessionEnv, SessionOutcome};
 use writ_principals::syslog::{self, Severity};
-use writ_principals::{check, metrics_file, sync};
+use writ_principals::{check, host_cert, metrics_file, sync};
 
 const AFTER_HELP: &str = "\
 Host setup (sshd_config):
@@ -121,7 +121,30 @@ enum Command {
     /// with (syslog; and the CA in online mode). Always exits 0.
     #[command(after_help = SESSION_AFTER_HELP)]
     Session,
+    /// Get or renew SSH host certificates for this host's keys from the CA, so clients
+    /// verify this host by the CA's `@cert-authority` line instead of on first use.
+    ///
+    /// Asks only for keys whose certificate is missing, for other names, or two thirds
+    /// through its lifetime; writes `<key>-cert.pub` next to each key atomically and
+    /// reloads sshd only when a certificate changed. Exit 1 (nothing written) when the
+    /// CA refuses or cannot be reached. `sync --watch` does the same every round.
+    #[command(name = "host-cert", after_help = HOST_CERT_AFTER_HELP)]
+    HostCert,
 }
+
+const HOST_CERT_AFTER_HELP: &str = "\
+host.toml:
+  token_file = \"/var/run/secrets/writ/token\"    # this host's workload token
+  [host_certificates]
+  names = [\"web1.prod.example.com\"]             # default: host_name
+  # keys = [\"/etc/ssh/ssh_host_ed25519_key.pub\"] # default: every /etc/ssh/ssh_host_*_key.pub
+  # reload_command = [\"systemctl\", \"reload\", \"ssh\"]  # default: SIGHUP to /run/sshd.pid
+
+sshd_config, one line per key:
+  HostCertificate /etc/ssh/ssh_host_ed25519_key-cert.pub
+
+The CA must have a role = \"host\" policy matching the host's token whose hosts patterns
+cover every name (README \"Host certificates\").";
 
 fn parse_interval(text: &str) -> Result<Duration, String> {
     let interval = duration::parse(text)?;
@@ -148,6 +171,7 @@ fn main() -> ExitCode {
             interval.unwrap_or(sync::DEFAULT_WATCH_INTERVAL),
         ),
         Command::Session => run_session(&cli.config, now),
+        Command::HostCert => run_host_cert(&cli.config, now),
     }
 }
 
@@ -334,9 +358,92 @@ fn run_watch(config_path: &Path, interval: Duration) -> ExitCode {
                 last = None;
             }
         }
+        if config.host_certificates.is_some() {
+            renew_host_certificates(&config);
+        }
         ControlFlow::Continue(())
     });
     ExitCode::SUCCESS
+}
+
+/// A `sync --watch` round's host certificates: a line for what changed or failed.
+fn renew_host_certificates(config: &HostConfig) {
+    let now_unix = unix_seconds(SystemTime::now()).unwrap_or(0);
+    match host_cert::run_at(config, now_unix) {
+        Ok(report) => {
+            for line in host_cert_lines(&report, false) {
+                eprintln!("writ-principals: {line}");
+            }
+        }
+        Err(e) => {
+            eprintln!("writ-principals: host-cert failed, keeping the installed certificates: {e}")
+        }
+    }
+}
+
+fn run_host_cert(config_path: &Path, now: SystemTime) -> ExitCode {
+    let config = match HostConfig::load(config_path) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("writ-principals: host-cert failed (nothing written): {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(now_unix) = unix_seconds(now) else {
+        eprintln!("writ-principals: host-cert: the system clock is before 1970");
+        return ExitCode::FAILURE;
+    };
+    match host_cert::run_at(&config, now_unix) {
+        Ok(report) => {
+            let mut stdout = io::stdout().lock();
+            for line in host_cert_lines(&report, true) {
+                let _ = writeln!(stdout, "writ-principals: {line}");
+            }
+            let _ = stdout.flush();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("writ-principals: host-cert failed (nothing written): {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A round's lines: every key (`all`), or only what changed (`sync --watch`).
+fn host_cert_lines(report: &host_cert::Report, all: bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    for key in &report.keys {
+        match &key.outcome {
+            host_cert::Outcome::Kept {
+                serial,
+                valid_before,
+                renew_at,
+            } if all => lines.push(format!(
+                "host certificate {} (serial {serial}) kept: valid until {}, renewed from {}",
+                key.certificate.display(),
+                timestamp(*valid_before),
+                timestamp(*renew_at)
+            )),
+            host_cert::Outcome::Kept { .. } => {}
+            host_cert::Outcome::Issued {
+                reason,
+                serial,
+                valid_before,
+            } => lines.push(format!(
+                "host certificate {} (serial {serial}) written, valid until {} ({reason})",
+                key.certificate.display(),
+                timestamp(*valid_before)
+            )),
+        }
+    }
+    if let Some(reload) = &report.reload {
+        lines.push(reload.to_string());
+    }
+    lines
+}
+
+fn timestamp(unix: u64) -> String {
+    writ_formats::text::rfc3339(i64::try_from(unix).unwrap_or(i64::MAX))
 }
 
 /// Never fails a login: exit 0 whatever happens, logging what could not be done.

@@ -15,6 +15,10 @@ use ssh_key::{HashAlg, PrivateKey};
 
 use crate::task::possession;
 
+pub mod known_hosts;
+
+pub use known_hosts::HostTrust;
+
 /// Hard timeout on each call to the CA.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -220,6 +224,39 @@ impl CaClient {
         self.answer(&url, sent)
     }
 
+    /// GET a public text document (no credentials): its body on 2xx, the error envelope
+    /// as [`ClientError::Refused`] otherwise (or a bare status when it is not JSON).
+    pub(crate) fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: ureq::Error| ClientError::Unreachable {
+            url: crate::text::redact_url(&url),
+            detail: self.explain(&e),
+        };
+        let mut response = self.agent.get(&url).call().map_err(unreachable)?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(1024 * 1024)
+            .read_to_string()
+            .map_err(unreachable)?;
+        if (200..300).contains(&status) {
+            return Ok(text);
+        }
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Err(ClientError::Refused {
+            status,
+            code: value["error"]["code"]
+                .as_str()
+                .unwrap_or("unknown")
+                .to_owned(),
+            message: value["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        })
+    }
+
     /// The CA's JSON answer to a request sent to `url`: the value on 2xx, the error
     /// envelope as [`ClientError::Refused`] otherwise. The URL in errors is shown without
     /// a password.
@@ -406,6 +443,11 @@ impl EphemeralKey {
         self.dir.join("id_ed25519-cert.pub")
     }
 
+    /// Path of this session's known-hosts file (ssh's only one).
+    pub fn known_hosts_path(&self) -> std::path::PathBuf {
+        self.dir.join("known_hosts")
+    }
+
     /// The public key line.
     pub fn public_key(&self) -> Result<String, ClientError> {
         self.key
@@ -459,14 +501,17 @@ fn possession_header(
     Ok(possession::header(&blob, now_unix, &signature))
 }
 
-/// ssh's arguments: our options, the caller's options, then `--`, the destination and the
-/// remote command. The destination is data, never an option: one starting with `-` is
-/// refused (before any task is opened), and `--` ends ssh's option parsing so nothing
-/// after it — destination or command — is read as an option.
+/// ssh's arguments: our options (the key, its certificate and how the host is trusted,
+/// `host_trust`), the caller's options, then `--`, the destination and the remote command.
+/// ssh keeps the first value it is given for an option, so a caller's `-o` cannot relax
+/// ours. The destination is data, never an option: one starting with `-` is refused
+/// (before any task is opened), and `--` ends ssh's option parsing so nothing after it —
+/// destination or command — is read as an option.
 pub fn ssh_arguments(
     invocation: &SshInvocation,
     key_path: &std::path::Path,
     certificate_path: &std::path::Path,
+    host_trust: &[std::ffi::OsString],
 ) -> Result<Vec<std::ffi::OsString>, ClientError> {
     if invocation.host.is_empty() || invocation.host.starts_with('-') {
         return Err(ClientError::BadDestination(invocation.host.clone()));
@@ -476,6 +521,7 @@ pub fn ssh_arguments(
     for fixed in ["-o", "IdentitiesOnly=yes", "-l", &invocation.login] {
         arguments.push(fixed.into());
     }
+    arguments.extend(host_trust.iter().cloned());
     arguments.extend(invocation.options.iter().map(Into::into));
     arguments.push("--".into());
     arguments.push(invocation.host.clone().into());
@@ -483,21 +529,39 @@ pub fn ssh_arguments(
     Ok(arguments)
 }
 
-/// `writ ssh`: open a task with a fresh key, run `ssh` with the certificate, then complete
-/// the task (unless `keep_task`). Returns ssh's exit code.
+/// `writ ssh`: fetch the CA's host trust (unless `host_trust` is trust on first use), open
+/// a task with a fresh key, run `ssh` with the certificate, then complete the task (unless
+/// `keep_task`). Returns ssh's exit code. Nothing is written outside a private temporary
+/// directory, removed afterwards.
 pub fn ssh(
     ca: &CaClient,
     token: &str,
     invocation: &SshInvocation,
     request: &TaskRequest,
     keep_task: bool,
+    host_trust: HostTrust,
 ) -> Result<i32, ClientError> {
     let ephemeral = EphemeralKey::new()?;
+    let known_hosts_path = ephemeral.known_hosts_path();
     let arguments = ssh_arguments(
         invocation,
         &ephemeral.key_path(),
         &ephemeral.certificate_path(),
+        &known_hosts::ssh_options(host_trust, &known_hosts_path),
     )?;
+    // Before the task is opened: a CA without host keys leaves nothing behind.
+    let lines = match host_trust {
+        HostTrust::CertificateAuthority => known_hosts::fetch(ca)?,
+        HostTrust::TrustOnFirstUse => {
+            eprintln!(
+                "writ: warning: --insecure-trust-on-first-use: accepting whatever host key \
+                 {:?} presents (a man in the middle would go unnoticed)",
+                invocation.host
+            );
+            String::new()
+        }
+    };
+    known_hosts::write(&known_hosts_path, &lines, true)?;
     let issued = open_task(ca, token, &ephemeral.public_key()?, request)?;
     std::fs::write(
         ephemeral.certificate_path(),
@@ -508,13 +572,7 @@ pub fn ssh(
         "writ: task {} open until {} (certificate serial {})",
         issued.task_id, issued.task_expires_at, issued.serial
     );
-    let status = std::process::Command::new("ssh")
-        .args(arguments)
-        .status()
-        .map_err(|e| ClientError::Unreachable {
-            url: "ssh".into(),
-            detail: e.to_string(),
-        })?;
+    let ran = run_ssh(arguments);
     if !keep_task {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         match complete_task(
@@ -534,7 +592,33 @@ pub fn ssh(
             ),
         }
     }
-    Ok(status.code().unwrap_or(255))
+    let (code, refused_host) = ran?;
+    if refused_host && host_trust == HostTrust::CertificateAuthority {
+        eprintln!("{}", known_hosts::refused_host_hint(&invocation.host));
+    }
+    Ok(code)
+}
+
+/// Run ssh, relaying its stderr; its exit code, and whether it refused the host's key.
+fn run_ssh(arguments: Vec<std::ffi::OsString>) -> Result<(i32, bool), ClientError> {
+    let mut child = std::process::Command::new("ssh")
+        .args(arguments)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| ClientError::Unreachable {
+            url: "ssh".into(),
+            detail: e.to_string(),
+        })?;
+    let relay = child
+        .stderr
+        .take()
+        .map(|stderr| std::thread::spawn(move || known_hosts::relay_stderr(stderr)));
+    let status = child.wait().map_err(|e| ClientError::Unreachable {
+        url: "ssh".into(),
+        detail: e.to_string(),
+    })?;
+    let refused_host = relay.is_some_and(|r| r.join().unwrap_or(false));
+    Ok((status.code().unwrap_or(255), refused_host))
 }
 
 /// How an agent authenticates a task call (`writ task show|complete`): a fresh workload
@@ -750,8 +834,14 @@ mod tests {
 
     #[test]
     fn destination_and_command_follow_the_end_of_options() {
-        let arguments =
-            ssh_arguments(&invocation("web-01"), Path::new("/k"), Path::new("/c")).expect("ok");
+        let trust = known_hosts::ssh_options(HostTrust::CertificateAuthority, Path::new("/kh"));
+        let arguments = ssh_arguments(
+            &invocation("web-01"),
+            Path::new("/k"),
+            Path::new("/c"),
+            &trust,
+        )
+        .expect("ok");
         let end = arguments
             .iter()
             .position(|a| a == "--")
@@ -759,6 +849,13 @@ mod tests {
         let after: Vec<OsString> = arguments[end + 1..].to_vec();
         assert_eq!(after, ["web-01", "-v", "uptime"].map(OsString::from));
         assert!(arguments[..end].contains(&OsString::from("2222")));
+        // The host-trust options come before the caller's, so ssh keeps them.
+        let strict = arguments
+            .iter()
+            .position(|a| a == "StrictHostKeyChecking=yes")
+            .expect("strict checking");
+        let callers = arguments.iter().position(|a| a == "2222").expect("-p 2222");
+        assert!(strict < callers);
     }
 
     #[test]
@@ -778,7 +875,7 @@ mod tests {
     #[test]
     fn a_destination_that_looks_like_an_option_is_refused() {
         for host in ["-b127.0.0.1", "-oProxyCommand=x", "-", ""] {
-            let refused = ssh_arguments(&invocation(host), Path::new("/k"), Path::new("/c"));
+            let refused = ssh_arguments(&invocation(host), Path::new("/k"), Path::new("/c"), &[]);
             assert!(
                 matches!(refused, Err(ClientError::BadDestination(_))),
                 "{host:?}"
