@@ -15,7 +15,9 @@
 #   2. The binary, root-owned, as /usr/local/bin/writ-principals (sshd insists); the config
 #      /etc/writ/host.toml (an existing one is kept, with --ca-url and --host-name set in
 #      it); the state directory /var/lib/writ; then a first `writ-principals sync`, which
-#      must succeed.
+#      must succeed; and, when host.toml has a [host_certificates] table, a first
+#      `writ-principals host-cert`, which must succeed too (the drop-in then gets a
+#      HostCertificate line per certificate).
 #   3. Keeping the state current: with a running systemd, writ-principals-sync.service;
 #      without, the cron file /etc/cron.d/writ-principals-sync (when cron's directory
 #      exists), and the foreground command is printed.
@@ -287,6 +289,22 @@ for f in trusted_user_ca_keys revoked.krl revocations.json; do
     [ -s "$state_dir/$f" ] || fail "the first sync left no $state_dir/$f"
 done
 
+host_certs=""
+if grep -q '^[[:space:]]*\[host_certificates\]' "$config_path"; then
+    say "first host certificates from the CA ([host_certificates] in $config_path)"
+    "$bin_path" host-cert --config "$config_path" >"$tmp/host-cert.out" ||
+        fail "writ-principals host-cert failed (see above): check the host's token_file and that a role = \"host\" policy at the CA covers its names, then run install.sh again."
+    cat "$tmp/host-cert.out"
+    # "host certificate PATH (serial N) written|kept …"; one written for a key that had
+    # none is ours to remove on rollback (a renewed one is as good as the one it replaced).
+    while read -r _ a b path rest; do
+        [ "$a $b" = "host certificate" ] || continue
+        host_certs="$host_certs $path"
+        case "$rest" in *"(no certificate yet)") new_files="$new_files $path" ;; esac
+    done <"$tmp/host-cert.out"
+    [ -n "$host_certs" ] || fail "writ-principals host-cert reported no certificate"
+fi
+
 # --- 3. Keeping the state current ------------------------------------------------------
 if [ "$use_systemd" = 1 ]; then
     if [ "$packaged" = 0 ]; then # else the package's unit
@@ -316,6 +334,10 @@ fi
 
 # --- 4. The sshd drop-in --------------------------------------------------------------
 render "$here/sshd_config.d-writ.conf" >"$tmp/writ.conf"
+if [ -n "$host_certs" ]; then
+    printf '# This host proves itself to clients with certificates from the CA (writ-principals host-cert).\n' >>"$tmp/writ.conf"
+    for c in $host_certs; do printf 'HostCertificate %s\n' "$c" >>"$tmp/writ.conf"; done
+fi
 # The candidate: the current configuration with the new drop-in included ahead of it.
 printf 'Include %s\nInclude %s\n' "$tmp/writ.conf" "$sshd_config" >"$tmp/sshd_config.candidate"
 "$sshd" -t -f "$tmp/sshd_config.candidate" ||
@@ -327,6 +349,13 @@ put "$tmp/writ.conf" "$dropin" 0644
 # The drop-in takes effect only if the main configuration includes it before setting these
 # keywords itself (sshd uses the first value it reads).
 effective="$("$sshd" -T -f "$sshd_config" 2>/dev/null)" || fail "sshd -T -f $sshd_config failed"
+host_cert_lines=""
+for c in $host_certs; do host_cert_lines="$host_cert_lines
+hostcertificate $c"; done
+printf '%s\n' "$host_cert_lines" | while read -r line; do
+    [ -z "$line" ] || printf '%s\n' "$effective" | grep -qxF "$line" ||
+        { warn "$dropin is not in effect (sshd -T shows no \"$line\")"; exit 1; }
+done || fail "the HostCertificate lines of $dropin are not in effect: $sshd_config must include $dropin_dir/*.conf"
 for line in \
     "trustedusercakeys $state_dir/trusted_user_ca_keys" \
     "revokedkeys $state_dir/revoked.krl" \
