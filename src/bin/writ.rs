@@ -620,7 +620,7 @@ fn cert_command(agent: &AgentArgs, key: &Path, known_hosts: Option<&Path>) -> Ex
         None => None,
     };
     if let (Some(path), Some(lines)) = (known_hosts, &known_hosts_lines)
-        && let Err(e) = writ::client::known_hosts::write(path, lines, false)
+        && let Err(e) = writ::client::known_hosts::write(path, lines.as_bytes(), false)
     {
         return fail(&e);
     }
@@ -636,16 +636,21 @@ fn cert_command(agent: &AgentArgs, key: &Path, known_hosts: Option<&Path>) -> Ex
                     issued.task_id, agent.ca_url
                 );
             }
-            print_then(
-                &format!(
-                    "task {}\nserial {}\ncertificate {path} (valid until {})\nprincipals {}\n",
-                    issued.task_id,
-                    issued.serial,
-                    issued.valid_before,
-                    issued.principals.join(",")
-                ),
-                ExitCode::SUCCESS,
-            )
+            let mut summary = format!(
+                "task {}\nserial {}\ncertificate {path} (valid until {})\nprincipals {}\n",
+                issued.task_id,
+                issued.serial,
+                issued.valid_before,
+                issued.principals.join(",")
+            );
+            if let Some(known_hosts) = known_hosts {
+                summary.push_str(&format!(
+                    "known_hosts {} (ssh -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes)\n",
+                    known_hosts.display(),
+                    known_hosts.display()
+                ));
+            }
+            print_then(&summary, ExitCode::SUCCESS)
         }
         Err(e) => fail(&e),
     }

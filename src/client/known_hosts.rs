@@ -2,9 +2,10 @@
 //! first use. `writ ssh` fetches the CA's `@cert-authority` lines
 //! (`GET /v1/ca/known-hosts`, over the same verified channel as everything else), writes
 //! them to a private file in its own temporary directory, and runs ssh with that file as
-//! its only known-hosts file and `StrictHostKeyChecking=yes`, `UpdateHostKeys=no`: a host
-//! that does not present a valid certificate from this CA for the name dialled is refused
-//! by ssh itself. `writ cert --known-hosts PATH` writes the same lines for other tools.
+//! its only known-hosts file and `StrictHostKeyChecking=yes`, `UpdateHostKeys=no`, and the
+//! CA's KRL (`GET /v1/krl`) as `RevokedHostKeys`: a host that does not present a valid,
+//! unrevoked certificate from this CA for the name dialled is refused by ssh itself.
+//! `writ cert --known-hosts PATH` writes the same lines for other tools.
 //!
 //! It never reads or writes `~/.ssh`, never lets a caller's `-o` relax these options
 //! (ssh keeps the first value it is given, and these come first), and trusts on first use
@@ -19,6 +20,10 @@ use super::{CaClient, ClientError};
 
 /// The CA's known-hosts lines.
 pub const KNOWN_HOSTS_PATH: &str = "/v1/ca/known-hosts";
+/// The CA's KRL (revoked certificates, host certificates included, and CA keys).
+pub const KRL_PATH: &str = "/v1/krl";
+/// What every OpenSSH KRL starts with (PROTOCOL.krl).
+const KRL_MAGIC: &[u8] = b"SSHKRL\n\0";
 
 /// How `writ ssh` decides that the host it reached is the host it meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -34,7 +39,7 @@ pub enum HostTrust {
 /// Fetch the CA's known-hosts lines: at least one `@cert-authority` line, and nothing but
 /// `@cert-authority`/`@revoked` lines and comments, or an error that says what to do.
 pub fn fetch(ca: &CaClient) -> Result<String, ClientError> {
-    let text = ca.get_text(KNOWN_HOSTS_PATH).map_err(|e| match e {
+    let text = ca.get_public(KNOWN_HOSTS_PATH).map_err(|e| match e {
         ClientError::Refused { status: 404, .. } => ClientError::BadAnswer(format!(
             "the CA at {} publishes no host CA keys ({KNOWN_HOSTS_PATH} not found): upgrade \
              it, or pass --insecure-trust-on-first-use to accept whatever key the host shows",
@@ -42,6 +47,8 @@ pub fn fetch(ca: &CaClient) -> Result<String, ClientError> {
         )),
         other => other,
     })?;
+    let text = String::from_utf8(text)
+        .map_err(|_| ClientError::BadAnswer(format!("{KNOWN_HOSTS_PATH} is not text")))?;
     let mut authorities = 0;
     for line in text.lines().map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
@@ -65,9 +72,20 @@ pub fn fetch(ca: &CaClient) -> Result<String, ClientError> {
     Ok(text)
 }
 
+/// Fetch the CA's KRL, for ssh's `RevokedHostKeys`: revoked host certificates and keys.
+pub fn fetch_revoked(ca: &CaClient) -> Result<Vec<u8>, ClientError> {
+    let krl = ca.get_public(KRL_PATH)?;
+    if !krl.starts_with(KRL_MAGIC) {
+        return Err(ClientError::BadAnswer(format!(
+            "{KRL_PATH} is not an OpenSSH KRL"
+        )));
+    }
+    Ok(krl)
+}
+
 /// Write `lines` to `path`, readable by the owner only (`writ ssh`'s own file) or by
 /// everyone (`writ cert --known-hosts`, for other tools): they are public keys.
-pub fn write(path: &Path, lines: &str, private: bool) -> Result<(), ClientError> {
+pub fn write(path: &Path, lines: &[u8], private: bool) -> Result<(), ClientError> {
     use std::os::unix::fs::OpenOptionsExt;
     let failed = |e: std::io::Error| ClientError::KeyFile {
         path: path.display().to_string(),
@@ -80,19 +98,23 @@ pub fn write(path: &Path, lines: &str, private: bool) -> Result<(), ClientError>
         .mode(if private { 0o600 } else { 0o644 })
         .open(path)
         .map_err(failed)?;
-    file.write_all(lines.as_bytes()).map_err(failed)
+    file.write_all(lines).map_err(failed)
 }
 
-/// The ssh options that make `known_hosts` the only source of host trust.
-pub fn ssh_options(trust: HostTrust, known_hosts: &Path) -> Vec<OsString> {
+/// The ssh options that make `known_hosts` the only source of host trust, and `revoked`
+/// (a KRL) what it refuses.
+pub fn ssh_options(trust: HostTrust, known_hosts: &Path, revoked: &Path) -> Vec<OsString> {
     let strict = match trust {
         HostTrust::CertificateAuthority => "StrictHostKeyChecking=yes",
         HostTrust::TrustOnFirstUse => "StrictHostKeyChecking=accept-new",
     };
     let mut user_file = OsString::from("UserKnownHostsFile=");
     user_file.push(known_hosts);
+    let mut revoked_file = OsString::from("RevokedHostKeys=");
+    revoked_file.push(revoked);
     [
         user_file,
+        revoked_file,
         "GlobalKnownHostsFile=/dev/null".into(),
         strict.into(),
         "UpdateHostKeys=no".into(),
@@ -148,13 +170,22 @@ mod tests {
 
     #[test]
     fn the_strict_options_come_as_pairs() {
-        let options = ssh_options(HostTrust::CertificateAuthority, Path::new("/t/kh"));
+        let options = ssh_options(
+            HostTrust::CertificateAuthority,
+            Path::new("/t/kh"),
+            Path::new("/t/krl"),
+        );
         let pairs: Vec<_> = options.chunks(2).collect();
         assert!(pairs.iter().all(|p| p[0] == "-o"));
         assert!(options.contains(&OsString::from("UserKnownHostsFile=/t/kh")));
         assert!(options.contains(&OsString::from("StrictHostKeyChecking=yes")));
         assert!(options.contains(&OsString::from("UpdateHostKeys=no")));
-        let tofu = ssh_options(HostTrust::TrustOnFirstUse, Path::new("/t/kh"));
+        assert!(options.contains(&OsString::from("RevokedHostKeys=/t/krl")));
+        let tofu = ssh_options(
+            HostTrust::TrustOnFirstUse,
+            Path::new("/t/kh"),
+            Path::new("/t/krl"),
+        );
         assert!(tofu.contains(&OsString::from("StrictHostKeyChecking=accept-new")));
     }
 

@@ -224,9 +224,10 @@ impl CaClient {
         self.answer(&url, sent)
     }
 
-    /// GET a public text document (no credentials): its body on 2xx, the error envelope
-    /// as [`ClientError::Refused`] otherwise (or a bare status when it is not JSON).
-    pub(crate) fn get_text(&self, path: &str) -> Result<String, ClientError> {
+    /// GET a public document (no credentials), at most 1 MiB: its body on 2xx, the error
+    /// envelope as [`ClientError::Refused`] otherwise (or a bare status when it is not
+    /// JSON).
+    pub(crate) fn get_public(&self, path: &str) -> Result<Vec<u8>, ClientError> {
         let url = format!("{}{path}", self.base);
         let unreachable = |e: ureq::Error| ClientError::Unreachable {
             url: crate::text::redact_url(&url),
@@ -234,16 +235,16 @@ impl CaClient {
         };
         let mut response = self.agent.get(&url).call().map_err(unreachable)?;
         let status = response.status().as_u16();
-        let text = response
+        let body = response
             .body_mut()
             .with_config()
             .limit(1024 * 1024)
-            .read_to_string()
+            .read_to_vec()
             .map_err(unreachable)?;
         if (200..300).contains(&status) {
-            return Ok(text);
+            return Ok(body);
         }
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         Err(ClientError::Refused {
             status,
             code: value["error"]["code"]
@@ -448,6 +449,11 @@ impl EphemeralKey {
         self.dir.join("known_hosts")
     }
 
+    /// Path of this session's copy of the CA's KRL (ssh's `RevokedHostKeys`).
+    pub fn revoked_host_keys_path(&self) -> std::path::PathBuf {
+        self.dir.join("revoked_host_keys.krl")
+    }
+
     /// The public key line.
     pub fn public_key(&self) -> Result<String, ClientError> {
         self.key
@@ -543,13 +549,15 @@ pub fn ssh(
 ) -> Result<i32, ClientError> {
     let ephemeral = EphemeralKey::new()?;
     let known_hosts_path = ephemeral.known_hosts_path();
+    let revoked_path = ephemeral.revoked_host_keys_path();
     let arguments = ssh_arguments(
         invocation,
         &ephemeral.key_path(),
         &ephemeral.certificate_path(),
-        &known_hosts::ssh_options(host_trust, &known_hosts_path),
+        &known_hosts::ssh_options(host_trust, &known_hosts_path, &revoked_path),
     )?;
     // Before the task is opened: a CA without host keys leaves nothing behind.
+    known_hosts::write(&revoked_path, &known_hosts::fetch_revoked(ca)?, true)?;
     let lines = match host_trust {
         HostTrust::CertificateAuthority => known_hosts::fetch(ca)?,
         HostTrust::TrustOnFirstUse => {
@@ -561,7 +569,7 @@ pub fn ssh(
             String::new()
         }
     };
-    known_hosts::write(&known_hosts_path, &lines, true)?;
+    known_hosts::write(&known_hosts_path, lines.as_bytes(), true)?;
     let issued = open_task(ca, token, &ephemeral.public_key()?, request)?;
     std::fs::write(
         ephemeral.certificate_path(),
@@ -834,7 +842,11 @@ mod tests {
 
     #[test]
     fn destination_and_command_follow_the_end_of_options() {
-        let trust = known_hosts::ssh_options(HostTrust::CertificateAuthority, Path::new("/kh"));
+        let trust = known_hosts::ssh_options(
+            HostTrust::CertificateAuthority,
+            Path::new("/kh"),
+            Path::new("/krl"),
+        );
         let arguments = ssh_arguments(
             &invocation("web-01"),
             Path::new("/k"),
