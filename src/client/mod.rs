@@ -245,17 +245,7 @@ impl CaClient {
             return Ok(body);
         }
         let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        Err(ClientError::Refused {
-            status,
-            code: value["error"]["code"]
-                .as_str()
-                .unwrap_or("unknown")
-                .to_owned(),
-            message: value["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        })
+        Err(refused(status, &value))
     }
 
     /// The CA's JSON answer to a request sent to `url`: the value on 2xx, the error
@@ -283,17 +273,7 @@ impl CaClient {
         if (200..300).contains(&status) {
             return Ok(value);
         }
-        Err(ClientError::Refused {
-            status,
-            code: value["error"]["code"]
-                .as_str()
-                .unwrap_or("unknown")
-                .to_owned(),
-            message: value["error"]["message"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-        })
+        Err(refused(status, &value))
     }
 
     /// A transport error in words: a CA certificate that is not trusted says where trust
@@ -363,6 +343,21 @@ fn pem_certificates(
     };
     let text = std::fs::read(path).map_err(|e| error(e.to_string()))?;
     crate::host::tls::pem_certificates(&text).map_err(error)
+}
+
+/// The CA's refusal: `status` and the code and message of its error envelope `value`.
+fn refused(status: u16, value: &Value) -> ClientError {
+    ClientError::Refused {
+        status,
+        code: value["error"]["code"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_owned(),
+        message: value["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    }
 }
 
 /// Open a task and get its first certificate for `public_key` (an OpenSSH line).

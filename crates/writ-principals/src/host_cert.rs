@@ -24,7 +24,7 @@ use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, PublicKey};
 
 use crate::config::{HostCertificates, HostConfig};
-use crate::online::{http_agent, read_token, transport_error};
+use crate::online::{ErrorEnvelope, http_agent, read_token, transport_error};
 use crate::sync::{commit, stage};
 
 /// The CA's endpoint for host certificates.
@@ -230,11 +230,7 @@ fn judge(
     if cert.public_key() != key.key_data() {
         return Err("the installed certificate is for another key".to_owned());
     }
-    let mut have: Vec<&str> = cert.valid_principals().iter().map(String::as_str).collect();
-    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
-    have.sort_unstable();
-    want.sort_unstable();
-    if have != want {
+    if let Err((have, want)) = same_names(&cert, names) {
         return Err(format!(
             "the installed certificate names {have:?}, the configuration {want:?}"
         ));
@@ -246,6 +242,22 @@ fn judge(
         return Err("two thirds of the installed certificate's lifetime have passed".to_owned());
     }
     Ok(cert)
+}
+
+/// Whether `cert` names exactly `names` (in any order); if not, both lists, sorted.
+fn same_names<'a>(
+    cert: &'a Certificate,
+    names: &'a [String],
+) -> Result<(), (Vec<&'a str>, Vec<&'a str>)> {
+    let mut have: Vec<&str> = cert.valid_principals().iter().map(String::as_str).collect();
+    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
+    have.sort_unstable();
+    want.sort_unstable();
+    if have == want {
+        Ok(())
+    } else {
+        Err((have, want))
+    }
 }
 
 /// Check one certificate the CA returned: a host certificate for exactly one of the keys
@@ -267,11 +279,7 @@ fn check_issued(
     if cert.cert_type() != CertType::Host {
         return Err("a returned certificate is not a host certificate".to_owned());
     }
-    let mut have: Vec<&str> = cert.valid_principals().iter().map(String::as_str).collect();
-    let mut want: Vec<&str> = names.iter().map(String::as_str).collect();
-    have.sort_unstable();
-    want.sort_unstable();
-    if have != want {
+    if let Err((have, want)) = same_names(&cert, names) {
         return Err(format!(
             "a returned certificate names {have:?}, not {want:?}"
         ));
@@ -290,18 +298,6 @@ struct Answer {
 #[derive(Deserialize)]
 struct IssuedCertificate {
     certificate: String,
-}
-
-#[derive(Deserialize)]
-struct ErrorEnvelope {
-    error: ErrorBody,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    code: String,
-    #[serde(default)]
-    message: String,
 }
 
 /// Ask the CA for certificates of `keys` naming `names`.

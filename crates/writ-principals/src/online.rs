@@ -168,14 +168,18 @@ struct AuthorizeResponse {
     reason: Option<String>,
 }
 
+/// The CA's error envelope (`{"error": {"code", "message"}}`).
 #[derive(Deserialize)]
-struct ErrorEnvelope {
-    error: ErrorBody,
+pub(crate) struct ErrorEnvelope {
+    pub(crate) error: ErrorBody,
 }
 
+/// The CA's error: a stable code and a message for people.
 #[derive(Deserialize)]
-struct ErrorBody {
-    code: String,
+pub(crate) struct ErrorBody {
+    pub(crate) code: String,
+    #[serde(default)]
+    pub(crate) message: String,
 }
 
 /// Ask the CA (see the module documentation). Bounded by `config.timeout`.
