@@ -41,6 +41,8 @@
 //!   hosts; used here by `writ bench check`. It depends only on `writ-formats` (never on
 //!   this crate's `store`, `api` or an async runtime).
 //! - [`logging`] — the CA's log: text with every field value escaped ([`text`]), or JSON.
+//! - [`mcp`] — `writ mcp`: an MCP server over stdio giving an agent SSH access task by
+//!   task (open, run, status, complete), keys and tokens never shown to the model.
 //! - [`metrics`] — the CA's Prometheus series (`GET /metrics`): one registry per server,
 //!   recorded into by `api`, `task`, `store` and `identity`, encoded on scrape.
 //! - [`profile`], [`glob`], [`duration`], [`cidr`], [`text`] *(re-exports from
@@ -59,6 +61,7 @@ pub mod config;
 pub mod dev;
 pub mod identity;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod policy;
 pub mod revocation;

@@ -103,6 +103,33 @@ Example:
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Serve the Model Context Protocol on stdin/stdout: SSH access for an agent, one task
+    /// at a time (tools open_task, run, task_status, complete_task, list_tasks).
+    ///
+    /// Each task gets a key made in memory for it; the model sees task ids, never a token,
+    /// key or certificate. Hosts are verified by the CA's host certificates. When the
+    /// session ends (stdin closes, SIGTERM, Ctrl-C) every task it opened is completed.
+    #[command(after_help = "\
+MCP client configuration (e.g. an agent host's mcpServers):
+  {\"writ\": {\"command\": \"writ\", \"args\": [\"mcp\", \"--ca-url\", \"https://ca.example.com\",
+            \"--token\", \"@/var/run/secrets/writ/token\", \"--allowed-hosts\", \"*.staging.example.com\"]}}")]
+    Mcp {
+        /// The CA's base URL.
+        #[arg(long, env = "WRIT_CA_URL", value_name = "URL")]
+        ca_url: String,
+        /// Workload token: `@FILE` (read again for every task, as rotated tokens are) or the
+        /// token itself. Not `-`: stdin carries the protocol.
+        #[arg(long, value_name = "@FILE|TOKEN")]
+        token: String,
+        /// Host patterns tasks may name (repeat or comma-separate), narrower than the policy.
+        #[arg(long = "allowed-hosts", value_delimiter = ',', value_name = "PATTERN")]
+        allowed_hosts: Vec<String>,
+        /// Longest task the agent may open, e.g. 30m (narrower than the policy).
+        #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
+        max_task_ttl: Option<Duration>,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
     /// Show or complete your task at the CA (agents; authenticated by the certificate's
     /// key, or a fresh workload token).
     Task {
@@ -475,6 +502,18 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Mcp {
+            ca_url,
+            token,
+            allowed_hosts,
+            max_task_ttl,
+            tls,
+        } => {
+            if let Err(code) = config.refuse("mcp", over_http) {
+                return code;
+            }
+            mcp_command(&ca_url, token, allowed_hosts, max_task_ttl, &tls)
+        }
         Command::Ssh {
             agent,
             keep_task,
@@ -653,6 +692,49 @@ fn cert_command(agent: &AgentArgs, key: &Path, known_hosts: Option<&Path>) -> Ex
             print_then(&summary, ExitCode::SUCCESS)
         }
         Err(e) => fail(&e),
+    }
+}
+
+/// `writ mcp`.
+fn mcp_command(
+    ca_url: &str,
+    token: String,
+    allowed_hosts: Vec<String>,
+    max_task_ttl: Option<Duration>,
+    tls: &TlsArgs,
+) -> ExitCode {
+    if token == "-" {
+        return fail(&"writ mcp: --token - is not possible (stdin carries MCP): use --token @FILE");
+    }
+    // Read now too, so a missing file is reported before the client connects.
+    if let Err(e) = admin::read_token(&token, &mut std::io::empty()) {
+        return fail(&e);
+    }
+    let ca = match tls.ca(ca_url) {
+        Ok(ca) => ca,
+        Err(e) => return fail(&e),
+    };
+    writ::logging::init(writ::config::LogFormat::Text);
+    let tokens: writ::mcp::TokenSource = std::sync::Arc::new(move || {
+        admin::read_token(&token, &mut std::io::empty())
+            .map(|token| token.to_string())
+            .map_err(|e| writ::client::ClientError::BadAnswer(format!("workload token: {e}")))
+    });
+    let server = writ::mcp::WritMcp::new(
+        ca,
+        tokens,
+        writ::mcp::Limits {
+            allowed_hosts,
+            max_task_ttl,
+        },
+    );
+    let runtime = match writ::cli::runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&e),
+    };
+    match runtime.block_on(writ::mcp::serve_stdio(server)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&format!("writ mcp: {e}")),
     }
 }
 

@@ -145,12 +145,16 @@ pub fn relay_stderr(mut from: impl Read) -> bool {
         let _ = stderr.write_all(&buffer[..n]);
         let _ = stderr.flush();
         window.extend_from_slice(&buffer[..n]);
-        let text = String::from_utf8_lossy(&window);
-        refused |= REFUSED_HOST.iter().any(|m| text.contains(m));
+        refused |= refused_host(&String::from_utf8_lossy(&window));
         let keep = window.len().saturating_sub(64);
         window.drain(..keep);
     }
     refused
+}
+
+/// Whether ssh's `stderr` says it refused the host's key.
+pub fn refused_host(stderr: &str) -> bool {
+    REFUSED_HOST.iter().any(|m| stderr.contains(m))
 }
 
 /// What `writ ssh` adds when ssh refused the host.

@@ -401,23 +401,48 @@ pub fn complete_task(
 
 /// A private directory with a fresh ed25519 key, removed on drop.
 pub struct EphemeralKey {
-    dir: std::path::PathBuf,
+    dir: PrivateDir,
     /// The key.
     pub key: PrivateKey,
 }
 
-impl EphemeralKey {
-    /// Create `<tmp>/writ-<random>/` (mode 0700) holding a new key.
-    pub fn new() -> Result<EphemeralKey, ClientError> {
+/// A directory only its owner can enter (`<tmp>/writ-<random>/`, mode 0700), removed with
+/// everything in it when dropped: where private keys and certificates wait for ssh.
+pub struct PrivateDir {
+    path: std::path::PathBuf,
+}
+
+impl PrivateDir {
+    /// Create one.
+    pub fn new() -> Result<PrivateDir, ClientError> {
         use rand_core::RngCore;
         use std::os::unix::fs::DirBuilderExt;
         let mut suffix = [0u8; 8];
         rand_core::OsRng.fill_bytes(&mut suffix);
-        let dir = std::env::temp_dir().join(format!("writ-{}", crate::audit::hex(&suffix)));
+        let path = std::env::temp_dir().join(format!("writ-{}", crate::audit::hex(&suffix)));
         std::fs::DirBuilder::new()
             .mode(0o700)
-            .create(&dir)
-            .map_err(|e| ClientError::Sign(format!("cannot create {}: {e}", dir.display())))?;
+            .create(&path)
+            .map_err(|e| ClientError::Sign(format!("cannot create {}: {e}", path.display())))?;
+        Ok(PrivateDir { path })
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+impl EphemeralKey {
+    /// Create a [`PrivateDir`] holding a new key.
+    pub fn new() -> Result<EphemeralKey, ClientError> {
+        let dir = PrivateDir::new()?;
         let mut key = PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
             .map_err(|e| ClientError::Sign(e.to_string()))?;
         key.set_comment("writ-ephemeral");
@@ -431,22 +456,22 @@ impl EphemeralKey {
 
     /// Path of the private key file.
     pub fn key_path(&self) -> std::path::PathBuf {
-        self.dir.join("id_ed25519")
+        self.dir.path().join("id_ed25519")
     }
 
     /// Path where the certificate goes.
     pub fn certificate_path(&self) -> std::path::PathBuf {
-        self.dir.join("id_ed25519-cert.pub")
+        self.dir.path().join("id_ed25519-cert.pub")
     }
 
     /// Path of this session's known-hosts file (ssh's only one).
     pub fn known_hosts_path(&self) -> std::path::PathBuf {
-        self.dir.join("known_hosts")
+        self.dir.path().join("known_hosts")
     }
 
     /// Path of this session's copy of the CA's KRL (ssh's `RevokedHostKeys`).
     pub fn revoked_host_keys_path(&self) -> std::path::PathBuf {
-        self.dir.join("revoked_host_keys.krl")
+        self.dir.path().join("revoked_host_keys.krl")
     }
 
     /// The public key line.
@@ -458,11 +483,6 @@ impl EphemeralKey {
     }
 }
 
-impl Drop for EphemeralKey {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// How to run ssh.
 #[derive(Debug, Clone, Default)]

@@ -1,0 +1,595 @@
+//! `writ mcp`: an MCP server over stdio (rmcp) through which an agent asks for SSH access
+//! one task at a time: `open_task`, `run`, `task_status`, `complete_task`, `list_tasks`.
+//! Each result is text for the model and the same as JSON `structuredContent` (with an
+//! `outputSchema`) for programs.
+//!
+//! It owns the session's tasks: each has a key made in memory for it, and the certificate
+//! the CA issued for that key. When the session ends (stdin closes, SIGTERM, SIGINT) every
+//! task it opened and did not complete is completed. What it must never do: put a token,
+//! a private key or a certificate into a tool result or a log line, let the model ask for
+//! more than `--allowed-hosts`/`--max-task-ttl` allow (the CA's policy still decides the
+//! rest), or prompt (ssh runs with `BatchMode=yes`).
+
+pub mod runner;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
+use rmcp::schemars::{self, JsonSchema};
+use rmcp::{ErrorData, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use serde::{Deserialize, Serialize};
+use ssh_key::PrivateKey;
+
+use crate::client::{self, CaClient, ClientError, Credential, SshInvocation, TaskRequest};
+
+/// Where tokens come from: called once per task, so a rotated token is picked up.
+pub type TokenSource = Arc<dyn Fn() -> Result<String, ClientError> + Send + Sync>;
+
+/// How the server narrows what the model may ask for.
+#[derive(Debug, Clone, Default)]
+pub struct Limits {
+    /// Host patterns a task may name (globs); empty: whatever the policy allows.
+    pub allowed_hosts: Vec<String>,
+    /// Longest task; `None`: the CA's default and maximum.
+    pub max_task_ttl: Option<Duration>,
+}
+
+/// Default `run` deadline and output bound.
+const DEFAULT_TIMEOUT_SECONDS: u64 = 60;
+const MAX_TIMEOUT_SECONDS: u64 = 3600;
+const DEFAULT_MAX_OUTPUT_BYTES: usize = 64 * 1024;
+const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
+
+/// One task of this session.
+struct SessionTask {
+    key: PrivateKey,
+    certificate: String,
+    logins: Vec<String>,
+    hosts: Vec<String>,
+    expires_at: String,
+    purpose: String,
+    completed: bool,
+}
+
+/// The MCP server.
+#[derive(Clone)]
+pub struct WritMcp {
+    ca: Arc<CaClient>,
+    tokens: TokenSource,
+    limits: Limits,
+    tasks: Arc<Mutex<BTreeMap<String, SessionTask>>>,
+    tool_router: ToolRouter<WritMcp>,
+}
+
+/// `open_task`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct OpenTask {
+    /// Logins (Unix users) the task may log in as.
+    pub logins: Vec<String>,
+    /// Hosts (names or patterns such as `*.prod.example.com`) the task may reach.
+    pub hosts: Vec<String>,
+    /// How long the task lasts, in seconds (default: the CA's default task lifetime).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// What the task is for, in a sentence; recorded in the CA's audit log.
+    pub purpose: String,
+}
+
+/// `open_task`'s result.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OpenedTask {
+    /// The task's id, for `run`, `task_status` and `complete_task`.
+    pub task_id: String,
+    /// When the task ends (RFC 3339); access ends everywhere then.
+    pub expires_at: String,
+    /// Logins granted.
+    pub logins: Vec<String>,
+    /// Hosts granted.
+    pub hosts: Vec<String>,
+    /// When the current certificate expires (RFC 3339).
+    pub certificate_valid_before: String,
+}
+
+/// `run`'s arguments.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct Run {
+    /// A task opened by `open_task` in this session.
+    pub task_id: String,
+    /// The host to connect to (must be one of the task's hosts).
+    pub host: String,
+    /// The login (must be one of the task's logins).
+    pub login: String,
+    /// The shell command to run on the host.
+    pub command: String,
+    /// Deadline in seconds (default 60, at most 3600).
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
+    /// Most bytes kept of stdout and of stderr each (default 65536).
+    #[serde(default)]
+    pub max_output_bytes: Option<usize>,
+    /// SSH port, if not 22 (or what ssh_config says).
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// A task id argument.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct TaskId {
+    /// The task's id.
+    pub task_id: String,
+}
+
+/// A task as the CA sees it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TaskState {
+    /// The task's id.
+    pub task_id: String,
+    /// `active`, `completed`, `revoked` or `expired`.
+    pub state: String,
+    /// Logins.
+    pub logins: Vec<String>,
+    /// Hosts.
+    pub hosts: Vec<String>,
+    /// When it ends (RFC 3339).
+    pub expires_at: String,
+    /// What it is for.
+    pub purpose: String,
+}
+
+/// `list_tasks`' result.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TaskList {
+    /// Every task this session opened, oldest first.
+    pub tasks: Vec<ListedTask>,
+}
+
+/// One task of this session.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListedTask {
+    /// The task's id.
+    pub task_id: String,
+    /// Whether this session completed it.
+    pub completed: bool,
+    /// Logins.
+    pub logins: Vec<String>,
+    /// Hosts.
+    pub hosts: Vec<String>,
+    /// When it ends (RFC 3339).
+    pub expires_at: String,
+    /// What it is for.
+    pub purpose: String,
+}
+
+/// A result: `text` for the model, `value` as `structuredContent`.
+fn answer<T: Serialize>(text: String, value: &T) -> CallToolResult {
+    let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
+    result.structured_content = serde_json::to_value(value).ok();
+    result
+}
+
+/// A refusal the model can act on (a tool error, not a protocol error).
+fn refusal(text: String) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(text)])
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Run blocking client code off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ErrorData> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ErrorData::internal_error(e.to_string(), None))
+}
+
+#[tool_router]
+impl WritMcp {
+    /// A server for the CA `ca`, taking tokens from `tokens`, within `limits`.
+    pub fn new(ca: CaClient, tokens: TokenSource, limits: Limits) -> WritMcp {
+        WritMcp {
+            ca: Arc::new(ca),
+            tokens,
+            limits,
+            tasks: Arc::default(),
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    #[tool(
+        description = "Open a task: SSH access to some hosts as some logins for a while, granted by \
+                       the CA's policy. Returns the task id to use with `run`. Complete the task \
+                       with `complete_task` when the work is done."
+    )]
+    async fn open_task(
+        &self,
+        Parameters(request): Parameters<OpenTask>,
+    ) -> Result<CallToolResult, ErrorData> {
+        if let Some(host) = request.hosts.iter().find(|h| !self.host_allowed(h)) {
+            return Ok(refusal(format!(
+                "refused by this server: host {host:?} is outside --allowed-hosts ({})",
+                self.limits.allowed_hosts.join(", ")
+            )));
+        }
+        let ttl = request.ttl_seconds.map(Duration::from_secs);
+        if let (Some(ttl), Some(max)) = (ttl, self.limits.max_task_ttl)
+            && ttl > max
+        {
+            return Ok(refusal(format!(
+                "refused by this server: ttl_seconds {} is above --max-task-ttl ({}s)",
+                ttl.as_secs(),
+                max.as_secs()
+            )));
+        }
+        let task_request = TaskRequest {
+            logins: request.logins.clone(),
+            hosts: request.hosts.clone(),
+            task_ttl: ttl.or(self.limits.max_task_ttl),
+            cert_ttl: None,
+            purpose: request.purpose.clone(),
+        };
+        let (ca, tokens) = (Arc::clone(&self.ca), Arc::clone(&self.tokens));
+        let opened = blocking(move || -> Result<_, ClientError> {
+            let key = PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+                .map_err(|e| ClientError::Sign(e.to_string()))?;
+            let public = key
+                .public_key()
+                .to_openssh()
+                .map_err(|e| ClientError::Sign(e.to_string()))?;
+            let token = tokens()?;
+            let issued = client::open_task(&ca, &token, &public, &task_request)?;
+            Ok((key, issued))
+        })
+        .await?;
+        let (key, issued) = match opened {
+            Ok(opened) => opened,
+            Err(e) => return Ok(refusal(format!("the task was not opened: {e}"))),
+        };
+        let opened = OpenedTask {
+            task_id: issued.task_id.clone(),
+            expires_at: issued.task_expires_at.clone(),
+            logins: request.logins.clone(),
+            hosts: request.hosts.clone(),
+            certificate_valid_before: issued.valid_before.clone(),
+        };
+        tracing::info!(task_id = %issued.task_id, "mcp: task opened");
+        self.tasks.lock().expect("tasks").insert(
+            issued.task_id.clone(),
+            SessionTask {
+                key,
+                certificate: issued.certificate,
+                logins: request.logins,
+                hosts: request.hosts,
+                expires_at: issued.task_expires_at,
+                purpose: request.purpose,
+                completed: false,
+            },
+        );
+        Ok(answer(
+            format!(
+                "Task {} is open until {} for logins {} on hosts {}. Use `run` with this task_id; \
+                 call `complete_task` when done.",
+                opened.task_id,
+                opened.expires_at,
+                opened.logins.join(", "),
+                opened.hosts.join(", ")
+            ),
+            &opened,
+        ))
+    }
+
+    #[tool(
+        description = "Run a shell command on a host with a task's certificate (ssh; the host is \
+                       verified by the CA's host certificates). Returns exit code, stdout and \
+                       stderr (bounded; truncation is marked)."
+    )]
+    async fn run(&self, Parameters(request): Parameters<Run>) -> Result<CallToolResult, ErrorData> {
+        let task = {
+            let tasks = self.tasks.lock().expect("tasks");
+            match tasks.get(&request.task_id) {
+                None => {
+                    return Ok(refusal(format!(
+                        "no task {:?} in this session (open one with open_task)",
+                        request.task_id
+                    )));
+                }
+                Some(task) if task.completed => {
+                    return Ok(refusal(format!(
+                        "task {} is completed; open a new one",
+                        request.task_id
+                    )));
+                }
+                Some(task) => (
+                    task.key.clone(),
+                    task.certificate.clone(),
+                    task.logins.clone(),
+                    task.hosts.clone(),
+                ),
+            }
+        };
+        let (key, certificate, logins, hosts) = task;
+        if !logins.contains(&request.login) {
+            return Ok(refusal(format!(
+                "login {:?} is not one of the task's logins ({})",
+                request.login,
+                logins.join(", ")
+            )));
+        }
+        if !hosts
+            .iter()
+            .any(|pattern| writ_formats::glob::matches(pattern, &request.host))
+        {
+            return Ok(refusal(format!(
+                "host {:?} is not one of the task's hosts ({})",
+                request.host,
+                hosts.join(", ")
+            )));
+        }
+        let ca = Arc::clone(&self.ca);
+        let trust = blocking(move || -> Result<_, ClientError> {
+            Ok((
+                client::known_hosts::fetch(&ca)?,
+                client::known_hosts::fetch_revoked(&ca)?,
+            ))
+        })
+        .await?;
+        let (known_hosts, revoked) = match trust {
+            Ok(trust) => trust,
+            Err(e) => return Ok(refusal(format!("cannot verify hosts: {e}"))),
+        };
+        let mut options = Vec::new();
+        if let Some(port) = request.port {
+            options.extend(["-p".to_owned(), port.to_string()]);
+        }
+        let timeout = request
+            .timeout_seconds
+            .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
+            .clamp(1, MAX_TIMEOUT_SECONDS);
+        let outcome = runner::run(runner::RunRequest {
+            key: &key,
+            certificate: &certificate,
+            known_hosts: &known_hosts,
+            revoked: &revoked,
+            invocation: SshInvocation {
+                login: request.login.clone(),
+                host: request.host.clone(),
+                options,
+                command: vec![request.command.clone()],
+            },
+            timeout: Duration::from_secs(timeout),
+            max_output_bytes: request
+                .max_output_bytes
+                .unwrap_or(DEFAULT_MAX_OUTPUT_BYTES)
+                .min(MAX_OUTPUT_BYTES),
+        })
+        .await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => return Ok(refusal(format!("the command did not run: {e}"))),
+        };
+        let mut text = match (outcome.timed_out, outcome.exit_code) {
+            (true, _) => format!("Timed out after {timeout}s.\n"),
+            (false, Some(code)) => format!("Exit code {code}.\n"),
+            (false, None) => String::new(),
+        };
+        if outcome.host_refused {
+            text.push_str(&client::known_hosts::refused_host_hint(&request.host));
+            text.push('\n');
+        }
+        let cut = |truncated: bool| if truncated { " (truncated)" } else { "" };
+        text.push_str(&format!(
+            "stdout{}:\n{}\nstderr{}:\n{}",
+            cut(outcome.stdout_truncated),
+            outcome.stdout,
+            cut(outcome.stderr_truncated),
+            outcome.stderr
+        ));
+        let mut result = answer(text, &outcome);
+        if outcome.host_refused || outcome.timed_out {
+            result.is_error = Some(true);
+        }
+        Ok(result)
+    }
+
+    #[tool(description = "Show a task's state as the CA sees it (active, completed, revoked, expired).")]
+    async fn task_status(
+        &self,
+        Parameters(TaskId { task_id }): Parameters<TaskId>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.task_call(task_id, false).await
+    }
+
+    #[tool(
+        description = "Complete a task: its certificates stop working on every host at once. Call \
+                       it when the work is done."
+    )]
+    async fn complete_task(
+        &self,
+        Parameters(TaskId { task_id }): Parameters<TaskId>,
+    ) -> Result<CallToolResult, ErrorData> {
+        self.task_call(task_id, true).await
+    }
+
+    #[tool(description = "List the tasks this session opened.")]
+    async fn list_tasks(&self) -> Result<CallToolResult, ErrorData> {
+        let list = TaskList {
+            tasks: self
+                .tasks
+                .lock()
+                .expect("tasks")
+                .iter()
+                .map(|(id, task)| ListedTask {
+                    task_id: id.clone(),
+                    completed: task.completed,
+                    logins: task.logins.clone(),
+                    hosts: task.hosts.clone(),
+                    expires_at: task.expires_at.clone(),
+                    purpose: task.purpose.clone(),
+                })
+                .collect(),
+        };
+        let text = if list.tasks.is_empty() {
+            "No tasks opened in this session.".to_owned()
+        } else {
+            list.tasks
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} ({}, until {}): {} on {} — {}",
+                        t.task_id,
+                        if t.completed { "completed" } else { "open" },
+                        t.expires_at,
+                        t.logins.join(","),
+                        t.hosts.join(","),
+                        t.purpose
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        Ok(answer(text, &list))
+    }
+}
+
+impl WritMcp {
+    fn host_allowed(&self, host: &str) -> bool {
+        self.limits.allowed_hosts.is_empty()
+            || self
+                .limits
+                .allowed_hosts
+                .iter()
+                .any(|allowed| writ_formats::glob::matches(allowed, host))
+    }
+
+    /// `task_status` or `complete_task`, proving possession of the task's key.
+    async fn task_call(&self, task_id: String, complete: bool) -> Result<CallToolResult, ErrorData> {
+        let held = self
+            .tasks
+            .lock()
+            .expect("tasks")
+            .get(&task_id)
+            .map(|t| (t.key.clone(), t.certificate.clone()));
+        let Some((key, certificate)) = held else {
+            return Ok(refusal(format!(
+                "no task {task_id:?} in this session (list_tasks shows them)"
+            )));
+        };
+        let ca = Arc::clone(&self.ca);
+        let id = task_id.clone();
+        let answered = blocking(move || {
+            let credential = Credential::Possession {
+                certificate: &certificate,
+                key: &key,
+            };
+            if complete {
+                client::finish_task(&ca, &id, &credential, now_unix())
+            } else {
+                client::task_status(&ca, &id, &credential, now_unix())
+            }
+        })
+        .await?;
+        let task = match answered {
+            Ok(task) => task,
+            Err(e) => return Ok(refusal(format!("task {task_id}: {e}"))),
+        };
+        if complete && let Some(held) = self.tasks.lock().expect("tasks").get_mut(&task_id) {
+            held.completed = true;
+        }
+        let state = TaskState {
+            task_id: task.task_id,
+            state: task.state,
+            logins: task.logins,
+            hosts: task.hosts,
+            expires_at: task.expires_at,
+            purpose: task.purpose,
+        };
+        let text = if complete {
+            format!(
+                "Task {} is {}: its certificates no longer work anywhere.",
+                state.task_id, state.state
+            )
+        } else {
+            format!(
+                "Task {} is {} (until {}): logins {} on hosts {}.",
+                state.task_id,
+                state.state,
+                state.expires_at,
+                state.logins.join(", "),
+                state.hosts.join(", ")
+            )
+        };
+        Ok(answer(text, &state))
+    }
+
+    /// Complete every task this session opened and did not complete; returns how many
+    /// could not be completed (each logged).
+    pub async fn complete_all(&self) -> usize {
+        let open: Vec<String> = self
+            .tasks
+            .lock()
+            .expect("tasks")
+            .iter()
+            .filter(|(_, t)| !t.completed)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut failed = 0;
+        for task_id in open {
+            match self.task_call(task_id.clone(), true).await {
+                Ok(result) if result.is_error != Some(true) => {
+                    tracing::info!(%task_id, "mcp: task completed at the end of the session");
+                }
+                _ => {
+                    failed += 1;
+                    tracing::warn!(%task_id, "mcp: could not complete the task at the end of the session");
+                }
+            }
+        }
+        failed
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for WritMcp {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::default();
+        info.capabilities = ServerCapabilities::builder().enable_tools().build();
+        info.instructions = Some(
+            "SSH access through writ: open_task names the logins, hosts and purpose; run executes \
+             commands with the task's certificate; complete_task ends access everywhere. Tokens, \
+             keys and certificates never leave this server."
+                .into(),
+        );
+        info
+    }
+}
+
+/// Serve MCP on stdin/stdout until the client goes away or a signal arrives, then complete
+/// every task the session opened. Errors are the transport's.
+pub async fn serve_stdio(server: WritMcp) -> Result<(), String> {
+    let running = server
+        .clone()
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| format!("MCP handshake failed: {e}"))?;
+    let cancel = running.cancellation_token();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    let waiting = running.waiting();
+    tokio::pin!(waiting);
+    tokio::select! {
+        _ = &mut waiting => {}
+        _ = terminate.recv() => cancel.cancel(),
+        _ = tokio::signal::ctrl_c() => cancel.cancel(),
+    }
+    let failed = server.complete_all().await;
+    if failed > 0 {
+        return Err(format!("{failed} task(s) could not be completed"));
+    }
+    Ok(())
+}
