@@ -175,9 +175,16 @@ mod tests {
         let store = SqliteStore::open(dir.join("writ.db").to_str().expect("path"))
             .await
             .expect("store");
-        let keyring = Keyring::load_or_init(&store, "pass", KeyAlgorithm::Ed25519, 100, &mut OsRng)
-            .await
-            .expect("keyring");
+        let keyring = Keyring::load_or_init(
+            &store,
+            "pass",
+            KeyAlgorithm::Ed25519,
+            crate::store::KeyKind::User,
+            100,
+            &mut OsRng,
+        )
+        .await
+        .expect("keyring");
         let key_id = keyring.active_id().to_owned();
         store
             .record_issuance(issuance(TASK, SERIAL, &key_id))
