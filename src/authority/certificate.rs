@@ -1,5 +1,8 @@
 //! Building and signing one writ user certificate from a [`CertificateSpec`], following
-//! the profile in [`crate::profile`]. Time and randomness are inputs.
+//! the profile in [`crate::profile`], and one SSH host certificate from a
+//! [`HostCertificateSpec`]. Time and randomness are inputs. Which key signs is the
+//! caller's: a user certificate only ever with the user keyring's signer, a host
+//! certificate only with the host keyring's (the store refuses either the other way).
 
 use std::collections::BTreeMap;
 
@@ -72,6 +75,45 @@ pub fn sign_certificate(
     }
     if let Some(addresses) = &spec.source_address {
         builder.critical_option("source-address", addresses.join(","))?;
+    }
+    builder.sign(&SshKeySigner(signer))
+}
+
+/// Everything that goes into a host certificate.
+#[derive(Debug, Clone)]
+pub struct HostCertificateSpec {
+    /// The host key being certified.
+    pub public_key: PublicKey,
+    /// CA-generated, random, non-zero.
+    pub serial: u64,
+    /// CA-generated key id.
+    pub key_id: String,
+    /// The host names: the certificate's principals, exactly.
+    pub names: Vec<String>,
+    /// Unix seconds.
+    pub valid_after: u64,
+    /// Unix seconds.
+    pub valid_before: u64,
+}
+
+/// Sign `spec` as a host certificate (no critical options, no extensions) with `signer`.
+pub fn sign_host_certificate(
+    spec: &HostCertificateSpec,
+    signer: &dyn Signer,
+    rng: &mut impl CryptoRngCore,
+) -> Result<Certificate, ssh_key::Error> {
+    let mut builder = Builder::new_with_random_nonce(
+        rng,
+        spec.public_key.key_data().clone(),
+        spec.valid_after,
+        spec.valid_before,
+    )?;
+    builder
+        .serial(spec.serial)?
+        .key_id(spec.key_id.as_str())?
+        .cert_type(CertType::Host)?;
+    for name in &spec.names {
+        builder.valid_principal(name.as_str())?;
     }
     builder.sign(&SshKeySigner(signer))
 }
