@@ -13,8 +13,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use super::auth::authenticate;
-use super::certificates::rfc3339;
+use super::certificates::{admit, rfc3339};
 use super::refusal::{self, Refusal, Who};
 use super::{ApiError, AppState};
 use crate::audit::event;
@@ -66,27 +65,7 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<HostCertificatesResponse>), ApiError> {
-    if let Some(address) = context.client_ip()
-        && let Err(limited) = state.rate.issuance_from(address)
-    {
-        let answer = limited.answer("too many certificates requested from this address");
-        let refused = Refusal::of(event::HOST_CERT_DENIED, Who::Nobody, None, answer);
-        return Err(refusal::record(&state, refused, &context).await);
-    }
-    let identity = authenticate(&state, &headers, &context).await?;
-    if let Err(limited) = state
-        .rate
-        .issuance_for(&identity.issuer_name, &identity.subject)
-    {
-        let answer = limited.answer("too many certificates requested for this identity");
-        let refused = Refusal::of(
-            event::HOST_CERT_DENIED,
-            Who::Identity(&identity),
-            None,
-            answer,
-        );
-        return Err(refusal::record(&state, refused, &context).await);
-    }
+    let identity = admit(&state, &context, &headers, event::HOST_CERT_DENIED).await?;
     let request: HostCertificatesRequest = match super::decode_json(body) {
         Ok(request) => request,
         Err(error) => {

@@ -40,22 +40,43 @@ pub struct CertificateSpec {
     pub source_address: Option<Vec<String>>,
 }
 
+/// A certificate builder for `public_key` of `cert_type` with its serial, key id and
+/// validity window set (Unix seconds) and a random nonce.
+fn builder(
+    public_key: &PublicKey,
+    serial: u64,
+    key_id: &str,
+    cert_type: CertType,
+    (valid_after, valid_before): (u64, u64),
+    rng: &mut impl CryptoRngCore,
+) -> Result<Builder, ssh_key::Error> {
+    let mut builder = Builder::new_with_random_nonce(
+        rng,
+        public_key.key_data().clone(),
+        valid_after,
+        valid_before,
+    )?;
+    builder
+        .serial(serial)?
+        .key_id(key_id)?
+        .cert_type(cert_type)?;
+    Ok(builder)
+}
+
 /// Sign `spec` with `signer`.
 pub fn sign_certificate(
     spec: &CertificateSpec,
     signer: &dyn Signer,
     rng: &mut impl CryptoRngCore,
 ) -> Result<Certificate, ssh_key::Error> {
-    let mut builder = Builder::new_with_random_nonce(
+    let mut builder = builder(
+        &spec.public_key,
+        spec.serial,
+        &spec.key_id,
+        CertType::User,
+        (spec.valid_after, spec.valid_before),
         rng,
-        spec.public_key.key_data().clone(),
-        spec.valid_after,
-        spec.valid_before,
     )?;
-    builder
-        .serial(spec.serial)?
-        .key_id(spec.key_id.as_str())?
-        .cert_type(CertType::User)?;
     for login in &spec.logins {
         builder.valid_principal(profile::principal(&spec.task_id, login))?;
     }
@@ -102,16 +123,14 @@ pub fn sign_host_certificate(
     signer: &dyn Signer,
     rng: &mut impl CryptoRngCore,
 ) -> Result<Certificate, ssh_key::Error> {
-    let mut builder = Builder::new_with_random_nonce(
+    let mut builder = builder(
+        &spec.public_key,
+        spec.serial,
+        &spec.key_id,
+        CertType::Host,
+        (spec.valid_after, spec.valid_before),
         rng,
-        spec.public_key.key_data().clone(),
-        spec.valid_after,
-        spec.valid_before,
     )?;
-    builder
-        .serial(spec.serial)?
-        .key_id(spec.key_id.as_str())?
-        .cert_type(CertType::Host)?;
     for name in &spec.names {
         builder.valid_principal(name.as_str())?;
     }

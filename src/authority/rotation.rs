@@ -369,6 +369,24 @@ pub fn find_key<'a>(keys: &'a [CaKey], name: &str) -> Option<&'a CaKey> {
 // ---------------------------------------------------------------------------------------
 // Operations on the store.
 
+/// A new key of `settings`' kind and algorithm in `state`, encrypted with `passphrase`.
+fn new_key(
+    passphrase: &str,
+    settings: &RotationSettings,
+    state: KeyState,
+    now: i64,
+    rng: &mut impl CryptoRngCore,
+) -> Result<CaKeyRecord, KeyringError> {
+    new_key_record(
+        passphrase,
+        settings.algorithm,
+        settings.kind,
+        state,
+        now,
+        rng,
+    )
+}
+
 /// The stored keys of `kind`, as rows and public halves.
 async fn load(
     store: &dyn Store,
@@ -466,27 +484,13 @@ pub async fn rotate(
             KeyRef::of_record(row(&rows, id)?)
         }
         None => {
-            let fresh = new_key_record(
-                passphrase,
-                settings.algorithm,
-                settings.kind,
-                KeyState::Active,
-                now,
-                rng,
-            )?;
+            let fresh = new_key(passphrase, settings, KeyState::Active, now, rng)?;
             let key = KeyRef::of_record(&fresh);
             change.new_keys.push(fresh);
             key
         }
     };
-    let next = new_key_record(
-        passphrase,
-        settings.algorithm,
-        settings.kind,
-        KeyState::Next,
-        now,
-        rng,
-    )?;
+    let next = new_key(passphrase, settings, KeyState::Next, now, rng)?;
     let next_ref = KeyRef::of_record(&next);
     change.new_keys.push(next);
     let mut entry = actor.entry(event::CA_KEY_ROTATED, Outcome::Success);
@@ -593,27 +597,13 @@ pub async fn revoke(
                     activated = Some(KeyRef::of(n));
                 }
                 None => {
-                    let fresh = new_key_record(
-                        passphrase,
-                        settings.algorithm,
-                        settings.kind,
-                        KeyState::Active,
-                        now,
-                        rng,
-                    )?;
+                    let fresh = new_key(passphrase, settings, KeyState::Active, now, rng)?;
                     activated = Some(KeyRef::of_record(&fresh));
                     change.new_keys.push(fresh);
                 }
             }
         }
-        let fresh = new_key_record(
-            passphrase,
-            settings.algorithm,
-            settings.kind,
-            KeyState::Next,
-            now,
-            rng,
-        )?;
+        let fresh = new_key(passphrase, settings, KeyState::Next, now, rng)?;
         next = Some(KeyRef::of_record(&fresh));
         change.new_keys.push(fresh);
     }
@@ -702,14 +692,7 @@ pub async fn ensure_next(
         return Ok(None);
     }
     prove_passphrase(&rows, None, passphrase)?;
-    let next = new_key_record(
-        passphrase,
-        settings.algorithm,
-        settings.kind,
-        KeyState::Next,
-        now,
-        rng,
-    )?;
+    let next = new_key(passphrase, settings, KeyState::Next, now, rng)?;
     let key = KeyRef::of_record(&next);
     let mut entry = actor.entry(event::CA_KEY_CREATED, Outcome::Success);
     entry.ca_fingerprint = Some(key.fingerprint.clone());
