@@ -39,6 +39,7 @@ pub mod ca;
 pub mod check;
 pub mod defaults;
 pub mod explain;
+pub mod host_cert;
 pub mod store;
 pub mod task;
 
@@ -78,9 +79,25 @@ pub enum AdminCommand {
     Ca {
         #[command(subcommand)]
         command: ca::CaCommand,
+        /// Which keyring: user CA keys (the default) or host CA keys.
+        #[arg(long, global = true, value_enum, default_value_t = ca::CaKind::User)]
+        kind: ca::CaKind,
         /// Print JSON (list, rotate, revoke, schedule, rewrap).
         #[arg(long, global = true)]
         json: bool,
+    },
+    /// Host certificates: list them, or revoke one by serial or every one naming a host.
+    ///
+    /// A revocation is in the next KRL (`GET /v1/krl`, under the host CA key's section),
+    /// recorded as `host_cert.revoked` by `local-admin` and your login.
+    #[command(after_help = "\
+Examples:
+  writ admin --config /etc/writ/writ.toml host-cert list --host web1.prod.example.com
+  writ admin --config /etc/writ/writ.toml host-cert revoke 123456789
+  writ admin --config /etc/writ/writ.toml host-cert revoke --host web1.prod.example.com")]
+    HostCert {
+        #[command(subcommand)]
+        command: host_cert::HostCertCommand,
     },
     /// The audit log: export (JSON Lines or OCSF), verify, trail of a task, checkpoint,
     /// prune.
@@ -160,6 +177,9 @@ pub enum AdminError {
     /// `writ admin ca` failed.
     #[error(transparent)]
     Ca(#[from] ca::CaCommandError),
+    /// `writ admin host-cert` failed.
+    #[error(transparent)]
+    HostCert(#[from] host_cert::HostCertCommandError),
     /// `writ admin audit` failed.
     #[error(transparent)]
     Audit(#[from] audit::AuditCommandError),
@@ -285,7 +305,12 @@ pub async fn run(
     match command {
         AdminCommand::Policy { command } => explain::run(context, command, out).await,
         AdminCommand::Task { command } => task::run(context, command, out).await,
-        AdminCommand::Ca { command, json } => ca::run(context, command, json, out).await,
+        AdminCommand::Ca {
+            command,
+            kind,
+            json,
+        } => ca::run(context, command, kind, json, out).await,
+        AdminCommand::HostCert { command } => host_cert::run(context, command, out).await,
         AdminCommand::Audit { command } => audit::run(context, command, out).await,
         AdminCommand::Store { command } => store::run(context, command, out).await,
         AdminCommand::DefaultConfig => {
@@ -441,6 +466,7 @@ mod tests {
         let mut out = Vec::new();
         let list = AdminCommand::Ca {
             command: ca::CaCommand::List,
+            kind: ca::CaKind::User,
             json: true,
         };
         let status = run(&context, list, &mut out).await.expect("ca list");
