@@ -207,7 +207,11 @@ fn hosts_without_writ_principals_refuse_writ_certificates() {
     let rows = runtime()
         .block_on(ca.state.store.ca_keys())
         .expect("ca keys");
-    let ca_key = ssh_key::PrivateKey::from_openssh(&rows[0].private_key)
+    let user_key = rows
+        .iter()
+        .find(|r| r.kind == writ::store::KeyKind::User && r.state == writ::store::KeyState::Active)
+        .expect("the active user CA key");
+    let ca_key = ssh_key::PrivateKey::from_openssh(&user_key.private_key)
         .expect("parse")
         .decrypt("test passphrase")
         .expect("decrypt");
@@ -261,10 +265,9 @@ fn writ_ssh_runs_a_task_scoped_session_and_completes_the_task() {
             "--ssh-arg=-p",
             &format!("--ssh-arg={port}"),
         ])
-        .args([
-            "--ssh-arg=-oStrictHostKeyChecking=no",
-            "--ssh-arg=-oUserKnownHostsFile=/dev/null",
-        ])
+        // This host is not enrolled for host certificates (tests/host_certificates_ssh.rs
+        // covers those): the explicit opt-out.
+        .arg("--insecure-trust-on-first-use")
         .args([
             "--ssh-arg=-oBatchMode=yes",
             "--ssh-arg=-oLogLevel=ERROR",
@@ -282,6 +285,10 @@ fn writ_ssh_runs_a_task_scoped_session_and_completes_the_task() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello-from-task"));
     assert!(stderr.contains("completed"), "{stderr}");
+    assert!(
+        stderr.contains("warning: --insecure-trust-on-first-use"),
+        "the opt-out is said out loud: {stderr}"
+    );
 
     // The task was completed with a proof of possession: its certificate is revoked.
     let completed = ca.audit_events(writ::audit::event::TASK_COMPLETED);
