@@ -10,7 +10,6 @@
 use std::io::{self, Write};
 use std::time::Duration;
 
-
 /// Whether `error` means the reader of our output has gone (EPIPE: `| head` closed its
 /// end). Rust ignores SIGPIPE, so such a write fails with this instead of killing us.
 pub fn is_closed_pipe(error: &io::Error) -> bool {
