@@ -207,7 +207,11 @@ fn hosts_without_writ_principals_refuse_writ_certificates() {
     let rows = runtime()
         .block_on(ca.state.store.ca_keys())
         .expect("ca keys");
-    let ca_key = ssh_key::PrivateKey::from_openssh(&rows[0].private_key)
+    let user_key = rows
+        .iter()
+        .find(|r| r.kind == writ::store::KeyKind::User && r.state == writ::store::KeyState::Active)
+        .expect("the active user CA key");
+    let ca_key = ssh_key::PrivateKey::from_openssh(&user_key.private_key)
         .expect("parse")
         .decrypt("test passphrase")
         .expect("decrypt");
