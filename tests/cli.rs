@@ -18,10 +18,20 @@ use writ::audit::event;
 
 const WRIT: &str = env!("CARGO_BIN_EXE_writ");
 
-/// `writ ARGS…` with no WRIT_CONFIG or WRIT_CA_URL from the environment running the tests.
+/// `writ ARGS…` with no WRIT_CONFIG, WRIT_CA_URL, client config or GitHub Actions token
+/// from the environment running the tests.
 fn writ() -> Command {
     let mut command = Command::new(WRIT);
-    command.env_remove("WRIT_CONFIG").env_remove("WRIT_CA_URL");
+    for var in [
+        "WRIT_CONFIG",
+        "WRIT_CA_URL",
+        "WRIT_CLIENT_CONFIG",
+        "ACTIONS_ID_TOKEN_REQUEST_URL",
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+    ] {
+        command.env_remove(var);
+    }
+    command.env("XDG_CONFIG_HOME", "/nonexistent/writ-tests");
     command
 }
 
@@ -556,6 +566,9 @@ fn help_explains_with_examples() {
     for (args, word) in [
         (&["serve", "--help"][..], "--listen"),
         (&["cert", "--help"], "writ task complete"),
+        (&["cert", "--help"], "github-actions[:AUDIENCE]"),
+        (&["ssh", "--help"], "--token-source <SPEC>"),
+        (&["task", "show", "--help"], "command:CMD"),
         (&["task", "complete", "--help"], "<key>-cert.pub"),
         (&["task", "show", "--help"], "Examples:"),
         (&["admin", "--help"], "Examples:"),

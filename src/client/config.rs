@@ -149,9 +149,20 @@ pub fn load(env: Environment<'_>) -> Result<ClientConfig, ClientConfigError> {
 /// Parse client config text read from `path` (named in errors; relative paths in it are
 /// relative to its directory).
 pub fn parse(text: &str, path: &Path) -> Result<ClientConfig, ClientConfigError> {
-    let file: File = toml::from_str(text).map_err(|e| ClientConfigError::Parse {
-        path: path.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
+    let file: File = toml::from_str(text).map_err(|e| {
+        // toml's own message, on one line, with the line it is about.
+        let line = e.span().map(|span| {
+            let before = text.get(..span.start).unwrap_or_default();
+            before.matches('\n').count().saturating_add(1)
+        });
+        let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+        ClientConfigError::Parse {
+            path: path.to_owned(),
+            message: match line {
+                Some(line) => format!("line {line}: {message}"),
+                None => message,
+            },
+        }
     })?;
     let invalid = |key: &'static str, message: String| ClientConfigError::Invalid {
         path: path.to_owned(),
