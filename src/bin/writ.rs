@@ -36,11 +36,15 @@ Examples:
   writ dev token --sub agent-1 | writ cert --ca-url http://127.0.0.1:8422 --token - \\
       --login deploy --host web-01.example.com --key ~/.ssh/id_ed25519
   writ task complete TASK_ID --ca-url http://127.0.0.1:8422 --key ~/.ssh/id_ed25519
+  writ ssh --token-source github-actions --login deploy --host web-01.example.com -- uptime
   writ admin --config writ.toml task show TASK_ID
   writ completions bash > /etc/bash_completion.d/writ
 
 Environment: WRIT_CONFIG (for --config), WRIT_CA_URL (for --ca-url), WRIT_CA_BUNDLE
-(for --ca-bundle), WRIT_CLIENT_CERT and WRIT_CLIENT_KEY (for --client-cert, --client-key).
+(for --ca-bundle), WRIT_CLIENT_CERT and WRIT_CLIENT_KEY (for --client-cert, --client-key),
+WRIT_CLIENT_CONFIG (the agent commands' client config; default
+~/.config/writ/client.toml). Agent commands exit 80 (no workload token), 81 (token
+refused), 82 (policy denied), 83 (CA unreachable), 84 (host not trusted), 255 (ssh failed).
 See `writ COMMAND --help`, and `writ man` for the manual page.";
 
 /// An SSH certificate authority for AI agents and other workloads.
