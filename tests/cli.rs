@@ -13,48 +13,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use common::agents::World;
+use common::output::{assert_ok, stderr, stdout};
 use serde_json::Value;
 use writ::audit::event;
-
-const WRIT: &str = env!("CARGO_BIN_EXE_writ");
 
 /// `writ ARGS…` with no WRIT_CONFIG, WRIT_CA_URL, client config or GitHub Actions token
 /// from the environment running the tests.
 fn writ() -> Command {
-    let mut command = Command::new(WRIT);
-    for var in [
-        "WRIT_CONFIG",
-        "WRIT_CA_URL",
-        "WRIT_CLIENT_CONFIG",
-        "ACTIONS_ID_TOKEN_REQUEST_URL",
-        "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
-    ] {
-        command.env_remove(var);
-    }
-    command.env("XDG_CONFIG_HOME", "/nonexistent/writ-tests");
-    command
+    common::output::writ_isolated(Path::new("/nonexistent/writ-tests"))
 }
 
 fn run(command: &mut Command) -> Output {
     command.stdin(Stdio::null()).output().expect("run writ")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn assert_ok(output: &Output) {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        stdout(output),
-        stderr(output)
-    );
 }
 
 impl World {

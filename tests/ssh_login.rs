@@ -92,6 +92,24 @@ fn sign_with_ssh_keygen(
     dir.join(format!("{out_name}-cert.pub"))
 }
 
+/// A CA whose policy `agents` grants ALICE on the prod hosts, its IdP, and a host running
+/// `writ-principals` (synced) with its sshd, for the agent-command tests.
+fn alice_on_a_host() -> (TestIdp, TestCa, TestHost, Sshd) {
+    require_root_and_sshd();
+    ensure_user(ALICE);
+    let idp = TestIdp::start(&[Key::Rsa]);
+    let ca = TestCa::with_policy(
+        &idp,
+        "",
+        &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*.prod.example.com\"]\n"),
+    );
+    let host = TestHost::new(common::writ_principals());
+    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
+    sync(&host);
+    let sshd = Sshd::start(&host, SshdOptions::default());
+    (idp, ca, host, sshd)
+}
+
 #[test]
 fn api_certificate_logs_in_only_for_its_task() {
     require_root_and_sshd();
@@ -226,18 +244,7 @@ fn hosts_without_writ_principals_refuse_writ_certificates() {
 
 #[test]
 fn writ_ssh_runs_a_task_scoped_session_and_completes_the_task() {
-    require_root_and_sshd();
-    ensure_user(ALICE);
-    let idp = TestIdp::start(&[Key::Rsa]);
-    let ca = TestCa::with_policy(
-        &idp,
-        "",
-        &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*.prod.example.com\"]\n"),
-    );
-    let host = TestHost::new(common::writ_principals());
-    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
-    sync(&host);
-    let sshd = Sshd::start(&host, SshdOptions::default());
+    let (idp, ca, _host, sshd) = alice_on_a_host();
     let port = sshd.port().to_string();
 
     let out = Command::new(env!("CARGO_BIN_EXE_writ"))
@@ -320,18 +327,7 @@ fn writ_ssh_never_passes_the_destination_as_an_ssh_option() {
 
 #[test]
 fn writ_cert_certifies_an_existing_key() {
-    require_root_and_sshd();
-    ensure_user(ALICE);
-    let idp = TestIdp::start(&[Key::Rsa]);
-    let ca = TestCa::with_policy(
-        &idp,
-        "",
-        &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*.prod.example.com\"]\n"),
-    );
-    let host = TestHost::new(common::writ_principals());
-    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
-    sync(&host);
-    let sshd = Sshd::start(&host, SshdOptions::default());
+    let (idp, ca, _host, sshd) = alice_on_a_host();
     let dir = tempfile::tempdir().expect("tempdir");
     let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
     let token_file = dir.path().join("token");
@@ -372,18 +368,7 @@ fn writ_cert_certifies_an_existing_key() {
 
 #[test]
 fn writ_ssh_takes_its_token_from_a_source_and_exits_with_the_remote_status() {
-    require_root_and_sshd();
-    ensure_user(ALICE);
-    let idp = TestIdp::start(&[Key::Rsa]);
-    let ca = TestCa::with_policy(
-        &idp,
-        "",
-        &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*.prod.example.com\"]\n"),
-    );
-    let host = TestHost::new(common::writ_principals());
-    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
-    sync(&host);
-    let sshd = Sshd::start(&host, SshdOptions::default());
+    let (idp, ca, _host, sshd) = alice_on_a_host();
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, idp.token(Key::Rsa, "agent-1")).expect("token file");

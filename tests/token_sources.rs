@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -17,49 +17,13 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use common::agents::World;
 use common::idp::{Key, sign_with};
+use common::output::{assert_ok, stderr, stdout, writ_isolated};
 use serde_json::json;
-
-const WRIT: &str = env!("CARGO_BIN_EXE_writ");
 
 /// `writ` with none of the caller's settings: no WRIT_* variables, no GitHub Actions
 /// variables, and a config home in `dir` holding no client config.
 fn writ(dir: &Path) -> Command {
-    let mut command = Command::new(WRIT);
-    for var in [
-        "WRIT_CONFIG",
-        "WRIT_CA_URL",
-        "WRIT_CA_BUNDLE",
-        "WRIT_CLIENT_CERT",
-        "WRIT_CLIENT_KEY",
-        "WRIT_CLIENT_CONFIG",
-        "ACTIONS_ID_TOKEN_REQUEST_URL",
-        "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
-    ] {
-        command.env_remove(var);
-    }
-    command
-        .env("XDG_CONFIG_HOME", dir.join("xdg"))
-        .stdin(Stdio::null());
-    command
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// `output` succeeded.
-fn assert_ok(output: &Output) {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        stdout(output),
-        stderr(output)
-    );
+    writ_isolated(&dir.join("xdg"))
 }
 
 /// `output` failed with `code`, one `writ: error:` line holding every one of `words`.
