@@ -496,9 +496,16 @@ fn github_actions(audience: &str, env: Environment<'_>) -> Result<Token, TokenSo
         base.as_str(),
         percent_encode(audience)
     );
+    // The system's trust store, as for the CA (ureq's default, bundled roots, is not
+    // compiled in).
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(GITHUB_TIMEOUT))
         .http_status_as_error(false)
+        .tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+                .build(),
+        )
         .build()
         .into();
     let unreachable = |e: ureq::Error| failed(format!("cannot reach {shown}: {e}"));
@@ -759,6 +766,28 @@ mod tests {
             discover(&discovery, &github).expect("config first"),
             TokenSource::Env("X".into())
         );
+    }
+
+    #[test]
+    fn an_https_endpoint_is_verified_by_the_system_trust_store() {
+        // Nothing listens on port 9: the request fails, but it is made (ureq panics when
+        // asked for its bundled roots, which are not compiled in).
+        let env = |name: &str| match name {
+            GITHUB_URL_VAR => Some(OsString::from("https://127.0.0.1:9/token?api-version=2.0")),
+            GITHUB_TOKEN_VAR => Some(OsString::from("request-token")),
+            _ => None,
+        };
+        let error = TokenSource::GithubActions {
+            audience: "writ".into(),
+        }
+        .fetch(&env)
+        .expect_err("nothing listens");
+        let text = error.to_string();
+        assert!(
+            text.contains("cannot reach https://127.0.0.1:9/token"),
+            "{text}"
+        );
+        assert!(!text.contains("request-token"), "{text}");
     }
 
     #[test]
