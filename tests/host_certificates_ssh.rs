@@ -162,7 +162,12 @@ fn logged_in(out: &Output) -> bool {
 /// ssh refused the host, and `writ ssh` said what to do about it.
 fn assert_refused(out: &Output, what: &str) {
     assert!(!logged_in(out), "{what} was accepted");
-    assert_eq!(out.status.code(), Some(84), "host not trusted: {}", stderr(out));
+    assert_eq!(
+        out.status.code(),
+        Some(84),
+        "host not trusted: {}",
+        stderr(out)
+    );
     assert!(stderr(out).contains(HINT), "{}", stderr(out));
 }
 
