@@ -10,9 +10,6 @@
 use std::io::{self, Write};
 use std::time::Duration;
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-
 /// Whether `error` means the reader of our output has gone (EPIPE: `| head` closed its
 /// end). Rust ignores SIGPIPE, so such a write fails with this instead of killing us.
 pub fn is_closed_pipe(error: &io::Error) -> bool {
@@ -58,13 +55,8 @@ pub fn server_runtime() -> io::Result<tokio::runtime::Runtime> {
 }
 
 /// `unix` as RFC 3339 UTC (`2026-05-01T12:00:00Z`), or the number itself if it is out of
-/// range.
-pub fn rfc3339(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| unix.to_string())
-}
+/// range (shared with `writ-principals`).
+pub use writ_formats::text::rfc3339;
 
 /// `unix` for people: RFC 3339 UTC and how far it is from `now_unix`, e.g.
 /// `2026-05-01T12:00:00Z (in 14m 59s)` or `… (3h 2m ago)`.

@@ -14,7 +14,9 @@
 //! - [`server`] — builds the running CA from a [`config::Config`] and serves [`api`]
 //!   (over TLS when configured: [`server::tls`]).
 //! - [`client`] — the agent side (`writ cert`, `writ ssh`, `writ task`): certificates
-//!   and task calls over HTTP.
+//!   and task calls over HTTP; where the workload token comes from
+//!   (`client::token_source`), the client config (`client::config`) and the exit
+//!   statuses (`client::exit`).
 //! - [`cli`] — what every command line shares: stdout that survives `| head`, times for
 //!   people.
 //! - [`dev`] — `writ serve --dev` and `writ dev token`: a local development issuer.

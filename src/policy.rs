@@ -58,6 +58,15 @@ pub struct Grant {
     pub source_address: Option<Vec<String>>,
 }
 
+/// What a `role = "host"` policy grants a host identity for `POST /v1/host-certificates`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostGrant {
+    /// Name of the policy that granted it.
+    pub policy: String,
+    /// The host names (as requested, every one covered by the policy's `hosts`).
+    pub names: Vec<String>,
+}
+
 /// Why a policy does not apply to an identity: the first rule that fails (see
 /// [`check_match`]). Serialized with a `kind` tag for `policy explain --json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -394,6 +403,44 @@ impl Policies {
         )
     }
 
+    /// The first matching `role = "host"` policy whose `hosts` patterns (templates filled
+    /// from the identity, [`host_patterns`]) cover every one of `names`, or the refusal
+    /// of the first matching host policy (`host_not_allowed` naming the first uncovered
+    /// name), or `no_matching_policy`. Agent and admin policies never grant host names.
+    pub fn evaluate_host(
+        &self,
+        identity: &Identity,
+        names: &[String],
+    ) -> Result<HostGrant, PolicyError> {
+        let mut first_error = None;
+        for policy in self.matching(identity, Role::Host) {
+            let patterns = host_patterns(policy, identity);
+            match names
+                .iter()
+                .find(|name| !patterns.iter().any(|p| glob::matches(p, name)))
+            {
+                None => {
+                    return Ok(HostGrant {
+                        policy: policy.name.clone(),
+                        names: names.to_vec(),
+                    });
+                }
+                Some(name) => {
+                    first_error.get_or_insert(PolicyError::HostNotAllowed {
+                        policy: policy.name.clone(),
+                        host: name.clone(),
+                    });
+                }
+            }
+        }
+        Err(
+            first_error.unwrap_or_else(|| PolicyError::NoMatchingPolicy {
+                issuer: identity.issuer_name.clone(),
+                subject: identity.subject.clone(),
+            }),
+        )
+    }
+
     /// What `policy` grants for `request`, or why it does not.
     pub fn grant(
         &self,
@@ -548,13 +595,35 @@ pub fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// The host-name patterns a `role = "host"` policy lets `identity` speak for: its `hosts`
+/// with `{sub}`/`{claims.…}` filled in (lowercased; each filled-in value must be a DNS
+/// name, so a claim can never inject a wildcard or a separator). A template that cannot
+/// be filled for this identity is left out: it covers nothing.
+pub fn host_patterns(policy: &PolicyConfig, identity: &Identity) -> Vec<String> {
+    policy
+        .hosts
+        .iter()
+        .filter_map(|template| expand_template(template, identity, Fill::HostName).ok())
+        .filter(|pattern| profile::is_valid_host_pattern(pattern))
+        .collect()
+}
+
+/// What a template's filled-in values must be.
+#[derive(Debug, Clone, Copy)]
+enum Fill {
+    /// A login name ([`profile::is_valid_login`]).
+    Login,
+    /// A host name ([`profile::is_valid_host_name`]), compared in lowercase.
+    HostName,
+}
+
 /// A policy's login patterns with `{sub}`/`{claims.…}` filled in from `identity`, and the
 /// templates that give no valid login (in policy order).
 fn fill_logins(policy: &PolicyConfig, identity: &Identity) -> (Vec<String>, Vec<UnusableLogin>) {
     let mut patterns = Vec::with_capacity(policy.logins.len());
     let mut unusable = Vec::new();
     for template in &policy.logins {
-        match expand_template(template, identity) {
+        match expand_template(template, identity, Fill::Login) {
             Ok(pattern) => patterns.push(pattern),
             Err(reason) => unusable.push(UnusableLogin {
                 template: template.clone(),
@@ -596,9 +665,10 @@ fn value_matches(value: &Value, pattern: &str) -> bool {
     }
 }
 
-/// Fill `{sub}` and `{claims.PATH}` in a login pattern. Each filled-in value must itself be
-/// a valid login name, so a claim can never inject a separator, newline or wildcard.
-fn expand_template(template: &str, identity: &Identity) -> Result<String, String> {
+/// Fill `{sub}` and `{claims.PATH}` in a login or host pattern. Each filled-in value must
+/// itself be a valid login name (or host name, `fill`), so a claim can never inject a
+/// separator, newline or wildcard.
+fn expand_template(template: &str, identity: &Identity, fill: Fill) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -613,9 +683,17 @@ fn expand_template(template: &str, identity: &Identity) -> Result<String, String
                 .and_then(scalar_text)
         };
         let value = value.ok_or_else(|| format!("claim {name} is missing"))?;
-        if !profile::is_valid_login(&value) {
-            return Err(format!("{name} is not a valid login name"));
-        }
+        let value = match fill {
+            Fill::Login if profile::is_valid_login(&value) => value,
+            Fill::Login => return Err(format!("{name} is not a valid login name")),
+            Fill::HostName => {
+                let lower = value.to_ascii_lowercase();
+                if !profile::is_valid_host_name(&lower) {
+                    return Err(format!("{name} is not a valid host name"));
+                }
+                lower
+            }
+        };
         out.push_str(&value);
         rest = &rest[close + 1..];
     }
@@ -670,6 +748,54 @@ mod tests {
 
     fn claims() -> Value {
         serde_json::json!({"kubernetes.io": {"namespace": "ci"}, "repository_owner": "acme", "evil": "a,b"})
+    }
+
+    #[test]
+    fn only_host_policies_grant_host_names_and_templates_fill_from_claims() {
+        let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let who = identity(
+            "repo:acme/app",
+            serde_json::json!({"kubernetes.io": {"namespace": "ci"}, "hostname": "Web1", "evil": "*"}),
+        );
+        // An agent policy whose hosts would cover the name grants no host certificate.
+        let agent = Policies::new(vec![policy(&["deploy"], &["*"])], CaConfig::default());
+        assert_eq!(
+            agent
+                .evaluate_host(&who, &names(&["web1.example.com"]))
+                .expect_err("agent policy")
+                .code(),
+            "no_matching_policy"
+        );
+        let mut host = policy(&[], &["{claims.hostname}.example.com", "{claims.evil}.x"]);
+        host.role = Role::Host;
+        let hosts = Policies::new(vec![host.clone()], CaConfig::default());
+        assert_eq!(
+            host_patterns(&host, &who),
+            ["web1.example.com"],
+            "lowercased; a wildcard from a claim fills nothing"
+        );
+        let grant = hosts
+            .evaluate_host(&who, &names(&["web1.example.com"]))
+            .expect("covered");
+        assert_eq!(grant.names, ["web1.example.com"]);
+        let refused = hosts
+            .evaluate_host(&who, &names(&["web1.example.com", "web2.example.com"]))
+            .expect_err("not covered");
+        assert_eq!(
+            refused,
+            PolicyError::HostNotAllowed {
+                policy: "p".into(),
+                host: "web2.example.com".into()
+            }
+        );
+        // And a host policy grants no user certificate.
+        assert_eq!(
+            hosts
+                .evaluate(&who, &request(&["deploy"], &["web1.example.com"]))
+                .expect_err("host policy")
+                .code(),
+            "no_matching_policy"
+        );
     }
 
     #[test]

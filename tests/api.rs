@@ -728,7 +728,11 @@ fn ca_private_key_is_encrypted_at_rest() {
     let rows = common::runtime()
         .block_on(ca.state.store.ca_keys())
         .expect("keys");
-    assert_eq!(rows.len(), 2, "an active and a next key");
+    assert_eq!(
+        rows.len(),
+        4,
+        "an active and a next key of each kind (user and host)"
+    );
     for row in &rows {
         let key = ssh_key::PrivateKey::from_openssh(&row.private_key).expect("stored key parses");
         assert!(key.is_encrypted(), "CA key stored in clear");

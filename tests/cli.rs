@@ -13,38 +13,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
 use common::agents::World;
+use common::output::{assert_ok, stderr, stdout};
 use serde_json::Value;
 use writ::audit::event;
 
-const WRIT: &str = env!("CARGO_BIN_EXE_writ");
-
-/// `writ ARGS…` with no WRIT_CONFIG or WRIT_CA_URL from the environment running the tests.
+/// `writ ARGS…` with no WRIT_CONFIG, WRIT_CA_URL, client config or GitHub Actions token
+/// from the environment running the tests.
 fn writ() -> Command {
-    let mut command = Command::new(WRIT);
-    command.env_remove("WRIT_CONFIG").env_remove("WRIT_CA_URL");
-    command
+    common::output::writ_isolated(Path::new("/nonexistent/writ-tests"))
 }
 
 fn run(command: &mut Command) -> Output {
     command.stdin(Stdio::null()).output().expect("run writ")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn assert_ok(output: &Output) {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        output.status.code(),
-        stdout(output),
-        stderr(output)
-    );
 }
 
 impl World {
@@ -556,6 +536,9 @@ fn help_explains_with_examples() {
     for (args, word) in [
         (&["serve", "--help"][..], "--listen"),
         (&["cert", "--help"], "writ task complete"),
+        (&["cert", "--help"], "github-actions[:AUDIENCE]"),
+        (&["ssh", "--help"], "--token-source <SPEC>"),
+        (&["task", "show", "--help"], "command:CMD"),
         (&["task", "complete", "--help"], "<key>-cert.pub"),
         (&["task", "show", "--help"], "Examples:"),
         (&["admin", "--help"], "Examples:"),

@@ -304,8 +304,8 @@ fn ca_signing_key(ca: &TestCa) -> PrivateKey {
         .expect("ca keys");
     let row = rows
         .iter()
-        .find(|r| r.state == writ::store::KeyState::Active)
-        .expect("an active CA key");
+        .find(|r| r.kind == writ::store::KeyKind::User && r.state == writ::store::KeyState::Active)
+        .expect("an active user CA key");
     PrivateKey::from_openssh(&row.private_key)
         .expect("parse CA key")
         .decrypt("test passphrase")

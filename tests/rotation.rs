@@ -873,7 +873,11 @@ fn keys_stay_encrypted_and_rewrap_changes_the_passphrase_under_a_running_server(
     assert!(out.contains("re-encrypted"), "{out}");
     assert_eq!(ca.audit_events(event::CA_KEY_REWRAPPED).len(), 1);
     let rows = runtime().block_on(ca.state.store.ca_keys()).expect("keys");
-    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows.len(),
+        5,
+        "3 user keys and the 2 host keys: rewrap covers both kinds"
+    );
     for row in &rows {
         let stored = ssh_key::PrivateKey::from_openssh(&row.private_key).expect("parses");
         assert!(stored.is_encrypted(), "{} stored in clear", row.id);

@@ -92,6 +92,24 @@ fn sign_with_ssh_keygen(
     dir.join(format!("{out_name}-cert.pub"))
 }
 
+/// A CA whose policy `agents` grants ALICE on the prod hosts, its IdP, and a host running
+/// `writ-principals` (synced) with its sshd, for the agent-command tests.
+fn alice_on_a_host() -> (TestIdp, TestCa, TestHost, Sshd) {
+    require_root_and_sshd();
+    ensure_user(ALICE);
+    let idp = TestIdp::start(&[Key::Rsa]);
+    let ca = TestCa::with_policy(
+        &idp,
+        "",
+        &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*.prod.example.com\"]\n"),
+    );
+    let host = TestHost::new(common::writ_principals());
+    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
+    sync(&host);
+    let sshd = Sshd::start(&host, SshdOptions::default());
+    (idp, ca, host, sshd)
+}
+
 #[test]
 fn api_certificate_logs_in_only_for_its_task() {
     require_root_and_sshd();
@@ -207,7 +225,11 @@ fn hosts_without_writ_principals_refuse_writ_certificates() {
     let rows = runtime()
         .block_on(ca.state.store.ca_keys())
         .expect("ca keys");
-    let ca_key = ssh_key::PrivateKey::from_openssh(&rows[0].private_key)
+    let user_key = rows
+        .iter()
+        .find(|r| r.kind == writ::store::KeyKind::User && r.state == writ::store::KeyState::Active)
+        .expect("the active user CA key");
+    let ca_key = ssh_key::PrivateKey::from_openssh(&user_key.private_key)
         .expect("parse")
         .decrypt("test passphrase")
         .expect("decrypt");
@@ -226,18 +248,7 @@ fn hosts_without_writ_principals_refuse_writ_certificates() {
 
 #[test]
 fn writ_ssh_runs_a_task_scoped_session_and_completes_the_task() {
-    require_root_and_sshd();
-    ensure_user(ALICE);
-    let idp = TestIdp::start(&[Key::Rsa]);
-    let ca = TestCa::with_policy(
-        &idp,
-        "",
-        &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*.prod.example.com\"]\n"),
-    );
-    let host = TestHost::new(common::writ_principals());
-    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
-    sync(&host);
-    let sshd = Sshd::start(&host, SshdOptions::default());
+    let (idp, ca, _host, sshd) = alice_on_a_host();
     let port = sshd.port().to_string();
 
     let out = Command::new(env!("CARGO_BIN_EXE_writ"))
@@ -261,10 +272,9 @@ fn writ_ssh_runs_a_task_scoped_session_and_completes_the_task() {
             "--ssh-arg=-p",
             &format!("--ssh-arg={port}"),
         ])
-        .args([
-            "--ssh-arg=-oStrictHostKeyChecking=no",
-            "--ssh-arg=-oUserKnownHostsFile=/dev/null",
-        ])
+        // This host is not enrolled for host certificates (tests/host_certificates_ssh.rs
+        // covers those): the explicit opt-out.
+        .arg("--insecure-trust-on-first-use")
         .args([
             "--ssh-arg=-oBatchMode=yes",
             "--ssh-arg=-oLogLevel=ERROR",
@@ -282,6 +292,10 @@ fn writ_ssh_runs_a_task_scoped_session_and_completes_the_task() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello-from-task"));
     assert!(stderr.contains("completed"), "{stderr}");
+    assert!(
+        stderr.contains("warning: --insecure-trust-on-first-use"),
+        "the opt-out is said out loud: {stderr}"
+    );
 
     // The task was completed with a proof of possession: its certificate is revoked.
     let completed = ca.audit_events(writ::audit::event::TASK_COMPLETED);
@@ -320,18 +334,7 @@ fn writ_ssh_never_passes_the_destination_as_an_ssh_option() {
 
 #[test]
 fn writ_cert_certifies_an_existing_key() {
-    require_root_and_sshd();
-    ensure_user(ALICE);
-    let idp = TestIdp::start(&[Key::Rsa]);
-    let ca = TestCa::with_policy(
-        &idp,
-        "",
-        &format!("name = \"agents\"\nlogins = [\"{ALICE}\"]\nhosts = [\"*.prod.example.com\"]\n"),
-    );
-    let host = TestHost::new(common::writ_principals());
-    host.write_host_config(&host_config(&ca, &host, HOST_NAME));
-    sync(&host);
-    let sshd = Sshd::start(&host, SshdOptions::default());
+    let (idp, ca, _host, sshd) = alice_on_a_host();
     let dir = tempfile::tempdir().expect("tempdir");
     let key = ssh_keygen(dir.path(), "agent", &["-t", "ed25519"]);
     let token_file = dir.path().join("token");
@@ -367,5 +370,42 @@ fn writ_cert_certifies_an_existing_key() {
         ssh_login(sshd.port(), ALICE, &key, Some(&cert)).success,
         "{}",
         sshd.log()
+    );
+}
+
+#[test]
+fn writ_ssh_takes_its_token_from_a_source_and_exits_with_the_remote_status() {
+    let (idp, ca, _host, sshd) = alice_on_a_host();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, idp.token(Key::Rsa, "agent-1")).expect("token file");
+    // The CA and the login from a client config, the token from a file source.
+    let config = dir.path().join("client.toml");
+    std::fs::write(
+        &config,
+        format!("ca_url = \"{}\"\nlogin = \"{ALICE}\"\n", ca.url),
+    )
+    .expect("client config");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .env_remove("WRIT_CA_URL")
+        .env("WRIT_CLIENT_CONFIG", &config)
+        .args(["ssh", "--token-source"])
+        .arg(format!("file:{}", token_file.display()))
+        .args(["--host", HOST_NAME, "--insecure-trust-on-first-use"])
+        .args(["--ssh-arg=-oHostName=127.0.0.1", "--ssh-arg=-p"])
+        .arg(format!("--ssh-arg={}", sshd.port()))
+        .args(["--ssh-arg=-oBatchMode=yes", "--ssh-arg=-oLogLevel=ERROR"])
+        .args(["--", "echo from-source; exit 7"])
+        .output()
+        .expect("run writ ssh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{stderr}\n{}", sshd.log());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("from-source"));
+    assert!(!stderr.contains("writ: error"), "{stderr}");
+    assert_eq!(
+        ca.audit_events(writ::audit::event::TASK_COMPLETED).len(),
+        1,
+        "{stderr}"
     );
 }

@@ -312,7 +312,11 @@ mod postgres {
             )
         );
         assert!(rows("used_tokens") >= 5, "{copied}");
-        assert_eq!(rows("ca_keys"), 3, "retiring, active, next: {copied}");
+        assert_eq!(
+            rows("ca_keys"),
+            5,
+            "user retiring, active, next; host active, next: {copied}"
+        );
         assert_eq!(rows("ca_rotation_schedule"), 1, "{copied}");
         assert_eq!(rows("tasks"), 4, "{copied}");
         assert_eq!(rows("certificates"), 5, "{copied}");

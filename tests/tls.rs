@@ -16,7 +16,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::idp::{Key, TestIdp};
 use common::pki::{Authority, Connection, Leaf, client_config};
@@ -34,18 +34,7 @@ fn tls_lines(dir: &Path, leaf: &Leaf) -> String {
 }
 
 fn writ() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_writ"));
-    for var in [
-        "WRIT_CONFIG",
-        "WRIT_CA_URL",
-        "WRIT_CA_BUNDLE",
-        "WRIT_CLIENT_CERT",
-        "WRIT_CLIENT_KEY",
-    ] {
-        command.env_remove(var);
-    }
-    command.stdin(Stdio::null());
-    command
+    common::output::writ_isolated(Path::new("/nonexistent/writ-tests"))
 }
 
 fn stderr(output: &Output) -> String {

@@ -20,12 +20,31 @@ use zeroize::Zeroizing;
 
 use super::task::LOCAL_ADMIN;
 use super::{AdminError, Context, Render, Status, emit, pretty, write};
-use crate::authority::keyring::{KeyState, public_half};
+use crate::authority::keyring::{KeyState, public_half, rows_of};
 use crate::authority::rotation::{
     self, Actor, KeyRef, RotationError, RotationSettings, ScheduleStatus,
 };
 use crate::config::ConfigError;
-use crate::store::{Store, StoreError};
+use crate::store::{KeyKind, Store, StoreError};
+
+/// `--kind`: which keyring a `writ admin ca` command works on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CaKind {
+    /// User CA keys (`TrustedUserCAKeys` on hosts): the default.
+    #[default]
+    User,
+    /// Host CA keys (`@cert-authority` lines on clients).
+    Host,
+}
+
+impl From<CaKind> for KeyKind {
+    fn from(kind: CaKind) -> KeyKind {
+        match kind {
+            CaKind::User => KeyKind::User,
+            CaKind::Host => KeyKind::Host,
+        }
+    }
+}
 
 /// `writ admin ca …`
 #[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
@@ -50,22 +69,25 @@ pub enum CaCommand {
         #[arg(long)]
         reason: String,
     },
-    /// Let `writ serve` rotate automatically, e.g. --every 30d (or --off).
+    /// Let `writ serve` rotate the user CA keys automatically, e.g. --every 30d (or
+    /// --off). Host CA keys rotate only with `rotate --kind host`.
     Schedule {
-        /// Rotation period, e.g. 30d.
+        /// Rotation period, e.g. 30d (user CA keys only).
         #[arg(long, value_parser = crate::duration::parse, required_unless_present = "off", conflicts_with = "off")]
         every: Option<Duration>,
         /// Stop rotating automatically.
         #[arg(long)]
         off: bool,
     },
-    /// Print the public keys hosts must trust (TrustedUserCAKeys format).
+    /// Print the public keys to trust (user: TrustedUserCAKeys format; host: one key per
+    /// line, for `@cert-authority` lines — see GET /v1/ca/known-hosts).
     ExportPublic {
         /// Every key whatever its state, each after a `# id state fingerprint` comment.
         #[arg(long)]
         all: bool,
     },
-    /// Re-encrypt every CA private key with a new passphrase, in one transaction.
+    /// Re-encrypt every CA private key (user and host) with a new passphrase, in one
+    /// transaction.
     Rewrap {
         /// File holding the new passphrase (then make it the CA's passphrase_file).
         #[arg(long, value_name = "FILE")]
@@ -85,6 +107,9 @@ pub enum CaCommandError {
     /// The keyring change was refused or failed.
     #[error(transparent)]
     Rotation(#[from] RotationError),
+    /// The command does not apply to host CA keys.
+    #[error("{0}")]
+    NotForHostKeys(&'static str),
     /// The new passphrase file could not be read or is empty.
     #[error("cannot use the new passphrase file {path}: {detail}")]
     NewPassphrase {
@@ -152,6 +177,7 @@ fn actor(operator: &str) -> Actor {
 pub async fn run(
     context: &Context,
     command: CaCommand,
+    kind: CaKind,
     json: bool,
     out: &mut dyn Write,
 ) -> Result<Status, AdminError> {
@@ -159,7 +185,7 @@ pub async fn run(
     let config_path = context.config_path.as_path();
     let store = context.store().await?;
     let now_unix = context.now().unix_timestamp();
-    let settings = RotationSettings::from_config(&config.ca);
+    let settings = RotationSettings::for_kind(&config.ca, kind.into());
     let actor = actor(&context.operator);
     let passphrase = || {
         config
@@ -200,6 +226,13 @@ pub async fn run(
             .map_err(CaCommandError::from)?;
             emit(out, &report, json)?;
         }
+        CaCommand::Schedule { .. } if kind == CaKind::Host => {
+            return Err(CaCommandError::NotForHostKeys(
+                "the rotation schedule is the user CA keys'; rotate host CA keys with \
+                 `writ admin ca rotate --kind host`",
+            )
+            .into());
+        }
         CaCommand::Schedule { every, off: _ } => {
             let schedule = rotation::set_schedule(store.as_ref(), every, now_unix, &actor)
                 .await
@@ -212,7 +245,7 @@ pub async fn run(
             )?;
         }
         CaCommand::ExportPublic { all } => {
-            let text = export_public(store, &actor, all, now_unix).await?;
+            let text = export_public(store, kind.into(), &actor, all, now_unix).await?;
             write(out, &text)?;
         }
         CaCommand::Rewrap {
@@ -242,15 +275,18 @@ fn read_new_passphrase(path: &Path) -> Result<Zeroizing<String>, CaCommandError>
     Ok(pass)
 }
 
-/// The keyring with its certificate counts and schedule.
+/// The keyring of `settings.kind` with its certificate counts and (user keys) schedule.
 pub async fn list(
     store: &dyn Store,
     settings: &RotationSettings,
     now_unix: i64,
 ) -> Result<KeyList, CaCommandError> {
-    let rows = store.ca_keys().await?;
+    let rows = rows_of(store, settings.kind).await?;
     let usage = store.ca_key_usage(now_unix).await?;
-    let schedule = store.rotation_schedule().await?;
+    let schedule = match settings.kind {
+        KeyKind::User => store.rotation_schedule().await?,
+        KeyKind::Host => None,
+    };
     let keys = rows
         .iter()
         .map(public_half)
@@ -298,11 +334,13 @@ pub async fn list(
 
 async fn export_public(
     store: Arc<dyn Store>,
+    kind: KeyKind,
     actor: &Actor,
     all: bool,
     now_unix: i64,
 ) -> Result<String, CaCommandError> {
-    let rows = store.ca_keys().await?;
+    // Only keys of one kind: a host key must never land in TrustedUserCAKeys.
+    let rows = rows_of(store.as_ref(), kind).await?;
     let mut text = String::new();
     let mut exported = Vec::new();
     for row in &rows {

@@ -78,6 +78,9 @@ mod tests {
             "type",
             "path",
             "format",
+            "host_cert_ttl",
+            "max_host_cert_ttl",
+            "host_patterns",
         ] {
             let shown = DEFAULT_CONFIG.lines().any(|line| {
                 let line = line.trim_start_matches(['#', ' ']);

@@ -21,7 +21,8 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use super::{AdminError, Context, Render, Status, emit, pretty, read_token};
+use super::{AdminError, Context, Render, Status, emit, pretty};
+use crate::client::token_source::read_token;
 use crate::config::{Config, Replay};
 use crate::duration;
 use crate::identity::{Identity, MAX_TOKEN_BYTES, Verifier};

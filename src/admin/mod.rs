@@ -39,24 +39,20 @@ pub mod ca;
 pub mod check;
 pub mod defaults;
 pub mod explain;
+pub mod host_cert;
 pub mod store;
 pub mod task;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use serde::Serialize;
 use time::OffsetDateTime;
-use zeroize::Zeroizing;
 
 use crate::config::{Config, ConfigError};
 use crate::store::{Store, StoreError};
-
-/// Most bytes read for a token from stdin or a file; a real token is far smaller (the CA
-/// refuses tokens over [`crate::identity::MAX_TOKEN_BYTES`]).
-const MAX_TOKEN_INPUT_BYTES: u64 = 64 * 1024;
 
 /// `writ admin …`
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -78,9 +74,25 @@ pub enum AdminCommand {
     Ca {
         #[command(subcommand)]
         command: ca::CaCommand,
+        /// Which keyring: user CA keys (the default) or host CA keys.
+        #[arg(long, global = true, value_enum, default_value_t = ca::CaKind::User)]
+        kind: ca::CaKind,
         /// Print JSON (list, rotate, revoke, schedule, rewrap).
         #[arg(long, global = true)]
         json: bool,
+    },
+    /// Host certificates: list them, or revoke one by serial or every one naming a host.
+    ///
+    /// A revocation is in the next KRL (`GET /v1/krl`, under the host CA key's section),
+    /// recorded as `host_cert.revoked` by `local-admin` and your login.
+    #[command(after_help = "\
+Examples:
+  writ admin --config /etc/writ/writ.toml host-cert list --host web1.prod.example.com
+  writ admin --config /etc/writ/writ.toml host-cert revoke 123456789
+  writ admin --config /etc/writ/writ.toml host-cert revoke --host web1.prod.example.com")]
+    HostCert {
+        #[command(subcommand)]
+        command: host_cert::HostCertCommand,
     },
     /// The audit log: export (JSON Lines or OCSF), verify, trail of a task, checkpoint,
     /// prune.
@@ -129,28 +141,9 @@ pub enum AdminError {
     /// The configuration could not be loaded or is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The token could not be read.
-    #[error("cannot read the token from {from}: {source}")]
-    TokenRead {
-        /// `stdin` or the file.
-        from: String,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// The token input is empty.
-    #[error("the token from {from} is empty")]
-    EmptyToken {
-        /// `the command line`, `stdin` or the file.
-        from: String,
-    },
-    /// The token input is far larger than any token.
-    #[error(
-        "the input from {from} is larger than {MAX_TOKEN_INPUT_BYTES} bytes; it is not a token"
-    )]
-    TokenInputTooLarge {
-        /// `stdin` or the file.
-        from: String,
-    },
+    /// The token could not be read (`--token`).
+    #[error(transparent)]
+    Token(#[from] crate::client::token_source::TokenSourceError),
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -160,6 +153,9 @@ pub enum AdminError {
     /// `writ admin ca` failed.
     #[error(transparent)]
     Ca(#[from] ca::CaCommandError),
+    /// `writ admin host-cert` failed.
+    #[error(transparent)]
+    HostCert(#[from] host_cert::HostCertCommandError),
     /// `writ admin audit` failed.
     #[error(transparent)]
     Audit(#[from] audit::AuditCommandError),
@@ -285,7 +281,12 @@ pub async fn run(
     match command {
         AdminCommand::Policy { command } => explain::run(context, command, out).await,
         AdminCommand::Task { command } => task::run(context, command, out).await,
-        AdminCommand::Ca { command, json } => ca::run(context, command, json, out).await,
+        AdminCommand::Ca {
+            command,
+            kind,
+            json,
+        } => ca::run(context, command, kind, json, out).await,
+        AdminCommand::HostCert { command } => host_cert::run(context, command, out).await,
         AdminCommand::Audit { command } => audit::run(context, command, out).await,
         AdminCommand::Store { command } => store::run(context, command, out).await,
         AdminCommand::DefaultConfig => {
@@ -333,88 +334,12 @@ fn user_name(passwd: &str, uid: u32) -> Option<String> {
     })
 }
 
-/// The token named by a `--token` argument: `-` reads it from `stdin`, `@FILE` from a
-/// file, anything else is the token itself. Surrounding whitespace is removed.
-pub fn read_token(arg: &str, stdin: &mut dyn Read) -> Result<Zeroizing<String>, AdminError> {
-    let (from, text) = if arg == "-" {
-        ("stdin".to_owned(), read_bounded(stdin, "stdin")?)
-    } else if let Some(path) = arg.strip_prefix('@') {
-        let from = path.to_owned();
-        let mut file = std::fs::File::open(path).map_err(|source| AdminError::TokenRead {
-            from: from.clone(),
-            source,
-        })?;
-        let text = read_bounded(&mut file, &from)?;
-        (from, text)
-    } else {
-        (
-            "the command line".to_owned(),
-            Zeroizing::new(arg.to_owned()),
-        )
-    };
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(AdminError::EmptyToken { from });
-    }
-    Ok(Zeroizing::new(token.to_owned()))
-}
-
-fn read_bounded(input: &mut dyn Read, from: &str) -> Result<Zeroizing<String>, AdminError> {
-    let mut text = Zeroizing::new(String::new());
-    input
-        .take(MAX_TOKEN_INPUT_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|source| AdminError::TokenRead {
-            from: from.to_owned(),
-            source,
-        })?;
-    if text.len() as u64 > MAX_TOKEN_INPUT_BYTES {
-        return Err(AdminError::TokenInputTooLarge {
-            from: from.to_owned(),
-        });
-    }
-    Ok(text)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn token_sources() {
-        let mut no_stdin: &[u8] = b"";
-        assert_eq!(
-            read_token("a.b.c", &mut no_stdin)
-                .expect("literal")
-                .as_str(),
-            "a.b.c"
-        );
-        let mut stdin: &[u8] = b"  x.y.z\n";
-        assert_eq!(
-            read_token("-", &mut stdin).expect("stdin").as_str(),
-            "x.y.z"
-        );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("token");
-        std::fs::write(&file, "f.g.h\n").expect("write");
-        let arg = format!("@{}", file.display());
-        assert_eq!(
-            read_token(&arg, &mut no_stdin).expect("file").as_str(),
-            "f.g.h"
-        );
-        assert!(matches!(
-            read_token("-", &mut no_stdin),
-            Err(AdminError::EmptyToken { .. })
-        ));
-        assert!(matches!(
-            read_token("@/nonexistent/token", &mut no_stdin),
-            Err(AdminError::TokenRead { .. })
-        ));
-        let big = vec![b'a'; 70 * 1024];
-        assert!(matches!(
-            read_token("-", &mut big.as_slice()),
-            Err(AdminError::TokenInputTooLarge { .. })
-        ));
+    fn no_configuration() {
         assert!(matches!(Context::load(None), Err(AdminError::NoConfig)));
     }
 
@@ -441,6 +366,7 @@ mod tests {
         let mut out = Vec::new();
         let list = AdminCommand::Ca {
             command: ca::CaCommand::List,
+            kind: ca::CaKind::User,
             json: true,
         };
         let status = run(&context, list, &mut out).await.expect("ca list");

@@ -1,5 +1,6 @@
-//! Public CA material: `GET /v1/ca/trusted-keys` (the `TrustedUserCAKeys` bundle) and, in
-//! dev mode, the development issuer's JWKS.
+//! Public CA material: `GET /v1/ca/trusted-keys` (the `TrustedUserCAKeys` bundle: user CA
+//! keys only), `GET /v1/ca/known-hosts` (`@cert-authority` lines: host CA keys only) and,
+//! in dev mode, the development issuer's JWKS.
 
 use std::sync::Arc;
 
@@ -23,6 +24,22 @@ pub async fn trusted_keys(State(state): State<Arc<AppState>>) -> impl IntoRespon
             super::revocation::NO_STORE,
         ],
         publisher::trust_bundle(&state.keyring.current()),
+    )
+}
+
+/// `known_hosts` lines for clients: `@cert-authority PATTERNS KEY` for every host CA key
+/// clients must trust now (`next`, `active`, `retiring`) and `@revoked * KEY` for every
+/// revoked one. Never cached, like the trust bundle.
+pub async fn known_hosts(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            ),
+            super::revocation::NO_STORE,
+        ],
+        publisher::known_hosts(&state.host_keyring.current(), &state.host_patterns),
     )
 }
 

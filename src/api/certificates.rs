@@ -15,6 +15,7 @@ use super::auth::authenticate;
 use super::refusal::{self, Refusal, Who};
 use super::{ApiError, AppState};
 use crate::audit::event;
+use crate::identity::Identity;
 use crate::task::{Issued, NewTask, RequestContext};
 
 /// Request body.
@@ -79,22 +80,7 @@ pub async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CertificateResponse>), ApiError> {
     let announced = state.issuer.announce_issuance();
-    if let Some(address) = context.client_ip()
-        && let Err(limited) = state.rate.issuance_from(address)
-    {
-        let answer = limited.answer("too many certificates requested from this address");
-        let refused = Refusal::of(event::CERT_DENIED, Who::Nobody, None, answer);
-        return Err(refusal::record(&state, refused, &context).await);
-    }
-    let identity = authenticate(&state, &headers, &context).await?;
-    if let Err(limited) = state
-        .rate
-        .issuance_for(&identity.issuer_name, &identity.subject)
-    {
-        let answer = limited.answer("too many certificates requested for this identity");
-        let refused = Refusal::of(event::CERT_DENIED, Who::Identity(&identity), None, answer);
-        return Err(refusal::record(&state, refused, &context).await);
-    }
+    let identity = admit(&state, &context, &headers, event::CERT_DENIED).await?;
     let request = match decode_body(body) {
         Ok(request) => request,
         Err(error) => {
@@ -119,6 +105,34 @@ pub async fn create(
         .await;
     let issued = refusal::settle(&state, &context, opened).await?;
     Ok((StatusCode::CREATED, Json(render(issued))))
+}
+
+/// The identity of a request that asks for certificates (user or host), once it passed
+/// the issuance rate limits of its address and of its identity and its bearer token
+/// verified; a refusal is recorded as `denied_event` (`token.rejected` for the token).
+pub(crate) async fn admit(
+    state: &AppState,
+    context: &RequestContext,
+    headers: &HeaderMap,
+    denied_event: &str,
+) -> Result<Identity, ApiError> {
+    if let Some(address) = context.client_ip()
+        && let Err(limited) = state.rate.issuance_from(address)
+    {
+        let answer = limited.answer("too many certificates requested from this address");
+        let refused = Refusal::of(denied_event, Who::Nobody, None, answer);
+        return Err(refusal::record(state, refused, context).await);
+    }
+    let identity = authenticate(state, headers, context).await?;
+    if let Err(limited) = state
+        .rate
+        .issuance_for(&identity.issuer_name, &identity.subject)
+    {
+        let answer = limited.answer("too many certificates requested for this identity");
+        let refused = Refusal::of(denied_event, Who::Identity(&identity), None, answer);
+        return Err(refusal::record(state, refused, context).await);
+    }
+    Ok(identity)
 }
 
 fn decode_body(body: Result<Bytes, BytesRejection>) -> Result<CreateRequest, ApiError> {

@@ -9,6 +9,7 @@ pub mod ca;
 pub mod certificates;
 pub mod error;
 pub mod health;
+pub mod host_certificates;
 pub mod metrics;
 pub mod observe;
 pub mod rate;
@@ -30,6 +31,7 @@ use crate::identity::Verifier;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::task::Issuer;
+use crate::task::host_certificates::HostIssuer;
 
 pub use error::ApiError;
 pub use observe::{RequestId, X_REQUEST_ID};
@@ -43,8 +45,15 @@ pub struct AppState {
     pub verifier: Verifier,
     /// Issuance.
     pub issuer: Issuer,
-    /// CA keys (reloaded while serving; take [`LiveKeyring::current`] once per request).
+    /// Host certificate issuance.
+    pub host_issuer: HostIssuer,
+    /// User CA keys (reloaded while serving; take [`LiveKeyring::current`] once per
+    /// request).
     pub keyring: Arc<LiveKeyring>,
+    /// Host CA keys, likewise.
+    pub host_keyring: Arc<LiveKeyring>,
+    /// `[ca] host_patterns`: the hosts `GET /v1/ca/known-hosts` trusts the host CA for.
+    pub host_patterns: Vec<String>,
     /// Storage.
     pub store: Arc<dyn Store>,
     /// The development issuer's JWKS, served at `/v1/dev/jwks` in dev mode only.
@@ -81,6 +90,8 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, metrics: MetricsR
     let mut routes: Routes = vec![
         ("/v1/certificates", post(certificates::create)),
         ("/v1/ca/trusted-keys", get(ca::trusted_keys)),
+        ("/v1/host-certificates", post(host_certificates::create)),
+        ("/v1/ca/known-hosts", get(ca::known_hosts)),
         ("/v1/tasks/{task_id}", get(tasks::show)),
         ("/v1/tasks/{task_id}/certificates", post(tasks::renew)),
         ("/v1/tasks/{task_id}/complete", post(tasks::complete)),

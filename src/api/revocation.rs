@@ -85,6 +85,7 @@ pub async fn feed(
     let signed = publisher::signed_feed(
         state.store.as_ref(),
         &state.keyring.current(),
+        Some(&state.host_keyring.current()),
         now,
         state.revocation_retention,
         version,
@@ -122,6 +123,7 @@ pub async fn krl(
     let bytes = publisher::krl(
         state.store.as_ref(),
         &state.keyring.current(),
+        Some(&state.host_keyring.current()),
         issued_at,
         query.sequence,
         state.revocation_retention,

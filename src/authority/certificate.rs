@@ -1,5 +1,8 @@
 //! Building and signing one writ user certificate from a [`CertificateSpec`], following
-//! the profile in [`crate::profile`]. Time and randomness are inputs.
+//! the profile in [`crate::profile`], and one SSH host certificate from a
+//! [`HostCertificateSpec`]. Time and randomness are inputs. Which key signs is the
+//! caller's: a user certificate only ever with the user keyring's signer, a host
+//! certificate only with the host keyring's (the store refuses either the other way).
 
 use std::collections::BTreeMap;
 
@@ -37,22 +40,43 @@ pub struct CertificateSpec {
     pub source_address: Option<Vec<String>>,
 }
 
+/// A certificate builder for `public_key` of `cert_type` with its serial, key id and
+/// validity window set (Unix seconds) and a random nonce.
+fn builder(
+    public_key: &PublicKey,
+    serial: u64,
+    key_id: &str,
+    cert_type: CertType,
+    (valid_after, valid_before): (u64, u64),
+    rng: &mut impl CryptoRngCore,
+) -> Result<Builder, ssh_key::Error> {
+    let mut builder = Builder::new_with_random_nonce(
+        rng,
+        public_key.key_data().clone(),
+        valid_after,
+        valid_before,
+    )?;
+    builder
+        .serial(serial)?
+        .key_id(key_id)?
+        .cert_type(cert_type)?;
+    Ok(builder)
+}
+
 /// Sign `spec` with `signer`.
 pub fn sign_certificate(
     spec: &CertificateSpec,
     signer: &dyn Signer,
     rng: &mut impl CryptoRngCore,
 ) -> Result<Certificate, ssh_key::Error> {
-    let mut builder = Builder::new_with_random_nonce(
+    let mut builder = builder(
+        &spec.public_key,
+        spec.serial,
+        &spec.key_id,
+        CertType::User,
+        (spec.valid_after, spec.valid_before),
         rng,
-        spec.public_key.key_data().clone(),
-        spec.valid_after,
-        spec.valid_before,
     )?;
-    builder
-        .serial(spec.serial)?
-        .key_id(spec.key_id.as_str())?
-        .cert_type(CertType::User)?;
     for login in &spec.logins {
         builder.valid_principal(profile::principal(&spec.task_id, login))?;
     }
@@ -72,6 +96,43 @@ pub fn sign_certificate(
     }
     if let Some(addresses) = &spec.source_address {
         builder.critical_option("source-address", addresses.join(","))?;
+    }
+    builder.sign(&SshKeySigner(signer))
+}
+
+/// Everything that goes into a host certificate.
+#[derive(Debug, Clone)]
+pub struct HostCertificateSpec {
+    /// The host key being certified.
+    pub public_key: PublicKey,
+    /// CA-generated, random, non-zero.
+    pub serial: u64,
+    /// CA-generated key id.
+    pub key_id: String,
+    /// The host names: the certificate's principals, exactly.
+    pub names: Vec<String>,
+    /// Unix seconds.
+    pub valid_after: u64,
+    /// Unix seconds.
+    pub valid_before: u64,
+}
+
+/// Sign `spec` as a host certificate (no critical options, no extensions) with `signer`.
+pub fn sign_host_certificate(
+    spec: &HostCertificateSpec,
+    signer: &dyn Signer,
+    rng: &mut impl CryptoRngCore,
+) -> Result<Certificate, ssh_key::Error> {
+    let mut builder = builder(
+        &spec.public_key,
+        spec.serial,
+        &spec.key_id,
+        CertType::Host,
+        (spec.valid_after, spec.valid_before),
+        rng,
+    )?;
+    for name in &spec.names {
+        builder.valid_principal(name.as_str())?;
     }
     builder.sign(&SshKeySigner(signer))
 }

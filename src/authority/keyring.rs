@@ -12,6 +12,10 @@
 //!     └────────────────┴──── revoke ────────┴──────────────────────────────────────┴──▶ revoked
 //! ```
 //!
+//! There is one keyring per [`KeyKind`]: user CA keys sign user certificates, host CA
+//! keys sign host certificates, and each kind has its own `active` and `next` key (the
+//! store enforces one of each per kind). A [`Keyring`] holds the keys of one kind only.
+//!
 //! On first start the keyring creates an `active` key *and* a `next` key, so hosts learn
 //! the key of the first rotation from their very first sync. Only the active key is ever
 //! decrypted; a retired or revoked key's private half is erased from the store. Private
@@ -27,14 +31,16 @@ use zeroize::Zeroizing;
 use super::signer::{Signer, signer_for};
 use crate::audit::{self, AuditEntry, Outcome};
 use crate::config::KeyAlgorithm;
-pub use crate::store::KeyState;
 use crate::store::{CaKeyRecord, KeyringChange, Store, StoreError};
+pub use crate::store::{KeyKind, KeyState};
 
 /// A CA key's public half, state and history.
 #[derive(Debug, Clone)]
 pub struct CaKey {
     /// Key id.
     pub id: String,
+    /// What it signs.
+    pub kind: KeyKind,
     /// State.
     pub state: KeyState,
     /// SSH algorithm name, e.g. `ssh-ed25519`.
@@ -79,16 +85,17 @@ pub enum KeyringError {
         /// What is wrong.
         detail: String,
     },
-    /// The store has keys but none is active.
-    #[error("no active CA key in the store")]
-    NoActiveKey,
+    /// The store has keys of this kind but none is active.
+    #[error("no active {0} CA key in the store")]
+    NoActiveKey(KeyKind),
     /// Key generation or encryption failed.
     #[error("CA key generation failed: {0}")]
     Generate(String),
 }
 
-/// The loaded keyring: the active signer and every key's public half.
+/// The loaded keyring of one kind: the active signer and every key's public half.
 pub struct Keyring {
+    kind: KeyKind,
     active_id: String,
     signer: Arc<dyn Signer>,
     keys: Vec<CaKey>,
@@ -100,31 +107,50 @@ pub struct Keyring {
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Keyring")
+            .field("kind", &self.kind)
             .field("active_id", &self.active_id)
             .field("keys", &self.keys)
             .finish()
     }
 }
 
+/// The stored keys of `kind`, oldest first.
+pub async fn rows_of(store: &dyn Store, kind: KeyKind) -> Result<Vec<CaKeyRecord>, StoreError> {
+    let mut rows = store.ca_keys().await?;
+    rows.retain(|r| r.kind == kind);
+    Ok(rows)
+}
+
+/// The reason of a `ca.key.*` audit record: the key kind first (`kind=user; …` or
+/// `kind=host; …`), so every such record says which keyring it changed.
+pub fn audit_reason(kind: KeyKind, text: &str) -> String {
+    format!("kind={kind}; {text}")
+}
+
 impl Keyring {
-    /// Load the keyring, creating the first keys (one `active`, one `next`, of
-    /// `algorithm`) if the store has none.
+    /// Load the keyring of `kind`, creating its first keys (one `active`, one `next`, of
+    /// `algorithm`) if the store has none of that kind.
     pub async fn load_or_init(
         store: &dyn Store,
         passphrase: &str,
         algorithm: KeyAlgorithm,
+        kind: KeyKind,
         now_unix: i64,
         rng: &mut (impl CryptoRngCore + Send),
     ) -> Result<Keyring, KeyringError> {
-        let mut rows = store.ca_keys().await?;
+        let mut rows = rows_of(store, kind).await?;
         if rows.is_empty() {
-            let active = new_key_record(passphrase, algorithm, KeyState::Active, now_unix, rng)?;
-            let next = new_key_record(passphrase, algorithm, KeyState::Next, now_unix, rng)?;
+            let active =
+                new_key_record(passphrase, algorithm, kind, KeyState::Active, now_unix, rng)?;
+            let next = new_key_record(passphrase, algorithm, kind, KeyState::Next, now_unix, rng)?;
             let created = |key: &CaKeyRecord, what: &str| {
                 let mut entry = AuditEntry::new(audit::event::CA_KEY_CREATED, Outcome::Success);
                 entry.subject = Some("writ serve (first start)".into());
                 entry.ca_fingerprint = Some(key.fingerprint.clone());
-                entry.reason = Some(format!("CA key {} created {what}", key.id));
+                entry.reason = Some(audit_reason(
+                    kind,
+                    &format!("CA key {} created {what}", key.id),
+                ));
                 entry
             };
             let change = KeyringChange {
@@ -140,34 +166,38 @@ impl Keyring {
                 Ok(()) | Err(StoreError::Conflict(_)) => {}
                 Err(e) => return Err(e.into()),
             }
-            rows = store.ca_keys().await?;
+            rows = rows_of(store, kind).await?;
         }
-        Keyring::from_records(&rows, passphrase)
+        Keyring::from_records_reusing(kind, &rows, passphrase, None)
     }
 
-    /// Build the keyring from stored rows, decrypting the active key.
+    /// Build the user keyring from stored rows (keys of other kinds are left out),
+    /// decrypting the active key.
     pub fn from_records(rows: &[CaKeyRecord], passphrase: &str) -> Result<Keyring, KeyringError> {
-        Keyring::from_records_reusing(rows, passphrase, None)
+        Keyring::from_records_reusing(KeyKind::User, rows, passphrase, None)
     }
 
-    /// Build the keyring from stored rows. If `previous` has the same active key, its
-    /// signer is reused and nothing is decrypted (so a keyring rewrapped with a new
-    /// passphrase reloads without it); otherwise the active key is decrypted.
+    /// Build the keyring of `kind` from stored rows (keys of other kinds are left out). If
+    /// `previous` has the same active key, its signer is reused and nothing is decrypted
+    /// (so a keyring rewrapped with a new passphrase reloads without it); otherwise the
+    /// active key is decrypted.
     pub fn from_records_reusing(
+        kind: KeyKind,
         rows: &[CaKeyRecord],
         passphrase: &str,
         previous: Option<&Keyring>,
     ) -> Result<Keyring, KeyringError> {
+        let rows: Vec<CaKeyRecord> = rows.iter().filter(|r| r.kind == kind).cloned().collect();
         let mut keys = Vec::with_capacity(rows.len());
         let mut active = None;
-        for row in rows {
+        for row in &rows {
             let key = public_half(row)?;
             if key.state == KeyState::Active {
                 active = Some((row, key.public_key.key_data().clone()));
             }
             keys.push(key);
         }
-        let (row, public) = active.ok_or(KeyringError::NoActiveKey)?;
+        let (row, public) = active.ok_or(KeyringError::NoActiveKey(kind))?;
         let signer = match previous {
             Some(prev) if prev.active_id == row.id && *prev.signer.public_key() == public => {
                 Arc::clone(&prev.signer)
@@ -175,11 +205,17 @@ impl Keyring {
             _ => decrypt_signer(row, passphrase)?,
         };
         Ok(Keyring {
+            kind,
             active_id: row.id.clone(),
             signer,
             keys,
-            rows: rows.to_vec(),
+            rows,
         })
+    }
+
+    /// What its keys sign.
+    pub fn kind(&self) -> KeyKind {
+        self.kind
     }
 
     /// The signer of the active key.
@@ -207,7 +243,7 @@ impl Keyring {
         self.keys.iter().rev().find(|k| k.state == state)
     }
 
-    /// The stored rows this snapshot was built from.
+    /// The stored rows (of its kind) this snapshot was built from.
     pub fn rows(&self) -> &[CaKeyRecord] {
         &self.rows
     }
@@ -229,6 +265,7 @@ pub fn public_half(row: &CaKeyRecord) -> Result<CaKey, KeyringError> {
         PublicKey::from_openssh(&row.public_key).map_err(|e| corrupt(e.to_string()))?;
     Ok(CaKey {
         id: row.id.clone(),
+        kind: row.kind,
         state,
         algorithm: row.algorithm.clone(),
         fingerprint: public_key.fingerprint(HashAlg::Sha256).to_string(),
@@ -250,11 +287,13 @@ fn ssh_algorithm(algorithm: KeyAlgorithm) -> Algorithm {
     }
 }
 
-/// Generate a new CA key of `algorithm` in `state`, encrypted with `passphrase`. The
-/// cleartext key exists only in memory (zeroized on drop) and is never written.
+/// Generate a new CA key of `algorithm` and `kind` in `state`, encrypted with
+/// `passphrase`. The cleartext key exists only in memory (zeroized on drop) and is never
+/// written.
 pub fn new_key_record(
     passphrase: &str,
     algorithm: KeyAlgorithm,
+    kind: KeyKind,
     state: KeyState,
     now_unix: i64,
     rng: &mut impl CryptoRngCore,
@@ -265,7 +304,10 @@ pub fn new_key_record(
     let algorithm = ssh_algorithm(algorithm);
     let mut key = PrivateKey::random(rng, algorithm.clone())
         .map_err(|e| KeyringError::Generate(e.to_string()))?;
-    key.set_comment(format!("writ-ca-{id}"));
+    key.set_comment(match kind {
+        KeyKind::User => format!("writ-ca-{id}"),
+        KeyKind::Host => format!("writ-host-ca-{id}"),
+    });
     let public_key = key
         .public_key()
         .to_openssh()
@@ -274,6 +316,7 @@ pub fn new_key_record(
     let private_key = encrypt(&key, passphrase, rng)?;
     Ok(CaKeyRecord {
         id,
+        kind,
         algorithm: algorithm.as_str().to_owned(),
         state,
         fingerprint,
@@ -366,7 +409,15 @@ mod tests {
     use rand_core::OsRng;
 
     fn record(algorithm: KeyAlgorithm, state: KeyState) -> CaKeyRecord {
-        new_key_record("correct horse", algorithm, state, 1, &mut OsRng).expect("key")
+        new_key_record(
+            "correct horse",
+            algorithm,
+            KeyKind::User,
+            state,
+            1,
+            &mut OsRng,
+        )
+        .expect("key")
     }
 
     #[test]
@@ -421,8 +472,13 @@ mod tests {
             rewrap_private_key(&active, "correct horse", "battery staple", &mut OsRng)
                 .expect("rewrap");
         assert_ne!(rewrapped.private_key, active.private_key);
-        let reloaded = Keyring::from_records_reusing(&[rewrapped.clone()], "stale", Some(&ring))
-            .expect("reused signer");
+        let reloaded = Keyring::from_records_reusing(
+            KeyKind::User,
+            &[rewrapped.clone()],
+            "stale",
+            Some(&ring),
+        )
+        .expect("reused signer");
         assert!(Arc::ptr_eq(&reloaded.signer, &ring.signer));
         check_passphrase(&rewrapped, "battery staple").expect("new passphrase");
         assert!(check_passphrase(&rewrapped, "correct horse").is_err());

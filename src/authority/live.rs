@@ -1,4 +1,5 @@
-//! The running CA's keyring: the current [`Keyring`] snapshot behind a short read lock,
+//! The running CA's keyring of one kind (`writ serve` runs one for user and one for host
+//! CA keys): the current [`Keyring`] snapshot behind a short read lock,
 //! swapped for a new one when the stored keys change — after this server's own
 //! maintenance, or within one [`MAINTENANCE_INTERVAL`] of a change made by `writ admin`
 //! or another replica — without a restart.
@@ -19,7 +20,7 @@ use std::time::Duration;
 use rand_core::OsRng;
 use zeroize::Zeroizing;
 
-use super::keyring::{Keyring, KeyringError};
+use super::keyring::{Keyring, KeyringError, rows_of};
 use super::rotation::{self, Actor, KeyRef, RotationError, RotationReport, RotationSettings};
 use crate::store::Store;
 
@@ -61,7 +62,8 @@ impl std::fmt::Debug for LiveKeyring {
 }
 
 impl LiveKeyring {
-    /// Load the keyring (creating the first keys in an empty store).
+    /// Load the keyring of `settings.kind` (creating its first keys if the store has none
+    /// of that kind).
     pub async fn open(
         store: &dyn Store,
         passphrase: Zeroizing<String>,
@@ -69,9 +71,15 @@ impl LiveKeyring {
         settings: RotationSettings,
         now_unix: i64,
     ) -> Result<LiveKeyring, KeyringError> {
-        let keyring =
-            Keyring::load_or_init(store, &passphrase, settings.algorithm, now_unix, &mut OsRng)
-                .await?;
+        let keyring = Keyring::load_or_init(
+            store,
+            &passphrase,
+            settings.algorithm,
+            settings.kind,
+            now_unix,
+            &mut OsRng,
+        )
+        .await?;
         Ok(LiveKeyring::new(keyring, passphrase, source, settings))
     }
 
@@ -136,25 +144,27 @@ impl LiveKeyring {
         store: &dyn Store,
         passphrase: &mut Zeroizing<String>,
     ) -> Result<bool, KeyringError> {
-        let rows = store.ca_keys().await?;
+        let kind = self.settings.kind;
+        let rows = rows_of(store, kind).await?;
         let current = self.current();
         if rows == current.rows() {
             return Ok(false);
         }
-        let built = match Keyring::from_records_reusing(&rows, passphrase, Some(&current)) {
+        let built = match Keyring::from_records_reusing(kind, &rows, passphrase, Some(&current)) {
             Err(KeyringError::WrongPassphrase { .. }) if self.refresh_passphrase(passphrase) => {
-                Keyring::from_records_reusing(&rows, passphrase, Some(&current))
+                Keyring::from_records_reusing(kind, &rows, passphrase, Some(&current))
             }
             other => other,
         }?;
         if built.active_id() != current.active_id() {
             tracing::info!(
+                kind = %kind,
                 active = built.active_id(),
                 ca_fingerprint = built.signer().fingerprint(),
                 "CA keyring reloaded: a new key signs"
             );
         } else {
-            tracing::info!("CA keyring reloaded");
+            tracing::info!(kind = %kind, "CA keyring reloaded");
         }
         self.install(built);
         Ok(true)
@@ -271,6 +281,7 @@ mod tests {
     use crate::store::sqlite::SqliteStore;
 
     const SETTINGS: RotationSettings = RotationSettings {
+        kind: crate::store::KeyKind::User,
         algorithm: KeyAlgorithm::Ed25519,
         min_publish_secs: 600,
         max_cert_ttl_secs: 300,

@@ -1,5 +1,6 @@
 //! The certificate authority proper: the CA keyring (keys encrypted at rest, one active
-//! signer), its rotation, and the building and signing of writ user certificates.
+//! signer per kind: user and host), its rotation, and the building and signing of writ
+//! user certificates and SSH host certificates.
 //!
 //! - [`keyring`] — key states, an immutable snapshot of the stored keys, key generation
 //!   and encryption at rest.
@@ -19,7 +20,9 @@ pub mod rotation;
 pub mod serial;
 pub mod signer;
 
-pub use certificate::{CertificateSpec, sign_certificate};
+pub use certificate::{
+    CertificateSpec, HostCertificateSpec, sign_certificate, sign_host_certificate,
+};
 pub use keyring::{CaKey, KeyState, Keyring, KeyringError};
 pub use live::LiveKeyring;
 pub use signer::{CaSigner, EcdsaSigner, Signer, sign_sshsig};

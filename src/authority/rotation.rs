@@ -24,8 +24,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 
 use super::keyring::{
-    CaKey, KeyState, KeyringError, check_passphrase, new_key_record, public_half,
-    rewrap_private_key,
+    CaKey, KeyKind, KeyState, KeyringError, audit_reason, check_passphrase, new_key_record,
+    public_half, rewrap_private_key, rows_of,
 };
 use crate::audit::{AuditEntry, Outcome, event};
 use crate::config::{CaConfig, KeyAlgorithm};
@@ -34,9 +34,11 @@ use crate::store::{
     CaKeyRecord, KeyRewrap, KeyTransition, KeyringChange, RotationSchedule, Store, StoreError,
 };
 
-/// What rotation needs from the configuration.
+/// What rotation needs from the configuration, for one kind of key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RotationSettings {
+    /// The keyring changed: user or host CA keys.
+    pub kind: KeyKind,
     /// Algorithm of new keys.
     pub algorithm: KeyAlgorithm,
     /// Seconds a `next` key must have been published before it may sign.
@@ -47,12 +49,22 @@ pub struct RotationSettings {
 }
 
 impl RotationSettings {
-    /// From `[ca]`.
+    /// The user keyring's, from `[ca]`.
     pub fn from_config(ca: &CaConfig) -> RotationSettings {
+        RotationSettings::for_kind(ca, KeyKind::User)
+    }
+
+    /// The keyring of `kind`'s, from `[ca]`: a host key stays trusted at least
+    /// `max_host_cert_ttl` after it stopped signing.
+    pub fn for_kind(ca: &CaConfig, kind: KeyKind) -> RotationSettings {
         RotationSettings {
+            kind,
             algorithm: ca.key_algorithm,
             min_publish_secs: secs(ca.rotation_min_publish),
-            max_cert_ttl_secs: secs(ca.max_cert_ttl),
+            max_cert_ttl_secs: secs(match kind {
+                KeyKind::User => ca.max_cert_ttl,
+                KeyKind::Host => ca.max_host_cert_ttl,
+            }),
         }
     }
 }
@@ -357,8 +369,30 @@ pub fn find_key<'a>(keys: &'a [CaKey], name: &str) -> Option<&'a CaKey> {
 // ---------------------------------------------------------------------------------------
 // Operations on the store.
 
-async fn load(store: &dyn Store) -> Result<(Vec<CaKeyRecord>, Vec<CaKey>), RotationError> {
-    let rows = store.ca_keys().await?;
+/// A new key of `settings`' kind and algorithm in `state`, encrypted with `passphrase`.
+fn new_key(
+    passphrase: &str,
+    settings: &RotationSettings,
+    state: KeyState,
+    now: i64,
+    rng: &mut impl CryptoRngCore,
+) -> Result<CaKeyRecord, KeyringError> {
+    new_key_record(
+        passphrase,
+        settings.algorithm,
+        settings.kind,
+        state,
+        now,
+        rng,
+    )
+}
+
+/// The stored keys of `kind`, as rows and public halves.
+async fn load(
+    store: &dyn Store,
+    kind: KeyKind,
+) -> Result<(Vec<CaKeyRecord>, Vec<CaKey>), RotationError> {
+    let rows = rows_of(store, kind).await?;
     let keys = rows
         .iter()
         .map(public_half)
@@ -412,7 +446,7 @@ pub async fn rotate(
     actor: &Actor,
     rng: &mut (impl CryptoRngCore + Send),
 ) -> Result<RotationReport, RotationError> {
-    let (rows, keys) = load(store).await?;
+    let (rows, keys) = load(store, settings.kind).await?;
     let plan = match plan_rotation(&keys, now, settings.min_publish_secs, force) {
         Ok(plan) => plan,
         Err(RotationRefusal::NoActiveKey) => return Err(RotationError::NoActiveKey),
@@ -450,20 +484,23 @@ pub async fn rotate(
             KeyRef::of_record(row(&rows, id)?)
         }
         None => {
-            let fresh = new_key_record(passphrase, settings.algorithm, KeyState::Active, now, rng)?;
+            let fresh = new_key(passphrase, settings, KeyState::Active, now, rng)?;
             let key = KeyRef::of_record(&fresh);
             change.new_keys.push(fresh);
             key
         }
     };
-    let next = new_key_record(passphrase, settings.algorithm, KeyState::Next, now, rng)?;
+    let next = new_key(passphrase, settings, KeyState::Next, now, rng)?;
     let next_ref = KeyRef::of_record(&next);
     change.new_keys.push(next);
     let mut entry = actor.entry(event::CA_KEY_ROTATED, Outcome::Success);
     entry.ca_fingerprint = Some(activated.fingerprint.clone());
-    entry.reason = Some(format!(
-        "{}key {activated} next -> active; key {retiring} active -> retiring; key {next_ref} created next",
-        if plan.forced { "forced: " } else { "" }
+    entry.reason = Some(audit_reason(
+        settings.kind,
+        &format!(
+            "{}key {activated} next -> active; key {retiring} active -> retiring; key {next_ref} created next",
+            if plan.forced { "forced: " } else { "" }
+        ),
     ));
     change.audit.push(entry);
     store.change_keyring(&change).await?;
@@ -493,9 +530,12 @@ async fn refuse(
     };
     let mut entry = actor.entry(event::CA_KEY_ROTATED, Outcome::Failure);
     entry.ca_fingerprint = Some(next.fingerprint.clone());
-    entry.reason = Some(format!(
-        "next_too_new: key {next} published {published}s ago, rotation_min_publish {}s",
-        settings.min_publish_secs
+    entry.reason = Some(audit_reason(
+        settings.kind,
+        &format!(
+            "next_too_new: key {next} published {published}s ago, rotation_min_publish {}s",
+            settings.min_publish_secs
+        ),
     ));
     if let Err(e) = store.append_audit(&entry, time_of(now)).await {
         return e.into();
@@ -523,7 +563,7 @@ pub async fn revoke(
             "give a --reason for the revocation (it goes into the audit log)".into(),
         ));
     }
-    let (rows, keys) = load(store).await?;
+    let (rows, keys) = load(store, settings.kind).await?;
     let key = find_key(&keys, name).ok_or_else(|| RotationError::UnknownKey(name.to_owned()))?;
     if key.state == KeyState::Revoked {
         return Err(RotationError::AlreadyRevoked(key.id.clone()));
@@ -557,14 +597,13 @@ pub async fn revoke(
                     activated = Some(KeyRef::of(n));
                 }
                 None => {
-                    let fresh =
-                        new_key_record(passphrase, settings.algorithm, KeyState::Active, now, rng)?;
+                    let fresh = new_key(passphrase, settings, KeyState::Active, now, rng)?;
                     activated = Some(KeyRef::of_record(&fresh));
                     change.new_keys.push(fresh);
                 }
             }
         }
-        let fresh = new_key_record(passphrase, settings.algorithm, KeyState::Next, now, rng)?;
+        let fresh = new_key(passphrase, settings, KeyState::Next, now, rng)?;
         next = Some(KeyRef::of_record(&fresh));
         change.new_keys.push(fresh);
     }
@@ -577,7 +616,7 @@ pub async fn revoke(
     if let Some(n) = &next {
         detail.push_str(&format!("; key {n} created next"));
     }
-    entry.reason = Some(detail);
+    entry.reason = Some(audit_reason(settings.kind, &detail));
     change.audit.push(entry);
     store.change_keyring(&change).await?;
     Ok(RevocationReport {
@@ -596,7 +635,7 @@ pub async fn retire_expired(
     now: i64,
     actor: &Actor,
 ) -> Result<Vec<KeyRef>, RotationError> {
-    let (_, keys) = load(store).await?;
+    let (_, keys) = load(store, settings.kind).await?;
     if !keys.iter().any(|k| k.state == KeyState::Retiring) {
         return Ok(Vec::new());
     }
@@ -617,9 +656,12 @@ pub async fn retire_expired(
         t.unless_valid_after = Some(now);
         let mut entry = actor.entry(event::CA_KEY_RETIRED, Outcome::Success);
         entry.ca_fingerprint = Some(key.fingerprint.clone());
-        entry.reason = Some(format!(
-            "key {} retiring -> retired: every certificate it signed has expired",
-            KeyRef::of(key)
+        entry.reason = Some(audit_reason(
+            settings.kind,
+            &format!(
+                "key {} retiring -> retired: every certificate it signed has expired",
+                KeyRef::of(key)
+            ),
         ));
         let change = KeyringChange {
             transitions: vec![t],
@@ -645,16 +687,19 @@ pub async fn ensure_next(
     actor: &Actor,
     rng: &mut (impl CryptoRngCore + Send),
 ) -> Result<Option<KeyRef>, RotationError> {
-    let (rows, keys) = load(store).await?;
+    let (rows, keys) = load(store, settings.kind).await?;
     if find(&keys, KeyState::Next).is_some() {
         return Ok(None);
     }
     prove_passphrase(&rows, None, passphrase)?;
-    let next = new_key_record(passphrase, settings.algorithm, KeyState::Next, now, rng)?;
+    let next = new_key(passphrase, settings, KeyState::Next, now, rng)?;
     let key = KeyRef::of_record(&next);
     let mut entry = actor.entry(event::CA_KEY_CREATED, Outcome::Success);
     entry.ca_fingerprint = Some(key.fingerprint.clone());
-    entry.reason = Some(format!("CA key {key} created next"));
+    entry.reason = Some(audit_reason(
+        settings.kind,
+        &format!("CA key {key} created next"),
+    ));
     let change = KeyringChange {
         new_keys: vec![next],
         audit: vec![entry],
@@ -668,7 +713,9 @@ pub async fn ensure_next(
     }
 }
 
-/// Rotate if the schedule says so and the `next` key is ready.
+/// Rotate if the schedule says so and the `next` key is ready. The schedule is the user
+/// keyring's: host CA keys rotate only when an operator says so (`writ admin ca rotate
+/// --kind host`), since a host keeps its certificate for days.
 pub async fn rotate_if_due(
     store: &dyn Store,
     passphrase: &str,
@@ -676,11 +723,14 @@ pub async fn rotate_if_due(
     now: i64,
     rng: &mut (impl CryptoRngCore + Send),
 ) -> Result<Option<RotationReport>, RotationError> {
+    if settings.kind != KeyKind::User {
+        return Ok(None);
+    }
     let schedule = store.rotation_schedule().await?;
     if schedule.is_none() {
         return Ok(None);
     }
-    let (_, keys) = load(store).await?;
+    let (_, keys) = load(store, settings.kind).await?;
     if schedule_status(schedule, &keys, now, settings.min_publish_secs) != ScheduleStatus::Due {
         return Ok(None);
     }
@@ -725,14 +775,15 @@ pub async fn set_schedule(
         None => None,
     };
     let mut entry = actor.entry(event::CA_KEY_SCHEDULED, Outcome::Success);
-    entry.reason = Some(match every {
+    let what = match every {
         Some(every) => format!(
             "rotate every {} ({}s)",
             crate::duration::format(every),
             every.as_secs()
         ),
         None => "automatic rotation off".into(),
-    });
+    };
+    entry.reason = Some(audit_reason(KeyKind::User, &what));
     store
         .set_rotation_schedule(schedule, &entry, time_of(now))
         .await?;
@@ -757,7 +808,8 @@ pub async fn rewrap(
             "the new passphrase is the current one".into(),
         ));
     }
-    let (rows, _) = load(store).await?;
+    // Every kind: all keys are encrypted under the one CA passphrase.
+    let rows = store.ca_keys().await?;
     let mut rewraps = Vec::new();
     for row in rows.iter().filter(|r| !r.private_key.is_empty()) {
         rewraps.push(KeyRewrap {
@@ -815,6 +867,7 @@ mod tests {
         let public_key = private.public_key().clone();
         CaKey {
             id: id.into(),
+            kind: KeyKind::User,
             state,
             algorithm: "ssh-ed25519".into(),
             fingerprint: public_key.fingerprint(Default::default()).to_string(),

@@ -13,6 +13,10 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use time::OffsetDateTime;
 use writ::admin;
+use writ::client::CaClient;
+use writ::client::config::ClientConfig;
+use writ::client::exit::{Exit, Failure};
+use writ::client::token_source::{self, Token, TokenSource};
 use writ::config::{Config, resolve_listen};
 use writ::{dev, duration, server};
 
@@ -32,11 +36,15 @@ Examples:
   writ dev token --sub agent-1 | writ cert --ca-url http://127.0.0.1:8422 --token - \\
       --login deploy --host web-01.example.com --key ~/.ssh/id_ed25519
   writ task complete TASK_ID --ca-url http://127.0.0.1:8422 --key ~/.ssh/id_ed25519
+  writ ssh --token-source github-actions --login deploy --host web-01.example.com -- uptime
   writ admin --config writ.toml task show TASK_ID
   writ completions bash > /etc/bash_completion.d/writ
 
 Environment: WRIT_CONFIG (for --config), WRIT_CA_URL (for --ca-url), WRIT_CA_BUNDLE
-(for --ca-bundle), WRIT_CLIENT_CERT and WRIT_CLIENT_KEY (for --client-cert, --client-key).
+(for --ca-bundle), WRIT_CLIENT_CERT and WRIT_CLIENT_KEY (for --client-cert, --client-key),
+WRIT_CLIENT_CONFIG (the agent commands' client config; default
+~/.config/writ/client.toml). Agent commands exit 80 (no workload token), 81 (token
+refused), 82 (policy denied), 83 (CA unreachable), 84 (host not trusted), 255 (ssh failed).
 See `writ COMMAND --help`, and `writ man` for the manual page.";
 
 /// An SSH certificate authority for AI agents and other workloads.
@@ -114,13 +122,13 @@ MCP client configuration (e.g. an agent host's mcpServers):
   {\"writ\": {\"command\": \"writ\", \"args\": [\"mcp\", \"--ca-url\", \"https://ca.example.com\",
             \"--token\", \"@/var/run/secrets/writ/token\", \"--allowed-hosts\", \"*.staging.example.com\"]}}")]
     Mcp {
-        /// The CA's base URL.
+        /// The CA's base URL (default: ca_url of the client config).
         #[arg(long, env = "WRIT_CA_URL", value_name = "URL")]
-        ca_url: String,
-        /// Workload token: `@FILE` (read again for every task, as rotated tokens are) or the
-        /// token itself. Not `-`: stdin carries the protocol.
-        #[arg(long, value_name = "@FILE|TOKEN")]
-        token: String,
+        ca_url: Option<String>,
+        /// A fresh token is fetched for every task (`--token @FILE` is read again each time);
+        /// `--token -` is refused: stdin carries the protocol.
+        #[command(flatten)]
+        credential: TokenArgs,
         /// Host patterns tasks may name (repeat or comma-separate), narrower than the policy.
         #[arg(long = "allowed-hosts", value_delimiter = ',', value_name = "PATTERN")]
         allowed_hosts: Vec<String>,
@@ -268,25 +276,62 @@ struct TaskCall {
     /// Task id (`writ cert` prints it).
     #[arg(value_name = "ID")]
     id: String,
-    /// The CA's base URL.
+    /// The CA's base URL (default: ca_url of the client config).
     #[arg(long, env = "WRIT_CA_URL", value_name = "URL")]
-    ca_url: String,
+    ca_url: Option<String>,
     /// Prove possession with this private key, the one `writ cert --key` certified; its
     /// certificate is <key>-cert.pub. Works while the certificate is valid and the task
-    /// active.
-    #[arg(long, value_name = "PATH", required_unless_present = "token")]
+    /// active. Without it, a fresh workload token is used (--token, --token-source, or
+    /// found as --token-source says).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["token", "token_source"])]
     key: Option<PathBuf>,
     /// The certificate of --key, if not at <key>-cert.pub.
     #[arg(long = "cert", value_name = "PATH", requires = "key")]
     certificate: Option<PathBuf>,
-    /// Or a fresh workload token: `-` reads stdin, `@FILE` a file, else the token itself.
-    #[arg(long, value_name = "TOKEN|-|@FILE", conflicts_with = "key")]
-    token: Option<String>,
+    #[command(flatten)]
+    credential: TokenArgs,
     /// Print the task as JSON (the CA's answer).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
     tls: TlsArgs,
+}
+
+/// Where an agent's workload token comes from.
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// Workload token: `-` reads stdin, `@FILE` a file, else the token itself (visible to
+    /// other local users in the process list: prefer --token-source).
+    #[arg(long, value_name = "TOKEN|-|@FILE", conflicts_with = "token_source")]
+    token: Option<String>,
+    /// Where to get a fresh workload token: file:PATH (read on every use, as Kubernetes
+    /// rotates projected tokens), env:VAR, github-actions[:AUDIENCE] (the job's OIDC token,
+    /// audience `writ` by default; needs `permissions: id-token: write`), command:CMD (its
+    /// stdout; 10 s at most) or dev (the issuer of `writ serve --dev`, key in ./writ-data).
+    /// Default: token_source of the client config, else
+    /// file:/var/run/secrets/writ/token if it exists (kubernetes_token_path in the client
+    /// config), else github-actions when ACTIONS_ID_TOKEN_REQUEST_URL and
+    /// ACTIONS_ID_TOKEN_REQUEST_TOKEN are set.
+    #[arg(long, value_name = "SPEC")]
+    token_source: Option<String>,
+}
+
+impl TokenArgs {
+    /// The workload token and what it came from (named in messages, never the token).
+    fn resolve(&self, config: &ClientConfig) -> Result<(Token, String), Exit> {
+        let source = match &self.token_source {
+            Some(spec) => Some(spec.parse::<TokenSource>()?),
+            None => None,
+        };
+        let env = &token_source::process_environment;
+        Ok(token_source::resolve(
+            self.token.as_deref(),
+            source.as_ref(),
+            &config.discovery(env),
+            env,
+            &mut std::io::stdin(),
+        )?)
+    }
 }
 
 /// How an agent trusts an https:// CA (and proves itself to one with mutual TLS).
@@ -316,33 +361,39 @@ struct TlsArgs {
 }
 
 impl TlsArgs {
-    /// The CA at `ca_url`, trusted as these options say.
-    fn ca(&self, ca_url: &str) -> Result<writ::client::CaClient, writ::client::ClientError> {
+    /// The client config, and the CA at `ca_url` (else the config's `ca_url`), trusted as
+    /// these options say (each unset one taken from the config).
+    fn ca(&self, ca_url: Option<&str>) -> Result<(ClientConfig, CaClient), Exit> {
+        let env = &token_source::process_environment;
+        let config = writ::client::config::load(env)?;
+        let url = config.ca_url(ca_url, env)?;
         let options = writ::client::TlsOptions {
-            ca_bundle: self.ca_bundle.clone(),
-            client_cert: self.client_cert.clone(),
-            client_key: self.client_key.clone(),
+            ca_bundle: self.ca_bundle.clone().or_else(|| config.ca_bundle.clone()),
+            client_cert: self
+                .client_cert
+                .clone()
+                .or_else(|| config.client_cert.clone()),
+            client_key: self
+                .client_key
+                .clone()
+                .or_else(|| config.client_key.clone()),
         };
-        writ::client::CaClient::new(ca_url, &options)
+        let ca = CaClient::new(&url, &options).map_err(|e| Exit::from_client(&e, None))?;
+        Ok((config, ca))
     }
 }
 
 /// What an agent asks for.
 #[derive(clap::Args)]
 struct AgentArgs {
-    /// The CA's base URL.
+    /// The CA's base URL (default: ca_url of the client config).
     #[arg(long, env = "WRIT_CA_URL", value_name = "URL")]
-    ca_url: String,
-    /// Workload token: `-` reads stdin, `@FILE` a file (preferred), else the token itself.
-    #[arg(long, value_name = "TOKEN|-|@FILE")]
-    token: String,
-    /// Login for the task (repeat or comma-separate for several).
-    #[arg(
-        long = "login",
-        value_delimiter = ',',
-        required = true,
-        value_name = "LOGIN"
-    )]
+    ca_url: Option<String>,
+    #[command(flatten)]
+    credential: TokenArgs,
+    /// Login for the task (repeat or comma-separate for several; default: login of the
+    /// client config).
+    #[arg(long = "login", value_delimiter = ',', value_name = "LOGIN")]
     logins: Vec<String>,
     /// Host (pattern) for the task (repeat or comma-separate); `writ ssh` connects to the first.
     #[arg(
@@ -352,11 +403,13 @@ struct AgentArgs {
         value_name = "HOST"
     )]
     hosts: Vec<String>,
-    /// Lifetime of this certificate, e.g. 5m (default: the CA's default_cert_ttl).
+    /// Lifetime of this certificate, e.g. 5m (default: ttl of the client config, else the
+    /// CA's default_cert_ttl).
     #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
     ttl: Option<Duration>,
     /// Lifetime of the task, e.g. 30m: once it ends, every certificate of the task stops
-    /// working, however long it was issued for (default: the CA's default_task_ttl).
+    /// working, however long it was issued for (default: task_ttl of the client config,
+    /// else the CA's default_task_ttl).
     #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
     task_ttl: Option<Duration>,
     /// What the task is for (recorded in the audit log).
@@ -372,14 +425,25 @@ struct AgentArgs {
 }
 
 impl AgentArgs {
-    fn request(&self) -> writ::client::TaskRequest {
-        writ::client::TaskRequest {
-            logins: self.logins.clone(),
+    /// The task asked for: these flags, with the client config's defaults for the unset.
+    fn request(&self, config: &ClientConfig) -> Result<writ::client::TaskRequest, Exit> {
+        let logins = match (&self.logins[..], &config.login) {
+            ([], Some(login)) => vec![login.clone()],
+            ([], None) => {
+                return Err(Exit {
+                    failure: Failure::Other,
+                    message: "give --login LOGIN (or login in the client config)".into(),
+                });
+            }
+            (logins, _) => logins.to_vec(),
+        };
+        Ok(writ::client::TaskRequest {
+            logins,
             hosts: self.hosts.clone(),
-            task_ttl: self.task_ttl,
-            cert_ttl: self.ttl,
+            task_ttl: self.task_ttl.or(config.task_ttl),
+            cert_ttl: self.ttl.or(config.ttl),
             purpose: self.purpose.clone(),
-        }
+        })
     }
 }
 
@@ -504,7 +568,7 @@ fn main() -> ExitCode {
         }
         Command::Mcp {
             ca_url,
-            token,
+            credential,
             allowed_hosts,
             max_task_ttl,
             tls,
@@ -512,7 +576,14 @@ fn main() -> ExitCode {
             if let Err(code) = config.refuse("mcp", over_http) {
                 return code;
             }
-            mcp_command(&ca_url, token, allowed_hosts, max_task_ttl, &tls)
+            let limits = writ::mcp::Limits {
+                allowed_hosts,
+                max_task_ttl,
+            };
+            match mcp_command(ca_url.as_deref(), &credential, limits, &tls) {
+                Ok(code) => code,
+                Err(exit) => fail_with(&exit),
+            }
         }
         Command::Ssh {
             agent,
@@ -524,30 +595,20 @@ fn main() -> ExitCode {
             if let Err(code) = config.refuse("ssh", over_http) {
                 return code;
             }
-            let token = match admin::read_token(&agent.token, &mut std::io::stdin()) {
-                Ok(t) => t,
-                Err(e) => return fail(&e),
-            };
-            let host = agent.hosts[0].clone();
-            let login = agent.logins[0].clone();
             let ssh = writ::client::SshInvocation {
-                login,
-                host,
+                login: agent.logins.first().cloned().unwrap_or_default(),
+                host: agent.hosts[0].clone(),
                 options: ssh_options,
                 command,
-            };
-            let ca = match agent.tls.ca(&agent.ca_url) {
-                Ok(ca) => ca,
-                Err(e) => return fail(&e),
             };
             let host_trust = if insecure_trust_on_first_use {
                 writ::client::HostTrust::TrustOnFirstUse
             } else {
                 writ::client::HostTrust::CertificateAuthority
             };
-            match writ::client::ssh(&ca, &token, &ssh, &agent.request(), keep_task, host_trust) {
+            match ssh_command(&agent, ssh, keep_task, host_trust) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
-                Err(e) => fail(&e),
+                Err(exit) => fail_with(&exit),
             }
         }
         Command::Serve {
@@ -636,106 +697,125 @@ fn load_serving(path: &Path, listen: Option<SocketAddr>) -> Result<Config, Strin
     Ok(config)
 }
 
+/// `writ ssh`: the remote command's exit code.
+fn ssh_command(
+    agent: &AgentArgs,
+    mut ssh: writ::client::SshInvocation,
+    keep_task: bool,
+    host_trust: writ::client::HostTrust,
+) -> Result<i32, Exit> {
+    let (config, ca) = agent.tls.ca(agent.ca_url.as_deref())?;
+    let request = agent.request(&config)?;
+    ssh.login = request.logins[0].clone();
+    let (token, from) = agent.credential.resolve(&config)?;
+    writ::client::ssh(&ca, &token, &ssh, &request, keep_task, host_trust)
+        .map_err(|e| Exit::from_client(&e, Some(&from)))
+}
+
 fn cert_command(agent: &AgentArgs, key: &Path, known_hosts: Option<&Path>) -> ExitCode {
-    let token = match admin::read_token(&agent.token, &mut std::io::stdin()) {
-        Ok(t) => t,
-        Err(e) => return fail(&e),
-    };
-    let base = key.to_string_lossy().trim_end_matches(".pub").to_owned();
-    let public_key = match std::fs::read_to_string(format!("{base}.pub")) {
-        Ok(text) => text.trim().to_owned(),
-        Err(e) => return fail(&format!("cannot read {base}.pub: {e}")),
-    };
-    let ca = match agent.tls.ca(&agent.ca_url) {
-        Ok(ca) => ca,
-        Err(e) => return fail(&e),
-    };
-    // Fetched before the task is opened, so a CA without host keys leaves no task behind.
-    let known_hosts_lines = match known_hosts {
-        Some(_) => match writ::client::known_hosts::fetch(&ca) {
-            Ok(lines) => Some(lines),
-            Err(e) => return fail(&e),
-        },
-        None => None,
-    };
-    if let (Some(path), Some(lines)) = (known_hosts, &known_hosts_lines)
-        && let Err(e) = writ::client::known_hosts::write(path, lines.as_bytes(), false)
-    {
-        return fail(&e);
-    }
-    match writ::client::open_task(&ca, &token, &public_key, &agent.request()) {
-        Ok(issued) => {
-            let path = format!("{base}-cert.pub");
-            if let Err(e) = std::fs::write(&path, format!("{}\n", issued.certificate)) {
-                return fail(&format!("cannot write {path}: {e}"));
-            }
-            if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-                eprintln!(
-                    "writ: when done: writ task complete {} --ca-url {} --key {base}",
-                    issued.task_id, agent.ca_url
-                );
-            }
-            let mut summary = format!(
-                "task {}\nserial {}\ncertificate {path} (valid until {})\nprincipals {}\n",
-                issued.task_id,
-                issued.serial,
-                issued.valid_before,
-                issued.principals.join(",")
-            );
-            if let Some(known_hosts) = known_hosts {
-                summary.push_str(&format!(
-                    "known_hosts {} (ssh -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes)\n",
-                    known_hosts.display(),
-                    known_hosts.display()
-                ));
-            }
-            print_then(&summary, ExitCode::SUCCESS)
-        }
-        Err(e) => fail(&e),
+    match certify(agent, key, known_hosts) {
+        Ok(text) => print_then(&text, ExitCode::SUCCESS),
+        Err(exit) => fail_with(&exit),
     }
 }
 
-/// `writ mcp`.
-fn mcp_command(
-    ca_url: &str,
-    token: String,
-    allowed_hosts: Vec<String>,
-    max_task_ttl: Option<Duration>,
-    tls: &TlsArgs,
-) -> ExitCode {
-    if token == "-" {
-        return fail(&"writ mcp: --token - is not possible (stdin carries MCP): use --token @FILE");
-    }
-    // Read now too, so a missing file is reported before the client connects.
-    if let Err(e) = admin::read_token(&token, &mut std::io::empty()) {
-        return fail(&e);
-    }
-    let ca = match tls.ca(ca_url) {
-        Ok(ca) => ca,
-        Err(e) => return fail(&e),
+/// `writ cert`: what it prints.
+fn certify(agent: &AgentArgs, key: &Path, known_hosts: Option<&Path>) -> Result<String, Exit> {
+    let other = |message: String| Exit {
+        failure: Failure::Other,
+        message,
     };
-    writ::logging::init(writ::config::LogFormat::Text);
-    let tokens: writ::mcp::TokenSource = std::sync::Arc::new(move || {
-        admin::read_token(&token, &mut std::io::empty())
-            .map(|token| token.to_string())
-            .map_err(|e| writ::client::ClientError::BadAnswer(format!("workload token: {e}")))
-    });
-    let server = writ::mcp::WritMcp::new(
-        ca,
-        tokens,
-        writ::mcp::Limits {
-            allowed_hosts,
-            max_task_ttl,
-        },
+    let (config, ca) = agent.tls.ca(agent.ca_url.as_deref())?;
+    let request = agent.request(&config)?;
+    let base = key.to_string_lossy().trim_end_matches(".pub").to_owned();
+    let public_key = match std::fs::read_to_string(format!("{base}.pub")) {
+        Ok(text) => text.trim().to_owned(),
+        Err(e) => return Err(other(format!("cannot read {base}.pub: {e}"))),
+    };
+    let (token, from) = agent.credential.resolve(&config)?;
+    let client_error = |e: writ::client::ClientError| Exit::from_client(&e, Some(&from));
+    // Fetched before the task is opened, so a CA without host keys leaves no task behind.
+    if let Some(path) = known_hosts {
+        let lines = writ::client::known_hosts::fetch(&ca).map_err(client_error)?;
+        writ::client::known_hosts::write(path, lines.as_bytes(), false).map_err(client_error)?;
+    }
+    let issued =
+        writ::client::open_task(&ca, &token, &public_key, &request).map_err(client_error)?;
+    let path = format!("{base}-cert.pub");
+    std::fs::write(&path, format!("{}\n", issued.certificate))
+        .map_err(|e| other(format!("cannot write {path}: {e}")))?;
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "writ: when done: writ task complete {} --ca-url {} --key {base}",
+            issued.task_id,
+            ca.url()
+        );
+    }
+    let mut summary = format!(
+        "task {}\nserial {}\ncertificate {path} (valid until {})\nprincipals {}\n",
+        issued.task_id,
+        issued.serial,
+        issued.valid_before,
+        issued.principals.join(",")
     );
-    let runtime = match writ::cli::runtime() {
-        Ok(runtime) => runtime,
-        Err(e) => return fail(&e),
-    };
-    match runtime.block_on(writ::mcp::serve_stdio(server)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(&format!("writ mcp: {e}")),
+    if let Some(known_hosts) = known_hosts {
+        summary.push_str(&format!(
+            "known_hosts {} (ssh -o UserKnownHostsFile={} -o StrictHostKeyChecking=yes)\n",
+            known_hosts.display(),
+            known_hosts.display()
+        ));
     }
+    Ok(summary)
+}
+
+/// `writ mcp`: where tokens come from (one fresh token per task), then the server.
+fn mcp_command(
+    ca_url: Option<&str>,
+    credential: &TokenArgs,
+    limits: writ::mcp::Limits,
+    tls: &TlsArgs,
+) -> Result<ExitCode, Exit> {
+    let other = |message: String| Exit {
+        failure: Failure::Other,
+        message,
+    };
+    let (config, ca) = tls.ca(ca_url)?;
+    let env = &token_source::process_environment;
+    let source = match (&credential.token, &credential.token_source) {
+        (Some(token), _) if token == "-" => {
+            return Err(other(
+                "writ mcp: --token - is not possible (stdin carries MCP): use --token-source"
+                    .to_owned(),
+            ));
+        }
+        (Some(token), _) => match token.strip_prefix('@') {
+            Some(path) => TokenSource::File(PathBuf::from(path)),
+            None => {
+                return Err(other(
+                    "writ mcp opens a task per tool call and needs a fresh token for each: \
+                     use --token @FILE or --token-source, not a literal token"
+                        .to_owned(),
+                ));
+            }
+        },
+        (None, Some(spec)) => spec.parse::<TokenSource>()?,
+        (None, None) => token_source::discover(&config.discovery(env), env)?,
+    };
+    // Fetched once now, so a source that cannot give a token is reported at start.
+    source.fetch(env)?;
+    writ::logging::init(writ::config::LogFormat::Text);
+    let tokens: writ::mcp::TokenFetcher = std::sync::Arc::new(move || {
+        source
+            .fetch(&token_source::process_environment)
+            .map(|token| token.to_string())
+            .map_err(|e| writ::client::ClientError::BadAnswer(e.to_string()))
+    });
+    let server = writ::mcp::WritMcp::new(ca, tokens, limits);
+    let runtime = writ::cli::runtime().map_err(|e| other(e.to_string()))?;
+    runtime
+        .block_on(writ::mcp::serve_stdio(server))
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(|e| other(format!("writ mcp: {e}")))
 }
 
 /// `writ task show|complete` (the agent's side, over HTTP).
@@ -744,31 +824,39 @@ fn agent_task_command(command: AgentTaskCommand) -> ExitCode {
         AgentTaskCommand::Show { call } => (call, false),
         AgentTaskCommand::Complete { call } => (call, true),
     };
+    match task_call(&call, complete) {
+        Ok(text) => print_then(&text, ExitCode::SUCCESS),
+        Err(exit) => fail_with(&exit),
+    }
+}
+
+/// `writ task show|complete`: what it prints.
+fn task_call(call: &TaskCall, complete: bool) -> Result<String, Exit> {
+    let (config, ca) = call.tls.ca(call.ca_url.as_deref())?;
     let token;
     let possession;
-    let credential = match (&call.key, &call.token) {
-        (Some(key), _) => {
-            match writ::client::load_possession(key, call.certificate.as_deref(), &call.id) {
-                Ok(p) => possession = p,
-                Err(e) => return fail(&e),
-            }
+    let mut token_from = None;
+    let credential = match &call.key {
+        Some(key) => {
+            possession = writ::client::load_possession(key, call.certificate.as_deref(), &call.id)
+                .map_err(|e| Exit::from_client(&e, None))?;
             writ::client::Credential::Possession {
                 certificate: &possession.0,
                 key: &possession.1,
             }
         }
-        (None, Some(arg)) => {
-            match admin::read_token(arg, &mut std::io::stdin()) {
-                Ok(t) => token = t,
-                Err(e) => return fail(&e),
-            }
+        None => {
+            let (resolved, from) = call.credential.resolve(&config).map_err(|mut exit| {
+                if exit.failure == Failure::NoToken {
+                    exit.message
+                        .push_str("; or --key PATH, the key `writ cert` certified");
+                }
+                exit
+            })?;
+            token = resolved;
+            token_from = Some(from);
             writ::client::Credential::Token(&token)
         }
-        (None, None) => return fail(&"give --key PATH or --token TOKEN"),
-    };
-    let ca = match call.tls.ca(&call.ca_url) {
-        Ok(ca) => ca,
-        Err(e) => return fail(&e),
     };
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let answer = if complete {
@@ -776,14 +864,13 @@ fn agent_task_command(command: AgentTaskCommand) -> ExitCode {
     } else {
         writ::client::task_status(&ca, &call.id, &credential, now)
     };
-    match answer {
-        Ok(task) if call.json => {
-            let text = serde_json::to_string_pretty(&task).unwrap_or_default();
-            print_then(&format!("{text}\n"), ExitCode::SUCCESS)
-        }
-        Ok(task) => print_then(&writ::client::describe_task(&task, now), ExitCode::SUCCESS),
-        Err(e) => fail(&e),
-    }
+    let task = answer.map_err(|e| Exit::from_client(&e, token_from.as_deref()))?;
+    Ok(if call.json {
+        let text = serde_json::to_string_pretty(&task).unwrap_or_default();
+        format!("{text}\n")
+    } else {
+        writ::client::describe_task(&task, now)
+    })
 }
 
 /// Print `text` on stdout, then exit with `code`. A reader that went away (`| head`) is a
@@ -793,6 +880,13 @@ fn print_then(text: &str, code: ExitCode) -> ExitCode {
         Ok(()) => code,
         Err(e) => fail(&format!("cannot write the output: {e}")),
     }
+}
+
+/// An agent command's failure: its one-line message, and its own exit status
+/// ([`writ::client::exit`]).
+fn fail_with(exit: &Exit) -> ExitCode {
+    eprintln!("writ: error: {}", exit.message);
+    ExitCode::from(exit.failure.code())
 }
 
 fn fail(error: &dyn std::fmt::Display) -> ExitCode {

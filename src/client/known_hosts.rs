@@ -157,10 +157,10 @@ pub fn refused_host(stderr: &str) -> bool {
     REFUSED_HOST.iter().any(|m| stderr.contains(m))
 }
 
-/// What `writ ssh` adds when ssh refused the host.
+/// What `writ ssh` says when ssh refused the host.
 pub fn refused_host_hint(host: &str) -> String {
     format!(
-        "writ: {host:?} did not prove itself with a host certificate from this CA for that \
+        "{host:?} did not prove itself with a host certificate from this CA for that \
          name, so ssh refused it. Enrol the host (on it: [host_certificates] in host.toml, \
          `writ-principals host-cert`, and a HostCertificate line in sshd_config; README \
          \"Host certificates\"), or, knowing that a man in the middle would go unnoticed, \

@@ -15,7 +15,10 @@ use ssh_key::{HashAlg, PrivateKey};
 
 use crate::task::possession;
 
+pub mod config;
+pub mod exit;
 pub mod known_hosts;
+pub mod token_source;
 
 pub use known_hosts::HostTrust;
 
@@ -121,6 +124,12 @@ pub enum ClientError {
          working when its task ends or it expires: give --token for a fresh workload token"
     )]
     PossessionRefused(String),
+    /// ssh refused the host: it showed no host certificate from the CA for that name.
+    #[error("{}", known_hosts::refused_host_hint(.0))]
+    HostUntrusted(String),
+    /// ssh could not be run, or failed on its own (status 255).
+    #[error("{0}")]
+    Ssh(String),
 }
 
 /// How the agent trusts an `https://` CA, and how it proves itself when the CA asks for
@@ -552,7 +561,9 @@ pub fn ssh_arguments(
 
 /// `writ ssh`: fetch the CA's host trust (unless `host_trust` is trust on first use), open
 /// a task with a fresh key, run `ssh` with the certificate, then complete the task (unless
-/// `keep_task`). Returns ssh's exit code. Nothing is written outside a private temporary
+/// `keep_task`). Returns the remote command's exit code (ssh's); a host ssh refused for
+/// its host key is [`ClientError::HostUntrusted`], ssh's own failure (status
+/// [`SSH_FAILED`]) [`ClientError::Ssh`]. Nothing is written outside a private temporary
 /// directory, removed afterwards.
 pub fn ssh(
     ca: &CaClient,
@@ -617,10 +628,19 @@ pub fn ssh(
     }
     let (code, refused_host) = ran?;
     if refused_host && host_trust == HostTrust::CertificateAuthority {
-        eprintln!("{}", known_hosts::refused_host_hint(&invocation.host));
+        return Err(ClientError::HostUntrusted(invocation.host.clone()));
+    }
+    if code == SSH_FAILED {
+        return Err(ClientError::Ssh(format!(
+            "ssh exited {SSH_FAILED}, its status for its own errors (connection, \
+             authentication; its message is above) — or the remote command exited {SSH_FAILED}"
+        )));
     }
     Ok(code)
 }
+
+/// ssh's exit status for its own errors.
+pub const SSH_FAILED: i32 = 255;
 
 /// Run ssh, relaying its stderr; its exit code, and whether it refused the host's key.
 fn run_ssh(arguments: Vec<std::ffi::OsString>) -> Result<(i32, bool), ClientError> {
@@ -628,20 +648,16 @@ fn run_ssh(arguments: Vec<std::ffi::OsString>) -> Result<(i32, bool), ClientErro
         .args(arguments)
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| ClientError::Unreachable {
-            url: "ssh".into(),
-            detail: e.to_string(),
-        })?;
+        .map_err(|e| ClientError::Ssh(format!("cannot run ssh: {e}")))?;
     let relay = child
         .stderr
         .take()
         .map(|stderr| std::thread::spawn(move || known_hosts::relay_stderr(stderr)));
-    let status = child.wait().map_err(|e| ClientError::Unreachable {
-        url: "ssh".into(),
-        detail: e.to_string(),
-    })?;
+    let status = child
+        .wait()
+        .map_err(|e| ClientError::Ssh(format!("cannot wait for ssh: {e}")))?;
     let refused_host = relay.is_some_and(|r| r.join().unwrap_or(false));
-    Ok((status.code().unwrap_or(255), refused_host))
+    Ok((status.code().unwrap_or(SSH_FAILED), refused_host))
 }
 
 /// How an agent authenticates a task call (`writ task show|complete`): a fresh workload

@@ -439,6 +439,34 @@ pub struct CaConfig {
         deserialize_with = "duration::deserialize"
     )]
     pub rotation_min_publish: Duration,
+    /// Lifetime of a host certificate (`POST /v1/host-certificates`); at most
+    /// `max_host_cert_ttl`.
+    #[serde(
+        default = "default_host_cert_ttl",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub host_cert_ttl: Duration,
+    /// Longest host certificate; a retiring host CA key stays trusted at least this long
+    /// after it stopped signing.
+    #[serde(
+        default = "default_max_host_cert_ttl",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub max_host_cert_ttl: Duration,
+    /// Host name patterns the `@cert-authority` lines of `GET /v1/ca/known-hosts` name:
+    /// the hosts clients trust the host CA for.
+    #[serde(default = "default_host_patterns")]
+    pub host_patterns: Vec<String>,
+}
+
+fn default_host_cert_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 60 * 60)
+}
+fn default_max_host_cert_ttl() -> Duration {
+    Duration::from_secs(30 * 24 * 60 * 60)
+}
+fn default_host_patterns() -> Vec<String> {
+    vec!["*".to_owned()]
 }
 
 /// `[ca] key_algorithm`: the algorithm of new CA keys.
@@ -468,6 +496,9 @@ impl Default for CaConfig {
             clock_skew: default_clock_skew(),
             key_algorithm: KeyAlgorithm::default(),
             rotation_min_publish: default_rotation_min_publish(),
+            host_cert_ttl: default_host_cert_ttl(),
+            max_host_cert_ttl: default_max_host_cert_ttl(),
+            host_patterns: default_host_patterns(),
         }
     }
 }
@@ -500,6 +531,38 @@ fn default_max_task_ttl() -> Duration {
 fn default_clock_skew() -> Duration {
     Duration::from_secs(30)
 }
+
+/// A host pattern of a `role = "host"` policy: a host pattern in which `{sub}` and
+/// `{claims.NAME}` may stand for a DNS label (filled from the host's token, and checked
+/// again once filled: `policy::host_patterns`).
+pub fn is_valid_host_template(template: &str) -> bool {
+    let mut plain = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        plain.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}').map(|c| c + open) else {
+            return false;
+        };
+        let name = &rest[open + 1..close];
+        let known = name == "sub"
+            || name
+                .strip_prefix("claims.")
+                .is_some_and(|path| !path.is_empty() && !path.contains(['{', '}']));
+        if !known {
+            return false;
+        }
+        plain.push('x');
+        rest = &rest[close + 1..];
+    }
+    plain.push_str(rest);
+    !rest.contains('}') && profile::is_valid_host_pattern(&plain)
+}
+
+/// Longest accepted `host_cert_ttl` / `max_host_cert_ttl`: a host certificate is renewed
+/// long before; a year-long one is a static key by another name.
+const MAX_HOST_CERT_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+/// Most `[ca] host_patterns` (they share one `@cert-authority` line per key).
+const MAX_HOST_PATTERNS: usize = 64;
 
 /// Longest accepted `clock_skew`: more would let certificates predate issuance by a lot.
 const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5 * 60);
@@ -822,6 +885,41 @@ impl Config {
                 "must be at least 1s".into(),
             ));
         }
+        for (key, ttl) in [
+            ("ca.host_cert_ttl", ca.host_cert_ttl),
+            ("ca.max_host_cert_ttl", ca.max_host_cert_ttl),
+        ] {
+            if ttl < Duration::from_secs(60) || ttl > MAX_HOST_CERT_TTL {
+                return Err(invalid(key.into(), "must be between 1m and 366d".into()));
+            }
+        }
+        if ca.host_cert_ttl > ca.max_host_cert_ttl {
+            return Err(invalid(
+                "ca.host_cert_ttl".into(),
+                format!(
+                    "{} exceeds ca.max_host_cert_ttl ({}): the lifetime must be allowed by the \
+                     maximum",
+                    duration::format(ca.host_cert_ttl),
+                    duration::format(ca.max_host_cert_ttl)
+                ),
+            ));
+        }
+        if ca.host_patterns.is_empty() || ca.host_patterns.len() > MAX_HOST_PATTERNS {
+            return Err(invalid(
+                "ca.host_patterns".into(),
+                format!(
+                    "list 1 to {MAX_HOST_PATTERNS} host patterns (\"*\" trusts the host CA for every host)"
+                ),
+            ));
+        }
+        for (j, pattern) in ca.host_patterns.iter().enumerate() {
+            if !profile::is_valid_host_pattern(pattern) {
+                return Err(invalid(
+                    format!("ca.host_patterns[{j}]"),
+                    format!("{pattern:?} is not a host pattern (lowercase DNS characters and '*')"),
+                ));
+            }
+        }
         if ca.max_cert_ttl > ca.max_task_ttl {
             return Err(invalid(
                 "ca.max_cert_ttl".into(),
@@ -952,11 +1050,18 @@ impl Config {
                 }
             }
             for (j, host) in policy.hosts.iter().enumerate() {
-                if !profile::is_valid_host_pattern(host) {
+                // A host policy may fill a pattern from the host's token ({claims.NAME}).
+                let valid = if policy.role == Role::Host {
+                    is_valid_host_template(host)
+                } else {
+                    profile::is_valid_host_pattern(host)
+                };
+                if !valid {
                     return Err(invalid(
                         format!("{}[{j}]", key("hosts")),
                         format!(
-                            "{host:?} is not a host pattern (lowercase DNS characters and '*')"
+                            "{host:?} is not a host pattern (lowercase DNS characters and '*'; \
+                             in a role = \"host\" policy also {{sub}} or {{claims.NAME}})"
                         ),
                     ));
                 }

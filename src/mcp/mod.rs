@@ -27,7 +27,7 @@ use ssh_key::PrivateKey;
 use crate::client::{self, CaClient, ClientError, Credential, SshInvocation, TaskRequest};
 
 /// Where tokens come from: called once per task, so a rotated token is picked up.
-pub type TokenSource = Arc<dyn Fn() -> Result<String, ClientError> + Send + Sync>;
+pub type TokenFetcher = Arc<dyn Fn() -> Result<String, ClientError> + Send + Sync>;
 
 /// How the server narrows what the model may ask for.
 #[derive(Debug, Clone, Default)]
@@ -59,7 +59,7 @@ struct SessionTask {
 #[derive(Clone)]
 pub struct WritMcp {
     ca: Arc<CaClient>,
-    tokens: TokenSource,
+    tokens: TokenFetcher,
     limits: Limits,
     tasks: Arc<Mutex<BTreeMap<String, SessionTask>>>,
     tool_router: ToolRouter<WritMcp>,
@@ -192,7 +192,7 @@ async fn blocking<T: Send + 'static>(
 #[tool_router]
 impl WritMcp {
     /// A server for the CA `ca`, taking tokens from `tokens`, within `limits`.
-    pub fn new(ca: CaClient, tokens: TokenSource, limits: Limits) -> WritMcp {
+    pub fn new(ca: CaClient, tokens: TokenFetcher, limits: Limits) -> WritMcp {
         WritMcp {
             ca: Arc::new(ca),
             tokens,

@@ -58,19 +58,44 @@ pub fn trust_bundle(keyring: &Keyring) -> String {
     bundle::write(keyring.trusted_keys().map(|k| &k.public_key))
 }
 
+/// `known_hosts` lines for the host CA (`GET /v1/ca/known-hosts`): one `@cert-authority`
+/// line naming `patterns` (comma-joined) for every host CA key clients must trust now
+/// (`next`, `active`, `retiring`), and one `@revoked *` line for every revoked host CA
+/// key, in keyring order.
+pub fn known_hosts(host_keyring: &Keyring, patterns: &[String]) -> String {
+    let patterns = patterns.join(",");
+    let mut out = String::new();
+    for key in host_keyring.keys() {
+        let marker = match key.state {
+            state if state.is_trusted() => format!("@cert-authority {patterns}"),
+            KeyState::Revoked => "@revoked *".to_owned(),
+            _ => continue,
+        };
+        let Ok(line) = key.public_key.to_openssh() else {
+            continue;
+        };
+        out.push_str(&marker);
+        out.push(' ');
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
 /// The signed revocation feed at `now_unix`, in format `version` ([`feed::VERSION`] with
 /// its binding, or [`feed::VERSION_UNBOUND`] for hosts that predate it). `retention`:
 /// how long entries outlive their end ([`feed::retention_after_end`]).
 pub async fn signed_feed(
     store: &dyn Store,
     keyring: &Keyring,
+    host_keyring: Option<&Keyring>,
     now_unix: i64,
     retention: Duration,
     version: u32,
 ) -> Result<SignedFeed, PublishError> {
     let state = revocations(store, now_unix, retention).await?;
     let binding = (version == feed::VERSION).then(|| {
-        let krl = encode_krl(keyring, &state, state.sequence, now_unix);
+        let krl = encode_krl(keyring, host_keyring, &state, state.sequence, now_unix);
         Binding::of(trust_bundle(keyring).as_bytes(), &krl)
     });
     let feed = Feed {
@@ -104,27 +129,43 @@ pub async fn signed_feed(
     })
 }
 
-/// The KRL at `issued_at` (Unix seconds): revoked serials per signing CA key, and
-/// revoked CA keys. Its KRL version is `sequence` when given (the feed it goes with),
-/// else the store's current sequence.
+/// The KRL at `issued_at` (Unix seconds): revoked serials per signing CA key (user
+/// certificates under their user CA key, host certificates under their host CA key: KRL
+/// certificate sections are per CA key), and revoked CA keys of both kinds. Its KRL
+/// version is `sequence` when given (the feed it goes with), else the store's current
+/// sequence. One KRL serves sshd's `RevokedKeys` and clients' `RevokedHostKeys`.
 pub async fn krl(
     store: &dyn Store,
     keyring: &Keyring,
+    host_keyring: Option<&Keyring>,
     issued_at: i64,
     sequence: Option<i64>,
     retention: Duration,
 ) -> Result<Vec<u8>, PublishError> {
     let state = revocations(store, issued_at, retention).await?;
     let sequence = sequence.unwrap_or(state.sequence);
-    Ok(encode_krl(keyring, &state, sequence, issued_at))
+    Ok(encode_krl(
+        keyring,
+        host_keyring,
+        &state,
+        sequence,
+        issued_at,
+    ))
 }
 
 /// The KRL of one revocation state: a pure function of its arguments.
-fn encode_krl(keyring: &Keyring, state: &Revocations, sequence: i64, issued_at: i64) -> Vec<u8> {
+fn encode_krl(
+    keyring: &Keyring,
+    host_keyring: Option<&Keyring>,
+    state: &Revocations,
+    sequence: i64,
+    issued_at: i64,
+) -> Vec<u8> {
     let generated = u64::try_from(issued_at).unwrap_or(0);
     let mut builder = KrlBuilder::new(u64::try_from(sequence).unwrap_or(0), generated);
     builder.comment("writ");
-    for key in keyring.keys() {
+    let host_keys = host_keyring.map(Keyring::keys).unwrap_or_default();
+    for key in keyring.keys().iter().chain(host_keys) {
         let serials = state
             .certificates
             .iter()
@@ -175,9 +216,16 @@ mod tests {
         let store = SqliteStore::open(dir.join("writ.db").to_str().expect("path"))
             .await
             .expect("store");
-        let keyring = Keyring::load_or_init(&store, "pass", KeyAlgorithm::Ed25519, 100, &mut OsRng)
-            .await
-            .expect("keyring");
+        let keyring = Keyring::load_or_init(
+            &store,
+            "pass",
+            KeyAlgorithm::Ed25519,
+            crate::store::KeyKind::User,
+            100,
+            &mut OsRng,
+        )
+        .await
+        .expect("keyring");
         let key_id = keyring.active_id().to_owned();
         store
             .record_issuance(issuance(TASK, SERIAL, &key_id))
@@ -223,11 +271,11 @@ mod tests {
         now: i64,
         retention: Duration,
     ) -> (bool, bool, bool) {
-        let signed = signed_feed(store, keyring, now, retention, feed::VERSION)
+        let signed = signed_feed(store, keyring, None, now, retention, feed::VERSION)
             .await
             .expect("feed");
         let feed = feed::unverified(&signed).expect("feed json");
-        let krl = krl(store, keyring, now, None, retention)
+        let krl = krl(store, keyring, None, now, None, retention)
             .await
             .expect("krl");
         let serial = SERIAL.to_string();
@@ -291,7 +339,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, keyring) = world(dir.path()).await;
         let retention = feed::HOST_CLOCK_SKEW;
-        let signed = signed_feed(&store, &keyring, 900, retention, feed::VERSION)
+        let signed = signed_feed(&store, &keyring, None, 900, retention, feed::VERSION)
             .await
             .expect("feed");
         let feed = feed::unverified(&signed).expect("feed json");
@@ -304,6 +352,7 @@ mod tests {
         let same = krl(
             &store,
             &keyring,
+            None,
             feed.issued_at,
             Some(feed.sequence),
             retention,
@@ -312,15 +361,22 @@ mod tests {
         .expect("krl");
         assert_eq!(feed::sha256_hex(&same), binding.krl_sha256);
         // …while the KRL of another moment is not.
-        let later = krl(&store, &keyring, 901, None, retention)
+        let later = krl(&store, &keyring, None, 901, None, retention)
             .await
             .expect("krl");
         assert_ne!(feed::sha256_hex(&later), binding.krl_sha256);
 
         // Version 1 is unbound, and otherwise the same feed.
-        let v1 = signed_feed(&store, &keyring, 900, retention, feed::VERSION_UNBOUND)
-            .await
-            .expect("feed");
+        let v1 = signed_feed(
+            &store,
+            &keyring,
+            None,
+            900,
+            retention,
+            feed::VERSION_UNBOUND,
+        )
+        .await
+        .expect("feed");
         let v1 = feed::unverified(&v1).expect("feed json");
         assert_eq!(v1.binding, None);
         assert_eq!(v1.revoked_serials, feed.revoked_serials);

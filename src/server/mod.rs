@@ -20,9 +20,11 @@ use crate::config::{Config, ConfigError, SinkConfig};
 use crate::identity::Verifier;
 use crate::metrics::Metrics;
 use crate::policy::Policies;
-use crate::store::{self, StoreError};
+use crate::store::{self, KeyKind, StoreError};
 use crate::task::Issuer;
+use crate::task::host_certificates::HostIssuer;
 use leader::Leadership;
+use zeroize::Zeroizing;
 
 pub mod client_address;
 pub mod connections;
@@ -73,9 +75,28 @@ pub async fn build(
         let (config, path) = (config.clone(), config_path.to_owned());
         Box::new(move || config.ca_passphrase(&path).map_err(|e| e.to_string()))
     };
+    let host_passphrase = Zeroizing::new(passphrase.to_string());
+    let host_source: PassphraseSource = {
+        let (config, path) = (config.clone(), config_path.to_owned());
+        Box::new(move || config.ca_passphrase(&path).map_err(|e| e.to_string()))
+    };
     let settings = RotationSettings::from_config(&config.ca);
     let keyring =
         Arc::new(LiveKeyring::open(store.as_ref(), passphrase, Some(source), settings, now).await?);
+    // The host CA keyring: created with the user keyring on first start (or on the first
+    // start of a version that knows host certificates), so host certificates need no
+    // operator action.
+    let host_settings = RotationSettings::for_kind(&config.ca, KeyKind::Host);
+    let host_keyring = Arc::new(
+        LiveKeyring::open(
+            store.as_ref(),
+            host_passphrase,
+            Some(host_source),
+            host_settings,
+            now,
+        )
+        .await?,
+    );
     let verifier = Verifier::with_metrics(&config.issuers, Some(Arc::clone(&metrics)));
     verifier.prefetch().await;
     let policies = Policies::new(config.policies.clone(), config.ca.clone());
@@ -87,6 +108,13 @@ pub async fn build(
         Arc::clone(&metrics),
     )
     .cap_certificates_per_task(config.limits.certificates_per_task);
+    let host_issuer = HostIssuer::new(
+        Arc::clone(&store),
+        Arc::clone(&host_keyring),
+        Arc::clone(&keyring),
+        Policies::new(config.policies.clone(), config.ca.clone()),
+        config.ca.clone(),
+    );
     tracing::info!(
         ca_fingerprint = keyring.current().signer().fingerprint(),
         issuers = config.issuers.len(),
@@ -117,7 +145,10 @@ pub async fn build(
     Ok(Arc::new(AppState {
         verifier,
         issuer,
+        host_issuer,
         keyring,
+        host_keyring,
+        host_patterns: config.ca.host_patterns.clone(),
         store,
         dev_jwks,
         revocation_retention: crate::revocation::feed::retention_after_end(config.ca.clock_skew),
@@ -281,10 +312,9 @@ async fn maintain_keyring(state: Arc<AppState>) {
         tick.tick().await;
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let leading = state.leadership.is_leading();
-        state
-            .keyring
-            .maintain(state.store.as_ref(), now, leading)
-            .await;
+        for keyring in [&state.keyring, &state.host_keyring] {
+            keyring.maintain(state.store.as_ref(), now, leading).await;
+        }
     }
 }
 

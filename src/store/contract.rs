@@ -16,7 +16,8 @@ use crate::audit::{self, AuditEntry, Outcome, event};
 use crate::authority::keyring::new_key_record;
 use crate::config::KeyAlgorithm;
 use crate::store::{
-    CaKeyRecord, CertificateRecord, Issuance, KeyRewrap, KeyState, KeyTransition, KeyringChange,
+    CaKeyRecord, CertificateRecord, HostAuditFor, HostCertificateRecord, HostIssuance,
+    HostRevocation, Issuance, KeyKind, KeyRewrap, KeyState, KeyTransition, KeyringChange,
     RotationSchedule, Store, StoreError, TaskEnd, TaskRecord, TaskState, TokenUse,
 };
 
@@ -81,7 +82,15 @@ pub(crate) fn task_id_of(serial: i64) -> String {
 }
 
 fn key(state: KeyState, now: i64) -> CaKeyRecord {
-    new_key_record("pass", KeyAlgorithm::Ed25519, state, now, &mut OsRng).expect("key")
+    new_key_record(
+        "pass",
+        KeyAlgorithm::Ed25519,
+        crate::store::KeyKind::User,
+        state,
+        now,
+        &mut OsRng,
+    )
+    .expect("key")
 }
 
 fn entry() -> AuditEntry {
@@ -712,6 +721,269 @@ pub(crate) async fn a_lease_is_one_holders_until_it_expires_or_is_released(store
     assert_eq!(granted, 1);
 }
 
+fn host_key(state: KeyState, now: i64) -> CaKeyRecord {
+    new_key_record(
+        "pass",
+        KeyAlgorithm::Ed25519,
+        KeyKind::Host,
+        state,
+        now,
+        &mut OsRng,
+    )
+    .expect("key")
+}
+
+/// A host certificate signed by `ca_key_id`, valid from 100 to 5,000, for `names`.
+pub(crate) fn host_certificate(
+    ca_key_id: &str,
+    serial: i64,
+    names: &[&str],
+) -> HostCertificateRecord {
+    HostCertificateRecord {
+        serial,
+        ca_key_id: ca_key_id.into(),
+        key_fingerprint: format!("SHA256:host{serial}"),
+        principals: names.iter().map(|n| n.to_string()).collect(),
+        issuer: "i".into(),
+        subject: "host".into(),
+        policy: "hosts".into(),
+        valid_after: 100,
+        valid_before: 5_000,
+        issued_at: 100,
+        revoked_at: None,
+    }
+}
+
+/// A host issuance of `certificates`, one audit record, consuming `token` when given.
+fn host_issuance(certificates: Vec<HostCertificateRecord>, token: Option<&str>) -> HostIssuance {
+    HostIssuance {
+        audit: vec![AuditEntry::new(event::HOST_CERT_ISSUED, Outcome::Success)],
+        certificates,
+        token_use: token.map(|token| TokenUse {
+            issuer: "i".into(),
+            token_hash: token.into(),
+            expires_at: 10_000,
+        }),
+        at: at(100),
+    }
+}
+
+/// Each kind of CA key has its own `active` and `next` key, and the database refuses a
+/// second of either within a kind, whoever asks.
+pub(crate) async fn one_active_and_one_next_key_per_kind(store: Arc<dyn Store>) {
+    active_and_next(store.as_ref()).await;
+    let (ha, hn) = (host_key(KeyState::Active, 1), host_key(KeyState::Next, 1));
+    store
+        .change_keyring(&KeyringChange {
+            new_keys: vec![ha.clone(), hn.clone()],
+            ..KeyringChange::at(at(1))
+        })
+        .await
+        .expect("a host keyring beside the user keyring");
+    for state in [KeyState::Active, KeyState::Next] {
+        for second in [key(state, 2), host_key(state, 2)] {
+            let refused = store
+                .change_keyring(&KeyringChange {
+                    new_keys: vec![second.clone()],
+                    audit: vec![entry()],
+                    ..KeyringChange::at(at(2))
+                })
+                .await;
+            assert!(
+                matches!(refused, Err(StoreError::Conflict(_))),
+                "a second {state} {} key: {refused:?}",
+                second.kind
+            );
+        }
+    }
+    let keys = store.ca_keys().await.expect("keys");
+    assert_eq!(keys.len(), 4);
+    assert_eq!(key_of(store.as_ref(), &ha.id).await.kind, KeyKind::Host);
+    assert_eq!(key_of(store.as_ref(), &hn.id).await.kind, KeyKind::Host);
+    assert_eq!(keys.iter().filter(|k| k.kind == KeyKind::User).count(), 2);
+    assert_eq!(audit_len(store.as_ref()).await, 1, "refusals wrote nothing");
+}
+
+/// Host certificates: signed only by a host key that may sign (and user certificates
+/// never by a host key), whole or nothing with their token and audit records, serials
+/// unique across user and host certificates, listed by name, revoked by serial or name
+/// (once), published with the revocations and counted in their key's usage.
+pub(crate) async fn host_certificates_are_recorded_listed_and_revoked(store: Arc<dyn Store>) {
+    let (user, _) = active_and_next(store.as_ref()).await;
+    let host = host_key(KeyState::Active, 1);
+    store
+        .change_keyring(&KeyringChange {
+            new_keys: vec![host.clone()],
+            ..KeyringChange::at(at(1))
+        })
+        .await
+        .expect("host key");
+    let before = audit_len(store.as_ref()).await;
+
+    // Cross-kind signing is refused by the store, and leaves nothing.
+    let wrong = store
+        .record_host_issuance(host_issuance(
+            vec![host_certificate(&user.id, 11, &["web1.example.com"])],
+            Some("t1"),
+        ))
+        .await;
+    assert!(
+        matches!(wrong, Err(StoreError::Unavailable(_))),
+        "{wrong:?}"
+    );
+    let wrong = store
+        .record_issuance(issuance(&host.id, 12, None, None))
+        .await;
+    assert!(
+        matches!(wrong, Err(StoreError::Unavailable(_))),
+        "{wrong:?}"
+    );
+    // A serial a user certificate took is taken for host certificates too.
+    store
+        .record_issuance(issuance(&user.id, 13, None, None))
+        .await
+        .expect("user certificate");
+    let taken = store
+        .record_host_issuance(host_issuance(
+            vec![
+                host_certificate(&host.id, 14, &["web1.example.com"]),
+                host_certificate(&host.id, 13, &["web1.example.com"]),
+            ],
+            Some("t1"),
+        ))
+        .await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    assert!(
+        store
+            .host_certificates(0, None)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert_eq!(
+        audit_len(store.as_ref()).await,
+        before + 1,
+        "only the user issuance"
+    );
+
+    // Whole: both certificates, the token, the record.
+    store
+        .record_host_issuance(host_issuance(
+            vec![
+                host_certificate(&host.id, 14, &["web1.example.com", "web1"]),
+                host_certificate(&host.id, 15, &["web1.example.com", "web1"]),
+            ],
+            Some("t1"),
+        ))
+        .await
+        .expect("host issuance");
+    let replay = store
+        .record_host_issuance(host_issuance(
+            vec![host_certificate(&host.id, 16, &["web1.example.com"])],
+            Some("t1"),
+        ))
+        .await;
+    assert!(matches!(replay, Err(StoreError::TokenReused)), "{replay:?}");
+    store
+        .record_host_issuance(host_issuance(
+            vec![host_certificate(&host.id, 17, &["db1.example.com"])],
+            None,
+        ))
+        .await
+        .expect("another host");
+    let serials = |certs: Vec<HostCertificateRecord>| -> Vec<i64> {
+        certs.iter().map(|c| c.serial).collect()
+    };
+    assert_eq!(
+        serials(store.host_certificates(0, None).await.expect("list")),
+        [14, 15, 17]
+    );
+    assert_eq!(
+        serials(
+            store
+                .host_certificates(0, Some("web1"))
+                .await
+                .expect("by name")
+        ),
+        [14, 15]
+    );
+    assert!(
+        store
+            .host_certificates(5_000, None)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    let usage = store.ca_key_usage(200).await.expect("usage");
+    let of_host = usage
+        .iter()
+        .find(|u| u.key_id == host.id)
+        .expect("host usage");
+    assert_eq!(
+        (of_host.valid_certificates, of_host.last_valid_before),
+        (3, Some(5_000))
+    );
+
+    let audit_for = || -> HostAuditFor {
+        Box::new(|certs: &[HostCertificateRecord]| {
+            certs
+                .iter()
+                .map(|c| {
+                    let mut e = AuditEntry::new(event::HOST_CERT_REVOKED, Outcome::Success);
+                    e.serial = Some(c.serial.to_string());
+                    e
+                })
+                .collect()
+        })
+    };
+    let revoked = store
+        .revoke_host_certificates(
+            &HostRevocation::Name("web1.example.com".into()),
+            at(300),
+            audit_for(),
+        )
+        .await
+        .expect("revoke by name");
+    assert_eq!(serials(revoked.clone()), [14, 15]);
+    assert!(revoked.iter().all(|c| c.revoked_at == Some(300)));
+    let again = store
+        .revoke_host_certificates(&HostRevocation::Serial(14), at(301), audit_for())
+        .await
+        .expect("again");
+    assert!(again.is_empty(), "already revoked: nothing written");
+    let by_serial = store
+        .revoke_host_certificates(&HostRevocation::Serial(17), at(302), audit_for())
+        .await
+        .expect("by serial");
+    assert_eq!(serials(by_serial), [17]);
+    let listed = store.host_certificates(0, None).await.expect("list");
+    assert!(listed.iter().all(|c| c.revoked_at.is_some()));
+    let published = store.revocations(400).await.expect("revocations");
+    let host_entries: BTreeSet<(i64, String)> = published
+        .certificates
+        .iter()
+        .filter(|(_, key, _)| *key == host.id)
+        .map(|(serial, key, _)| (*serial, key.clone()))
+        .collect();
+    assert_eq!(
+        host_entries,
+        [14, 15, 17]
+            .into_iter()
+            .map(|s| (s, host.id.clone()))
+            .collect()
+    );
+    assert!(
+        store
+            .revocations(5_000)
+            .await
+            .expect("later")
+            .certificates
+            .is_empty()
+    );
+    // Issue, refusals-free writes: 1 user + 2 host issuances + 3 revocation records.
+    assert_eq!(audit_len(store.as_ref()).await, before + 1 + 2 + 3);
+}
+
 /// Every contract test, for the backend `$open` opens: `async fn() -> (impl Drop-guard,
 /// Arc<dyn Store>)`, a fresh empty store each call.
 macro_rules! store_contract_tests {
@@ -736,6 +1008,8 @@ macro_rules! store_contract_tests {
             case!(rewrap_and_schedule);
             case!(active_tasks_are_counted_at_the_time_asked);
             case!(a_lease_is_one_holders_until_it_expires_or_is_released);
+            case!(one_active_and_one_next_key_per_kind);
+            case!(host_certificates_are_recorded_listed_and_revoked);
         }
     };
 }

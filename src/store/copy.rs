@@ -78,7 +78,7 @@ pub(crate) struct Table {
 use Kind::{Integer, List, Text};
 
 /// Everything copied, in this order (CA keys and tasks before the certificates that
-/// reference them). Every column of every table of `migrations/sqlite` (up to 0012) and
+/// reference them). Every column of every table of `migrations/sqlite` (up to 0013) and
 /// of `migrations/postgres` is here, except what [`NOT_COPIED`] names; a test holds both
 /// schemas to it.
 pub(crate) const TABLES: &[Table] = &[
@@ -89,6 +89,7 @@ pub(crate) const TABLES: &[Table] = &[
         identity: None,
         columns: &[
             same("id", Text),
+            same("kind", Text),
             same("algorithm", Text),
             same("state", Text),
             same("fingerprint", Text),
@@ -159,6 +160,25 @@ pub(crate) const TABLES: &[Table] = &[
             same("issued_at", Integer),
             same("revoked_at", Integer),
             same("renewed_from", Integer),
+        ],
+    },
+    Table {
+        name: "host_certificates",
+        from: "host_certificates",
+        order: "rowid",
+        identity: None,
+        columns: &[
+            same("serial", Integer),
+            same("ca_key_id", Text),
+            same("key_fingerprint", Text),
+            same("principals", List),
+            same("issuer", Text),
+            same("subject", Text),
+            same("policy", Text),
+            same("valid_after", Integer),
+            same("valid_before", Integer),
+            same("issued_at", Integer),
+            same("revoked_at", Integer),
         ],
     },
     Table {
@@ -784,6 +804,7 @@ mod tests {
             let next = new_key_record(
                 PASSPHRASE,
                 KeyAlgorithm::Ed25519,
+                crate::store::KeyKind::User,
                 KeyState::Next,
                 300,
                 &mut OsRng,
@@ -792,6 +813,7 @@ mod tests {
             let spare = new_key_record(
                 PASSPHRASE,
                 KeyAlgorithm::Ed25519,
+                crate::store::KeyKind::User,
                 KeyState::Next,
                 310,
                 &mut OsRng,
@@ -893,6 +915,7 @@ mod tests {
                     ("ca_rotation_schedule", 1),
                     ("tasks", 3),
                     ("certificates", 4),
+                    ("host_certificates", 0),
                     ("used_tokens", 4),
                     ("audit_events", 10),
                     ("audit_checkpoints", 1),
@@ -1078,13 +1101,13 @@ mod tests {
             let behind = ScratchDatabase::create().await;
             Connection::open(&path)
                 .expect("open")
-                .execute_batch("DELETE FROM _sqlx_migrations WHERE version = 12")
-                .expect("as if migration 12 never ran");
+                .execute_batch("DELETE FROM _sqlx_migrations WHERE version = 13")
+                .expect("as if migration 13 never ran");
             let refused = sqlite_to_postgres(&path, &behind.options, 2_000).await;
             let Err(CopyError::SourceBehind(pending)) = refused else {
                 panic!("{refused:?}");
             };
-            assert_eq!(pending.iter().map(|m| m.version).collect::<Vec<_>>(), [12]);
+            assert_eq!(pending.iter().map(|m| m.version).collect::<Vec<_>>(), [13]);
             let mut db = connect(&behind.options).await;
             let migrated: bool =
                 sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
@@ -1096,7 +1119,7 @@ mod tests {
                 .expect("open")
                 .query_row("SELECT COUNT(*) FROM _sqlx_migrations", [], |r| r.get(0))
                 .expect("count");
-            assert_eq!(still, 11, "the source was migrated");
+            assert_eq!(still, 12, "the source was migrated");
         }
     }
 }

@@ -31,9 +31,9 @@ use crate::metrics::Metrics;
 
 pub use audit_log::AuditLog;
 pub use records::{
-    CaKeyRecord, CertificateRecord, Issuance, KeyRewrap, KeyState, KeyTransition, KeyUsage,
-    KeyringChange, Revocations, RotationSchedule, TaskEnd, TaskRecord, TaskRestrictions, TaskState,
-    TokenUse,
+    CaKeyRecord, CertificateRecord, HostAuditFor, HostCertificateRecord, HostIssuance,
+    HostRevocation, Issuance, KeyKind, KeyRewrap, KeyState, KeyTransition, KeyUsage, KeyringChange,
+    Revocations, RotationSchedule, TaskEnd, TaskRecord, TaskRestrictions, TaskState, TokenUse,
 };
 
 /// Builds the audit entries of a write from the certificates it touched, inside its
@@ -117,11 +117,11 @@ pub trait Store: AuditLog + Send + Sync {
     fn announce_issuance(&self) -> Announcement {
         Announcement::unheard()
     }
-    /// Every CA key, oldest first.
+    /// Every CA key of every kind, oldest first.
     async fn ca_keys(&self) -> Result<Vec<CaKeyRecord>, StoreError>;
     /// Apply a [`KeyringChange`] and its audit entries in one transaction. `Conflict` (and
     /// nothing written) if a transition's guard fails or a key would become a second
-    /// `active` or `next`.
+    /// `active` or `next` of its kind.
     async fn change_keyring(&self, change: &KeyringChange) -> Result<(), StoreError>;
     /// Per CA key: certificates still valid at `now_unix`, and the latest expiry.
     async fn ca_key_usage(&self, now_unix: i64) -> Result<Vec<KeyUsage>, StoreError>;
@@ -141,6 +141,28 @@ pub trait Store: AuditLog + Send + Sync {
     /// then, `Unavailable` if its CA key may no longer sign; in each case nothing of it is
     /// written.
     async fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError>;
+    /// Commit a host issuance: every certificate of it and its audit entries, on the same
+    /// writer as [`Store::record_issuance`], answering only once durable. `Conflict` if a
+    /// serial is taken (by a user or a host certificate), `TokenReused` if its token was
+    /// used before, `Unavailable` if a signing key is not a host key that may sign; in
+    /// each case nothing of it is written.
+    async fn record_host_issuance(&self, issuance: HostIssuance) -> Result<(), StoreError>;
+    /// Host certificates still valid at `now_unix` (revoked ones included), optionally
+    /// only those naming `name`, oldest first.
+    async fn host_certificates(
+        &self,
+        now_unix: i64,
+        name: Option<&str>,
+    ) -> Result<Vec<HostCertificateRecord>, StoreError>;
+    /// Revoke the host certificates `which` names that are neither revoked nor expired at
+    /// `now`, with the audit entries `audit` builds from them, in one transaction. Returns
+    /// them (empty, and nothing written, if there were none).
+    async fn revoke_host_certificates(
+        &self,
+        which: &HostRevocation,
+        now: OffsetDateTime,
+        audit: HostAuditFor,
+    ) -> Result<Vec<HostCertificateRecord>, StoreError>;
     /// Forget used tokens that expired before `now_unix`; returns how many.
     async fn prune_used_tokens(&self, now_unix: i64) -> Result<u64, StoreError>;
     /// Audit records with `seq > after`, in order, at most `limit`.
@@ -172,7 +194,7 @@ pub trait Store: AuditLog + Send + Sync {
         audit: AuditFor,
     ) -> Result<Vec<CertificateRecord>, StoreError>;
     /// What hosts must refuse at `now_unix`: ended tasks that have not expired yet and
-    /// revoked certificates still inside their validity window.
+    /// revoked certificates (user and host) still inside their validity window.
     async fn revocations(&self, now_unix: i64) -> Result<Revocations, StoreError>;
     /// How many tasks are active and unexpired at `now_unix` (`writ_active_tasks`, read on
     /// each metrics scrape, on a reader: it never waits for the writer).

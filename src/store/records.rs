@@ -115,11 +115,51 @@ impl std::fmt::Display for TaskState {
     }
 }
 
+/// What a CA key signs: user certificates (trusted by hosts through
+/// `TrustedUserCAKeys`) or host certificates (trusted by clients through an
+/// `@cert-authority` line). Each kind has its own keyring: its own `active` key, its own
+/// `next` key and rotation; a key never changes kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KeyKind {
+    /// Signs writ user certificates (every key before migration 0013 is one).
+    #[default]
+    User,
+    /// Signs SSH host certificates.
+    Host,
+}
+
+impl KeyKind {
+    /// Stored spelling (also the `--kind` value and the word in audit reasons).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyKind::User => "user",
+            KeyKind::Host => "host",
+        }
+    }
+
+    /// Parse the stored spelling.
+    pub fn parse(text: &str) -> Option<KeyKind> {
+        match text {
+            "user" => Some(KeyKind::User),
+            "host" => Some(KeyKind::Host),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A CA key as stored.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CaKeyRecord {
     /// Short random id.
     pub id: String,
+    /// What it signs.
+    pub kind: KeyKind,
     /// SSH algorithm name, e.g. `ssh-ed25519`.
     pub algorithm: String,
     /// Where it is in its lifecycle.
@@ -233,6 +273,7 @@ impl std::fmt::Debug for CaKeyRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CaKeyRecord")
             .field("id", &self.id)
+            .field("kind", &self.kind)
             .field("state", &self.state)
             .field("fingerprint", &self.fingerprint)
             .finish_non_exhaustive()
@@ -321,6 +362,60 @@ pub struct Issuance {
     pub at: OffsetDateTime,
 }
 
+/// A host certificate as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCertificateRecord {
+    /// Non-zero, 63-bit, from the same allocator as user certificates.
+    pub serial: i64,
+    /// Host CA key that signed it.
+    pub ca_key_id: String,
+    /// Fingerprint of the certified host key.
+    pub key_fingerprint: String,
+    /// The host names in the certificate.
+    pub principals: Vec<String>,
+    /// Configured issuer name of the host's identity.
+    pub issuer: String,
+    /// Token subject of the host's identity.
+    pub subject: String,
+    /// The `role = "host"` policy that granted the names.
+    pub policy: String,
+    /// Unix seconds.
+    pub valid_after: i64,
+    /// Unix seconds.
+    pub valid_before: i64,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// Unix seconds, when revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// One host-certificate request's certificates (one per host key) and their audit
+/// entries, committed together or not at all.
+#[derive(Debug, Clone)]
+pub struct HostIssuance {
+    /// The certificates.
+    pub certificates: Vec<HostCertificateRecord>,
+    /// Audit entries, in order.
+    pub audit: Vec<AuditEntry>,
+    /// The once-only token this issuance consumes (replay protection), if any.
+    pub token_use: Option<TokenUse>,
+    /// The request's time: its audit records carry it.
+    pub at: OffsetDateTime,
+}
+
+/// Which host certificates a revocation names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostRevocation {
+    /// The one with this serial.
+    Serial(i64),
+    /// Every one whose principals include this name.
+    Name(String),
+}
+
+/// Builds the audit entries of a host-certificate revocation from the certificates it
+/// revoked, inside its transaction.
+pub type HostAuditFor = Box<dyn FnOnce(&[HostCertificateRecord]) -> Vec<AuditEntry> + Send>;
+
 /// Ending a task.
 #[derive(Debug, Clone)]
 pub struct TaskEnd {
@@ -341,7 +436,8 @@ pub struct TaskEnd {
 pub struct Revocations {
     /// Ended tasks and when they would have expired anyway.
     pub tasks: Vec<(String, i64)>,
-    /// Revoked certificates: serial, signing CA key id, valid_before.
+    /// Revoked certificates, user and host: serial, signing CA key id, valid_before (the
+    /// key's kind tells which; the KRL has a section per CA key).
     pub certificates: Vec<(i64, String, i64)>,
     /// Highest audit sequence number when the snapshot was taken (monotonic).
     pub sequence: i64,

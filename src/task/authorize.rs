@@ -58,10 +58,11 @@ impl Issuer {
     ) -> Result<Decision, Refused> {
         let now = context.now;
         let host = request.host.to_ascii_lowercase();
-        let allowed_host = self
-            .policies
-            .matching(host_identity, Role::Host)
-            .any(|p| p.hosts.iter().any(|pattern| glob::matches(pattern, &host)));
+        let allowed_host = self.policies.matching(host_identity, Role::Host).any(|p| {
+            crate::policy::host_patterns(p, host_identity)
+                .iter()
+                .any(|pattern| glob::matches(pattern, &host))
+        });
         if !allowed_host {
             let error = IssueError::Forbidden {
                 code: "host_not_authorized",

@@ -6,9 +6,11 @@
 //!
 //! [`lifecycle`] adds what happens to a task afterwards (more certificates, completion,
 //! revocation, inspection) and [`possession`] the proof-of-possession signatures agents
-//! may use instead of a fresh token; [`authorize`] answers hosts' online checks.
+//! may use instead of a fresh token; [`authorize`] answers hosts' online checks;
+//! [`host_certificates`] issues SSH host certificates to hosts.
 
 pub mod authorize;
+pub mod host_certificates;
 pub mod lifecycle;
 pub mod possession;
 pub mod subject_key;
@@ -45,7 +47,7 @@ pub const MAX_PURPOSE_BYTES: usize = 512;
 pub use subject_key::MIN_RSA_BITS;
 /// Tries to find an unused serial before giving up (two serials collide only within one
 /// millisecond, 2^-21 per pair: `authority::serial`).
-const SERIAL_ATTEMPTS: usize = 4;
+pub(crate) const SERIAL_ATTEMPTS: usize = 4;
 
 /// A request for a new task and its first certificate (already decoded from JSON).
 #[derive(Debug, Clone)]
@@ -596,7 +598,7 @@ fn key_id(task_id: &str, serial: u64, subject: &str) -> String {
 
 /// Parse the submitted key and refuse unsupported, weak or invalid keys
 /// ([`subject_key::check`]).
-fn parse_public_key(text: &str) -> Result<PublicKey, IssueError> {
+pub(crate) fn parse_public_key(text: &str) -> Result<PublicKey, IssueError> {
     if text.len() > 16 * 1024 {
         return Err(IssueError::bad(
             "invalid_public_key",
@@ -742,7 +744,7 @@ fn validate_options(
     Ok(())
 }
 
-fn truncate(s: &str) -> String {
+pub(crate) fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
 

@@ -74,6 +74,14 @@ fn finish(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Resp
     }
 }
 
+/// GET `url`: its status and its body as bytes (a KRL).
+pub fn get_bytes(url: &str) -> (u16, Vec<u8>) {
+    let mut response = agent().get(url).call().expect("HTTP request");
+    let status = response.status().as_u16();
+    let bytes = response.body_mut().read_to_vec().expect("read body");
+    (status, bytes)
+}
+
 /// GET `url`.
 pub fn get(url: &str) -> Response {
     finish(agent().get(url).call())

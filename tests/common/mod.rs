@@ -1,6 +1,7 @@
 //! Shared integration-test helpers: a real test identity provider ([`idp`]), a real CA
 //! server on an ephemeral port ([`ca`]), the usual agent/admin/host world ([`agents`]), a blocking HTTP client ([`http`]), `GET /metrics` read with a strict
-//! parser ([`metrics`]), and real OpenSSH ([`sshd`]).
+//! parser ([`metrics`]), the `writ` binary's output ([`output`]), and real OpenSSH
+//! ([`sshd`]).
 
 #![allow(dead_code)]
 
@@ -9,6 +10,7 @@ pub mod ca;
 pub mod http;
 pub mod idp;
 pub mod metrics;
+pub mod output;
 pub mod pki;
 pub mod postgres;
 pub mod serve;

@@ -63,6 +63,23 @@ pub fn is_valid_host_pattern(pattern: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.*_".contains(&b))
 }
 
+/// A host name a host certificate may name: a DNS name in lowercase (labels of 1 to 63
+/// characters `a-z`, `0-9`, `-`, not starting or ending with `-`, separated by dots), at
+/// most 253 characters; no wildcard, no trailing dot. A single label (`web1`) is a name.
+pub fn is_valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_HOST_PATTERN_LEN
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
 /// Encode host patterns for [`EXT_HOSTS`].
 pub fn encode_hosts(hosts: &[String]) -> String {
     hosts.join(",")
@@ -133,6 +150,30 @@ mod tests {
         assert!(!host_allowed(&hosts, "db-2.example.com"));
         assert_eq!(decode_hosts("a,,b"), None);
         assert_eq!(decode_hosts("a b"), None);
+    }
+
+    #[test]
+    fn host_names() {
+        for ok in ["web1", "web-1.prod.example.com", "a.b", "0.example.com"] {
+            assert!(is_valid_host_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "*.example.com",
+            "Web1.example.com",
+            "web1.",
+            ".web1",
+            "a..b",
+            "-web",
+            "web-",
+            "web_1",
+            "web 1",
+            "a,b",
+            &"a".repeat(64),
+            &format!("{}.example", "a.".repeat(127)),
+        ] {
+            assert!(!is_valid_host_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

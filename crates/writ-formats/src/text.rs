@@ -69,7 +69,7 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// `unix` seconds as RFC 3339 in UTC (`2026-12-02T14:00:00Z`), for messages; a time out of
-/// range is shown as its number.
+/// range is shown as the number itself.
 pub fn rfc3339(unix: i64) -> String {
     match time::OffsetDateTime::from_unix_timestamp(unix) {
         Ok(t) => format!(
@@ -81,7 +81,7 @@ pub fn rfc3339(unix: i64) -> String {
             t.minute(),
             t.second()
         ),
-        Err(_) => format!("@{unix}"),
+        Err(_) => unix.to_string(),
     }
 }
 

@@ -24,9 +24,10 @@ use sqlx::{PgConnection, Row};
 use super::rows::task_state;
 use crate::store::{Issuance, KeyState, StoreError, TaskState, TokenUse};
 
-/// The signing keys of a batch, locked and read once.
+/// The signing keys of a batch, locked and read once; only user keys (a host key never
+/// signs a user certificate, so it reads as one that may not sign).
 const SQL_LOCK_KEYS: &str =
-    "SELECT id, state FROM ca_keys WHERE id = ANY($1) ORDER BY id FOR SHARE";
+    "SELECT id, state FROM ca_keys WHERE id = ANY($1) AND kind = 'user' ORDER BY id FOR SHARE";
 /// A task's state and expiry, locked against its end.
 const SQL_LOCK_TASK: &str = "SELECT state, expires_at FROM tasks WHERE id = $1 FOR SHARE";
 /// Whether a certificate is live, locked against its revocation (no row: unknown).

@@ -37,8 +37,10 @@ fn transition_sql(to: KeyState) -> Result<&'static str, StoreError> {
         }
         KeyState::Retired => {
             "UPDATE ca_keys SET state = $1, retired_at = $2, private_key = '' \
-             WHERE id = $3 AND state = $4 AND ($5::bigint IS NULL OR NOT EXISTS (SELECT 1 \
-             FROM certificates WHERE ca_key_id = $3 AND valid_before > $5::bigint))"
+             WHERE id = $3 AND state = $4 AND ($5::bigint IS NULL OR (NOT EXISTS (SELECT 1 \
+             FROM certificates WHERE ca_key_id = $3 AND valid_before > $5::bigint) AND NOT \
+             EXISTS (SELECT 1 FROM host_certificates WHERE ca_key_id = $3 \
+             AND valid_before > $5::bigint)))"
         }
         KeyState::Revoked => {
             "UPDATE ca_keys SET state = $1, revoked_at = $2, private_key = '', \
@@ -88,8 +90,8 @@ pub(super) async fn change_keyring(
     for key in &change.new_keys {
         sqlx::query(
             "INSERT INTO ca_keys (id, algorithm, state, fingerprint, public_key, private_key, \
-             created_at, activated_at, retired_at, deactivated_at, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             created_at, activated_at, retired_at, deactivated_at, revoked_at, kind) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&key.id)
         .bind(&key.algorithm)
@@ -102,6 +104,7 @@ pub(super) async fn change_keyring(
         .bind(key.retired_at)
         .bind(key.deactivated_at)
         .bind(key.revoked_at)
+        .bind(key.kind.as_str())
         .execute(&mut *conn)
         .await?;
     }
@@ -128,10 +131,15 @@ pub(super) async fn ca_key_usage(
     now_unix: i64,
 ) -> Result<Vec<KeyUsage>, StoreError> {
     let rows = sqlx::query(
-        "SELECT k.id, \
+        // A user key signs only `certificates`, a host key only `host_certificates`.
+        "SELECT k.id, CASE k.kind WHEN 'host' THEN \
+           (SELECT COUNT(*) FROM host_certificates c WHERE c.ca_key_id = k.id \
+              AND c.valid_before > $1 AND c.revoked_at IS NULL) ELSE \
            (SELECT COUNT(*) FROM certificates c WHERE c.ca_key_id = k.id \
-              AND c.valid_before > $1 AND c.revoked_at IS NULL) AS valid, \
-           (SELECT MAX(c.valid_before) FROM certificates c WHERE c.ca_key_id = k.id) AS last \
+              AND c.valid_before > $1 AND c.revoked_at IS NULL) END AS valid, \
+           CASE k.kind WHEN 'host' THEN \
+           (SELECT MAX(c.valid_before) FROM host_certificates c WHERE c.ca_key_id = k.id) ELSE \
+           (SELECT MAX(c.valid_before) FROM certificates c WHERE c.ca_key_id = k.id) END AS last \
          FROM ca_keys k ORDER BY k.created_at, k.id",
     )
     .bind(now_unix)

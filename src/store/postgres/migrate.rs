@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "leases",
         include_str!("../../../migrations/postgres/0002_leases.sql"),
     ),
+    (
+        3,
+        "host certificates",
+        include_str!("../../../migrations/postgres/0003_host_certificates.sql"),
+    ),
 ];
 
 /// How many migrations there are (each recorded once when applied).

@@ -23,9 +23,9 @@ use time::OffsetDateTime;
 
 use super::arrivals::Arrivals;
 use super::{
-    Announcement, AppliedMigration, AuditFor, CaKeyRecord, CertificateRecord, Issuance, KeyUsage,
-    KeyringChange, Revocations, RotationSchedule, Store, StoreError, StoreOptions, TaskEnd,
-    TaskRecord,
+    Announcement, AppliedMigration, AuditFor, CaKeyRecord, CertificateRecord, HostAuditFor,
+    HostCertificateRecord, HostIssuance, HostRevocation, Issuance, KeyUsage, KeyringChange,
+    Revocations, RotationSchedule, Store, StoreError, StoreOptions, TaskEnd, TaskRecord,
 };
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::metrics::Metrics;
@@ -35,6 +35,7 @@ mod batch;
 mod chain;
 mod connection;
 pub(crate) mod copy;
+mod host_certificates;
 mod issuance;
 mod keyring;
 mod migrate;
@@ -130,6 +131,33 @@ impl Store for PgStore {
 
     async fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError> {
         self.writer.record(issuance).await
+    }
+
+    async fn record_host_issuance(&self, issuance: HostIssuance) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        host_certificates::record(&mut tx, &issuance).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn host_certificates(
+        &self,
+        now_unix: i64,
+        name: Option<&str>,
+    ) -> Result<Vec<HostCertificateRecord>, StoreError> {
+        host_certificates::list(&mut *self.pool.acquire().await?, now_unix, name).await
+    }
+
+    async fn revoke_host_certificates(
+        &self,
+        which: &HostRevocation,
+        now: OffsetDateTime,
+        audit: HostAuditFor,
+    ) -> Result<Vec<HostCertificateRecord>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let revoked = host_certificates::revoke(&mut tx, which, now, audit).await?;
+        tx.commit().await?;
+        Ok(revoked)
     }
 
     async fn prune_used_tokens(&self, now_unix: i64) -> Result<u64, StoreError> {

@@ -7,7 +7,8 @@ use sqlx::postgres::PgRow;
 
 use crate::audit::{AuditEntry, AuditRecord, Outcome};
 use crate::store::{
-    CaKeyRecord, CertificateRecord, KeyState, StoreError, TaskRecord, TaskRestrictions, TaskState,
+    CaKeyRecord, CertificateRecord, HostCertificateRecord, KeyKind, KeyState, StoreError,
+    TaskRecord, TaskRestrictions, TaskState,
 };
 
 /// SQLSTATE of a deadlock PostgreSQL broke by failing one side.
@@ -89,6 +90,23 @@ pub(super) fn certificate_record(row: &PgRow) -> Result<CertificateRecord, Store
     })
 }
 
+/// A `host_certificates` row (`SELECT *`).
+pub(super) fn host_certificate_record(row: &PgRow) -> Result<HostCertificateRecord, StoreError> {
+    Ok(HostCertificateRecord {
+        serial: row.try_get("serial")?,
+        ca_key_id: row.try_get("ca_key_id")?,
+        key_fingerprint: row.try_get("key_fingerprint")?,
+        principals: row.try_get("principals")?,
+        issuer: row.try_get("issuer")?,
+        subject: row.try_get("subject")?,
+        policy: row.try_get("policy")?,
+        valid_after: row.try_get("valid_after")?,
+        valid_before: row.try_get("valid_before")?,
+        issued_at: row.try_get("issued_at")?,
+        revoked_at: row.try_get("revoked_at")?,
+    })
+}
+
 /// An `audit_events` row (`SELECT *`).
 pub(super) fn audit_record(row: &PgRow) -> Result<AuditRecord, StoreError> {
     let outcome: &str = row.try_get("outcome")?;
@@ -123,8 +141,11 @@ pub(super) fn audit_record(row: &PgRow) -> Result<AuditRecord, StoreError> {
 
 /// A `ca_keys` row (`SELECT *`).
 pub(super) fn ca_key_record(row: &PgRow) -> Result<CaKeyRecord, StoreError> {
+    let kind: &str = row.try_get("kind")?;
     Ok(CaKeyRecord {
         id: row.try_get("id")?,
+        kind: KeyKind::parse(kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad CA key kind {kind:?}")))?,
         algorithm: row.try_get("algorithm")?,
         state: key_state(row.try_get("state")?)?,
         fingerprint: row.try_get("fingerprint")?,

@@ -186,13 +186,20 @@ pub(super) async fn revocations(
         .iter()
         .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
         .collect::<Result<_, sqlx::Error>>()?;
-    let certificates = sqlx::query(SQL_FEED_CERTIFICATES)
-        .bind(now_unix)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
-        .collect::<Result<_, sqlx::Error>>()?;
+    let mut certificates: Vec<(i64, String, i64)> = Vec::new();
+    for sql in [
+        SQL_FEED_CERTIFICATES,
+        super::host_certificates::SQL_FEED_HOST_CERTIFICATES,
+    ] {
+        let rows = sqlx::query(sql)
+            .bind(now_unix)
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        certificates.extend(rows);
+    }
     Ok(Revocations {
         tasks,
         certificates,

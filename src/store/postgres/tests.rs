@@ -280,6 +280,7 @@ async fn revocations_and_keyring_changes_hold_across_replicas() {
             new_key_record(
                 "pass",
                 KeyAlgorithm::Ed25519,
+                crate::store::KeyKind::User,
                 KeyState::Next,
                 now,
                 &mut OsRng,
@@ -393,8 +394,17 @@ async fn renewals_racing_a_revocation_across_replicas_are_all_revoked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retirement_and_issuances_by_its_key_on_another_replica_never_both_commit() {
     let (_database, a, b) = two_replicas().await;
-    let new_key =
-        |state| new_key_record("pass", KeyAlgorithm::Ed25519, state, 1, &mut OsRng).expect("key");
+    let new_key = |state| {
+        new_key_record(
+            "pass",
+            KeyAlgorithm::Ed25519,
+            crate::store::KeyKind::User,
+            state,
+            1,
+            &mut OsRng,
+        )
+        .expect("key")
+    };
     let (old, new) = (new_key(KeyState::Retiring), new_key(KeyState::Active));
     a.change_keyring(&KeyringChange {
         new_keys: vec![old.clone(), new],

@@ -10,8 +10,9 @@ use super::chain::Chain;
 use super::rows::{restriction_columns, task_state, to_json};
 use crate::store::{Issuance, KeyState, StoreError, TaskState, TokenUse};
 
-/// A CA key's state.
-const SQL_CA_KEY_STATE: &str = "SELECT state FROM ca_keys WHERE id = ?1";
+/// A user CA key's state (no row: no such key, or a host key, which never signs a user
+/// certificate).
+const SQL_CA_KEY_STATE: &str = "SELECT state FROM ca_keys WHERE id = ?1 AND kind = 'user'";
 const SQL_ANY_USED_BEFORE_0006: &str = "SELECT 1 FROM used_tokens_before_0006 LIMIT 1";
 /// Was this token consumed before migration 0006 (see that migration)?
 const SQL_USED_BEFORE_0006: &str =
@@ -21,8 +22,6 @@ const SQL_CONSUME_TOKEN: &str = "INSERT INTO used_tokens (issuer, token_hash, ex
      VALUES (?1, ?2, ?3) ON CONFLICT (expires_at, issuer, token_hash) DO NOTHING";
 /// Is this task id taken?
 const SQL_TASK_EXISTS: &str = "SELECT 1 FROM tasks WHERE id = ?1";
-/// Is this serial taken?
-const SQL_SERIAL_EXISTS: &str = "SELECT 1 FROM certificates WHERE serial = ?1";
 /// A task's state and expiry.
 pub(super) const SQL_TASK_STATE: &str = "SELECT state, expires_at FROM tasks WHERE id = ?1";
 /// Whether a certificate is live (not revoked): `None` when there is no such certificate.
@@ -58,6 +57,7 @@ impl BatchFacts {
 
     /// A key that is retired or revoked never signs again, even from a server whose
     /// keyring is stale; `retiring` still may until that server reloads (migration 0007).
+    /// A host key never signs a user certificate.
     fn key_may_sign(&mut self, tx: &Connection, ca_key_id: &str) -> Result<bool, StoreError> {
         if let Some((_, may)) = self.key_may_sign.iter().find(|(id, _)| id == ca_key_id) {
             return Ok(*may);
@@ -175,7 +175,7 @@ pub(super) fn refusal(
         }
     }
     if tx
-        .prepare_cached(SQL_SERIAL_EXISTS)?
+        .prepare_cached(super::host_certificates::SQL_ANY_SERIAL_EXISTS)?
         .exists([cert.serial])?
     {
         return Ok(Some(StoreError::Conflict(format!(

@@ -14,7 +14,7 @@ use crate::store::{
 };
 
 /// Every CA key, oldest first, with the columns [`ca_key_record`] reads.
-const SELECT_CA_KEYS: &str = "SELECT id, algorithm, state, fingerprint, public_key, \
+const SELECT_CA_KEYS: &str = "SELECT id, kind, algorithm, state, fingerprint, public_key, \
      private_key, created_at, activated_at, retired_at, deactivated_at, revoked_at \
      FROM ca_keys ORDER BY created_at, id";
 
@@ -35,8 +35,9 @@ fn transition_sql(to: KeyState) -> Result<&'static str, StoreError> {
         }
         KeyState::Retired => {
             "UPDATE ca_keys SET state = ?1, retired_at = ?2, private_key = '' \
-             WHERE id = ?3 AND state = ?4 AND (?5 IS NULL OR NOT EXISTS (SELECT 1 \
-             FROM certificates WHERE ca_key_id = ?3 AND valid_before > ?5))"
+             WHERE id = ?3 AND state = ?4 AND (?5 IS NULL OR (NOT EXISTS (SELECT 1 \
+             FROM certificates WHERE ca_key_id = ?3 AND valid_before > ?5) AND NOT EXISTS \
+             (SELECT 1 FROM host_certificates WHERE ca_key_id = ?3 AND valid_before > ?5)))"
         }
         KeyState::Revoked => {
             "UPDATE ca_keys SET state = ?1, revoked_at = ?2, private_key = '', \
@@ -76,8 +77,8 @@ pub(super) fn change_keyring(tx: &Connection, change: &KeyringChange) -> Result<
     for key in &change.new_keys {
         tx.execute(
             "INSERT INTO ca_keys (id, algorithm, state, fingerprint, public_key, private_key, \
-             created_at, activated_at, retired_at, deactivated_at, revoked_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             created_at, activated_at, retired_at, deactivated_at, revoked_at, kind) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 key.id,
                 key.algorithm,
@@ -90,6 +91,7 @@ pub(super) fn change_keyring(tx: &Connection, change: &KeyringChange) -> Result<
                 key.retired_at,
                 key.deactivated_at,
                 key.revoked_at,
+                key.kind.as_str(),
             ],
         )?;
     }
@@ -109,11 +111,16 @@ pub(super) fn change_keyring(tx: &Connection, change: &KeyringChange) -> Result<
 }
 
 pub(super) fn ca_key_usage(db: &Connection, now_unix: i64) -> Result<Vec<KeyUsage>, StoreError> {
+    // A user key signs only `certificates`, a host key only `host_certificates`.
     let mut statement = db.prepare_cached(
-        "SELECT k.id, \
+        "SELECT k.id, CASE k.kind WHEN 'host' THEN \
+           (SELECT COUNT(*) FROM host_certificates c WHERE c.ca_key_id = k.id \
+              AND c.valid_before > ?1 AND c.revoked_at IS NULL) ELSE \
            (SELECT COUNT(*) FROM certificates c WHERE c.ca_key_id = k.id \
-              AND c.valid_before > ?1 AND c.revoked_at IS NULL) AS valid, \
-           (SELECT MAX(c.valid_before) FROM certificates c WHERE c.ca_key_id = k.id) AS last \
+              AND c.valid_before > ?1 AND c.revoked_at IS NULL) END AS valid, \
+           CASE k.kind WHEN 'host' THEN \
+           (SELECT MAX(c.valid_before) FROM host_certificates c WHERE c.ca_key_id = k.id) ELSE \
+           (SELECT MAX(c.valid_before) FROM certificates c WHERE c.ca_key_id = k.id) END AS last \
          FROM ca_keys k ORDER BY k.created_at, k.id",
     )?;
     let usage = statement

@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{
-    Announcement, AppliedMigration, AuditFor, CaKeyRecord, CertificateRecord, Issuance, KeyUsage,
-    KeyringChange, Revocations, RotationSchedule, Store, StoreError, TaskEnd, TaskRecord,
+    Announcement, AppliedMigration, AuditFor, CaKeyRecord, CertificateRecord, HostAuditFor,
+    HostCertificateRecord, HostIssuance, HostRevocation, Issuance, KeyUsage, KeyringChange,
+    Revocations, RotationSchedule, Store, StoreError, TaskEnd, TaskRecord,
 };
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::metrics::Metrics;
@@ -23,6 +24,7 @@ mod audit_log;
 mod chain;
 mod connection;
 pub(crate) mod copy;
+mod host_certificates;
 mod issuance;
 mod keyring;
 mod migrate;
@@ -128,6 +130,35 @@ impl Store for SqliteStore {
 
     async fn record_issuance(&self, issuance: Issuance) -> Result<(), StoreError> {
         self.writer.record(issuance).await
+    }
+
+    async fn record_host_issuance(&self, issuance: HostIssuance) -> Result<(), StoreError> {
+        self.writer
+            .write(move |tx| host_certificates::record(tx, &issuance))
+            .await
+    }
+
+    async fn host_certificates(
+        &self,
+        now_unix: i64,
+        name: Option<&str>,
+    ) -> Result<Vec<HostCertificateRecord>, StoreError> {
+        let name = name.map(str::to_owned);
+        self.readers
+            .read(move |db| host_certificates::list(db, now_unix, name.as_deref()))
+            .await
+    }
+
+    async fn revoke_host_certificates(
+        &self,
+        which: &HostRevocation,
+        now: OffsetDateTime,
+        audit: HostAuditFor,
+    ) -> Result<Vec<HostCertificateRecord>, StoreError> {
+        let which = which.clone();
+        self.writer
+            .write(move |tx| host_certificates::revoke(tx, &which, now, audit))
+            .await
     }
 
     async fn prune_used_tokens(&self, now_unix: i64) -> Result<u64, StoreError> {

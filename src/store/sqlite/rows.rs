@@ -6,7 +6,8 @@ use rusqlite::{ErrorCode, Row};
 
 use crate::audit::{AuditEntry, AuditRecord, Outcome};
 use crate::store::{
-    CaKeyRecord, CertificateRecord, KeyState, StoreError, TaskRecord, TaskRestrictions, TaskState,
+    CaKeyRecord, CertificateRecord, HostCertificateRecord, KeyKind, KeyState, StoreError,
+    TaskRecord, TaskRestrictions, TaskState,
 };
 
 /// Extended result codes of a UNIQUE or PRIMARY KEY violation: a value is taken.
@@ -121,6 +122,23 @@ pub(super) fn certificate_record(row: &Row<'_>) -> Decoded<CertificateRecord> {
     })
 }
 
+/// A `host_certificates` row (`SELECT *`).
+pub(super) fn host_certificate_record(row: &Row<'_>) -> Decoded<HostCertificateRecord> {
+    Ok(HostCertificateRecord {
+        serial: row.get("serial")?,
+        ca_key_id: row.get("ca_key_id")?,
+        key_fingerprint: row.get("key_fingerprint")?,
+        principals: from_json(&row.get::<_, String>("principals")?)?,
+        issuer: row.get("issuer")?,
+        subject: row.get("subject")?,
+        policy: row.get("policy")?,
+        valid_after: row.get("valid_after")?,
+        valid_before: row.get("valid_before")?,
+        issued_at: row.get("issued_at")?,
+        revoked_at: row.get("revoked_at")?,
+    })
+}
+
 /// An `audit_events` row (`SELECT *`).
 pub(super) fn audit_record(row: &Row<'_>) -> Decoded<AuditRecord> {
     let outcome: String = row.get("outcome")?;
@@ -155,8 +173,11 @@ pub(super) fn audit_record(row: &Row<'_>) -> Decoded<AuditRecord> {
 
 /// A `ca_keys` row with the columns of `keyring::SELECT_CA_KEYS`.
 pub(super) fn ca_key_record(row: &Row<'_>) -> Decoded<CaKeyRecord> {
+    let kind: String = row.get("kind")?;
     Ok(CaKeyRecord {
         id: row.get("id")?,
+        kind: KeyKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("bad CA key kind {kind:?}")))?,
         algorithm: row.get("algorithm")?,
         state: key_state(&row.get::<_, String>("state")?)?,
         fingerprint: row.get("fingerprint")?,

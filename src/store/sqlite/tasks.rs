@@ -126,12 +126,19 @@ pub(super) fn revocations(db: &Connection, now_unix: i64) -> Result<Revocations,
         .prepare_cached(SQL_FEED_TASKS)?
         .query_map([now_unix], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<Result<_, _>>()?;
-    let certificates = snapshot
-        .prepare_cached(SQL_FEED_CERTIFICATES)?
-        .query_map([now_unix], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })?
-        .collect::<Result<_, _>>()?;
+    let mut certificates: Vec<(i64, String, i64)> = Vec::new();
+    for sql in [
+        SQL_FEED_CERTIFICATES,
+        super::host_certificates::SQL_FEED_HOST_CERTIFICATES,
+    ] {
+        let rows = snapshot
+            .prepare_cached(sql)?
+            .query_map([now_unix], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        certificates.extend(rows);
+    }
     snapshot.commit()?;
     Ok(Revocations {
         tasks,

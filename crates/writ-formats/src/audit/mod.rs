@@ -63,6 +63,14 @@ pub mod event {
     pub const CERT_USED: &str = "cert.used";
     /// A host's use of a certificate was refused by the CA.
     pub const CERT_USE_DENIED: &str = "cert.use_denied";
+    /// Host certificates were issued (`POST /v1/host-certificates`): one record per
+    /// request, naming every serial.
+    pub const HOST_CERT_ISSUED: &str = "host_cert.issued";
+    /// A host certificate request was refused (policy, input, token).
+    pub const HOST_CERT_DENIED: &str = "host_cert.denied";
+    /// A host certificate was revoked (`writ admin host-cert revoke`): one record per
+    /// certificate.
+    pub const HOST_CERT_REVOKED: &str = "host_cert.revoked";
     /// Old audit records were deleted up to a signed checkpoint (`writ admin audit prune`).
     pub const AUDIT_PRUNED: &str = "audit.pruned";
 }

@@ -61,8 +61,11 @@ pub fn classify(event_name: &str) -> (u32, &'static str, u32, &'static str, u32,
         event::TASK_COMPLETED => account(6, "Delete"),
         event::TASK_REVOKED => account(5, "Disable"),
         event::TASK_DENIED => account(99, "Change Task"),
-        event::CERT_ISSUED | event::CERT_DENIED => account(99, "Issue Certificate"),
-        event::CERT_REVOKED => account(99, "Revoke Certificate"),
+        event::CERT_ISSUED
+        | event::CERT_DENIED
+        | event::HOST_CERT_ISSUED
+        | event::HOST_CERT_DENIED => account(99, "Issue Certificate"),
+        event::CERT_REVOKED | event::HOST_CERT_REVOKED => account(99, "Revoke Certificate"),
         "ca.key.revoked" => account(5, "Disable"),
         "ca.key.retired" => account(6, "Delete"),
         event::AUDIT_PRUNED => (
