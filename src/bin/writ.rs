@@ -135,6 +135,10 @@ MCP client configuration (e.g. an agent host's mcpServers):
         /// Longest task the agent may open, e.g. 30m (narrower than the policy).
         #[arg(long, value_parser = duration::parse, value_name = "DURATION")]
         max_task_ttl: Option<Duration>,
+        /// The ssh_config `run` uses (ssh -F FILE): HostName, Port, ProxyJump, HostKeyAlias
+        /// for the agent's hosts (default: ssh's own ~/.ssh/config and /etc/ssh/ssh_config).
+        #[arg(long, value_name = "FILE")]
+        ssh_config: Option<PathBuf>,
         #[command(flatten)]
         tls: TlsArgs,
     },
@@ -571,6 +575,7 @@ fn main() -> ExitCode {
             credential,
             allowed_hosts,
             max_task_ttl,
+            ssh_config,
             tls,
         } => {
             if let Err(code) = config.refuse("mcp", over_http) {
@@ -579,6 +584,7 @@ fn main() -> ExitCode {
             let limits = writ::mcp::Limits {
                 allowed_hosts,
                 max_task_ttl,
+                ssh_config,
             };
             match mcp_command(ca_url.as_deref(), &credential, limits, &tls) {
                 Ok(code) => code,
@@ -801,8 +807,6 @@ fn mcp_command(
         (None, Some(spec)) => spec.parse::<TokenSource>()?,
         (None, None) => token_source::discover(&config.discovery(env), env)?,
     };
-    // Fetched once now, so a source that cannot give a token is reported at start.
-    source.fetch(env)?;
     writ::logging::init(writ::config::LogFormat::Text);
     let tokens: writ::mcp::TokenFetcher = std::sync::Arc::new(move || {
         source

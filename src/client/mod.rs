@@ -492,7 +492,6 @@ impl EphemeralKey {
     }
 }
 
-
 /// How to run ssh.
 #[derive(Debug, Clone, Default)]
 pub struct SshInvocation {

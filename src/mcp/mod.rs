@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rmcp::handler::server::common::schema_for_output;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResult, ContentBlock, ServerCapabilities, ServerConfig};
@@ -29,13 +30,16 @@ use crate::client::{self, CaClient, ClientError, Credential, SshInvocation, Task
 /// Where tokens come from: called once per task, so a rotated token is picked up.
 pub type TokenFetcher = Arc<dyn Fn() -> Result<String, ClientError> + Send + Sync>;
 
-/// How the server narrows what the model may ask for.
+/// How the server narrows what the model may ask for, and how it runs ssh.
 #[derive(Debug, Clone, Default)]
 pub struct Limits {
     /// Host patterns a task may name (globs); empty: whatever the policy allows.
     pub allowed_hosts: Vec<String>,
     /// Longest task; `None`: the CA's default and maximum.
     pub max_task_ttl: Option<Duration>,
+    /// The ssh_config `run` uses (`ssh -F`); `None`: ssh's own (`~/.ssh/config` of the
+    /// user, by the password database, and `/etc/ssh/ssh_config`).
+    pub ssh_config: Option<std::path::PathBuf>,
 }
 
 /// Default `run` deadline and output bound.
@@ -206,6 +210,8 @@ impl WritMcp {
         description = "Open a task: SSH access to some hosts as some logins for a while, granted by \
                        the CA's policy. Returns the task id to use with `run`. Complete the task \
                        with `complete_task` when the work is done."
+    ,
+        output_schema = schema_for_output::<OpenedTask>()
     )]
     async fn open_task(
         &self,
@@ -288,6 +294,8 @@ impl WritMcp {
         description = "Run a shell command on a host with a task's certificate (ssh; the host is \
                        verified by the CA's host certificates). Returns exit code, stdout and \
                        stderr (bounded; truncation is marked)."
+    ,
+        output_schema = schema_for_output::<runner::RunOutcome>()
     )]
     async fn run(&self, Parameters(request): Parameters<Run>) -> Result<CallToolResult, ErrorData> {
         let task = {
@@ -344,6 +352,9 @@ impl WritMcp {
             Err(e) => return Ok(refusal(format!("cannot verify hosts: {e}"))),
         };
         let mut options = Vec::new();
+        if let Some(config) = &self.limits.ssh_config {
+            options.extend(["-F".to_owned(), config.display().to_string()]);
+        }
         if let Some(port) = request.port {
             options.extend(["-p".to_owned(), port.to_string()]);
         }
@@ -397,7 +408,11 @@ impl WritMcp {
         Ok(result)
     }
 
-    #[tool(description = "Show a task's state as the CA sees it (active, completed, revoked, expired).")]
+    #[tool(
+        description = "Show a task's state as the CA sees it (active, completed, revoked, expired)."
+    ,
+        output_schema = schema_for_output::<TaskState>()
+    )]
     async fn task_status(
         &self,
         Parameters(TaskId { task_id }): Parameters<TaskId>,
@@ -408,6 +423,8 @@ impl WritMcp {
     #[tool(
         description = "Complete a task: its certificates stop working on every host at once. Call \
                        it when the work is done."
+    ,
+        output_schema = schema_for_output::<TaskState>()
     )]
     async fn complete_task(
         &self,
@@ -416,7 +433,9 @@ impl WritMcp {
         self.task_call(task_id, true).await
     }
 
-    #[tool(description = "List the tasks this session opened.")]
+    #[tool(description = "List the tasks this session opened.",
+        output_schema = schema_for_output::<TaskList>()
+    )]
     async fn list_tasks(&self) -> Result<CallToolResult, ErrorData> {
         let list = TaskList {
             tasks: self
@@ -468,7 +487,11 @@ impl WritMcp {
     }
 
     /// `task_status` or `complete_task`, proving possession of the task's key.
-    async fn task_call(&self, task_id: String, complete: bool) -> Result<CallToolResult, ErrorData> {
+    async fn task_call(
+        &self,
+        task_id: String,
+        complete: bool,
+    ) -> Result<CallToolResult, ErrorData> {
         let held = self
             .tasks
             .lock()

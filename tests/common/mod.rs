@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod ca;
+pub mod enrolled;
 pub mod http;
 pub mod idp;
 pub mod metrics;
