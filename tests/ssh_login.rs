@@ -409,3 +409,69 @@ fn writ_ssh_takes_its_token_from_a_source_and_exits_with_the_remote_status() {
         "{stderr}"
     );
 }
+
+#[test]
+fn ctrl_c_ends_the_session_and_writ_ssh_still_completes_the_task() {
+    let (idp, ca, _host, sshd) = alice_on_a_host();
+    let mut writ = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args(["ssh", "--ca-url", &ca.url, "--token"])
+        .arg(idp.token(Key::Rsa, "agent-1"))
+        .args([
+            "--login",
+            ALICE,
+            "--host",
+            HOST_NAME,
+            "--purpose",
+            "interrupted",
+        ])
+        .arg("--insecure-trust-on-first-use")
+        .args([
+            "--ssh-arg=-oHostName=127.0.0.1",
+            "--ssh-arg=-oBatchMode=yes",
+        ])
+        .arg(format!("--ssh-arg=-p{}", sshd.port()))
+        .args(["--", "sleep", "60"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run writ ssh");
+    // The session is up once sshd has let the certificate in.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sshd
+        .log()
+        .contains(&format!("Accepted publickey for {ALICE}"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no session:\n{}",
+            sshd.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Ctrl-C, as a terminal or a supervisor would send it to writ.
+    let status = Command::new("kill")
+        .args(["-INT", &writ.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let exited = loop {
+        if let Some(status) = writ.try_wait().expect("try_wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "writ ssh did not end");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut writ.stderr.take().expect("stderr"), &mut stderr)
+        .expect("stderr");
+    assert!(!exited.success(), "the session was interrupted: {stderr}");
+    assert!(stderr.contains("completed"), "{stderr}");
+    let completed = ca.audit_events(writ::audit::event::TASK_COMPLETED);
+    assert_eq!(
+        completed.len(),
+        1,
+        "the interrupted task was completed: {stderr}"
+    );
+}

@@ -18,6 +18,7 @@ use crate::task::possession;
 pub mod config;
 pub mod exit;
 pub mod known_hosts;
+mod signals;
 pub mod token_source;
 
 pub use known_hosts::HostTrust;
@@ -643,11 +644,16 @@ pub const SSH_FAILED: i32 = 255;
 
 /// Run ssh, relaying its stderr; its exit code, and whether it refused the host's key.
 fn run_ssh(arguments: Vec<std::ffi::OsString>) -> Result<(i32, bool), ClientError> {
+    // Before ssh starts: from now on Ctrl-C or SIGTERM ends ssh, not writ, which then
+    // completes the task as after any session.
+    let forward = signals::Forward::install()
+        .map_err(|e| ClientError::Ssh(format!("cannot handle signals: {e}")))?;
     let mut child = std::process::Command::new("ssh")
         .args(arguments)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| ClientError::Ssh(format!("cannot run ssh: {e}")))?;
+    forward.to(child.id());
     let relay = child
         .stderr
         .take()
