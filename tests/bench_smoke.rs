@@ -123,8 +123,14 @@ fn bench_issue_over_tls_beside_a_junk_flood() {
         "junk is refused, never issued or failed: {report}"
     );
     let unauthorized = by_status.get("401").and_then(Value::as_f64).unwrap_or(0.0);
+    // The budget (60, then 1 a second), plus what its check-then-spend lets through: at
+    // most one request per flood connection that passed the check while another of the
+    // same address was being verified, per refill (docs/performance.md, issue 15). On a
+    // busy machine verifications take longer and that slack is used.
+    let refills = seconds.ceil() + 1.0;
+    let connections = 2.0;
     assert!(
-        unauthorized <= 60.0 + seconds.ceil() + 1.0,
+        unauthorized <= 60.0 + refills * (1.0 + connections),
         "beyond the budget the flood gets 429: {report}"
     );
     assert_eq!(report["server_exit"], "exit status: 0", "{report}");
