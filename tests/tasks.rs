@@ -494,16 +494,19 @@ fn a_proof_of_possession_timestamp_cannot_wrap_around_the_window() {
     let (task_id, cert_blob) = open_task_for(&w, &w.key);
     let path = format!("/v1/tasks/{task_id}/certificates");
     let body = json!({"public_key": public_key(&w.key), "ttl_seconds": 30}).to_string();
-    let t = now();
-    for ts in [
-        i64::MIN + t,
-        i64::MIN,
-        i64::MIN + 1,
-        i64::MAX,
-        i64::MAX - 30,
-        t + 61,
-        t - 61,
-    ] {
+    // Relative to now as each request is made, and well outside the 60 s window: a
+    // margin of one second let a slow machine's later request fall back inside it.
+    let outside: [fn(i64) -> i64; 7] = [
+        |t| i64::MIN + t,
+        |_| i64::MIN,
+        |_| i64::MIN + 1,
+        |_| i64::MAX,
+        |_| i64::MAX - 30,
+        |t| t + 90,
+        |t| t - 90,
+    ];
+    for at in outside {
+        let ts = at(now());
         let message = writ::task::possession::message("POST", &path, ts, body.as_bytes());
         let header =
             writ::task::possession::header(&cert_blob, ts, &ssh_keygen_sign(&w.key, &message));
