@@ -88,7 +88,8 @@ Example:
         known_hosts: Option<PathBuf>,
     },
     /// Open a task, ssh to the host with a fresh key and certificate, then complete the
-    /// task so the certificate stops working everywhere.
+    /// task so the certificate stops working everywhere. The key is made in memory and
+    /// lives only in an ssh-agent; the certificate is renewed while the session lasts.
     #[command(after_help = "\
 Example:
   writ ssh --ca-url https://ca.example.com --token @/var/run/token \\
@@ -104,6 +105,12 @@ Example:
         /// get the session. Only for hosts not yet enrolled (README "Host certificates").
         #[arg(long)]
         insecure_trust_on_first_use: bool,
+        /// Put the session's key and certificate into your ssh-agent (SSH_AUTH_SOCK), with
+        /// a lifetime equal to the certificate's validity, and take them out afterwards.
+        /// Default: a private ssh-agent started for this session only. Either way the
+        /// private key is never written to disk.
+        #[arg(long)]
+        use_agent: bool,
         /// An ssh option, before the host (repeat), e.g. --ssh-arg=-p --ssh-arg=2222.
         #[arg(long = "ssh-arg", value_name = "ARG", allow_hyphen_values = true)]
         ssh_options: Vec<String>,
@@ -595,6 +602,7 @@ fn main() -> ExitCode {
             agent,
             keep_task,
             insecure_trust_on_first_use,
+            use_agent,
             ssh_options,
             command,
         } => {
@@ -612,7 +620,12 @@ fn main() -> ExitCode {
             } else {
                 writ::client::HostTrust::CertificateAuthority
             };
-            match ssh_command(&agent, ssh, keep_task, host_trust) {
+            let key_agent = if use_agent {
+                writ::client::AgentChoice::User
+            } else {
+                writ::client::AgentChoice::Private
+            };
+            match ssh_command(&agent, ssh, keep_task, host_trust, key_agent) {
                 Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(255)),
                 Err(exit) => fail_with(&exit),
             }
@@ -709,13 +722,16 @@ fn ssh_command(
     mut ssh: writ::client::SshInvocation,
     keep_task: bool,
     host_trust: writ::client::HostTrust,
+    key_agent: writ::client::AgentChoice,
 ) -> Result<i32, Exit> {
     let (config, ca) = agent.tls.ca(agent.ca_url.as_deref())?;
     let request = agent.request(&config)?;
     ssh.login = request.logins[0].clone();
     let (token, from) = agent.credential.resolve(&config)?;
-    writ::client::ssh(&ca, &token, &ssh, &request, keep_task, host_trust)
-        .map_err(|e| Exit::from_client(&e, Some(&from)))
+    writ::client::ssh(
+        &ca, &token, &ssh, &request, keep_task, host_trust, key_agent,
+    )
+    .map_err(|e| Exit::from_client(&e, Some(&from)))
 }
 
 fn cert_command(agent: &AgentArgs, key: &Path, known_hosts: Option<&Path>) -> ExitCode {

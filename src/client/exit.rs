@@ -118,7 +118,7 @@ impl Exit {
             }
             | ClientError::Unreachable { .. } => (Failure::CaUnavailable, error.to_string()),
             ClientError::HostUntrusted(_) => (Failure::HostUntrusted, error.to_string()),
-            ClientError::Ssh(_) => (Failure::Ssh, error.to_string()),
+            ClientError::Ssh(_) | ClientError::Agent(_) => (Failure::Ssh, error.to_string()),
             _ => (Failure::Other, error.to_string()),
         };
         Exit {

@@ -15,13 +15,19 @@ use ssh_key::{HashAlg, PrivateKey};
 
 use crate::task::possession;
 
+pub mod agent;
 pub mod config;
 pub mod exit;
 pub mod known_hosts;
+mod session;
 mod signals;
 pub mod token_source;
 
+pub use agent::AgentChoice;
 pub use known_hosts::HostTrust;
+pub use session::{
+    CERTIFICATE_FILE, HeldCertificate, SSH_FAILED, SshInvocation, ssh, ssh_arguments,
+};
 
 /// Hard timeout on each call to the CA.
 pub const TIMEOUT: Duration = Duration::from_secs(30);
@@ -131,6 +137,9 @@ pub enum ClientError {
     /// ssh could not be run, or failed on its own (status 255).
     #[error("{0}")]
     Ssh(String),
+    /// The ssh-agent that holds the session's key could not be started or used.
+    #[error("{0}")]
+    Agent(String),
 }
 
 /// How the agent trusts an `https://` CA, and how it proves itself when the CA asks for
@@ -409,11 +418,41 @@ pub fn complete_task(
         .map(|_| ())
 }
 
-/// A private directory with a fresh ed25519 key, removed on drop.
-pub struct EphemeralKey {
-    dir: PrivateDir,
-    /// The key.
-    pub key: PrivateKey,
+/// Another certificate for the open task `task_id`, for the same key: proof of possession
+/// with `certificate` (a live certificate of the task) and `key`; `ttl` as `--ttl` asked
+/// (`None`: the CA's default). The CA caps it at the task's expiry.
+pub fn renew_certificate(
+    ca: &CaClient,
+    task_id: &str,
+    certificate: &str,
+    key: &PrivateKey,
+    ttl: Option<Duration>,
+    now_unix: i64,
+) -> Result<Issued, ClientError> {
+    let mut body = json!({ "public_key": public_line(key)? });
+    if let Some(ttl) = ttl {
+        body["ttl_seconds"] = ttl.as_secs().into();
+    }
+    let body = body.to_string();
+    let path = format!("/v1/tasks/{task_id}/certificates");
+    let header = possession_header(certificate, key, "POST", &path, now_unix, body.as_bytes())?;
+    let value = ca.post(&path, &header, &body)?;
+    serde_json::from_value(value).map_err(|e| ClientError::BadAnswer(e.to_string()))
+}
+
+/// A fresh ed25519 key, made in memory.
+pub fn session_key() -> Result<PrivateKey, ClientError> {
+    let mut key = PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
+        .map_err(|e| ClientError::Sign(e.to_string()))?;
+    key.set_comment("writ-session");
+    Ok(key)
+}
+
+/// The OpenSSH line of `key`'s public half.
+pub fn public_line(key: &PrivateKey) -> Result<String, ClientError> {
+    key.public_key()
+        .to_openssh()
+        .map_err(|e| ClientError::Sign(e.to_string()))
 }
 
 /// A directory only its owner can enter (`<tmp>/writ-<random>/`, mode 0700), removed with
@@ -449,63 +488,6 @@ impl Drop for PrivateDir {
     }
 }
 
-impl EphemeralKey {
-    /// Create a [`PrivateDir`] holding a new key.
-    pub fn new() -> Result<EphemeralKey, ClientError> {
-        let dir = PrivateDir::new()?;
-        let mut key = PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
-            .map_err(|e| ClientError::Sign(e.to_string()))?;
-        key.set_comment("writ-ephemeral");
-        let ephemeral = EphemeralKey { dir, key };
-        ephemeral
-            .key
-            .write_openssh_file(&ephemeral.key_path(), ssh_key::LineEnding::LF)
-            .map_err(|e| ClientError::Sign(e.to_string()))?;
-        Ok(ephemeral)
-    }
-
-    /// Path of the private key file.
-    pub fn key_path(&self) -> std::path::PathBuf {
-        self.dir.path().join("id_ed25519")
-    }
-
-    /// Path where the certificate goes.
-    pub fn certificate_path(&self) -> std::path::PathBuf {
-        self.dir.path().join("id_ed25519-cert.pub")
-    }
-
-    /// Path of this session's known-hosts file (ssh's only one).
-    pub fn known_hosts_path(&self) -> std::path::PathBuf {
-        self.dir.path().join("known_hosts")
-    }
-
-    /// Path of this session's copy of the CA's KRL (ssh's `RevokedHostKeys`).
-    pub fn revoked_host_keys_path(&self) -> std::path::PathBuf {
-        self.dir.path().join("revoked_host_keys.krl")
-    }
-
-    /// The public key line.
-    pub fn public_key(&self) -> Result<String, ClientError> {
-        self.key
-            .public_key()
-            .to_openssh()
-            .map_err(|e| ClientError::Sign(e.to_string()))
-    }
-}
-
-/// How to run ssh.
-#[derive(Debug, Clone, Default)]
-pub struct SshInvocation {
-    /// Remote login.
-    pub login: String,
-    /// Host to connect to.
-    pub host: String,
-    /// ssh options, placed before the host.
-    pub options: Vec<String>,
-    /// Remote command, after the host.
-    pub command: Vec<String>,
-}
-
 /// The `Authorization` value proving possession of `key`, the private key of the
 /// OpenSSH `certificate` line, for `method path` with `body` at `now_unix`.
 fn possession_header(
@@ -529,140 +511,6 @@ fn possession_header(
             ClientError::BadAnswer("certificate is not an OpenSSH certificate line".into())
         })?;
     Ok(possession::header(&blob, now_unix, &signature))
-}
-
-/// ssh's arguments: our options (the key, its certificate and how the host is trusted,
-/// `host_trust`), the caller's options, then `--`, the destination and the remote command.
-/// ssh keeps the first value it is given for an option, so a caller's `-o` cannot relax
-/// ours. The destination is data, never an option: one starting with `-` is refused
-/// (before any task is opened), and `--` ends ssh's option parsing so nothing after it —
-/// destination or command — is read as an option.
-pub fn ssh_arguments(
-    invocation: &SshInvocation,
-    key_path: &std::path::Path,
-    certificate_path: &std::path::Path,
-    host_trust: &[std::ffi::OsString],
-) -> Result<Vec<std::ffi::OsString>, ClientError> {
-    if invocation.host.is_empty() || invocation.host.starts_with('-') {
-        return Err(ClientError::BadDestination(invocation.host.clone()));
-    }
-    let mut arguments: Vec<std::ffi::OsString> = vec!["-i".into(), key_path.into(), "-o".into()];
-    arguments.push(format!("CertificateFile={}", certificate_path.display()).into());
-    for fixed in ["-o", "IdentitiesOnly=yes", "-l", &invocation.login] {
-        arguments.push(fixed.into());
-    }
-    arguments.extend(host_trust.iter().cloned());
-    arguments.extend(invocation.options.iter().map(Into::into));
-    arguments.push("--".into());
-    arguments.push(invocation.host.clone().into());
-    arguments.extend(invocation.command.iter().map(Into::into));
-    Ok(arguments)
-}
-
-/// `writ ssh`: fetch the CA's host trust (unless `host_trust` is trust on first use), open
-/// a task with a fresh key, run `ssh` with the certificate, then complete the task (unless
-/// `keep_task`). Returns the remote command's exit code (ssh's); a host ssh refused for
-/// its host key is [`ClientError::HostUntrusted`], ssh's own failure (status
-/// [`SSH_FAILED`]) [`ClientError::Ssh`]. Nothing is written outside a private temporary
-/// directory, removed afterwards.
-pub fn ssh(
-    ca: &CaClient,
-    token: &str,
-    invocation: &SshInvocation,
-    request: &TaskRequest,
-    keep_task: bool,
-    host_trust: HostTrust,
-) -> Result<i32, ClientError> {
-    let ephemeral = EphemeralKey::new()?;
-    let known_hosts_path = ephemeral.known_hosts_path();
-    let revoked_path = ephemeral.revoked_host_keys_path();
-    let arguments = ssh_arguments(
-        invocation,
-        &ephemeral.key_path(),
-        &ephemeral.certificate_path(),
-        &known_hosts::ssh_options(host_trust, &known_hosts_path, &revoked_path),
-    )?;
-    // Before the task is opened: a CA without host keys leaves nothing behind.
-    known_hosts::write(&revoked_path, &known_hosts::fetch_revoked(ca)?, true)?;
-    let lines = match host_trust {
-        HostTrust::CertificateAuthority => known_hosts::fetch(ca)?,
-        HostTrust::TrustOnFirstUse => {
-            eprintln!(
-                "writ: warning: --insecure-trust-on-first-use: accepting whatever host key \
-                 {:?} presents (a man in the middle would go unnoticed)",
-                invocation.host
-            );
-            String::new()
-        }
-    };
-    known_hosts::write(&known_hosts_path, lines.as_bytes(), true)?;
-    let issued = open_task(ca, token, &ephemeral.public_key()?, request)?;
-    std::fs::write(
-        ephemeral.certificate_path(),
-        format!("{}\n", issued.certificate),
-    )
-    .map_err(|e| ClientError::Sign(e.to_string()))?;
-    eprintln!(
-        "writ: task {} open until {} (certificate serial {})",
-        issued.task_id, issued.task_expires_at, issued.serial
-    );
-    let ran = run_ssh(arguments);
-    if !keep_task {
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match complete_task(
-            ca,
-            &issued.task_id,
-            &issued.certificate,
-            &ephemeral.key,
-            now,
-        ) {
-            Ok(()) => eprintln!(
-                "writ: task {} completed; its certificates no longer work",
-                issued.task_id
-            ),
-            Err(e) => eprintln!(
-                "writ: warning: could not complete task {}: {e}",
-                issued.task_id
-            ),
-        }
-    }
-    let (code, refused_host) = ran?;
-    if refused_host && host_trust == HostTrust::CertificateAuthority {
-        return Err(ClientError::HostUntrusted(invocation.host.clone()));
-    }
-    if code == SSH_FAILED {
-        return Err(ClientError::Ssh(format!(
-            "ssh exited {SSH_FAILED}, its status for its own errors (connection, \
-             authentication; its message is above) — or the remote command exited {SSH_FAILED}"
-        )));
-    }
-    Ok(code)
-}
-
-/// ssh's exit status for its own errors.
-pub const SSH_FAILED: i32 = 255;
-
-/// Run ssh, relaying its stderr; its exit code, and whether it refused the host's key.
-fn run_ssh(arguments: Vec<std::ffi::OsString>) -> Result<(i32, bool), ClientError> {
-    // Before ssh starts: from now on Ctrl-C or SIGTERM ends ssh, not writ, which then
-    // completes the task as after any session.
-    let forward = signals::Forward::install()
-        .map_err(|e| ClientError::Ssh(format!("cannot handle signals: {e}")))?;
-    let mut child = std::process::Command::new("ssh")
-        .args(arguments)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| ClientError::Ssh(format!("cannot run ssh: {e}")))?;
-    forward.to(child.id());
-    let relay = child
-        .stderr
-        .take()
-        .map(|stderr| std::thread::spawn(move || known_hosts::relay_stderr(stderr)));
-    let status = child
-        .wait()
-        .map_err(|e| ClientError::Ssh(format!("cannot wait for ssh: {e}")))?;
-    let refused_host = relay.is_some_and(|r| r.join().unwrap_or(false));
-    Ok((status.code().unwrap_or(SSH_FAILED), refused_host))
 }
 
 /// How an agent authenticates a task call (`writ task show|complete`): a fresh workload
@@ -862,49 +710,7 @@ pub fn describe_task(task: &TaskStatus, now_unix: i64) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::OsString;
-    use std::path::Path;
-
     use super::*;
-
-    fn invocation(host: &str) -> SshInvocation {
-        SshInvocation {
-            login: "deploy".into(),
-            host: host.into(),
-            options: vec!["-p".into(), "2222".into()],
-            command: vec!["-v".into(), "uptime".into()],
-        }
-    }
-
-    #[test]
-    fn destination_and_command_follow_the_end_of_options() {
-        let trust = known_hosts::ssh_options(
-            HostTrust::CertificateAuthority,
-            Path::new("/kh"),
-            Path::new("/krl"),
-        );
-        let arguments = ssh_arguments(
-            &invocation("web-01"),
-            Path::new("/k"),
-            Path::new("/c"),
-            &trust,
-        )
-        .expect("ok");
-        let end = arguments
-            .iter()
-            .position(|a| a == "--")
-            .expect("`--` present");
-        let after: Vec<OsString> = arguments[end + 1..].to_vec();
-        assert_eq!(after, ["web-01", "-v", "uptime"].map(OsString::from));
-        assert!(arguments[..end].contains(&OsString::from("2222")));
-        // The host-trust options come before the caller's, so ssh keeps them.
-        let strict = arguments
-            .iter()
-            .position(|a| a == "StrictHostKeyChecking=yes")
-            .expect("strict checking");
-        let callers = arguments.iter().position(|a| a == "2222").expect("-p 2222");
-        assert!(strict < callers);
-    }
 
     #[test]
     fn a_password_in_the_ca_url_never_reaches_an_error() {
@@ -918,16 +724,5 @@ mod tests {
         assert!(matches!(refused, ClientError::Unreachable { .. }), "{text}");
         assert!(!text.contains("s3cret"), "{text}");
         assert!(text.contains("agent:***@127.0.0.1:9"), "{text}");
-    }
-
-    #[test]
-    fn a_destination_that_looks_like_an_option_is_refused() {
-        for host in ["-b127.0.0.1", "-oProxyCommand=x", "-", ""] {
-            let refused = ssh_arguments(&invocation(host), Path::new("/k"), Path::new("/c"), &[]);
-            assert!(
-                matches!(refused, Err(ClientError::BadDestination(_))),
-                "{host:?}"
-            );
-        }
     }
 }

@@ -4,7 +4,9 @@
 //! `outputSchema`) for programs.
 //!
 //! It owns the session's tasks: each has a key made in memory for it, and the certificate
-//! the CA issued for that key. When the session ends (stdin closes, SIGTERM, SIGINT) every
+//! the CA issued for that key, renewed before a `run` once two thirds of its life have
+//! passed. The keys live in a private ssh-agent started with the first task
+//! ([`client::agent`]), never in a file. When the session ends (stdin closes, SIGTERM, SIGINT) every
 //! task it opened and did not complete is completed. What it must never do: put a token,
 //! a private key or a certificate into a tool result or a log line, let the model ask for
 //! more than `--allowed-hosts`/`--max-task-ttl` allow (the CA's policy still decides the
@@ -25,7 +27,11 @@ use rmcp::{ErrorData, ServerHandler, ServiceExt, tool, tool_handler, tool_router
 use serde::{Deserialize, Serialize};
 use ssh_key::PrivateKey;
 
-use crate::client::{self, CaClient, ClientError, Credential, SshInvocation, TaskRequest};
+use crate::client::agent::Agent;
+use crate::client::{
+    self, CaClient, ClientError, Credential, HeldCertificate, PrivateDir, SshInvocation,
+    TaskRequest,
+};
 
 /// Where tokens come from: called once per task, so a rotated token is picked up.
 pub type TokenFetcher = Arc<dyn Fn() -> Result<String, ClientError> + Send + Sync>;
@@ -51,7 +57,7 @@ const MAX_OUTPUT_BYTES: usize = 4 * 1024 * 1024;
 /// One task of this session.
 struct SessionTask {
     key: PrivateKey,
-    certificate: String,
+    held: HeldCertificate,
     logins: Vec<String>,
     hosts: Vec<String>,
     expires_at: String,
@@ -66,6 +72,7 @@ pub struct WritMcp {
     tokens: TokenFetcher,
     limits: Limits,
     tasks: Arc<Mutex<BTreeMap<String, SessionTask>>>,
+    keys: Arc<Mutex<Option<Keys>>>,
     tool_router: ToolRouter<WritMcp>,
 }
 
@@ -202,6 +209,7 @@ impl WritMcp {
             tokens,
             limits,
             tasks: Arc::default(),
+            keys: Arc::default(),
             tool_router: Self::tool_router(),
         }
     }
@@ -241,15 +249,23 @@ impl WritMcp {
             purpose: request.purpose.clone(),
         };
         let (ca, tokens) = (Arc::clone(&self.ca), Arc::clone(&self.tokens));
+        let keys = Arc::clone(&self.keys);
         let opened = blocking(move || -> Result<_, ClientError> {
-            let key = PrivateKey::random(&mut rand_core::OsRng, ssh_key::Algorithm::Ed25519)
-                .map_err(|e| ClientError::Sign(e.to_string()))?;
-            let public = key
-                .public_key()
-                .to_openssh()
-                .map_err(|e| ClientError::Sign(e.to_string()))?;
+            let key = client::session_key()?;
             let token = tokens()?;
-            let issued = client::open_task(&ca, &token, &public, &task_request)?;
+            let issued =
+                client::open_task(&ca, &token, &client::public_line(&key)?, &task_request)?;
+            if let Err(e) = hold(&keys, &key, &issued.certificate) {
+                // Not usable: end it now rather than leave it open until it expires.
+                let _ = client::complete_task(
+                    &ca,
+                    &issued.task_id,
+                    &issued.certificate,
+                    &key,
+                    now_unix(),
+                );
+                return Err(e);
+            }
             Ok((key, issued))
         })
         .await?;
@@ -268,8 +284,8 @@ impl WritMcp {
         self.tasks.lock().expect("tasks").insert(
             issued.task_id.clone(),
             SessionTask {
+                held: HeldCertificate::new(&issued, now_unix()),
                 key,
-                certificate: issued.certificate,
                 logins: request.logins,
                 hosts: request.hosts,
                 expires_at: issued.task_expires_at,
@@ -315,13 +331,13 @@ impl WritMcp {
                 }
                 Some(task) => (
                     task.key.clone(),
-                    task.certificate.clone(),
+                    task.held.due(),
                     task.logins.clone(),
                     task.hosts.clone(),
                 ),
             }
         };
-        let (key, certificate, logins, hosts) = task;
+        let (key, due, logins, hosts) = task;
         if !logins.contains(&request.login) {
             return Ok(refusal(format!(
                 "login {:?} is not one of the task's logins ({})",
@@ -339,6 +355,31 @@ impl WritMcp {
                 hosts.join(", ")
             )));
         }
+        if now_unix() >= due
+            && let Err(e) = self.renew(&request.task_id, key).await?
+        {
+            return Ok(refusal(format!(
+                "task {}: its certificate could not be renewed: {e}",
+                request.task_id
+            )));
+        }
+        let (Some(certificate), Some(agent_socket)) = (
+            self.tasks
+                .lock()
+                .expect("tasks")
+                .get(&request.task_id)
+                .map(|t| t.held.certificate.clone()),
+            self.keys
+                .lock()
+                .expect("keys")
+                .as_ref()
+                .map(|k| k.agent.socket().to_owned()),
+        ) else {
+            return Ok(refusal(format!(
+                "task {} is no longer held by this session",
+                request.task_id
+            )));
+        };
         let ca = Arc::clone(&self.ca);
         let trust = blocking(move || -> Result<_, ClientError> {
             Ok((
@@ -363,7 +404,7 @@ impl WritMcp {
             .unwrap_or(DEFAULT_TIMEOUT_SECONDS)
             .clamp(1, MAX_TIMEOUT_SECONDS);
         let outcome = runner::run(runner::RunRequest {
-            key: &key,
+            agent_socket: &agent_socket,
             certificate: &certificate,
             known_hosts: &known_hosts,
             revoked: &revoked,
@@ -477,6 +518,55 @@ impl WritMcp {
 }
 
 impl WritMcp {
+    /// Renew `task_id`'s certificate by proof of possession (its key is `key`) and put the
+    /// new one into the agent. `Ok(Err(_))`: the CA refused (the task ended) or cannot be
+    /// reached and the certificate has expired; a certificate still valid is kept when the
+    /// CA cannot be reached.
+    async fn renew(
+        &self,
+        task_id: &str,
+        key: PrivateKey,
+    ) -> Result<Result<(), ClientError>, ErrorData> {
+        let Some(current) = self
+            .tasks
+            .lock()
+            .expect("tasks")
+            .get(task_id)
+            .map(|t| (t.held.certificate.clone(), t.held.valid_before))
+        else {
+            return Ok(Ok(()));
+        };
+        let (certificate, valid_before) = current;
+        let (ca, keys, id) = (
+            Arc::clone(&self.ca),
+            Arc::clone(&self.keys),
+            task_id.to_owned(),
+        );
+        let renewed = blocking(move || -> Result<_, ClientError> {
+            let issued = client::renew_certificate(&ca, &id, &certificate, &key, None, now_unix())?;
+            hold(&keys, &key, &issued.certificate)?;
+            Ok(issued)
+        })
+        .await?;
+        match renewed {
+            Ok(issued) => {
+                tracing::info!(task_id, serial = %issued.serial, "mcp: certificate renewed");
+                if let Some(task) = self.tasks.lock().expect("tasks").get_mut(task_id) {
+                    task.held = HeldCertificate::new(&issued, now_unix());
+                }
+                Ok(Ok(()))
+            }
+            Err(e @ (ClientError::Refused { .. } | ClientError::PossessionRefused(_))) => {
+                Ok(Err(e))
+            }
+            Err(e) if now_unix() >= valid_before => Ok(Err(e)),
+            Err(e) => {
+                tracing::warn!(task_id, error = %e, "mcp: certificate not renewed; using the current one");
+                Ok(Ok(()))
+            }
+        }
+    }
+
     fn host_allowed(&self, host: &str) -> bool {
         self.limits.allowed_hosts.is_empty()
             || self
@@ -497,7 +587,7 @@ impl WritMcp {
             .lock()
             .expect("tasks")
             .get(&task_id)
-            .map(|t| (t.key.clone(), t.certificate.clone()));
+            .map(|t| (t.key.clone(), t.held.certificate.clone()));
         let Some((key, certificate)) = held else {
             return Ok(refusal(format!(
                 "no task {task_id:?} in this session (list_tasks shows them)"
@@ -573,8 +663,36 @@ impl WritMcp {
                 }
             }
         }
+        // The keys go with the session: the agent stops, its socket directory is removed.
+        self.keys.lock().expect("keys").take();
         failed
     }
+}
+
+/// The session's ssh-agent and the private directory of its socket (the agent is
+/// declared first, so it stops before the directory is removed).
+struct Keys {
+    agent: Agent,
+    _dir: PrivateDir,
+}
+
+/// Put `key` with `certificate` into the session's agent, starting the agent first if
+/// this is the session's first key.
+fn hold(
+    keys: &Mutex<Option<Keys>>,
+    key: &PrivateKey,
+    certificate: &str,
+) -> Result<(), ClientError> {
+    let mut keys = keys.lock().expect("keys");
+    let keys = match &mut *keys {
+        Some(keys) => keys,
+        empty => {
+            let dir = PrivateDir::new()?;
+            let agent = Agent::start_private(dir.path())?;
+            empty.insert(Keys { agent, _dir: dir })
+        }
+    };
+    keys.agent.add(key, certificate, now_unix())
 }
 
 #[tool_handler(router = self.tool_router)]

@@ -1,19 +1,18 @@
-//! One command on a host for the MCP `run` tool: the system `ssh` with the task's key and
-//! certificate, the host verified by the CA's host certificates only
-//! ([`crate::client::known_hosts`]), no stdin, a deadline, and stdout/stderr each kept to
-//! a bound with the cut marked.
+//! One command on a host for the MCP `run` tool: the system `ssh` with the task's key
+//! (held by the session's ssh-agent, [`crate::client::agent`]) and certificate, the host
+//! verified by the CA's host certificates only ([`crate::client::known_hosts`]), no stdin,
+//! a deadline, and stdout/stderr each kept to a bound with the cut marked.
 //!
-//! The key, certificate and host-trust files live in a private directory (0700) only for
-//! the command's duration and are removed afterwards, also on a timeout. It never returns
-//! or logs the key or the certificate, and never lets the remote output grow the
-//! process's memory past the bound.
+//! The certificate and host-trust files (all public) live in a private directory (0700)
+//! only for the command's duration and are removed afterwards, also on a timeout. It never
+//! sees the private key, never returns or logs the certificate, and never lets the remote
+//! output grow the process's memory past the bound.
 
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use rmcp::schemars::{self, JsonSchema};
-use ssh_key::PrivateKey;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::client::{self, ClientError, HostTrust, PrivateDir, SshInvocation, known_hosts};
@@ -39,9 +38,9 @@ pub struct RunOutcome {
 
 /// Everything one run needs.
 pub struct RunRequest<'a> {
-    /// Private key of the task's certificate.
-    pub key: &'a PrivateKey,
-    /// The task's certificate (OpenSSH line).
+    /// Socket of the ssh-agent holding the task's key and certificate.
+    pub agent_socket: &'a Path,
+    /// The task's certificate (OpenSSH line), which selects the key in the agent.
     pub certificate: &'a str,
     /// The CA's `@cert-authority` lines.
     pub known_hosts: &'a str,
@@ -65,8 +64,12 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ClientError> {
         &files.known_hosts,
         &files.revoked,
     );
-    let mut arguments =
-        client::ssh_arguments(&request.invocation, &files.key, &files.certificate, &trust)?;
+    let mut arguments = client::ssh_arguments(
+        &request.invocation,
+        request.agent_socket,
+        &files.certificate,
+        &trust,
+    )?;
     // Never a prompt: the model cannot answer one.
     arguments.splice(0..0, ["-o".into(), "BatchMode=yes".into()]);
     let mut child = tokio::process::Command::new("ssh")
@@ -112,7 +115,6 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ClientError> {
 }
 
 struct Files {
-    key: std::path::PathBuf,
     certificate: std::path::PathBuf,
     known_hosts: std::path::PathBuf,
     revoked: std::path::PathBuf,
@@ -120,15 +122,10 @@ struct Files {
 
 fn write_files(dir: &Path, request: &RunRequest<'_>) -> Result<Files, ClientError> {
     let files = Files {
-        key: dir.join("id_ed25519"),
-        certificate: dir.join("id_ed25519-cert.pub"),
+        certificate: dir.join(client::CERTIFICATE_FILE),
         known_hosts: dir.join("known_hosts"),
         revoked: dir.join("revoked_host_keys.krl"),
     };
-    request
-        .key
-        .write_openssh_file(&files.key, ssh_key::LineEnding::LF)
-        .map_err(|e| ClientError::Sign(e.to_string()))?;
     known_hosts::write(
         &files.certificate,
         format!("{}\n", request.certificate).as_bytes(),
