@@ -4,7 +4,8 @@
 //! command runs with its output and exit code (bounded output marked as cut); a host
 //! outside `--allowed-hosts` and a login outside the policy are refused with text the
 //! model can act on; completing the task ends it at the CA (in the revocation feed hosts
-//! enforce) and for `run`; and the task left open is completed when the client goes away.
+//! enforce) and for `run`; the task's certificate is renewed when a `run` comes after it
+//! expired; and the task left open is completed when the client goes away.
 //! The host is reached through the ssh_config given with `--ssh-config` (`HostName`,
 //! `Port`, `HostKeyAlias`), verified by the CA's host certificate. Needs root, openssh-server and
 //! python3 with `mcp`; fails (never skips) otherwise.
@@ -22,7 +23,9 @@ const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_cl
 
 #[test]
 fn an_mcp_client_opens_a_task_runs_a_command_and_ends_the_task() {
-    let (idp, ca, enrolled) = world("", true);
+    // Three-second certificates: the first one expires during the first `run` (which
+    // takes four), so the second `run` works only if the server renews it.
+    let (idp, ca, enrolled) = world("default_cert_ttl = \"3s\"\n", true);
     let sshd = enrolled.start_sshd(true);
 
     // The agent's environment: an ssh_config saying where the host is, and a supply of
@@ -40,7 +43,7 @@ fn an_mcp_client_opens_a_task_runs_a_command_and_ends_the_task() {
     )
     .expect("ssh_config");
     let tokens = tempfile::tempdir().expect("tokens");
-    for n in 0..6 {
+    for n in 0..20 {
         fs::write(
             tokens.path().join(format!("{n}.jwt")),
             idp.token(Key::Rsa, "agent-1"),
@@ -124,6 +127,15 @@ fn an_mcp_client_opens_a_task_runs_a_command_and_ends_the_task() {
             .contains("Exit code 3")
     );
     let bounded = &seen["run_bounded"]["structured"];
+    let renewals = ca
+        .audit_events(writ::audit::event::CERT_ISSUED)
+        .into_iter()
+        .filter(|r| r.entry.task_id.as_deref() == Some(task_id))
+        .count();
+    assert!(
+        renewals >= 2,
+        "the task's certificate was renewed: {renewals}"
+    );
     assert_eq!(
         bounded["stdout"].as_str().map(str::len),
         Some(100),

@@ -1,7 +1,11 @@
 //! End to end through real OpenSSH: a certificate from the API logs in through `sshd`
 //! running `writ-principals` as its AuthorizedPrincipalsCommand, and is refused for a login
 //! or host the task does not name, when signed by another CA, and on a host that does not
-//! run `writ-principals` (no bare-login principals).
+//! run `writ-principals` (no bare-login principals). `writ ssh` keeps its key in an
+//! ssh-agent only (no private key in any file under its temporary directory or in any
+//! environment of its process tree, during and after the session), renews the certificate
+//! of a session that outlives it, and with `--use-agent` lends the key to the user's agent
+//! for the session only.
 
 mod common;
 
@@ -474,4 +478,260 @@ fn ctrl_c_ends_the_session_and_writ_ssh_still_completes_the_task() {
         1,
         "the interrupted task was completed: {stderr}"
     );
+}
+
+/// Every file under `dir` that holds a private key: what `writ ssh` must never write.
+fn private_key_files(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            found.extend(private_key_files(&path));
+        } else if kind.is_file()
+            && std::fs::read(&path).is_ok_and(|bytes| {
+                bytes.windows(11).any(|w| w == b"PRIVATE KEY")
+                    || ssh_key::PrivateKey::from_bytes(&bytes).is_ok()
+            })
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// `pid` and every process descended from it.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // The parent is the second field after the command name's closing parenthesis.
+            let parent = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((child, parent))
+        })
+        .collect();
+    let mut tree = vec![pid];
+    let mut next = 0;
+    while next < tree.len() {
+        let parent = tree[next];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        next += 1;
+    }
+    tree
+}
+
+/// The processes of `pid`'s tree whose environment holds a private key.
+fn environments_with_private_keys(pid: u32) -> Vec<u32> {
+    process_tree(pid)
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ"))
+                .is_ok_and(|env| env.windows(11).any(|w| w == b"PRIVATE KEY"))
+        })
+        .collect()
+}
+
+/// `writ ssh` to the test host whose remote command prints `started`, waits for a line on
+/// its stdin, then prints `finished-<line>`; returns writ and its stdout, read up to
+/// `started` (the session is up).
+fn paused_session(
+    idp: &TestIdp,
+    ca: &TestCa,
+    sshd: &Sshd,
+    tmpdir: &Path,
+    extra: &[&str],
+    environment: &[(&str, &Path)],
+) -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStdout>,
+) {
+    use std::io::BufRead;
+    let mut writ = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .env("TMPDIR", tmpdir)
+        .env_remove("SSH_AUTH_SOCK")
+        .envs(environment.iter().copied())
+        .args(["ssh", "--ca-url", &ca.url, "--token"])
+        .arg(idp.token(Key::Rsa, "agent-1"))
+        .args([
+            "--login",
+            ALICE,
+            "--host",
+            HOST_NAME,
+            "--purpose",
+            "long job",
+        ])
+        .arg("--insecure-trust-on-first-use")
+        .args(extra)
+        .args([
+            "--ssh-arg=-oHostName=127.0.0.1",
+            "--ssh-arg=-oBatchMode=yes",
+            "--ssh-arg=-oLogLevel=ERROR",
+        ])
+        .arg(format!("--ssh-arg=-p{}", sshd.port()))
+        .args(["--", "echo started; read line; echo finished-$line"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run writ ssh");
+    let mut stdout = std::io::BufReader::new(writ.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read stdout");
+    assert_eq!(line.trim(), "started", "no session:\n{}", sshd.log());
+    (writ, stdout)
+}
+
+/// Let the paused session finish; its exit status, stdout rest and stderr.
+fn resume(
+    mut writ: std::process::Child,
+    mut stdout: std::io::BufReader<std::process::ChildStdout>,
+) -> (std::process::ExitStatus, String, String) {
+    use std::io::{Read, Write};
+    let mut stdin = writ.stdin.take().expect("stdin");
+    stdin.write_all(b"go\n").expect("write stdin");
+    drop(stdin);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).expect("stdout");
+    let mut stderr = String::new();
+    writ.stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("stderr");
+    (writ.wait().expect("wait"), rest, stderr)
+}
+
+#[test]
+fn writ_ssh_keeps_the_key_in_memory_and_renews_the_certificate_of_a_long_session() {
+    let (idp, ca, _host, sshd) = alice_on_a_host();
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    // Six-second certificates: renewed at two thirds of their life while the session lasts.
+    let (writ, stdout) = paused_session(&idp, &ca, &sshd, tmpdir.path(), &["--ttl", "6s"], &[]);
+
+    // During the session: no private key in any file under its temporary directory, nor
+    // in the environment of writ, ssh or the agent.
+    assert_eq!(private_key_files(tmpdir.path()), Vec::<PathBuf>::new());
+    assert_eq!(environments_with_private_keys(writ.id()), Vec::<u32>::new());
+    assert!(
+        process_tree(writ.id()).len() >= 3,
+        "writ, its ssh and its private ssh-agent"
+    );
+
+    // The session outlives its first certificate: two renewals (the second comes after
+    // the first certificate expired).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ca.audit_events(writ::audit::event::CERT_ISSUED).len() < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewals: {:?}",
+            ca.audit_events(writ::audit::event::CERT_DENIED)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let issued = ca.audit_events(writ::audit::event::CERT_ISSUED);
+    assert!(
+        issued[1..]
+            .iter()
+            .all(|r| r.entry.task_id == issued[0].entry.task_id),
+        "renewals of the same task"
+    );
+
+    let (status, rest, stderr) = resume(writ, stdout);
+    assert!(status.success(), "{stderr}\n{}", sshd.log());
+    assert!(rest.contains("finished-go"), "{rest}");
+    assert!(stderr.contains("certificate renewed"), "{stderr}");
+    // Completed with a proof of possession by the latest certificate: the first one had
+    // expired, so without renewal this fails.
+    assert!(
+        stderr.contains("completed") && !stderr.contains("could not complete"),
+        "{stderr}"
+    );
+    assert_eq!(
+        ca.audit_events(writ::audit::event::TASK_COMPLETED).len(),
+        1,
+        "{stderr}"
+    );
+    // Afterwards: nothing left in the temporary directory (the agent's socket included).
+    let left: Vec<_> = std::fs::read_dir(tmpdir.path())
+        .expect("tmpdir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn writ_ssh_use_agent_lends_the_key_to_the_user_s_agent_for_the_session_only() {
+    use std::io::BufRead;
+    let (idp, ca, _host, sshd) = alice_on_a_host();
+    let tmpdir = tempfile::tempdir().expect("tempdir");
+    let socket = tmpdir.path().join("user-agent.sock");
+    // The user's own agent, in the foreground; its first line says it is listening.
+    let mut user_agent = Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut ready = String::new();
+    std::io::BufReader::new(user_agent.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("ssh-agent ready");
+    let _stop = Stop(user_agent);
+    let listed = || {
+        let out = Command::new("ssh-add")
+            .arg("-L")
+            .env("SSH_AUTH_SOCK", &socket)
+            .output()
+            .expect("ssh-add -L");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let (writ, stdout) = paused_session(
+        &idp,
+        &ca,
+        &sshd,
+        tmpdir.path(),
+        &["--use-agent"],
+        &[("SSH_AUTH_SOCK", &socket)],
+    );
+    // During the session the user's agent holds the task's certificate (and its key).
+    let during = listed();
+    assert_eq!(during.lines().count(), 1, "{during}");
+    assert!(
+        during.starts_with("ssh-ed25519-cert-v01@openssh.com "),
+        "{during}"
+    );
+    assert_eq!(private_key_files(tmpdir.path()), Vec::<PathBuf>::new());
+
+    let (status, rest, stderr) = resume(writ, stdout);
+    assert!(status.success(), "{stderr}\n{}", sshd.log());
+    assert!(rest.contains("finished-go"), "{rest}");
+    // Afterwards the agent no longer holds it.
+    let after = listed();
+    assert!(after.contains("no identities"), "{after}\n{stderr}");
 }

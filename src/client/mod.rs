@@ -418,13 +418,14 @@ pub fn complete_task(
         .map(|_| ())
 }
 
-/// Another certificate for the open task `task_id`, for the same key: proof of possession
-/// with `certificate` (a live certificate of the task) and `key`; `ttl` as `--ttl` asked
-/// (`None`: the CA's default). The CA caps it at the task's expiry.
+/// Another certificate for the open task `task_id`, for the same `key`, the caller proving
+/// itself with `credential` (a live certificate of the task and its key, or a fresh
+/// workload token of the task's owner); `ttl` as `--ttl` asked (`None`: the CA's
+/// default). The CA caps it at the task's expiry.
 pub fn renew_certificate(
     ca: &CaClient,
     task_id: &str,
-    certificate: &str,
+    credential: &Credential<'_>,
     key: &PrivateKey,
     ttl: Option<Duration>,
     now_unix: i64,
@@ -435,8 +436,22 @@ pub fn renew_certificate(
     }
     let body = body.to_string();
     let path = format!("/v1/tasks/{task_id}/certificates");
-    let header = possession_header(certificate, key, "POST", &path, now_unix, body.as_bytes())?;
-    let value = ca.post(&path, &header, &body)?;
+    let authorization = match credential {
+        Credential::Token(token) => format!("Bearer {token}"),
+        Credential::Possession { certificate, key } => {
+            possession_header(certificate, key, "POST", &path, now_unix, body.as_bytes())?
+        }
+    };
+    let value = match ca.post(&path, &authorization, &body) {
+        Err(ClientError::Refused {
+            status: 401,
+            message,
+            ..
+        }) if matches!(credential, Credential::Possession { .. }) => {
+            return Err(ClientError::PossessionRefused(message));
+        }
+        answer => answer?,
+    };
     serde_json::from_value(value).map_err(|e| ClientError::BadAnswer(e.to_string()))
 }
 

@@ -275,8 +275,12 @@ impl Renewal<'_> {
 
     /// One renewal: the CA's new certificate goes into the agent and the file.
     fn renew(&self, certificate: &str, now: i64) -> Result<String, ClientError> {
+        let credential = super::Credential::Possession {
+            certificate,
+            key: self.key,
+        };
         let issued =
-            super::renew_certificate(self.ca, self.task_id, certificate, self.key, self.ttl, now)?;
+            super::renew_certificate(self.ca, self.task_id, &credential, self.key, self.ttl, now)?;
         let mut agent = self.agent.lock().expect("agent");
         hold(
             &mut agent,

@@ -48,6 +48,10 @@ pub struct Limits {
     pub ssh_config: Option<std::path::PathBuf>,
 }
 
+/// A certificate proves possession for a renewal only while it has at least this much
+/// life left (the request's time on the wire and clock skew); after that, a token renews.
+const POSSESSION_MARGIN_SECONDS: i64 = 2;
+
 /// Default `run` deadline and output bound.
 const DEFAULT_TIMEOUT_SECONDS: u64 = 60;
 const MAX_TIMEOUT_SECONDS: u64 = 3600;
@@ -329,15 +333,10 @@ impl WritMcp {
                         request.task_id
                     )));
                 }
-                Some(task) => (
-                    task.key.clone(),
-                    task.held.due(),
-                    task.logins.clone(),
-                    task.hosts.clone(),
-                ),
+                Some(task) => (task.logins.clone(), task.hosts.clone()),
             }
         };
-        let (key, due, logins, hosts) = task;
+        let (logins, hosts) = task;
         if !logins.contains(&request.login) {
             return Ok(refusal(format!(
                 "login {:?} is not one of the task's logins ({})",
@@ -355,9 +354,7 @@ impl WritMcp {
                 hosts.join(", ")
             )));
         }
-        if now_unix() >= due
-            && let Err(e) = self.renew(&request.task_id, key).await?
-        {
+        if let Err(e) = self.renew_if_due(&request.task_id).await? {
             return Ok(refusal(format!(
                 "task {}: its certificate could not be renewed: {e}",
                 request.task_id
@@ -518,32 +515,52 @@ impl WritMcp {
 }
 
 impl WritMcp {
-    /// Renew `task_id`'s certificate by proof of possession (its key is `key`) and put the
-    /// new one into the agent. `Ok(Err(_))`: the CA refused (the task ended) or cannot be
-    /// reached and the certificate has expired; a certificate still valid is kept when the
-    /// CA cannot be reached.
-    async fn renew(
-        &self,
-        task_id: &str,
-        key: PrivateKey,
-    ) -> Result<Result<(), ClientError>, ErrorData> {
-        let Some(current) = self
-            .tasks
-            .lock()
-            .expect("tasks")
-            .get(task_id)
-            .map(|t| (t.held.certificate.clone(), t.held.valid_before))
-        else {
+    /// Renew `task_id`'s certificate if two thirds of its life have passed, and put the
+    /// new one into the agent: by proof of possession while it is valid (with a margin),
+    /// else with a fresh workload token (an agent may think for longer than a certificate
+    /// lasts). `Ok(Err(_))`: the task cannot be used any more (the CA refused, or the
+    /// certificate expired and no renewal came); a certificate still valid is kept when
+    /// the CA cannot be reached.
+    async fn renew_if_due(&self, task_id: &str) -> Result<Result<(), ClientError>, ErrorData> {
+        let Some(current) = self.tasks.lock().expect("tasks").get(task_id).map(|t| {
+            (
+                t.key.clone(),
+                t.held.certificate.clone(),
+                t.held.due(),
+                t.held.valid_before,
+            )
+        }) else {
             return Ok(Ok(()));
         };
-        let (certificate, valid_before) = current;
-        let (ca, keys, id) = (
+        let (key, certificate, due, valid_before) = current;
+        if now_unix() < due {
+            return Ok(Ok(()));
+        }
+        let (ca, keys, tokens) = (
             Arc::clone(&self.ca),
             Arc::clone(&self.keys),
-            task_id.to_owned(),
+            Arc::clone(&self.tokens),
         );
+        let id = task_id.to_owned();
         let renewed = blocking(move || -> Result<_, ClientError> {
-            let issued = client::renew_certificate(&ca, &id, &certificate, &key, None, now_unix())?;
+            let now = now_unix();
+            let by_token = || -> Result<_, ClientError> {
+                let token = tokens()?;
+                client::renew_certificate(&ca, &id, &Credential::Token(&token), &key, None, now)
+            };
+            let possession = Credential::Possession {
+                certificate: &certificate,
+                key: &key,
+            };
+            let issued = if now.saturating_add(POSSESSION_MARGIN_SECONDS) < valid_before {
+                match client::renew_certificate(&ca, &id, &possession, &key, None, now) {
+                    // It expired on the way: the owner's token decides.
+                    Err(ClientError::PossessionRefused(_)) => by_token()?,
+                    other => other?,
+                }
+            } else {
+                by_token()?
+            };
             hold(&keys, &key, &issued.certificate)?;
             Ok(issued)
         })
@@ -582,6 +599,8 @@ impl WritMcp {
         task_id: String,
         complete: bool,
     ) -> Result<CallToolResult, ErrorData> {
+        // A failed renewal is the CA's answer to the call below as well.
+        let _ = self.renew_if_due(&task_id).await?;
         let held = self
             .tasks
             .lock()
