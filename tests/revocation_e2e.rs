@@ -938,51 +938,97 @@ fn cert_used_is_recorded_once_per_real_login_and_never_for_a_probe() {
     assert_eq!(used().len(), 2, "{}", diagnostics());
 }
 
-/// The inode of `path` (atomic replacement gives each sync's file a new one).
-fn inode(path: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata(path).ok().map(|m| m.ino())
-}
-
-/// Wait until `path` has been replaced `times` more times (each sync replaces it).
-fn wait_for_syncs(path: &Path, times: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut seen = inode(path);
-    let mut replaced = 0;
-    while replaced < times {
-        assert!(Instant::now() < deadline, "sync --watch stopped syncing");
-        let now = inode(path);
-        if now != seen {
-            replaced += 1;
-            seen = now;
-        }
-        thread::sleep(Duration::from_millis(20)); // poll interval
-    }
-}
-
 #[test]
-fn sync_watch_logs_a_round_only_when_what_the_host_enforces_changes() {
+fn sync_watch_installs_a_revocation_the_moment_the_ca_pushes_it_and_logs_only_changes() {
     let w = world();
     let log_path = w.dir.path().join("watch.log");
     let log = fs::File::create(&log_path).expect("log file");
-    let mut watch = Command::new(w.host.principals_bin())
-        .args(["sync", "--watch", "--interval", "1s", "--config"])
-        .arg(w.host.host_config_path())
-        .stderr(log)
-        .spawn()
-        .expect("spawn sync --watch");
+    // An hour between polls: only the CA's push can bring the revocation in time.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let watch = Stop(
+        Command::new(w.host.principals_bin())
+            .args(["sync", "--watch", "--interval", "1h", "--config"])
+            .arg(w.host.host_config_path())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sync --watch"),
+    );
     let rounds = |log: &str| log.lines().filter(|l| l.contains(" synced ")).count();
     let feed = revocations_path(&w.host);
-    wait_for_syncs(&feed, 3);
-    let quiet = fs::read_to_string(&log_path).expect("log");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rounds(&fs::read_to_string(&log_path).expect("log")) == 0 {
+        assert!(Instant::now() < deadline, "no first sync");
+        thread::sleep(Duration::from_millis(20)); // poll interval
+    }
     let issued = w.issue("watched");
+    let quiet = fs::read_to_string(&log_path).expect("log");
     w.complete(&issued.task_id);
-    wait_for_syncs(&feed, 2);
-    let _ = watch.kill();
-    let _ = watch.wait();
+    // Well within one CA-side wait (25 s with the default request_timeout) and far from
+    // the hour between polls: the CA answered the held request when the task ended.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fs::read_to_string(&feed).is_ok_and(|f| f.contains(&issued.task_id)) {
+        assert!(
+            Instant::now() < deadline,
+            "the revocation was not pushed:\n{}",
+            fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        thread::sleep(Duration::from_millis(20)); // poll interval
+    }
+    drop(watch);
     let after = fs::read_to_string(&log_path).expect("log");
+    assert!(after.contains("pushed by the CA"), "{after}");
     assert_eq!(rounds(&quiet), 1, "one line for unchanged rounds:\n{quiet}");
     assert_eq!(rounds(&after), 2, "a line when a task ended:\n{after}");
+}
+
+/// `GET /v1/revocations?after=S&wait=W`: answered at once when the lists changed after
+/// `S`, held while nothing changes, answered when a task ends, with the wait granted in
+/// `writ-feed-wait`; malformed push parameters are refused.
+#[test]
+fn a_held_feed_request_is_answered_when_a_task_ends() {
+    let w = world();
+    let url = format!("{}/v1/revocations?version=2", w.ca().url);
+    let sequence = |response: &http::Response| {
+        let signed = response.json();
+        let feed: serde_json::Value =
+            serde_json::from_str(signed["feed"].as_str().expect("feed")).expect("feed JSON");
+        feed["sequence"].as_i64().expect("sequence")
+    };
+    let first = w.issue("first");
+    w.complete(&first.task_id);
+    // A host whose feed predates that completion is answered at once.
+    let behind = http::get(&format!("{url}&after=0&wait=25"));
+    assert_eq!(behind.status, 200, "{}", behind.text);
+    assert!(behind.text.contains(&first.task_id));
+    assert_eq!(behind.header("writ-feed-wait"), Some("25"));
+    let current = sequence(&behind);
+
+    // A host that is current waits; the next task to end answers it.
+    let second = w.issue("second");
+    let held_url = format!("{url}&after={current}&wait=25");
+    let started = Instant::now();
+    let held = thread::spawn(move || http::get(&held_url));
+    // Holding means nothing new in the meantime: the issuance above is not a revocation.
+    w.complete(&second.task_id);
+    let answered = held.join().expect("held request");
+    assert_eq!(answered.status, 200, "{}", answered.text);
+    assert!(answered.text.contains(&second.task_id), "{}", answered.text);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "answered when the task ended, not when the 25 s wait ran out: {:?}",
+        started.elapsed()
+    );
+
+    for bad in ["after=-1&wait=5", "after=3", "wait=5", "after=x&wait=5"] {
+        let refused = http::get(&format!("{url}&{bad}"));
+        assert_eq!(refused.status, 400, "{bad}: {}", refused.text);
+    }
 }
 
 /// `metrics_file`: each `sync` replaces the textfile-collector file with what is

@@ -71,6 +71,8 @@ pub struct AppState {
     pub readyz_requires_issuers: bool,
     /// Whether this replica runs the once-only background work ([`crate::server::leader`]).
     pub leadership: Arc<crate::server::leader::Leadership>,
+    /// Held `GET /v1/revocations?after=&wait=` requests wait on this (push to hosts).
+    pub revocation_watch: Arc<crate::revocation::watch::RevocationWatch>,
 }
 
 /// Where `GET /metrics` is served.

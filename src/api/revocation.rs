@@ -5,6 +5,10 @@
 //!   trust bundle and KRL of the same snapshot, see [`crate::revocation::publisher`]);
 //!   without `version` (or with `version=1`) it is the version-1 feed that hosts older
 //!   than the binding understand.
+//! - `…&after=S&wait=W` (push, [`crate::revocation::watch`]): answered at once when the
+//!   revocation lists changed in a snapshot newer than the host's feed `S`, else held until
+//!   they do on any replica or `W` seconds (at most 60, and 5 less than
+//!   `request_timeout`) have passed, then the feed as usual, with [`WAIT_HEADER`].
 //! - `GET /v1/krl?sequence=S&issued_at=T` is the KRL the feed `S`/`T` names; `issued_at`
 //!   must lie within [`KRL_SNAPSHOT_WINDOW`] of now. Without them, the KRL now.
 //!
@@ -40,7 +44,16 @@ pub const NO_STORE: (header::HeaderName, HeaderValue) =
 pub struct FeedQuery {
     /// Feed format version: 1 (default) or 2.
     version: Option<u32>,
+    /// Push: the sequence of the feed the host has; with `wait`, answer once the
+    /// revocation lists changed after it.
+    after: Option<i64>,
+    /// Push: how long to wait for that, in seconds (capped, see [`WAIT_HEADER`]).
+    wait: Option<u64>,
 }
+
+/// Answer header of a held feed request: the wait granted, in seconds. A host that does
+/// not see it talks to a CA without push and polls instead.
+pub const WAIT_HEADER: &str = "writ-feed-wait";
 
 /// Query of `GET /v1/krl`.
 #[derive(Debug, Deserialize)]
@@ -81,6 +94,22 @@ pub async fn feed(
             ));
         }
     };
+    let granted = match (query.after, query.wait) {
+        (None, None) => None,
+        (Some(after), Some(wait)) if after >= 0 => {
+            let wait = Duration::from_secs(wait).min(state.revocation_watch.max_wait());
+            state.revocation_watch.changed_after(after, wait).await;
+            Some(wait)
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "give both after (the sequence of the feed you have, >= 0) and wait \
+                 (seconds), or neither",
+            ));
+        }
+    };
     let now = OffsetDateTime::now_utc().unix_timestamp();
     let signed = publisher::signed_feed(
         state.store.as_ref(),
@@ -92,7 +121,13 @@ pub async fn feed(
     )
     .await
     .map_err(unavailable)?;
-    Ok(([NO_STORE], Json(signed)).into_response())
+    let mut response = ([NO_STORE], Json(signed)).into_response();
+    if let Some(wait) = granted {
+        response
+            .headers_mut()
+            .insert(WAIT_HEADER, HeaderValue::from(wait.as_secs()));
+    }
+    Ok(response)
 }
 
 /// The KRL.

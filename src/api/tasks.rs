@@ -260,6 +260,8 @@ async fn end(
         .end_task(&caller, &task_id, ending, why, &context)
         .await;
     let view = refusal::settle(&state, &context, view).await?;
+    // Hosts waiting for the feed hear of it now.
+    state.revocation_watch.poke();
     Ok(Json(render_task(view)))
 }
 
@@ -340,5 +342,6 @@ pub async fn revoke_certificate(
         .revoke_certificate(&caller, &serial, why, &context)
         .await;
     refusal::settle(&state, &context, revoked).await?;
+    state.revocation_watch.poke();
     Ok(Json(serde_json::json!({"serial": serial, "revoked": true})))
 }

@@ -142,6 +142,12 @@ pub async fn build(
             Arc::new(move || leadership.is_leading())
         },
     );
+    let revocation_retention = crate::revocation::feed::retention_after_end(config.ca.clock_skew);
+    let revocation_watch = crate::revocation::watch::RevocationWatch::new(
+        &store,
+        revocation_retention,
+        config.server.request_timeout,
+    );
     Ok(Arc::new(AppState {
         verifier,
         issuer,
@@ -151,12 +157,13 @@ pub async fn build(
         host_patterns: config.ca.host_patterns.clone(),
         store,
         dev_jwks,
-        revocation_retention: crate::revocation::feed::retention_after_end(config.ca.clock_skew),
+        revocation_retention,
         rate: Arc::new(RateLimits::new(&config.limits)),
         metrics,
         audit_sinks: config.audit.sinks.iter().map(SinkConfig::name).collect(),
         readyz_requires_issuers: config.server.readyz_requires_issuers,
         leadership,
+        revocation_watch,
     }))
 }
 
@@ -229,6 +236,14 @@ pub async fn serve(
     limits: Limits,
 ) {
     let Listeners { api, metrics } = listeners.into();
+    // At shutdown, hosts waiting for a change get the feed as it is, at once.
+    let shutdown = {
+        let watch = Arc::clone(&state.revocation_watch);
+        async move {
+            shutdown.await;
+            watch.release();
+        }
+    };
     let Listener { tcp, tls, hangup } = api;
     let maintenance = tokio::spawn(maintain_keyring(Arc::clone(&state)));
     let reloading = tokio::spawn(tls::reload_on_change(tls.clone(), hangup));

@@ -53,8 +53,11 @@ that the bundle and KRL are exactly the ones it names by digest; a mismatch is r
 state_dir and its files must be owned by root (or sync_user) and not group/world-writable,
 or sync (and check) refuse them.
 
-With --watch, syncs every --interval forever, logging each round to stderr and keeping the
-last good files when a round fails; run it as a service (e.g. systemd, Restart=always).";
+With --watch, syncs forever, logging each round to stderr and keeping the last good files
+when a round fails; run it as a service (e.g. systemd, Restart=always). After a good round
+it asks the CA to hold the feed request until something is revoked
+(GET …/v1/revocations?version=2&after=S&wait=60) and installs the new feed the moment it
+arrives; after a failed round, or with a CA that does not push, it waits --interval.";
 
 const SESSION_AFTER_HELP: &str = "\
 /etc/pam.d/sshd (with `ExposeAuthInfo yes` in sshd_config):
@@ -113,7 +116,8 @@ enum Command {
         /// Keep syncing forever (a service), never exiting on a failed round.
         #[arg(long)]
         watch: bool,
-        /// Pause between rounds with --watch (e.g. 10s, 1m). Default 10s.
+        /// Pause between rounds with --watch when the CA does not push or a round failed
+        /// (e.g. 10s, 1m). Default 10s.
         #[arg(long, value_name = "DURATION", value_parser = parse_interval, requires = "watch")]
         interval: Option<Duration>,
     },
@@ -336,7 +340,7 @@ fn run_watch(config_path: &Path, interval: Duration) -> ExitCode {
         }
     };
     eprintln!(
-        "writ-principals: syncing from {} every {}",
+        "writ-principals: syncing from {} (pushed by the CA; every {} when it does not push)",
         config.ca_base_url(),
         duration::format(interval)
     );

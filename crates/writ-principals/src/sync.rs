@@ -63,8 +63,13 @@ pub const REVOCATIONS_PATH: &str = "/v1/revocations";
 pub const MAX_BODY_BYTES: u64 = 1024 * 1024;
 /// Largest accepted KRL.
 pub const MAX_KRL_BYTES: u64 = 16 * 1024 * 1024;
-/// Default pause between rounds of `sync --watch`.
+/// Default pause between rounds of `sync --watch` when the CA does not push.
 pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(10);
+/// How long `sync --watch` asks the CA to hold its feed request until something is
+/// revoked (`GET /v1/revocations?after=&wait=`); the CA grants at most its own bound.
+pub const PUSH_WAIT: Duration = Duration::from_secs(60);
+/// The answer header of a CA that held the feed request (push).
+pub const PUSH_HEADER: &str = "writ-feed-wait";
 /// Rounds one `sync` makes when the bundle or KRL does not match the feed's binding. A
 /// rotation or revocation between the requests of a round changes one document; the
 /// next round sees the new state throughout. A cache serving an old copy fails every
@@ -94,6 +99,9 @@ pub struct SyncReport {
     pub revocations_path: PathBuf,
     /// What was known about the feed installed before.
     pub previous_feed: PreviousFeed,
+    /// Whether the CA held the feed request until a change or its wait ended (push);
+    /// `false` for a plain round or a CA without push.
+    pub pushed: bool,
 }
 
 /// The feed that was installed before this sync, as far as rollback protection goes.
@@ -270,16 +278,32 @@ struct Fetched {
     signed: feed::SignedFeed,
     feed: Feed,
     previous_feed: PreviousFeed,
+    pushed: bool,
 }
 
 /// [`sync`] with the time given (Unix seconds), for judging the feed's freshness.
 pub fn sync_at(config: &HostConfig, now_unix: i64) -> Result<SyncReport, SyncError> {
+    sync_round(config, now_unix, None)
+}
+
+/// [`sync`], its feed request held by the CA until the revocation lists change after the
+/// feed `after` (a sequence number) or [`PUSH_WAIT`] ends — and then installed at once.
+pub fn sync_after(config: &HostConfig, after: i64) -> Result<SyncReport, SyncError> {
+    // The feed is judged by the time it arrives, not the time it was asked for.
+    sync_round(config, 0, Some(after))
+}
+
+fn sync_round(
+    config: &HostConfig,
+    now_unix: i64,
+    mut after: Option<i64>,
+) -> Result<SyncReport, SyncError> {
     let owners = Owners::new(config.sync_user.as_ref());
     check_state(config, &owners)?;
     let agent = http_agent(config)?;
     let mut attempt = 1;
     let fetched = loop {
-        match fetch_round(&agent, config, now_unix) {
+        match fetch_round(&agent, config, now_unix, after.take()) {
             Err(SyncError::Request { url, source }) if is_untrusted_certificate(&source) => {
                 return Err(SyncError::UntrustedCa {
                     url,
@@ -346,6 +370,7 @@ pub fn sync_at(config: &HostConfig, now_unix: i64) -> Result<SyncReport, SyncErr
         revoked_serials: fetched.feed.revoked_serials.len(),
         revocations_path: config.revocations_path(),
         previous_feed: fetched.previous_feed,
+        pushed: fetched.pushed,
     })
 }
 
@@ -383,16 +408,27 @@ fn fetch_round(
     agent: &ureq::Agent,
     config: &HostConfig,
     now_unix: i64,
+    after: Option<i64>,
 ) -> Result<Fetched, SyncError> {
     let base = config.ca_base_url();
 
-    let feed_url = format!("{base}{REVOCATIONS_PATH}?version={}", feed::VERSION);
-    let feed_bytes = fetch(
+    let mut feed_url = format!("{base}{REVOCATIONS_PATH}?version={}", feed::VERSION);
+    if let Some(after) = after {
+        feed_url.push_str(&format!("&after={after}&wait={}", PUSH_WAIT.as_secs()));
+    }
+    let (feed_bytes, pushed) = fetch_held(
         agent,
         &feed_url,
         "application/json",
         feed::MAX_FEED_BYTES as u64,
+        after.map(|_| config.timeout.saturating_add(PUSH_WAIT)),
     )?;
+    // A held answer is judged by the time it arrived.
+    let now_unix = if after.is_some() {
+        unix_now()?
+    } else {
+        now_unix
+    };
     let feed_error = |source: FeedError| SyncError::Feed {
         url: feed_url.clone(),
         source,
@@ -477,21 +513,37 @@ fn fetch_round(
         signed,
         feed: new_feed,
         previous_feed,
+        pushed,
     })
 }
 
-/// `sync --watch`: run [`sync`] forever, `interval` apart, handing each round's result
-/// to `after_round`, which logs it and decides whether to go on. A failed round keeps the
-/// last good files and is simply retried next round: nothing here ends the loop except
-/// `after_round` returning [`ControlFlow::Break`].
+fn unix_now() -> Result<i64, SyncError> {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(duration::secs)
+        .map_err(|_| SyncError::Clock)
+}
+
+/// `sync --watch`: run [`sync`] forever, handing each round's result to `after_round`,
+/// which logs it and decides whether to go on. After a good round the next one asks the
+/// CA to hold its feed request until something is revoked ([`sync_after`]) and starts
+/// as soon as the previous one ends, so a revocation is installed the moment the CA
+/// answers; after a failed round, or with a CA that does not push, the next round starts
+/// `interval` later. A failed round keeps the last good files: nothing here ends the
+/// loop except `after_round` returning [`ControlFlow::Break`].
 pub fn watch(
     config: &HostConfig,
     interval: Duration,
     mut after_round: impl FnMut(&Result<SyncReport, SyncError>) -> ControlFlow<()>,
 ) {
+    let mut after: Option<i64> = None;
     loop {
+        let round = || match after {
+            Some(after) => sync_after(config, after),
+            None => sync(config),
+        };
         // A bug must not end the service loop either: a panicking round is a failed one.
-        let result = std::panic::catch_unwind(|| sync(config)).unwrap_or_else(|panic| {
+        let result = std::panic::catch_unwind(round).unwrap_or_else(|panic| {
             let message = panic
                 .downcast_ref::<&str>()
                 .map(|s| (*s).to_owned())
@@ -502,7 +554,18 @@ pub fn watch(
         if after_round(&result).is_break() {
             return;
         }
-        std::thread::sleep(interval);
+        // Poll `interval` apart after a failure or when the CA did not hold the request
+        // it was asked to hold (a CA without push); push again at once otherwise.
+        let asked_to_hold = after.is_some();
+        match &result {
+            Ok(report) => {
+                after = Some(report.feed_sequence);
+                if asked_to_hold && !report.pushed {
+                    std::thread::sleep(interval);
+                }
+            }
+            Err(_) => std::thread::sleep(interval),
+        }
     }
 }
 
@@ -542,7 +605,23 @@ fn fetch(
     mime: &'static str,
     limit: u64,
 ) -> Result<Vec<u8>, SyncError> {
-    let mut response = agent.get(url).call().map_err(|e| SyncError::Request {
+    fetch_held(agent, url, mime, limit, None).map(|(body, _)| body)
+}
+
+/// [`fetch`], within `timeout` instead of the agent's when given (a request the CA may
+/// hold); also whether the CA says it held it ([`PUSH_HEADER`]).
+fn fetch_held(
+    agent: &ureq::Agent,
+    url: &str,
+    mime: &'static str,
+    limit: u64,
+    timeout: Option<Duration>,
+) -> Result<(Vec<u8>, bool), SyncError> {
+    let mut request = agent.get(url);
+    if let Some(timeout) = timeout {
+        request = request.config().timeout_global(Some(timeout)).build();
+    }
+    let mut response = request.call().map_err(|e| SyncError::Request {
         url: url.to_owned(),
         source: Box::new(e),
     })?;
@@ -561,7 +640,8 @@ fn fetch(
             content_type,
         });
     }
-    response
+    let pushed = response.headers().contains_key(PUSH_HEADER);
+    let body = response
         .body_mut()
         .with_config()
         .limit(limit)
@@ -569,7 +649,8 @@ fn fetch(
         .map_err(|e| SyncError::Body {
             url: url.to_owned(),
             source: Box::new(e),
-        })
+        })?;
+    Ok((body, pushed))
 }
 
 /// A file written and fsynced under a temporary name, waiting to be renamed over its
