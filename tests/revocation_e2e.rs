@@ -944,13 +944,6 @@ fn sync_watch_installs_a_revocation_the_moment_the_ca_pushes_it_and_logs_only_ch
     let log_path = w.dir.path().join("watch.log");
     let log = fs::File::create(&log_path).expect("log file");
     // An hour between polls: only the CA's push can bring the revocation in time.
-    struct Stop(std::process::Child);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let watch = Stop(
         Command::new(w.host.principals_bin())
             .args(["sync", "--watch", "--interval", "1h", "--config"])
@@ -1111,5 +1104,205 @@ fn sync_writes_textfile_collector_metrics_and_a_failed_round_keeps_the_installed
             .to_string_lossy()
             .contains(".tmp")),
         "no temporary file is left behind"
+    );
+}
+
+/// A long-running ssh session with `cert` (`echo up; sleep 300`), optionally with extra
+/// options (a ControlMaster); returns it once the remote command runs.
+fn live_session(w: &World, sshd: &Sshd, cert: &Issued, extra: &[&str]) -> Stop {
+    let mut child = Command::new("ssh")
+        .args(["-F", "/dev/null", "-i"])
+        .arg(&w.key)
+        .arg("-o")
+        .arg(format!("CertificateFile={}", cert.cert_path.display()))
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .args(extra)
+        .args(["-p", &sshd.port().to_string()])
+        .arg(format!("{ALICE}@127.0.0.1"))
+        .arg("echo up; sleep 300")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn ssh");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read ssh stdout");
+    assert_eq!(line.trim(), "up", "no session:\n{}", sshd.log());
+    Stop(child)
+}
+
+/// Kills and reaps a child process on drop (also when the test panics).
+struct Stop(std::process::Child);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Stop {
+    /// Whether it ends within `limit`.
+    fn ends_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.0.try_wait().expect("try_wait").is_some() {
+                return true;
+            }
+            thread::sleep(Duration::from_millis(20)); // poll interval
+        }
+        false
+    }
+}
+
+/// Sessions follow their task: the session hook records each connection, and the feed
+/// `sync --watch` installs (pushed by the CA) ends the connections of the completed task —
+/// a ControlMaster with a second, multiplexed session included — while a session of
+/// another task on the same host and login stays.
+#[test]
+fn live_sessions_end_with_their_task_and_only_theirs() {
+    let _serial = PAM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let w = world();
+    let (_hook, sshd, pam_log) = sessions_host(&w);
+    let _watch = watching(&w);
+    let doomed = w.issue("doomed");
+    let kept = w.issue("kept");
+    let control = w.dir.path().join("control.sock");
+    let master_option = format!("ControlPath={}", control.display());
+    let mut master = live_session(
+        &w,
+        &sshd,
+        &doomed,
+        &["-o", "ControlMaster=yes", "-o", &master_option],
+    );
+    let mut multiplexed = live_session(
+        &w,
+        &sshd,
+        &doomed,
+        &["-o", "ControlMaster=no", "-o", &master_option],
+    );
+    let mut other = live_session(&w, &sshd, &kept, &[]);
+    let diagnostics = || {
+        format!(
+            "--- sshd log ---\n{}\n--- pam_exec log ---\n{}",
+            sshd.log(),
+            fs::read_to_string(&pam_log).unwrap_or_default()
+        )
+    };
+    let records = fs::read_dir(w.host.state_dir().join("sessions"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(records, 2, "two connections recorded\n{}", diagnostics());
+
+    w.complete(&doomed.task_id);
+    assert!(
+        master.ends_within(Duration::from_secs(15)),
+        "the task's connection was not ended\n{}",
+        diagnostics()
+    );
+    assert!(
+        multiplexed.ends_within(Duration::from_secs(5)),
+        "the multiplexed session outlived its connection"
+    );
+    assert!(
+        other.0.try_wait().expect("try_wait").is_none(),
+        "another task's session was ended"
+    );
+}
+
+/// `w`'s host with the session hook as a `required` PAM session module (fail closed) and
+/// sshd with PAM; the hook's pam_exec log.
+fn sessions_host(w: &World) -> (PamHook, Sshd, PathBuf) {
+    let pam_log = w.host.dir().join("pam_exec.log");
+    let hook = PamHook::install(&format!(
+        "session required pam_exec.so quiet log={log} {bin} session --config {config}",
+        log = pam_log.display(),
+        bin = w.host.principals_bin().display(),
+        config = w.host.host_config_path().display(),
+    ));
+    let sshd = Sshd::start(
+        &w.host,
+        SshdOptions {
+            use_pam: true,
+            extra_config: "ExposeAuthInfo yes\n".to_owned(),
+            ..SshdOptions::default()
+        },
+    );
+    (hook, sshd, pam_log)
+}
+
+/// `sync --watch` for `w`'s host, polling only once an hour: only push brings news.
+fn watching(w: &World) -> Stop {
+    Stop(
+        Command::new(w.host.principals_bin())
+            .args(["sync", "--watch", "--interval", "1h", "--config"])
+            .arg(w.host.host_config_path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn sync --watch"),
+    )
+}
+
+/// `terminate_sessions = false`: the feed still ends new logins, but open sessions stay.
+#[test]
+fn with_terminate_sessions_off_open_sessions_stay() {
+    let _serial = PAM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let w = world();
+    w.host.write_host_config(&host_config(
+        &w.ca().url,
+        &w.host,
+        "terminate_sessions = false\n",
+    ));
+    let (_hook, sshd, _pam_log) = sessions_host(&w);
+    let task = w.issue("task");
+    let mut session = live_session(&w, &sshd, &task, &[]);
+    let feed = revocations_path(&w.host);
+    let _watch = watching(&w);
+    w.complete(&task.task_id);
+    // The pushed feed is installed (new logins are refused) ...
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fs::read_to_string(&feed).is_ok_and(|f| f.contains(&task.task_id)) {
+        assert!(Instant::now() < deadline, "the revocation was not pushed");
+        thread::sleep(Duration::from_millis(20)); // poll interval
+    }
+    w.assert_login_denied(&sshd, &task, "completed task");
+    // ... and the open session was left alone.
+    assert!(
+        session.0.try_wait().expect("try_wait").is_none(),
+        "a session was ended with terminate_sessions = false"
+    );
+}
+
+/// Fail closed: when the hook cannot record a session (here its records' directory is a
+/// file), a `required` hook refuses it with a clear reason, and nothing logs in.
+#[test]
+fn a_session_that_cannot_be_recorded_does_not_open() {
+    let _serial = PAM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let w = world();
+    fs::write(w.host.state_dir().join("sessions"), b"not a directory").expect("block");
+    let (_hook, sshd, pam_log) = sessions_host(&w);
+    let task = w.issue("task");
+    let outcome = w.login(&sshd, &task);
+    let log = fs::read_to_string(&pam_log).unwrap_or_default();
+    assert!(!outcome.success, "the session opened: {}", outcome.stdout);
+    assert!(
+        log.contains("refusing the session") && log.contains("terminate_sessions = true"),
+        "{log}\n{}",
+        sshd.log()
     );
 }

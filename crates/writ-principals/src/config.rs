@@ -25,6 +25,11 @@ pub const REVOCATIONS_FILE: &str = "revocations.json";
 /// keeps revocations published this much longer
 /// ([`writ_formats::revocation::feed::HOST_CLOCK_SKEW`]).
 pub const FEED_CLOCK_SKEW: Duration = writ_formats::revocation::feed::HOST_CLOCK_SKEW;
+/// Default for `terminate_sessions`: sessions follow their task.
+fn default_terminate_sessions() -> bool {
+    true
+}
+
 /// Default for `max_staleness`: how old revocation data may be before hosts deny.
 pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(120);
 /// Default for `timeout`. `check` runs while sshd holds a pre-authentication slot, so any
@@ -87,6 +92,13 @@ pub struct HostConfig {
     /// online call, so a rotated token file is picked up at once.
     #[serde(default)]
     pub token_file: Option<PathBuf>,
+    /// End the recorded SSH connections of a task (or certificate) when a synced feed
+    /// says it ended ([`crate::sessions`]); the session hook records them.
+    #[serde(default = "default_terminate_sessions")]
+    pub terminate_sessions: bool,
+    /// How long after learning of the end a connection is terminated.
+    #[serde(default, deserialize_with = "writ_formats::duration::deserialize")]
+    pub terminate_grace: Duration,
     /// Hard timeout for every network call, from DNS lookup to the last body byte.
     #[serde(
         default = "default_timeout",
@@ -161,6 +173,8 @@ impl HostConfig {
             mode: Mode::Offline,
             max_staleness: Duration::from_secs(120),
             token_file: None,
+            terminate_sessions: true,
+            terminate_grace: Duration::ZERO,
             timeout: Duration::from_secs(2),
             sync_user: None,
             ca_bundle: None,

@@ -14,6 +14,7 @@
 //!   about what is installed (`metrics_file`).
 //! - [`online`] — the one network call of `check` and `session`: `POST /v1/authorize`.
 //! - [`session`] — the `pam_exec` session hook that records a use after a real login.
+//! - [`sessions`] — the SSH connections that hook recorded, ended when their task ends.
 //! - [`state`] — who may own and write the state directory and its files; checked before
 //!   anything in it is trusted.
 //! - [`sync`] — pulls the CA's trust bundle, KRL and revocation feed into the host's state
@@ -38,6 +39,7 @@ pub mod host_cert;
 pub mod metrics_file;
 pub mod online;
 pub mod session;
+pub mod sessions;
 pub mod state;
 pub mod sync;
 pub mod syslog;

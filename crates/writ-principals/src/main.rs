@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use writ_formats::duration;
 use writ_principals::config::HostConfig;
 use writ_principals::session::{self, Report, SessionEnv, SessionOutcome};
+use writ_principals::sessions;
 use writ_principals::syslog::{self, Severity};
 use writ_principals::{check, host_cert, metrics_file, sync};
 
@@ -356,6 +357,13 @@ fn run_watch(config_path: &Path, interval: Duration) -> ExitCode {
                     eprintln!("writ-principals: {}", report_line(report));
                 }
                 last = Some(now);
+                if report.sessions_ended > 0 {
+                    eprintln!(
+                        "writ-principals: ended {} SSH connection(s) whose task ended or whose \
+                         certificate was revoked",
+                        report.sessions_ended
+                    );
+                }
             }
             Err(e) => {
                 eprintln!("writ-principals: sync failed, keeping the last good files: {e}");
@@ -453,6 +461,16 @@ fn timestamp(unix: u64) -> String {
 /// Never fails a login: exit 0 whatever happens, logging what could not be done.
 fn run_session(config_path: &Path, now: SystemTime) -> ExitCode {
     let env = SessionEnv::from_process();
+    if env.pam_type.as_deref() == Some(session::CLOSE_SESSION) {
+        // The connection's record goes with its session.
+        if let (Ok(config), Ok((pid, _))) = (
+            HostConfig::load(config_path),
+            sessions::connection_process(),
+        ) {
+            sessions::forget(&config, pid);
+        }
+        return ExitCode::SUCCESS;
+    }
     if env.pam_type.as_deref() != Some(session::OPEN_SESSION) {
         return ExitCode::SUCCESS;
     }
@@ -485,7 +503,51 @@ fn run_session(config_path: &Path, now: SystemTime) -> ExitCode {
     {
         eprintln!("writ-principals: session: could not report the use to the CA: {detail}");
     }
+    if let SessionOutcome::Used { login, facts, .. } = &outcome
+        && config.terminate_sessions
+        && let Err(e) = record_connection(&config, login, facts)
+    {
+        // Fail closed: a session that could not be ended with its task must not open
+        // (with `session required pam_exec.so …`; `optional` only logs this).
+        syslog::log(
+            Severity::Notice,
+            &[
+                ("event", "cert.session_unrecorded"),
+                ("login", login),
+                ("task", facts.task_id.as_deref().unwrap_or("-")),
+                ("reason", &e),
+            ],
+        );
+        eprintln!(
+            "writ-principals: session: refusing the session: it cannot be recorded, so it \
+             could not be ended with its task (terminate_sessions = true): {e}"
+        );
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
+}
+
+/// Record the connection this hook runs for ([`sessions`]).
+fn record_connection(
+    config: &HostConfig,
+    login: &str,
+    facts: &writ_principals::check::CertFacts,
+) -> Result<(), String> {
+    let (pid, start) = sessions::connection_process().map_err(|e| e.to_string())?;
+    let record = sessions::Record {
+        pid,
+        start,
+        login: login.to_owned(),
+        serial: facts.serial.map(|s| s.to_string()).unwrap_or_default(),
+        task_id: facts.task_id.clone().unwrap_or_default(),
+        ca_fingerprint: facts.ca_fingerprint.clone().unwrap_or_default(),
+    };
+    sessions::record(config, &record).map_err(|e| {
+        format!(
+            "cannot write {}: {e}",
+            config.state_dir.join(sessions::SESSIONS_DIR).display()
+        )
+    })
 }
 
 #[cfg(test)]

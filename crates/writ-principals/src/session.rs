@@ -31,8 +31,10 @@ use crate::config::{HostConfig, Mode};
 use crate::online::{self, Answer, AuthorizeRequest, Phase};
 use crate::syslog::Severity;
 
-/// The only `PAM_TYPE` acted on.
+/// The `PAM_TYPE` a use is recorded for.
 pub const OPEN_SESSION: &str = "open_session";
+/// The `PAM_TYPE` at which the connection's record is removed ([`crate::sessions`]).
+pub const CLOSE_SESSION: &str = "close_session";
 /// Suffix of OpenSSH certificate key types.
 const CERT_TYPE_SUFFIX: &str = "-cert-v01@openssh.com";
 

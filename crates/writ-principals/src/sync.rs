@@ -102,6 +102,9 @@ pub struct SyncReport {
     /// Whether the CA held the feed request until a change or its wait ended (push);
     /// `false` for a plain round or a CA without push.
     pub pushed: bool,
+    /// SSH connections this round ended because the new feed ended their task or
+    /// certificate ([`crate::sessions`]).
+    pub sessions_ended: usize,
 }
 
 /// The feed that was installed before this sync, as far as rollback protection goes.
@@ -358,6 +361,8 @@ fn sync_round(
         }));
     }
     commit(&config.state_dir, staged).map_err(write_error)?;
+    // Connections of what the new feed ends go now ([`crate::sessions`]).
+    let sessions_ended = crate::sessions::enforce(config, &fetched.feed).len();
 
     Ok(SyncReport {
         trusted_keys: fetched.keys,
@@ -371,6 +376,7 @@ fn sync_round(
         revocations_path: config.revocations_path(),
         previous_feed: fetched.previous_feed,
         pushed: fetched.pushed,
+        sessions_ended,
     })
 }
 

@@ -1,0 +1,255 @@
+//! Sessions follow their task: the `session` hook records each SSH connection a writ
+//! certificate opened (`state_dir/sessions/<pid>.json`, root-only), and every `sync`
+//! that installs a feed naming the connection's task or certificate ends it, by
+//! terminating the connection's own sshd process — so every channel multiplexed over it
+//! (a ControlMaster's sessions) goes with it. Sessions of other tasks are untouched.
+//!
+//! The connection's process is found by walking up from the hook (pam_exec's parent) to
+//! the child of the listening sshd: the per-connection `sshd: login [priv]` monitor
+//! (`sshd-session` on OpenSSH 9.8+). A record names its process with its start time too,
+//! so a reused pid is never signalled. This module must never signal a process it did not
+//! record, nor one whose start time differs from the record's.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use writ_formats::revocation::feed::Feed;
+
+use crate::config::HostConfig;
+use crate::syslog::{self, Severity};
+
+/// The records' directory under `state_dir`.
+pub const SESSIONS_DIR: &str = "sessions";
+
+/// One recorded connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The connection's sshd process.
+    pub pid: u32,
+    /// Its start time (`/proc/<pid>/stat` field 22, clock ticks since boot).
+    pub start: u64,
+    /// The login.
+    pub login: String,
+    /// The certificate's serial (decimal).
+    pub serial: String,
+    /// The certificate's task.
+    pub task_id: String,
+    /// SHA-256 fingerprint of the CA key that signed the certificate.
+    pub ca_fingerprint: String,
+}
+
+/// A connection a feed ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// What was recorded.
+    pub record: Record,
+    /// `task_ended` (the task is in the feed) or `revoked` (the certificate is).
+    pub reason: &'static str,
+    /// Whether the process was signalled (`false`: it had already gone).
+    pub terminated: bool,
+}
+
+fn dir(config: &HostConfig) -> PathBuf {
+    config.state_dir.join(SESSIONS_DIR)
+}
+
+/// `(pid, start time)` of the SSH connection this process (the session hook) runs for.
+pub fn connection_process() -> io::Result<(u32, u64)> {
+    let mut chain = Vec::new();
+    let mut pid = stat(std::process::id())?.0;
+    while pid > 1 && chain.len() < 64 {
+        let (parent, start) = stat(pid)?;
+        chain.push((pid, start, is_sshd(pid)));
+        pid = parent;
+    }
+    // The topmost sshd is the listener; the one below it is the connection's.
+    let top = chain
+        .iter()
+        .rposition(|(_, _, sshd)| *sshd)
+        .ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "the hook does not run under sshd")
+        })?;
+    let below = top
+        .checked_sub(1)
+        .and_then(|i| chain.get(i))
+        .filter(|(_, _, sshd)| *sshd)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "no per-connection sshd process above the hook",
+            )
+        })?;
+    Ok((below.0, below.1))
+}
+
+/// `(parent pid, start time)` of `pid`.
+fn stat(pid: u32) -> io::Result<(u32, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may hold spaces and parentheses.
+    let fields: Vec<&str> = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat"));
+    // fields[0] is field 3 (state): the parent is field 4, the start time field 22.
+    let parent = fields.get(1).and_then(|f| f.parse().ok()).ok_or_else(bad)?;
+    let start = fields
+        .get(19)
+        .and_then(|f| f.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((parent, start))
+}
+
+fn is_sshd(pid: u32) -> bool {
+    fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+        exe.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n == "sshd" || n == "sshd-session")
+    })
+}
+
+/// Record `record` (the directory is created root-only; the file replaced atomically).
+pub fn record(config: &HostConfig, record: &Record) -> io::Result<()> {
+    let dir = dir(config);
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let path = dir.join(format!("{}.json", record.pid));
+    let staged = dir.join(format!(".{}.json.tmp", record.pid));
+    let body = serde_json::to_vec(record).map_err(io::Error::other)?;
+    {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staged)?;
+        io::Write::write_all(&mut file, &body)?;
+        file.sync_all()?;
+    }
+    fs::rename(&staged, &path)
+}
+
+/// Forget the connection `pid` (its session closed).
+pub fn forget(config: &HostConfig, pid: u32) {
+    let _ = fs::remove_file(dir(config).join(format!("{pid}.json")));
+}
+
+/// Every record, with its file; unreadable files are skipped (and removed).
+fn records(config: &HostConfig) -> Vec<(PathBuf, Record)> {
+    let Ok(entries) = fs::read_dir(dir(config)) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .filter_map(|path| {
+            match fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+            {
+                Some(record) => Some((path, record)),
+                None => {
+                    let _ = fs::remove_file(&path);
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// End every recorded connection whose task or certificate `feed` names (after
+/// `terminate_grace`), forget connections that are gone, and log each ending to syslog
+/// as `cert.session_ended`. Does nothing with `terminate_sessions = false`.
+pub fn enforce(config: &HostConfig, feed: &Feed) -> Vec<Ended> {
+    if !config.terminate_sessions {
+        return Vec::new();
+    }
+    let mut doomed = Vec::new();
+    for (path, record) in records(config) {
+        if !alive(&record) {
+            // The connection ended on its own (or the pid was reused).
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        let reason = if feed
+            .revoked_tasks
+            .iter()
+            .any(|t| t.task_id == record.task_id)
+        {
+            "task_ended"
+        } else if feed
+            .revoked_serials
+            .iter()
+            .any(|s| s.serial == record.serial && s.ca_fingerprint == record.ca_fingerprint)
+        {
+            "revoked"
+        } else {
+            continue;
+        };
+        doomed.push((path, record, reason));
+    }
+    if doomed.is_empty() {
+        return Vec::new();
+    }
+    if !config.terminate_grace.is_zero() {
+        std::thread::sleep(config.terminate_grace);
+    }
+    doomed
+        .into_iter()
+        .map(|(path, record, reason)| {
+            let terminated = alive(&record) && signal(record.pid);
+            let _ = fs::remove_file(&path);
+            let ended = Ended {
+                record,
+                reason,
+                terminated,
+            };
+            log(config, &ended);
+            ended
+        })
+        .collect()
+}
+
+/// Whether the recorded process still runs (the same one: same start time).
+fn alive(record: &Record) -> bool {
+    stat(record.pid).is_ok_and(|(_, start)| start == record.start)
+}
+
+fn signal(pid: u32) -> bool {
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn log(config: &HostConfig, ended: &Ended) {
+    let pid = ended.record.pid.to_string();
+    syslog::log(
+        Severity::Notice,
+        &[
+            ("event", "cert.session_ended"),
+            ("login", &ended.record.login),
+            ("serial", &ended.record.serial),
+            ("task", &ended.record.task_id),
+            ("host", config.host_name.as_deref().unwrap_or("-")),
+            ("reason", ended.reason),
+            ("pid", &pid),
+            (
+                "terminated",
+                if ended.terminated {
+                    "yes"
+                } else {
+                    "already_gone"
+                },
+            ),
+        ],
+    );
+}
