@@ -145,15 +145,21 @@ impl World {
     /// Open a task for `writ_alice` on the web hosts; its certificate goes to
     /// `<dir>/<name>-cert.pub`.
     fn issue(&self, name: &str) -> Issued {
-        let response = self.ca().request_certificate(
-            Some(&self.token(OWNER)),
-            &certificate_request(
-                &public_key(&self.key),
-                &[ALICE],
-                &["web-*.prod.example.com"],
-                None,
-            ),
+        self.issue_for(name, 900)
+    }
+
+    /// [`World::issue`] for a task of `task_ttl` seconds.
+    fn issue_for(&self, name: &str, task_ttl: u64) -> Issued {
+        let mut request = certificate_request(
+            &public_key(&self.key),
+            &[ALICE],
+            &["web-*.prod.example.com"],
+            None,
         );
+        request["task"]["ttl_seconds"] = task_ttl.into();
+        let response = self
+            .ca()
+            .request_certificate(Some(&self.token(OWNER)), &request);
         assert_eq!(response.status, 201, "{}", response.text);
         let body = response.json();
         let certificate = body["certificate"]
@@ -1304,5 +1310,34 @@ fn a_session_that_cannot_be_recorded_does_not_open() {
         log.contains("refusing the session") && log.contains("terminate_sessions = true"),
         "{log}\n{}",
         sshd.log()
+    );
+}
+
+/// A task that expires on its own ends its sessions at its expiry (the certificate says
+/// when), though nothing was revoked.
+#[test]
+fn a_task_that_expires_ends_its_sessions_then() {
+    let _serial = PAM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let w = world();
+    let (_hook, sshd, pam_log) = sessions_host(&w);
+    let task = w.issue_for("short", 4);
+    let expires: i64 = ssh_key::Certificate::from_openssh(&task.certificate)
+        .expect("certificate")
+        .extensions()
+        .get(writ::profile::EXT_TASK_EXPIRES)
+        .expect("task expiry extension")
+        .parse()
+        .expect("seconds");
+    let mut session = live_session(&w, &sshd, &task, &[]);
+    let _watch = watching(&w);
+    assert!(
+        session.ends_within(Duration::from_secs(20)),
+        "the session outlived its task\n{}",
+        fs::read_to_string(&pam_log).unwrap_or_default()
+    );
+    assert!(
+        common::now() >= expires,
+        "ended before the task expired ({} < {expires})",
+        common::now()
     );
 }

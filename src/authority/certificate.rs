@@ -38,6 +38,8 @@ pub struct CertificateSpec {
     pub force_command: Option<String>,
     /// `source-address` critical option entries.
     pub source_address: Option<Vec<String>>,
+    /// When the task expires (Unix seconds), for [`profile::EXT_TASK_EXPIRES`].
+    pub task_expires_at: Option<u64>,
 }
 
 /// A certificate builder for `public_key` of `cert_type` with its serial, key id and
@@ -88,6 +90,9 @@ pub fn sign_certificate(
         .collect();
     extensions.insert(profile::EXT_TASK, spec.task_id.clone());
     extensions.insert(profile::EXT_HOSTS, profile::encode_hosts(&spec.hosts));
+    if let Some(expires) = spec.task_expires_at {
+        extensions.insert(profile::EXT_TASK_EXPIRES, expires.to_string());
+    }
     for (name, value) in extensions {
         builder.extension(name, value)?;
     }

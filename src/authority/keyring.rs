@@ -454,6 +454,7 @@ mod tests {
             extensions: vec![],
             force_command: None,
             source_address: None,
+            task_expires_at: Some(200),
         };
         let cert = sign_certificate(&spec, ring.signer().as_ref(), &mut OsRng).expect("sign");
         let ca = PublicKey::from_openssh(&record.public_key).expect("ca");

@@ -123,6 +123,7 @@ fn fixture(dir: &Path, now: i64) -> Result<Fixture, BenchError> {
         extensions: vec!["permit-pty".to_owned()],
         force_command: None,
         source_address: None,
+        task_expires_at: Some(now_u + 3600),
     };
     let certificate = sign_certificate(&spec, &signer, &mut OsRng).map_err(setup)?;
     let certificate = Base64::encode_string(&certificate.to_bytes().map_err(setup)?);

@@ -466,6 +466,7 @@ impl Issuer {
                 extensions: grant.extensions.clone(),
                 force_command: grant.force_command.clone(),
                 source_address: grant.source_address.clone(),
+                task_expires_at: u64::try_from(task.expires_at).ok(),
             };
             let certificate = sign_certificate(&spec, signer.as_ref(), &mut OsRng)
                 .map_err(|e| IssueError::Signing(e.to_string()))?;

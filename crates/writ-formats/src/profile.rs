@@ -7,8 +7,9 @@
 //!   a bare login (security invariant 1), so a host without `writ-principals` (which only
 //!   accepts principals equal to the login) refuses them;
 //! - the extension [`EXT_TASK`] holding the task id and [`EXT_HOSTS`] holding the task's
-//!   host patterns, comma-separated. Extensions are covered by the CA signature and
-//!   ignored by sshd.
+//!   host patterns, comma-separated, and [`EXT_TASK_EXPIRES`] holding when the task
+//!   expires (so a host ends the task's sessions then, though each certificate may be
+//!   shorter). Extensions are covered by the CA signature and ignored by sshd.
 //!
 //! This module is pure: no I/O, no clock (callers pass `now`).
 
@@ -18,6 +19,8 @@ use crate::glob;
 pub const EXT_TASK: &str = "task@writ.dev";
 /// Certificate extension holding the task's host patterns, comma-separated.
 pub const EXT_HOSTS: &str = "hosts@writ.dev";
+/// Certificate extension holding the task's expiry, Unix seconds in decimal.
+pub const EXT_TASK_EXPIRES: &str = "task-expires@writ.dev";
 /// Prefix of every principal writ puts in a certificate.
 pub const PRINCIPAL_PREFIX: &str = "writ:";
 

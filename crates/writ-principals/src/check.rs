@@ -246,6 +246,8 @@ pub struct CertFacts {
     pub key_id: Option<String>,
     /// SHA-256 fingerprint of the key the certificate claims signed it.
     pub ca_fingerprint: Option<String>,
+    /// When the task expires (Unix seconds), from the certificate.
+    pub task_expires_at: Option<i64>,
 }
 
 /// How a decision was reached.
@@ -483,6 +485,10 @@ pub(crate) fn verify_certificate(
         task_id: cert.extensions().get(profile::EXT_TASK).cloned(),
         key_id: Some(cert.key_id().to_owned()),
         ca_fingerprint: Some(ca_fingerprint.to_string()),
+        task_expires_at: cert
+            .extensions()
+            .get(profile::EXT_TASK_EXPIRES)
+            .and_then(|t| t.parse().ok()),
     };
     if cert.cert_type() != CertType::User {
         return Err(CheckError::NotUserCertificate);

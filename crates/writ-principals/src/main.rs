@@ -541,6 +541,7 @@ fn record_connection(
         serial: facts.serial.map(|s| s.to_string()).unwrap_or_default(),
         task_id: facts.task_id.clone().unwrap_or_default(),
         ca_fingerprint: facts.ca_fingerprint.clone().unwrap_or_default(),
+        task_expires_at: facts.task_expires_at,
     };
     sessions::record(config, &record).map_err(|e| {
         format!(

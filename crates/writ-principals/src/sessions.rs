@@ -40,6 +40,9 @@ pub struct Record {
     pub task_id: String,
     /// SHA-256 fingerprint of the CA key that signed the certificate.
     pub ca_fingerprint: String,
+    /// When the task expires (Unix seconds), if the certificate says.
+    #[serde(default)]
+    pub task_expires_at: Option<i64>,
 }
 
 /// A connection a feed ended.
@@ -47,7 +50,8 @@ pub struct Record {
 pub struct Ended {
     /// What was recorded.
     pub record: Record,
-    /// `task_ended` (the task is in the feed) or `revoked` (the certificate is).
+    /// `task_ended` (the task is in the feed), `revoked` (the certificate is) or
+    /// `expired` (the task's own expiry passed).
     pub reason: &'static str,
     /// Whether the process was signalled (`false`: it had already gone).
     pub terminated: bool,
@@ -164,10 +168,11 @@ fn records(config: &HostConfig) -> Vec<(PathBuf, Record)> {
         .collect()
 }
 
-/// End every recorded connection whose task or certificate `feed` names (after
-/// `terminate_grace`), forget connections that are gone, and log each ending to syslog
-/// as `cert.session_ended`. Does nothing with `terminate_sessions = false`.
-pub fn enforce(config: &HostConfig, feed: &Feed) -> Vec<Ended> {
+/// End every recorded connection whose task or certificate `feed` names, or whose task
+/// expired by `now_unix` (after `terminate_grace`), forget connections that are gone,
+/// and log each ending to syslog as `cert.session_ended`. Does nothing with
+/// `terminate_sessions = false`.
+pub fn enforce(config: &HostConfig, feed: &Feed, now_unix: i64) -> Vec<Ended> {
     if !config.terminate_sessions {
         return Vec::new();
     }
@@ -190,6 +195,8 @@ pub fn enforce(config: &HostConfig, feed: &Feed) -> Vec<Ended> {
             .any(|s| s.serial == record.serial && s.ca_fingerprint == record.ca_fingerprint)
         {
             "revoked"
+        } else if record.task_expires_at.is_some_and(|t| t <= now_unix) {
+            "expired"
         } else {
             continue;
         };
@@ -252,4 +259,16 @@ fn log(config: &HostConfig, ended: &Ended) {
             ),
         ],
     );
+}
+
+/// The earliest task expiry among the recorded connections: `sync --watch` runs a round
+/// then at the latest, to end them on time.
+pub fn next_expiry(config: &HostConfig) -> Option<i64> {
+    if !config.terminate_sessions {
+        return None;
+    }
+    records(config)
+        .into_iter()
+        .filter_map(|(_, record)| record.task_expires_at)
+        .min()
 }

@@ -362,7 +362,7 @@ fn sync_round(
     }
     commit(&config.state_dir, staged).map_err(write_error)?;
     // Connections of what the new feed ends go now ([`crate::sessions`]).
-    let sessions_ended = crate::sessions::enforce(config, &fetched.feed).len();
+    let sessions_ended = crate::sessions::enforce(config, &fetched.feed, unix_now()?).len();
 
     Ok(SyncReport {
         trusted_keys: fetched.keys,
@@ -420,7 +420,13 @@ fn fetch_round(
 
     let mut feed_url = format!("{base}{REVOCATIONS_PATH}?version={}", feed::VERSION);
     if let Some(after) = after {
-        feed_url.push_str(&format!("&after={after}&wait={}", PUSH_WAIT.as_secs()));
+        // Back by the earliest task expiry of a recorded session, to end it on time.
+        let wait = crate::sessions::next_expiry(config).map_or(PUSH_WAIT.as_secs(), |at| {
+            u64::try_from(at.saturating_sub(unix_now().unwrap_or(0)))
+                .unwrap_or(0)
+                .clamp(1, PUSH_WAIT.as_secs())
+        });
+        feed_url.push_str(&format!("&after={after}&wait={wait}"));
     }
     let (feed_bytes, pushed) = fetch_held(
         agent,
