@@ -219,6 +219,7 @@ fn main() {
         extensions: vec!["permit-pty".into()],
         force_command: None,
         source_address: None,
+        task_expires_at: Some(now_u + 900),
     };
     let name = "certificate build+sign (ed25519 CaSigner)";
     if wanted(name) {
