@@ -1341,3 +1341,35 @@ fn a_task_that_expires_ends_its_sessions_then() {
         common::now()
     );
 }
+
+/// `on_stale = "terminate"`: once the CA is gone and the feed older than `max_staleness`,
+/// `sync --watch` ends every recorded session; with the default (`keep`) they stay
+/// (see the test above with `terminate_sessions = false` for the feed side).
+#[test]
+fn on_stale_terminate_ends_sessions_once_the_feed_is_stale() {
+    let _serial = PAM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut w = world();
+    w.host.write_host_config(&host_config(
+        &w.ca().url,
+        &w.host,
+        "on_stale = \"terminate\"\nmax_staleness = \"4s\"\n",
+    ));
+    let (_hook, sshd, _pam_log) = sessions_host(&w);
+    // Failed rounds are retried every second; good ones are pushed (at most 2 s apart
+    // with this max_staleness, so the feed stays fresh while the CA is up).
+    let _watch = Stop(
+        Command::new(w.host.principals_bin())
+            .args(["sync", "--watch", "--interval", "1s", "--config"])
+            .arg(w.host.host_config_path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn sync --watch"),
+    );
+    let task = w.issue("task");
+    let mut session = live_session(&w, &sshd, &task, &[]);
+    w.stop_ca();
+    assert!(
+        session.ends_within(Duration::from_secs(30)),
+        "the session outlived a stale feed"
+    );
+}

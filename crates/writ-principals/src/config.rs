@@ -40,6 +40,17 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Files the system hostname is read from, in order.
 const HOSTNAME_FILES: [&str; 2] = ["/proc/sys/kernel/hostname", "/etc/hostname"];
 
+/// `on_stale`: recorded sessions while the feed is stale ([`crate::sessions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStale {
+    /// Keep them (new logins are refused anyway: `check` fails closed on a stale feed).
+    #[default]
+    Keep,
+    /// End them all: nothing fresh says their tasks still run.
+    Terminate,
+}
+
 /// How `writ-principals check` decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -96,6 +107,10 @@ pub struct HostConfig {
     /// says it ended ([`crate::sessions`]); the session hook records them.
     #[serde(default = "default_terminate_sessions")]
     pub terminate_sessions: bool,
+    /// What `sync --watch` does with recorded sessions while its feed is older than
+    /// `max_staleness` (the CA unreachable): keep them, or end them all.
+    #[serde(default)]
+    pub on_stale: OnStale,
     /// How long after learning of the end a connection is terminated.
     #[serde(default, deserialize_with = "writ_formats::duration::deserialize")]
     pub terminate_grace: Duration,
@@ -174,6 +189,7 @@ impl HostConfig {
             max_staleness: Duration::from_secs(120),
             token_file: None,
             terminate_sessions: true,
+            on_stale: OnStale::Keep,
             terminate_grace: Duration::ZERO,
             timeout: Duration::from_secs(2),
             sync_user: None,

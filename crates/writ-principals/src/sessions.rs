@@ -50,8 +50,8 @@ pub struct Record {
 pub struct Ended {
     /// What was recorded.
     pub record: Record,
-    /// `task_ended` (the task is in the feed), `revoked` (the certificate is) or
-    /// `expired` (the task's own expiry passed).
+    /// `task_ended` (the task is in the feed), `revoked` (the certificate is),
+    /// `expired` (the task's own expiry passed) or `stale` (`on_stale = "terminate"`).
     pub reason: &'static str,
     /// Whether the process was signalled (`false`: it had already gone).
     pub terminated: bool,
@@ -173,6 +173,38 @@ fn records(config: &HostConfig) -> Vec<(PathBuf, Record)> {
 /// and log each ending to syslog as `cert.session_ended`. Does nothing with
 /// `terminate_sessions = false`.
 pub fn enforce(config: &HostConfig, feed: &Feed, now_unix: i64) -> Vec<Ended> {
+    end_where(config, |record| {
+        if feed
+            .revoked_tasks
+            .iter()
+            .any(|t| t.task_id == record.task_id)
+        {
+            Some("task_ended")
+        } else if feed
+            .revoked_serials
+            .iter()
+            .any(|s| s.serial == record.serial && s.ca_fingerprint == record.ca_fingerprint)
+        {
+            Some("revoked")
+        } else if record.task_expires_at.is_some_and(|t| t <= now_unix) {
+            Some("expired")
+        } else {
+            None
+        }
+    })
+}
+
+/// `on_stale = "terminate"`: end every recorded connection, since no fresh feed says
+/// whether its task still runs (reason `stale`).
+pub fn end_all_stale(config: &HostConfig) -> Vec<Ended> {
+    end_where(config, |_| Some("stale"))
+}
+
+/// End the recorded connections `reason_for` gives a reason for (see [`enforce`]).
+fn end_where(
+    config: &HostConfig,
+    reason_for: impl Fn(&Record) -> Option<&'static str>,
+) -> Vec<Ended> {
     if !config.terminate_sessions {
         return Vec::new();
     }
@@ -183,24 +215,9 @@ pub fn enforce(config: &HostConfig, feed: &Feed, now_unix: i64) -> Vec<Ended> {
             let _ = fs::remove_file(&path);
             continue;
         }
-        let reason = if feed
-            .revoked_tasks
-            .iter()
-            .any(|t| t.task_id == record.task_id)
-        {
-            "task_ended"
-        } else if feed
-            .revoked_serials
-            .iter()
-            .any(|s| s.serial == record.serial && s.ca_fingerprint == record.ca_fingerprint)
-        {
-            "revoked"
-        } else if record.task_expires_at.is_some_and(|t| t <= now_unix) {
-            "expired"
-        } else {
-            continue;
-        };
-        doomed.push((path, record, reason));
+        if let Some(reason) = reason_for(&record) {
+            doomed.push((path, record, reason));
+        }
     }
     if doomed.is_empty() {
         return Vec::new();

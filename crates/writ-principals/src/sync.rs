@@ -420,11 +420,13 @@ fn fetch_round(
 
     let mut feed_url = format!("{base}{REVOCATIONS_PATH}?version={}", feed::VERSION);
     if let Some(after) = after {
-        // Back by the earliest task expiry of a recorded session, to end it on time.
-        let wait = crate::sessions::next_expiry(config).map_or(PUSH_WAIT.as_secs(), |at| {
+        // Back well before the feed goes stale (`check` would deny everyone), and by the
+        // earliest task expiry of a recorded session, to end it on time.
+        let longest = PUSH_WAIT.min(config.max_staleness / 2).as_secs().max(1);
+        let wait = crate::sessions::next_expiry(config).map_or(longest, |at| {
             u64::try_from(at.saturating_sub(unix_now().unwrap_or(0)))
                 .unwrap_or(0)
-                .clamp(1, PUSH_WAIT.as_secs())
+                .clamp(1, longest)
         });
         feed_url.push_str(&format!("&after={after}&wait={wait}"));
     }
@@ -576,9 +578,27 @@ pub fn watch(
                     std::thread::sleep(interval);
                 }
             }
-            Err(_) => std::thread::sleep(interval),
+            Err(_) => {
+                if config.on_stale == crate::config::OnStale::Terminate
+                    && installed_feed_is_stale(config)
+                {
+                    crate::sessions::end_all_stale(config);
+                }
+                std::thread::sleep(interval);
+            }
         }
     }
+}
+
+/// Whether the installed feed is missing, unreadable or older than `max_staleness`.
+fn installed_feed_is_stale(config: &HostConfig) -> bool {
+    let issued_at = fs::read(config.revocations_path())
+        .ok()
+        .and_then(|bytes| feed::parse(&bytes).ok())
+        .and_then(|signed| feed::unverified(&signed).ok())
+        .map(|feed| feed.issued_at);
+    let now = unix_now().unwrap_or(i64::MAX);
+    issued_at.is_none_or(|at| now.saturating_sub(at) > duration::secs(config.max_staleness))
 }
 
 /// The feed installed now, verified against `keys` (the new bundle) but not judged by
