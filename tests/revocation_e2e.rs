@@ -1373,3 +1373,37 @@ fn on_stale_terminate_ends_sessions_once_the_feed_is_stale() {
         "the session outlived a stale feed"
     );
 }
+
+/// Online mode: the CA's audit log gets `cert.session_ended` (reason, task, serial) for
+/// each session a host ended with its task.
+#[test]
+fn in_online_mode_the_ca_records_each_session_a_host_ended() {
+    let _serial = PAM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let w = online_world("2s");
+    let (_hook, sshd, pam_log) = sessions_host(&w);
+    let _watch = watching(&w);
+    let task = w.issue("task");
+    let mut session = live_session(&w, &sshd, &task, &[]);
+    w.complete(&task.task_id);
+    assert!(
+        session.ends_within(Duration::from_secs(20)),
+        "the session outlived its task\n{}",
+        fs::read_to_string(&pam_log).unwrap_or_default()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ended = loop {
+        let ended = w.ca().audit_events(event::CERT_SESSION_ENDED);
+        if !ended.is_empty() {
+            break ended;
+        }
+        assert!(Instant::now() < deadline, "no cert.session_ended record");
+        thread::sleep(Duration::from_millis(20)); // poll interval
+    };
+    assert_eq!(ended.len(), 1);
+    assert_eq!(
+        ended[0].entry.task_id.as_deref(),
+        Some(task.task_id.as_str())
+    );
+    assert_eq!(ended[0].entry.serial.as_deref(), Some(task.serial.as_str()));
+    assert_eq!(ended[0].entry.reason.as_deref(), Some("task_ended"));
+}

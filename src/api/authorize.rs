@@ -27,9 +27,12 @@ pub struct Body {
     pub certificate: String,
     /// Host name.
     pub host: String,
-    /// `check` (default) or `session`.
+    /// `check` (default), `session` or `session_ended`.
     #[serde(default)]
     pub phase: Option<String>,
+    /// Why the session ended (`session_ended` only).
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Response body.
@@ -68,20 +71,41 @@ pub async fn authorize(
     let phase = match body.phase.as_deref() {
         None | Some("check") => Phase::Check,
         Some("session") => Phase::Session,
+        Some("session_ended") => Phase::SessionEnded,
         Some(_) => {
             let error = ApiError::new(
                 axum::http::StatusCode::BAD_REQUEST,
                 "invalid_phase",
-                "phase must be \"check\" or \"session\"",
+                "phase must be \"check\", \"session\" or \"session_ended\"",
             );
             return Err(refusal::record(&state, refused(error), &context).await);
         }
+    };
+    let reason = match (phase, body.reason) {
+        (Phase::SessionEnded, Some(reason))
+            if crate::task::authorize::SESSION_END_REASONS.contains(&reason.as_str()) =>
+        {
+            Some(reason)
+        }
+        (Phase::SessionEnded, _) => {
+            let error = ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_reason",
+                format!(
+                    "phase session_ended needs a reason: one of {}",
+                    crate::task::authorize::SESSION_END_REASONS.join(", ")
+                ),
+            );
+            return Err(refusal::record(&state, refused(error), &context).await);
+        }
+        (_, _) => None,
     };
     let request = AuthorizeRequest {
         login: body.login,
         certificate: body.certificate,
         host: body.host,
         phase,
+        reason,
     };
     let answer = state.issuer.authorize(&identity, &request, &context).await;
     let decision = refusal::settle(&state, &context, answer).await?;

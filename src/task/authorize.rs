@@ -22,6 +22,8 @@ pub enum Phase {
     Check,
     /// A session opened after authentication: record a use.
     Session,
+    /// The host ended a session with its task: record `cert.session_ended`.
+    SessionEnded,
 }
 
 /// The question a host asks.
@@ -35,7 +37,12 @@ pub struct AuthorizeRequest {
     pub host: String,
     /// Check or session.
     pub phase: Phase,
+    /// Why the host ended the session (`session_ended`): one of [`SESSION_END_REASONS`].
+    pub reason: Option<String>,
 }
+
+/// The reasons a host gives for ending a session (README "Sessions end with their task").
+pub const SESSION_END_REASONS: [&str; 4] = ["task_ended", "revoked", "expired", "stale"];
 
 /// The answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +85,30 @@ impl Issuer {
             return Err(Refused::new(error, entry));
         }
         let (decision, cert) = self.decide(request, &host, now.unix_timestamp()).await?;
+        if request.phase == Phase::SessionEnded {
+            // The certificate is usually dead by now: record the end, admit nothing.
+            let mut entry = AuditEntry::new(event::CERT_SESSION_ENDED, Outcome::Success);
+            entry.issuer = Some(host_identity.issuer_name.clone());
+            entry.subject = Some(host_identity.subject.clone());
+            entry.host = Some(truncate(&host));
+            entry.logins = vec![truncate(&request.login)];
+            entry.reason = request.reason.clone();
+            if let Some(cert) = &cert {
+                entry.serial = Some(cert.serial().to_string());
+                entry.task_id = cert.extensions().get(profile::EXT_TASK).cloned();
+                entry.ca_fingerprint = Some(
+                    cert.signature_key()
+                        .fingerprint(HashAlg::Sha256)
+                        .to_string(),
+                );
+            }
+            context.stamp(&mut entry);
+            self.store
+                .append_audit(&entry, now)
+                .await
+                .map_err(IssueError::StoreUnavailable)?;
+            return Ok(Decision::Deny("session_ended"));
+        }
         if request.phase == Phase::Session {
             let name = if matches!(decision, Decision::Allow(_)) {
                 event::CERT_USED

@@ -444,6 +444,7 @@ pub fn decide(config: &HostConfig, login: &str, cert_b64: &str, now_unix: u64) -
         certificate: cert_b64,
         host: &verified.host,
         phase: Phase::Check,
+        reason: None,
     };
     match online::authorize(config, &token, &request) {
         Answer::Allow { principal } if principal == verified.principal => online(Ok(principal)),

@@ -503,9 +503,15 @@ fn run_session(config_path: &Path, now: SystemTime) -> ExitCode {
     {
         eprintln!("writ-principals: session: could not report the use to the CA: {detail}");
     }
-    if let SessionOutcome::Used { login, facts, .. } = &outcome
+    if let SessionOutcome::Used {
+        login,
+        facts,
+        certificate,
+        host,
+        ..
+    } = &outcome
         && config.terminate_sessions
-        && let Err(e) = record_connection(&config, login, facts)
+        && let Err(e) = record_connection(&config, login, facts, certificate, host)
     {
         // Fail closed: a session that could not be ended with its task must not open
         // (with `session required pam_exec.so …`; `optional` only logs this).
@@ -532,6 +538,8 @@ fn record_connection(
     config: &HostConfig,
     login: &str,
     facts: &writ_principals::check::CertFacts,
+    certificate: &str,
+    host: &str,
 ) -> Result<(), String> {
     let (pid, start) = sessions::connection_process().map_err(|e| e.to_string())?;
     let record = sessions::Record {
@@ -542,6 +550,8 @@ fn record_connection(
         task_id: facts.task_id.clone().unwrap_or_default(),
         ca_fingerprint: facts.ca_fingerprint.clone().unwrap_or_default(),
         task_expires_at: facts.task_expires_at,
+        certificate: certificate.to_owned(),
+        host: host.to_owned(),
     };
     sessions::record(config, &record).map_err(|e| {
         format!(

@@ -35,6 +35,10 @@ pub enum Phase {
     Check,
     /// A session was opened after successful authentication: the CA records `cert.used`.
     Session,
+    /// This host ended a session with its task ([`crate::sessions`]): the CA records
+    /// `cert.session_ended` with the request's `reason`.
+    #[serde(rename = "session_ended")]
+    SessionEnded,
 }
 
 /// The request body of `POST /v1/authorize`.
@@ -48,6 +52,9 @@ pub struct AuthorizeRequest<'a> {
     pub host: &'a str,
     /// Check or session.
     pub phase: Phase,
+    /// Why the session ended (`session_ended` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'a str>,
 }
 
 /// What the CA said, or why it said nothing useful.
@@ -341,6 +348,7 @@ pub(crate) mod tests {
             certificate: "AAAAcert",
             host: "web-01.prod.example.com",
             phase: Phase::Check,
+            reason: None,
         };
         let answer = authorize(&config, "host.jwt.token", &request);
         let seen = requests
@@ -439,6 +447,7 @@ pub(crate) mod tests {
             certificate: "AAAA",
             host: "h",
             phase: Phase::Session,
+            reason: None,
         };
         let started = Instant::now();
         let answer = authorize(&config, "t", &request);

@@ -128,6 +128,8 @@ pub enum SessionOutcome {
         feed: String,
         /// How the use was reported.
         report: Report,
+        /// The certificate, as sshd exposed it (base64), for [`crate::sessions`].
+        certificate: String,
     },
 }
 
@@ -164,6 +166,7 @@ impl SessionOutcome {
                 host,
                 feed,
                 report,
+                ..
             } => {
                 let mut fields = vec![("event", "cert.used".to_owned()), ("login", login.clone())];
                 fields.extend(facts.serial_and_task());
@@ -273,6 +276,7 @@ pub fn run(config: &HostConfig, env: &SessionEnv, now_unix: u64) -> SessionOutco
                     certificate: cert,
                     host: &verified.host,
                     phase: Phase::Session,
+                    reason: None,
                 };
                 match online::authorize(config, &token, &request) {
                     Answer::Allow { .. } => Report::Recorded,
@@ -292,6 +296,7 @@ pub fn run(config: &HostConfig, env: &SessionEnv, now_unix: u64) -> SessionOutco
         host: verified.host,
         feed,
         report,
+        certificate: (*cert).to_owned(),
     }
 }
 

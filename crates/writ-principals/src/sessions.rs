@@ -19,7 +19,8 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 use writ_formats::revocation::feed::Feed;
 
-use crate::config::HostConfig;
+use crate::config::{HostConfig, Mode};
+use crate::online::{self, Answer, AuthorizeRequest, Phase};
 use crate::syslog::{self, Severity};
 
 /// The records' directory under `state_dir`.
@@ -43,6 +44,13 @@ pub struct Record {
     /// When the task expires (Unix seconds), if the certificate says.
     #[serde(default)]
     pub task_expires_at: Option<i64>,
+    /// The certificate (base64, as sshd exposed it): public, for the CA's record of the
+    /// end in online mode.
+    #[serde(default)]
+    pub certificate: String,
+    /// This host's name as the certificate was checked against.
+    #[serde(default)]
+    pub host: String,
 }
 
 /// A connection a feed ended.
@@ -55,6 +63,9 @@ pub struct Ended {
     pub reason: &'static str,
     /// Whether the process was signalled (`false`: it had already gone).
     pub terminated: bool,
+    /// How the end was reported to the CA: `offline` (syslog only), `online` (recorded
+    /// as `cert.session_ended`) or `failed: …`.
+    pub reported: String,
 }
 
 fn dir(config: &HostConfig) -> PathBuf {
@@ -230,15 +241,41 @@ fn end_where(
         .map(|(path, record, reason)| {
             let terminated = alive(&record) && signal(record.pid);
             let _ = fs::remove_file(&path);
+            let reported = report(config, &record, reason);
             let ended = Ended {
                 record,
                 reason,
                 terminated,
+                reported,
             };
             log(config, &ended);
             ended
         })
         .collect()
+}
+
+/// In online mode, tell the CA (`POST /v1/authorize`, phase `session_ended`), bounded by
+/// `timeout`; what happened, for the syslog line.
+fn report(config: &HostConfig, record: &Record, reason: &str) -> String {
+    if config.mode != Mode::Online {
+        return "offline".to_owned();
+    }
+    let token = match online::read_token(config) {
+        Ok(token) => token,
+        Err(e) => return format!("failed: {e}"),
+    };
+    let request = AuthorizeRequest {
+        login: &record.login,
+        certificate: &record.certificate,
+        host: &record.host,
+        phase: Phase::SessionEnded,
+        reason: Some(reason),
+    };
+    match online::authorize(config, &token, &request) {
+        Answer::Allow { .. } | Answer::Deny { .. } => "online".to_owned(),
+        Answer::Refused { status, code } => format!("failed: HTTP {status} {code}"),
+        Answer::Unavailable { detail } => format!("failed: {detail}"),
+    }
 }
 
 /// Whether the recorded process still runs (the same one: same start time).
@@ -274,6 +311,7 @@ fn log(config: &HostConfig, ended: &Ended) {
                     "already_gone"
                 },
             ),
+            ("report", &ended.reported),
         ],
     );
 }

@@ -63,6 +63,8 @@ pub mod event {
     pub const CERT_USED: &str = "cert.used";
     /// A host's use of a certificate was refused by the CA.
     pub const CERT_USE_DENIED: &str = "cert.use_denied";
+    /// A host ended a session of the certificate with its task (online mode).
+    pub const CERT_SESSION_ENDED: &str = "cert.session_ended";
     /// Host certificates were issued (`POST /v1/host-certificates`): one record per
     /// request, naming every serial.
     pub const HOST_CERT_ISSUED: &str = "host_cert.issued";

@@ -57,6 +57,7 @@ pub fn classify(event_name: &str) -> (u32, &'static str, u32, &'static str, u32,
     };
     match event_name {
         event::TOKEN_REJECTED | event::CERT_USED | event::CERT_USE_DENIED => auth(1, "Logon"),
+        event::CERT_SESSION_ENDED => auth(2, "Logoff"),
         event::TASK_CREATED | event::CA_KEY_CREATED => account(1, "Create"),
         event::TASK_COMPLETED => account(6, "Delete"),
         event::TASK_REVOKED => account(5, "Disable"),
