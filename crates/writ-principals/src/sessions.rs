@@ -327,3 +327,121 @@ pub fn next_expiry(config: &HostConfig) -> Option<i64> {
         .filter_map(|(_, record)| record.task_expires_at)
         .min()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::Child;
+
+    use writ_formats::revocation::feed::{RevokedSerial, RevokedTask};
+
+    use super::*;
+
+    const TASK: &str = "0123456789abcdef0123456789abcdef";
+
+    fn sleeper() -> Child {
+        Command::new("sleep").arg("300").spawn().expect("sleep")
+    }
+
+    fn record_for(child: &Child, task_id: &str, serial: &str) -> Record {
+        let (_, start) = stat(child.id()).expect("stat");
+        Record {
+            pid: child.id(),
+            start,
+            login: "deploy".into(),
+            serial: serial.into(),
+            task_id: task_id.into(),
+            ca_fingerprint: "SHA256:ca".into(),
+            task_expires_at: Some(2_000),
+            certificate: String::new(),
+            host: "web-01".into(),
+        }
+    }
+
+    fn feed(tasks: &[&str], serials: &[&str]) -> Feed {
+        Feed {
+            version: 2,
+            issued_at: 1_000,
+            sequence: 1,
+            revoked_tasks: tasks
+                .iter()
+                .map(|t| RevokedTask {
+                    task_id: (*t).into(),
+                    until: 2_000,
+                })
+                .collect(),
+            revoked_serials: serials
+                .iter()
+                .map(|s| RevokedSerial {
+                    serial: (*s).into(),
+                    ca_fingerprint: "SHA256:ca".into(),
+                    until: 2_000,
+                })
+                .collect(),
+            binding: None,
+        }
+    }
+
+    fn ended_by(child: &mut Child) -> bool {
+        // SIGTERM ends `sleep`; wait reaps it (it was signalled before this returns).
+        child
+            .wait()
+            .is_ok_and(|s| std::os::unix::process::ExitStatusExt::signal(&s) == Some(15))
+    }
+
+    #[test]
+    fn a_feed_ends_the_connections_of_its_tasks_and_serials_only() {
+        let state = tempfile::tempdir().expect("state");
+        let config = HostConfig::for_tests("http://127.0.0.1:9", "web-01", state.path());
+        let (mut doomed, mut revoked, mut kept) = (sleeper(), sleeper(), sleeper());
+        record(&config, &record_for(&doomed, TASK, "1")).expect("record");
+        record(&config, &record_for(&revoked, "ffff", "2")).expect("record");
+        record(&config, &record_for(&kept, "eeee", "3")).expect("record");
+
+        let ended = enforce(&config, &feed(&[TASK], &["2"]), 1_500);
+        let mut reasons: Vec<&str> = ended.iter().map(|e| e.reason).collect();
+        reasons.sort_unstable();
+        assert_eq!(reasons, ["revoked", "task_ended"]);
+        assert!(
+            ended
+                .iter()
+                .all(|e| e.terminated && e.reported == "offline")
+        );
+        assert!(ended_by(&mut doomed) && ended_by(&mut revoked));
+        assert!(kept.try_wait().expect("try_wait").is_none(), "kept runs");
+        assert_eq!(records(&config).len(), 1, "only the kept record is left");
+
+        // Its task expires: the next round ends it too.
+        let ended = enforce(&config, &feed(&[], &[]), 2_000);
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].reason, "expired");
+        assert!(ended_by(&mut kept));
+    }
+
+    #[test]
+    fn a_reused_pid_is_never_signalled_and_its_record_is_dropped() {
+        let state = tempfile::tempdir().expect("state");
+        let config = HostConfig::for_tests("http://127.0.0.1:9", "web-01", state.path());
+        let mut other = sleeper();
+        let mut stale = record_for(&other, TASK, "1");
+        stale.start += 1; // another process than the one recorded
+        record(&config, &stale).expect("record");
+        assert!(enforce(&config, &feed(&[TASK], &[]), 1_500).is_empty());
+        assert!(other.try_wait().expect("try_wait").is_none());
+        assert!(records(&config).is_empty());
+        let _ = other.kill();
+        let _ = other.wait();
+    }
+
+    #[test]
+    fn nothing_is_ended_with_terminate_sessions_off() {
+        let state = tempfile::tempdir().expect("state");
+        let mut config = HostConfig::for_tests("http://127.0.0.1:9", "web-01", state.path());
+        config.terminate_sessions = false;
+        let mut running = sleeper();
+        record(&config, &record_for(&running, TASK, "1")).expect("record");
+        assert!(enforce(&config, &feed(&[TASK], &[]), 1_500).is_empty());
+        assert!(running.try_wait().expect("try_wait").is_none());
+        let _ = running.kill();
+        let _ = running.wait();
+    }
+}
