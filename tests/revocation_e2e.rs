@@ -862,21 +862,7 @@ fn ssh_probe(port: u16, dir: &Path) -> Output {
 fn cert_used_is_recorded_once_per_real_login_and_never_for_a_probe() {
     let _serial = PAM_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let w = online_world("2s");
-    let pam_log = w.host.dir().join("pam_exec.log");
-    let _hook = PamHook::install(&format!(
-        "session optional pam_exec.so quiet log={log} {bin} session --config {config}",
-        log = pam_log.display(),
-        bin = w.host.principals_bin().display(),
-        config = w.host.host_config_path().display(),
-    ));
-    let sshd = Sshd::start(
-        &w.host,
-        SshdOptions {
-            use_pam: true,
-            extra_config: "ExposeAuthInfo yes\n".to_owned(),
-            ..SshdOptions::default()
-        },
-    );
+    let (_hook, sshd, pam_log) = pam_host(&w, "optional");
     let task = w.issue("task");
     let used = || w.ca().audit_events(event::CERT_USED);
     assert!(used().is_empty());
@@ -1234,9 +1220,15 @@ fn live_sessions_end_with_their_task_and_only_theirs() {
 /// `w`'s host with the session hook as a `required` PAM session module (fail closed) and
 /// sshd with PAM; the hook's pam_exec log.
 fn sessions_host(w: &World) -> (PamHook, Sshd, PathBuf) {
+    pam_host(w, "required")
+}
+
+/// `w`'s host with the session hook as a PAM session module of `control` (`optional`,
+/// `required`) and sshd with PAM and `ExposeAuthInfo`; the hook's pam_exec log.
+fn pam_host(w: &World, control: &str) -> (PamHook, Sshd, PathBuf) {
     let pam_log = w.host.dir().join("pam_exec.log");
     let hook = PamHook::install(&format!(
-        "session required pam_exec.so quiet log={log} {bin} session --config {config}",
+        "session {control} pam_exec.so quiet log={log} {bin} session --config {config}",
         log = pam_log.display(),
         bin = w.host.principals_bin().display(),
         config = w.host.host_config_path().display(),

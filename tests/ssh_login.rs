@@ -414,26 +414,34 @@ fn writ_ssh_takes_its_token_from_a_source_and_exits_with_the_remote_status() {
     );
 }
 
-#[test]
-fn ctrl_c_ends_the_session_and_writ_ssh_still_completes_the_task() {
-    let (idp, ca, _host, sshd) = alice_on_a_host();
-    let mut writ = Command::new(env!("CARGO_BIN_EXE_writ"))
+/// `writ ssh` as alice to the test host (not enrolled: trust on first use) for `purpose`,
+/// with `extra` arguments; the caller adds its own and the remote command.
+fn writ_ssh_to_the_host(
+    idp: &TestIdp,
+    ca: &TestCa,
+    sshd: &Sshd,
+    purpose: &str,
+    extra: &[&str],
+) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_writ"));
+    command
         .args(["ssh", "--ca-url", &ca.url, "--token"])
         .arg(idp.token(Key::Rsa, "agent-1"))
-        .args([
-            "--login",
-            ALICE,
-            "--host",
-            HOST_NAME,
-            "--purpose",
-            "interrupted",
-        ])
+        .args(["--login", ALICE, "--host", HOST_NAME, "--purpose", purpose])
         .arg("--insecure-trust-on-first-use")
+        .args(extra)
         .args([
             "--ssh-arg=-oHostName=127.0.0.1",
             "--ssh-arg=-oBatchMode=yes",
         ])
-        .arg(format!("--ssh-arg=-p{}", sshd.port()))
+        .arg(format!("--ssh-arg=-p{}", sshd.port()));
+    command
+}
+
+#[test]
+fn ctrl_c_ends_the_session_and_writ_ssh_still_completes_the_task() {
+    let (idp, ca, _host, sshd) = alice_on_a_host();
+    let mut writ = writ_ssh_to_the_host(&idp, &ca, &sshd, "interrupted", &[])
         .args(["--", "sleep", "60"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
@@ -562,28 +570,11 @@ fn paused_session(
     std::io::BufReader<std::process::ChildStdout>,
 ) {
     use std::io::BufRead;
-    let mut writ = Command::new(env!("CARGO_BIN_EXE_writ"))
+    let mut writ = writ_ssh_to_the_host(idp, ca, sshd, "long job", extra)
         .env("TMPDIR", tmpdir)
         .env_remove("SSH_AUTH_SOCK")
         .envs(environment.iter().copied())
-        .args(["ssh", "--ca-url", &ca.url, "--token"])
-        .arg(idp.token(Key::Rsa, "agent-1"))
-        .args([
-            "--login",
-            ALICE,
-            "--host",
-            HOST_NAME,
-            "--purpose",
-            "long job",
-        ])
-        .arg("--insecure-trust-on-first-use")
-        .args(extra)
-        .args([
-            "--ssh-arg=-oHostName=127.0.0.1",
-            "--ssh-arg=-oBatchMode=yes",
-            "--ssh-arg=-oLogLevel=ERROR",
-        ])
-        .arg(format!("--ssh-arg=-p{}", sshd.port()))
+        .arg("--ssh-arg=-oLogLevel=ERROR")
         .args(["--", "echo started; read line; echo finished-$line"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -436,23 +436,8 @@ pub fn renew_certificate(
     }
     let body = body.to_string();
     let path = format!("/v1/tasks/{task_id}/certificates");
-    let authorization = match credential {
-        Credential::Token(token) => format!("Bearer {token}"),
-        Credential::Possession { certificate, key } => {
-            possession_header(certificate, key, "POST", &path, now_unix, body.as_bytes())?
-        }
-    };
-    let value = match ca.post(&path, &authorization, &body) {
-        Err(ClientError::Refused {
-            status: 401,
-            message,
-            ..
-        }) if matches!(credential, Credential::Possession { .. }) => {
-            return Err(ClientError::PossessionRefused(message));
-        }
-        answer => answer?,
-    };
-    serde_json::from_value(value).map_err(|e| ClientError::BadAnswer(e.to_string()))
+    let authorization = credential.authorization("POST", &path, now_unix, body.as_bytes())?;
+    credential.decode(ca.post(&path, &authorization, &body))
 }
 
 /// A fresh ed25519 key, made in memory.
@@ -655,28 +640,49 @@ fn task_call(
         return Err(ClientError::BadTaskId(task_id.chars().take(64).collect()));
     }
     let body: &[u8] = if method == "GET" { b"" } else { b"{}" };
-    let authorization = match credential {
-        Credential::Token(token) => format!("Bearer {token}"),
-        Credential::Possession { certificate, key } => {
-            possession_header(certificate, key, method, path, now_unix, body)?
-        }
-    };
-    let answer = if method == "GET" {
+    let authorization = credential.authorization(method, path, now_unix, body)?;
+    credential.decode(if method == "GET" {
         ca.get(path, &authorization)
     } else {
         ca.post(path, &authorization, "{}")
-    };
-    let value = match answer {
-        Err(ClientError::Refused {
-            status: 401,
-            message,
-            ..
-        }) if matches!(credential, Credential::Possession { .. }) => {
-            return Err(ClientError::PossessionRefused(message));
+    })
+}
+
+impl Credential<'_> {
+    /// The `Authorization` value for `method path` with `body` at `now_unix`.
+    fn authorization(
+        &self,
+        method: &str,
+        path: &str,
+        now_unix: i64,
+        body: &[u8],
+    ) -> Result<String, ClientError> {
+        match self {
+            Credential::Token(token) => Ok(format!("Bearer {token}")),
+            Credential::Possession { certificate, key } => {
+                possession_header(certificate, key, method, path, now_unix, body)
+            }
         }
-        other => other?,
-    };
-    serde_json::from_value(value).map_err(|e| ClientError::BadAnswer(e.to_string()))
+    }
+
+    /// The CA's answer to a call made with this credential, decoded; a refused proof of
+    /// possession is [`ClientError::PossessionRefused`].
+    fn decode<T: serde::de::DeserializeOwned>(
+        &self,
+        answer: Result<Value, ClientError>,
+    ) -> Result<T, ClientError> {
+        let value = match answer {
+            Err(ClientError::Refused {
+                status: 401,
+                message,
+                ..
+            }) if matches!(self, Credential::Possession { .. }) => {
+                return Err(ClientError::PossessionRefused(message));
+            }
+            other => other?,
+        };
+        serde_json::from_value(value).map_err(|e| ClientError::BadAnswer(e.to_string()))
+    }
 }
 
 /// A task for people: state, owner, logins, hosts, expiry (RFC 3339 and how far away) and
