@@ -57,6 +57,11 @@ fn logged_in(out: &Output) -> bool {
     out.status.success() && String::from_utf8_lossy(&out.stdout).contains("hello-from-task")
 }
 
+/// Whether `writ ssh` to the enrolled host (by its name) logs in.
+fn logs_in(ca: &TestCa, idp: &TestIdp, sshd: &Sshd, home: &Path) -> bool {
+    logged_in(&writ_ssh(ca, idp, HOST_NAME, sshd.port(), home))
+}
+
 /// ssh refused the host, and `writ ssh` said what to do about it.
 fn assert_refused(out: &Output, what: &str) {
     assert!(!logged_in(out), "{what} was accepted");
@@ -249,13 +254,7 @@ fn ssh_refuses_hosts_the_ca_does_not_vouch_for() {
     assert!(stderr(&out).contains(HINT), "{}", stderr(&out));
 
     // The right name works…
-    assert!(logged_in(&writ_ssh(
-        &ca,
-        &idp,
-        HOST_NAME,
-        sshd.port(),
-        home.path()
-    )));
+    assert!(logs_in(&ca, &idp, &sshd, home.path()));
 
     // …until the certificate is revoked: ssh reads the CA's KRL.
     let serial = read_certificate(&enrolled.certificate_path())
@@ -322,13 +321,7 @@ fn an_expired_host_certificate_is_refused() {
     let cert = read_certificate(&enrolled.certificate_path());
     let sshd = enrolled.start_sshd(true);
     let home = tempfile::tempdir().expect("home");
-    assert!(logged_in(&writ_ssh(
-        &ca,
-        &idp,
-        HOST_NAME,
-        sshd.port(),
-        home.path()
-    )));
+    assert!(logs_in(&ca, &idp, &sshd, home.path()));
     // Expiry is a property of time: wait for the clock to pass valid_before.
     while (common::now() as u64) <= cert.valid_before() {
         std::thread::sleep(Duration::from_millis(200));
@@ -359,13 +352,7 @@ fn host_ca_rotation_keeps_logins_working_and_renewal_follows_the_clock() {
     let first = read_certificate(&enrolled.certificate_path());
     let sshd = enrolled.start_sshd(true);
     let home = tempfile::tempdir().expect("home");
-    assert!(logged_in(&writ_ssh(
-        &ca,
-        &idp,
-        HOST_NAME,
-        sshd.port(),
-        home.path()
-    )));
+    assert!(logs_in(&ca, &idp, &sshd, home.path()));
 
     // Rotate the host CA: the old key retires but stays trusted, next to the new one.
     let before = known_hosts(&ca);
@@ -387,13 +374,7 @@ fn host_ca_rotation_keeps_logins_working_and_renewal_follows_the_clock() {
         "the old host CA key left trust:\n{after}"
     );
     // The old certificate still verifies.
-    assert!(logged_in(&writ_ssh(
-        &ca,
-        &idp,
-        HOST_NAME,
-        sshd.port(),
-        home.path()
-    )));
+    assert!(logs_in(&ca, &idp, &sshd, home.path()));
 
     // Renewal with a pinned clock: kept just before two thirds, renewed at two thirds.
     let config =
@@ -417,13 +398,7 @@ fn host_ca_rotation_keeps_logins_working_and_renewal_follows_the_clock() {
     );
     // sshd took the SIGHUP: wait until it listens again, then log in with the new one.
     wait_for_reload(&sshd);
-    assert!(logged_in(&writ_ssh(
-        &ca,
-        &idp,
-        HOST_NAME,
-        sshd.port(),
-        home.path()
-    )));
+    assert!(logs_in(&ca, &idp, &sshd, home.path()));
 }
 
 /// Wait (≤ 10 s) until sshd has restarted after a SIGHUP and listens again.
