@@ -16,8 +16,9 @@ use crate::audit::{self, AuditEntry, Outcome, event};
 use crate::authority::keyring::new_key_record;
 use crate::config::KeyAlgorithm;
 use crate::store::{
-    CaKeyRecord, CertificateRecord, HostAuditFor, HostCertificateRecord, HostIssuance,
-    HostRevocation, Issuance, KeyKind, KeyRewrap, KeyState, KeyTransition, KeyringChange,
+    CaKeyRecord, CertificateRecord, FeedApplied, Finding, FindingKind, HostAuditFor,
+    HostCertificateRecord, HostIssuance, HostRevocation, InventoryChange, InventoryHost,
+    InventoryUpdate, Issuance, KeyKind, KeyRewrap, KeyState, KeyTransition, KeyringChange,
     RotationSchedule, Store, StoreError, TaskEnd, TaskRecord, TaskState, TokenUse,
 };
 
@@ -984,6 +985,160 @@ pub(crate) async fn host_certificates_are_recorded_listed_and_revoked(store: Arc
     assert_eq!(audit_len(store.as_ref()).await, before + 1 + 2 + 3);
 }
 
+/// A host's applied feed is overwritten by its next report; other hosts keep theirs.
+pub(crate) async fn feeds_applied_are_one_row_per_host(store: Arc<dyn Store>) {
+    let report = |host: &str, sequence: i64, at: i64| FeedApplied {
+        host: host.into(),
+        issuer: "k8s".into(),
+        subject: format!("node:{host}"),
+        sequence,
+        applied_at: at - 1,
+        reported_at: at,
+    };
+    assert!(store.feeds_applied().await.expect("none yet").is_empty());
+    for r in [
+        report("web-2", 7, 100),
+        report("web-1", 7, 101),
+        report("web-2", 9, 102),
+    ] {
+        store.record_feed_applied(r).await.expect("recorded");
+    }
+    assert_eq!(
+        store.feeds_applied().await.expect("read"),
+        vec![report("web-1", 7, 101), report("web-2", 9, 102)]
+    );
+}
+
+/// An inventory report replaces the host's summary, adds what is new, marks gone what
+/// is no longer reported (a key that comes back is new again), and records its audit
+/// entries in the same transaction.
+pub(crate) async fn inventories_track_findings_across_reports(store: Arc<dyn Store>) {
+    let key = |login: &str, fingerprint: &str| Finding {
+        kind: FindingKind::StaticKey,
+        subject: login.into(),
+        fingerprint: fingerprint.into(),
+        detail: "{}".into(),
+    };
+    let private = Finding {
+        kind: FindingKind::PrivateKey,
+        subject: "/root/.ssh/id_rsa".into(),
+        fingerprint: "SHA256:p".into(),
+        detail: r#"{"format":"pkcs1"}"#.into(),
+    };
+    let before = audit_len(store.as_ref()).await;
+    let report = |host: &str, t: i64, findings: Vec<Finding>| InventoryUpdate {
+        host: InventoryHost {
+            host: host.into(),
+            issuer: "k8s".into(),
+            subject: format!("node:{host}"),
+            reported_at: t,
+            writ_enforced: t > 100,
+            summary: format!(r#"{{"at":{t}}}"#),
+        },
+        findings,
+        audit: Box::new(|change: &InventoryChange| {
+            vec![AuditEntry {
+                reason: Some(format!(
+                    "new={} gone={}",
+                    change.new.len(),
+                    change.gone.len()
+                )),
+                ..AuditEntry::new(event::INVENTORY_REPORTED, Outcome::Success)
+            }]
+        }),
+        at: at(t),
+    };
+    let first = store
+        .record_inventory(report(
+            "web-1",
+            100,
+            vec![key("deploy", "SHA256:a"), private.clone()],
+        ))
+        .await
+        .expect("first report");
+    assert_eq!(first.new.len(), 2);
+    assert!(first.gone.is_empty());
+    store
+        .record_inventory(report("web-2", 100, vec![key("deploy", "SHA256:a")]))
+        .await
+        .expect("other host");
+    // The same again, with the private key gone and a new key.
+    let second = store
+        .record_inventory(report(
+            "web-1",
+            200,
+            vec![key("deploy", "SHA256:a"), key("ops", "SHA256:b")],
+        ))
+        .await
+        .expect("second report");
+    assert_eq!(second.new, vec![key("ops", "SHA256:b")]);
+    assert_eq!(second.gone.len(), 1);
+    assert_eq!(second.gone[0].finding, private);
+    assert_eq!(second.gone[0].gone_at, Some(200));
+
+    let now = store.inventory(None).await.expect("inventory");
+    let hosts: Vec<_> = now
+        .hosts
+        .iter()
+        .map(|h| (h.host.as_str(), h.reported_at, h.writ_enforced))
+        .collect();
+    assert_eq!(hosts, vec![("web-1", 200, true), ("web-2", 100, false)]);
+    assert_eq!(now.hosts[0].summary, r#"{"at":200}"#);
+    let live: Vec<_> = now
+        .findings
+        .iter()
+        .map(|f| {
+            (
+                f.host.as_str(),
+                f.finding.subject.as_str(),
+                f.first_seen,
+                f.last_seen,
+            )
+        })
+        .collect();
+    assert_eq!(
+        live,
+        vec![
+            ("web-1", "deploy", 100, 200),
+            ("web-1", "ops", 200, 200),
+            ("web-2", "deploy", 100, 100)
+        ]
+    );
+    // Asked for what went since 150, the gone private key is listed too.
+    let since = store.inventory(Some(150)).await.expect("since");
+    assert_eq!(since.findings.len(), 4);
+    assert!(
+        since
+            .findings
+            .iter()
+            .any(|f| f.finding == private && f.gone_at == Some(200))
+    );
+    // The private key coming back is a new finding.
+    let third = store
+        .record_inventory(report("web-1", 300, vec![private.clone()]))
+        .await
+        .expect("third report");
+    assert_eq!(third.new, vec![private]);
+    assert_eq!(third.gone.len(), 2);
+    let reasons: Vec<_> = store
+        .audit_records(0, 1_000)
+        .await
+        .expect("audit")
+        .into_iter()
+        .skip(before)
+        .filter_map(|r| r.entry.reason)
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "new=2 gone=0",
+            "new=1 gone=0",
+            "new=1 gone=1",
+            "new=1 gone=2"
+        ]
+    );
+}
+
 /// Every contract test, for the backend `$open` opens: `async fn() -> (impl Drop-guard,
 /// Arc<dyn Store>)`, a fresh empty store each call.
 macro_rules! store_contract_tests {
@@ -1010,6 +1165,8 @@ macro_rules! store_contract_tests {
             case!(a_lease_is_one_holders_until_it_expires_or_is_released);
             case!(one_active_and_one_next_key_per_kind);
             case!(host_certificates_are_recorded_listed_and_revoked);
+            case!(feeds_applied_are_one_row_per_host);
+            case!(inventories_track_findings_across_reports);
         }
     };
 }

@@ -78,7 +78,7 @@ pub(crate) struct Table {
 use Kind::{Integer, List, Text};
 
 /// Everything copied, in this order (CA keys and tasks before the certificates that
-/// reference them). Every column of every table of `migrations/sqlite` (up to 0013) and
+/// reference them). Every column of every table of `migrations/sqlite` (up to 0014) and
 /// of `migrations/postgres` is here, except what [`NOT_COPIED`] names; a test holds both
 /// schemas to it.
 pub(crate) const TABLES: &[Table] = &[
@@ -179,6 +179,51 @@ pub(crate) const TABLES: &[Table] = &[
             same("valid_before", Integer),
             same("issued_at", Integer),
             same("revoked_at", Integer),
+        ],
+    },
+    Table {
+        name: "host_feeds",
+        from: "host_feeds",
+        order: "host",
+        identity: None,
+        columns: &[
+            same("host", Text),
+            same("issuer", Text),
+            same("subject", Text),
+            same("sequence", Integer),
+            same("applied_at", Integer),
+            same("reported_at", Integer),
+        ],
+    },
+    Table {
+        name: "inventory_hosts",
+        from: "inventory_hosts",
+        order: "host",
+        identity: None,
+        columns: &[
+            same("host", Text),
+            same("issuer", Text),
+            same("subject", Text),
+            same("reported_at", Integer),
+            same("writ_enforced", Integer),
+            same("summary", Text),
+        ],
+    },
+    Table {
+        name: "inventory_findings",
+        from: "inventory_findings",
+        order: "id",
+        identity: Some("id"),
+        columns: &[
+            same("id", Integer),
+            same("host", Text),
+            same("kind", Text),
+            same("subject", Text),
+            same("fingerprint", Text),
+            same("detail", Text),
+            same("first_seen", Integer),
+            same("last_seen", Integer),
+            same("gone_at", Integer),
         ],
     },
     Table {
@@ -916,6 +961,9 @@ mod tests {
                     ("tasks", 3),
                     ("certificates", 4),
                     ("host_certificates", 0),
+                    ("host_feeds", 0),
+                    ("inventory_hosts", 0),
+                    ("inventory_findings", 0),
                     ("used_tokens", 4),
                     ("audit_events", 10),
                     ("audit_checkpoints", 1),
@@ -1101,13 +1149,13 @@ mod tests {
             let behind = ScratchDatabase::create().await;
             Connection::open(&path)
                 .expect("open")
-                .execute_batch("DELETE FROM _sqlx_migrations WHERE version = 13")
-                .expect("as if migration 13 never ran");
+                .execute_batch("DELETE FROM _sqlx_migrations WHERE version = 14")
+                .expect("as if migration 14 never ran");
             let refused = sqlite_to_postgres(&path, &behind.options, 2_000).await;
             let Err(CopyError::SourceBehind(pending)) = refused else {
                 panic!("{refused:?}");
             };
-            assert_eq!(pending.iter().map(|m| m.version).collect::<Vec<_>>(), [13]);
+            assert_eq!(pending.iter().map(|m| m.version).collect::<Vec<_>>(), [14]);
             let mut db = connect(&behind.options).await;
             let migrated: bool =
                 sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
@@ -1119,7 +1167,7 @@ mod tests {
                 .expect("open")
                 .query_row("SELECT COUNT(*) FROM _sqlx_migrations", [], |r| r.get(0))
                 .expect("count");
-            assert_eq!(still, 12, "the source was migrated");
+            assert_eq!(still, 13, "the source was migrated");
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod audit_log;
 #[cfg(test)]
 pub(crate) mod contract;
 pub mod copy;
+pub mod host_reports;
 pub mod postgres;
 pub mod records;
 pub mod sqlite;
@@ -30,6 +31,10 @@ use crate::audit::{AuditEntry, AuditRecord};
 use crate::metrics::Metrics;
 
 pub use audit_log::AuditLog;
+pub use host_reports::{
+    FeedApplied, Finding, FindingKind, Inventory, InventoryChange, InventoryHost, InventoryUpdate,
+    StoredFinding,
+};
 pub use records::{
     CaKeyRecord, CertificateRecord, HostAuditFor, HostCertificateRecord, HostIssuance,
     HostRevocation, Issuance, KeyKind, KeyRewrap, KeyState, KeyTransition, KeyUsage, KeyringChange,
@@ -214,6 +219,20 @@ pub trait Store: AuditLog + Send + Sync {
     /// Give the lease `name` up if `holder` holds it (a clean shutdown), so another
     /// process may take it at once.
     async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+    /// Record (overwrite) the revocation feed a host last applied.
+    async fn record_feed_applied(&self, report: FeedApplied) -> Result<(), StoreError>;
+    /// Every host's last applied feed, by host name.
+    async fn feeds_applied(&self) -> Result<Vec<FeedApplied>, StoreError>;
+    /// Record a host's inventory report: replace its summary, add new findings, mark
+    /// those it no longer has gone, and append the audit entries built from that change,
+    /// all in one transaction. Returns the change.
+    async fn record_inventory(
+        &self,
+        update: InventoryUpdate,
+    ) -> Result<InventoryChange, StoreError>;
+    /// Every host's latest inventory with the live findings, plus the findings gone at or
+    /// after `gone_since` when given.
+    async fn inventory(&self, gone_since: Option<i64>) -> Result<Inventory, StoreError>;
 }
 
 /// Take or keep a lease (both backends; `$1` name, `$2` holder, `$3` until, `$4` now).

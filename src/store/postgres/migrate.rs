@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "host certificates",
         include_str!("../../../migrations/postgres/0003_host_certificates.sql"),
     ),
+    (
+        4,
+        "host reports",
+        include_str!("../../../migrations/postgres/0004_host_reports.sql"),
+    ),
 ];
 
 /// How many migrations there are (each recorded once when applied).

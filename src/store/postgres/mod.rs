@@ -23,9 +23,10 @@ use time::OffsetDateTime;
 
 use super::arrivals::Arrivals;
 use super::{
-    Announcement, AppliedMigration, AuditFor, CaKeyRecord, CertificateRecord, HostAuditFor,
-    HostCertificateRecord, HostIssuance, HostRevocation, Issuance, KeyUsage, KeyringChange,
-    Revocations, RotationSchedule, Store, StoreError, StoreOptions, TaskEnd, TaskRecord,
+    Announcement, AppliedMigration, AuditFor, CaKeyRecord, CertificateRecord, FeedApplied,
+    HostAuditFor, HostCertificateRecord, HostIssuance, HostRevocation, Inventory, InventoryChange,
+    InventoryUpdate, Issuance, KeyUsage, KeyringChange, Revocations, RotationSchedule, Store,
+    StoreError, StoreOptions, TaskEnd, TaskRecord,
 };
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::metrics::Metrics;
@@ -36,6 +37,7 @@ mod chain;
 mod connection;
 pub(crate) mod copy;
 mod host_certificates;
+mod host_reports;
 mod issuance;
 mod keyring;
 mod migrate;
@@ -247,6 +249,35 @@ impl Store for PgStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn record_feed_applied(&self, report: FeedApplied) -> Result<(), StoreError> {
+        host_reports::record_feed_applied(&mut *self.pool.acquire().await?, &report).await
+    }
+
+    async fn feeds_applied(&self) -> Result<Vec<FeedApplied>, StoreError> {
+        host_reports::feeds_applied(&mut *self.pool.acquire().await?).await
+    }
+
+    async fn record_inventory(
+        &self,
+        update: InventoryUpdate,
+    ) -> Result<InventoryChange, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let change = host_reports::record_inventory(&mut tx, update).await?;
+        tx.commit().await?;
+        Ok(change)
+    }
+
+    async fn inventory(&self, gone_since: Option<i64>) -> Result<Inventory, StoreError> {
+        // One snapshot for the hosts and their findings.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .await?;
+        let inventory = host_reports::inventory(&mut tx, gone_since).await?;
+        tx.commit().await?;
+        Ok(inventory)
     }
 }
 

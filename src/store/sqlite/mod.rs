@@ -13,9 +13,10 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::{
-    Announcement, AppliedMigration, AuditFor, CaKeyRecord, CertificateRecord, HostAuditFor,
-    HostCertificateRecord, HostIssuance, HostRevocation, Issuance, KeyUsage, KeyringChange,
-    Revocations, RotationSchedule, Store, StoreError, TaskEnd, TaskRecord,
+    Announcement, AppliedMigration, AuditFor, CaKeyRecord, CertificateRecord, FeedApplied,
+    HostAuditFor, HostCertificateRecord, HostIssuance, HostRevocation, Inventory, InventoryChange,
+    InventoryUpdate, Issuance, KeyUsage, KeyringChange, Revocations, RotationSchedule, Store,
+    StoreError, TaskEnd, TaskRecord,
 };
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::metrics::Metrics;
@@ -25,6 +26,7 @@ mod chain;
 mod connection;
 pub(crate) mod copy;
 mod host_certificates;
+mod host_reports;
 mod issuance;
 mod keyring;
 mod migrate;
@@ -256,6 +258,31 @@ impl Store for SqliteStore {
                 tx.execute(super::SQL_RELEASE_LEASE, rusqlite::params![name, holder])?;
                 Ok(())
             })
+            .await
+    }
+
+    async fn record_feed_applied(&self, report: FeedApplied) -> Result<(), StoreError> {
+        self.writer
+            .write(move |tx| host_reports::record_feed_applied(tx, &report))
+            .await
+    }
+
+    async fn feeds_applied(&self) -> Result<Vec<FeedApplied>, StoreError> {
+        self.readers.read(host_reports::feeds_applied).await
+    }
+
+    async fn record_inventory(
+        &self,
+        update: InventoryUpdate,
+    ) -> Result<InventoryChange, StoreError> {
+        self.writer
+            .write(move |tx| host_reports::record_inventory(tx, update))
+            .await
+    }
+
+    async fn inventory(&self, gone_since: Option<i64>) -> Result<Inventory, StoreError> {
+        self.readers
+            .read(move |db| host_reports::inventory(db, gone_since))
             .await
     }
 }

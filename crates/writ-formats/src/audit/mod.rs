@@ -73,6 +73,14 @@ pub mod event {
     /// A host certificate was revoked (`writ admin host-cert revoke`): one record per
     /// certificate.
     pub const HOST_CERT_REVOKED: &str = "host_cert.revoked";
+    /// A host reported its standing-access inventory (`POST /v1/inventory`): one record
+    /// per report, with the count of logins per verdict and of new findings; or the
+    /// report was refused (outcome failure, with the reason).
+    pub const INVENTORY_REPORTED: &str = "inventory.reported";
+    /// A host's report of the revocation feed it applied (`POST
+    /// /v1/revocations/applied`) was refused. Accepted reports are bookkeeping, not audit
+    /// records (`writ admin task revoke` reads them).
+    pub const HOST_FEED_DENIED: &str = "host.feed_denied";
     /// Old audit records were deleted up to a signed checkpoint (`writ admin audit prune`).
     pub const AUDIT_PRUNED: &str = "audit.pruned";
 }
