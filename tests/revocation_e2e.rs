@@ -1399,3 +1399,87 @@ fn in_online_mode_the_ca_records_each_session_a_host_ended() {
     assert_eq!(ended[0].entry.serial.as_deref(), Some(task.serial.as_str()));
     assert_eq!(ended[0].entry.reason.as_deref(), Some("task_ended"));
 }
+
+/// `writ admin task revoke ID --reason R [--wait-acks D] [--json]` on the world's CA.
+fn writ_admin_revoke(w: &World, task_id: &str, wait: &str) -> serde_json::Value {
+    let output = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args(["admin", "--config"])
+        .arg(w.ca().dir().join("writ.toml"))
+        .args(["task", "revoke", task_id, "--reason", "incident 7"])
+        .args(["--wait-acks", wait, "--json"])
+        .output()
+        .expect("run writ admin task revoke");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON report")
+}
+
+/// Hosts with a token tell the CA each feed they apply (`POST /v1/revocations/applied`);
+/// `writ admin task revoke` waits for them and names those that have the revocation in
+/// force and those that do not yet. A report for a host name the identity may not speak
+/// for is refused and recorded.
+#[test]
+fn admin_revoke_says_which_hosts_have_the_revocation_in_force() {
+    let w = online_world("5s");
+    let feeds = || {
+        runtime()
+            .block_on(w.ca().state.store.feeds_applied())
+            .expect("feeds applied")
+    };
+    assert!(feeds().is_empty(), "nothing reported before the host syncs");
+    let watch = watching(&w);
+    // Readiness: the host's first round reports the feed it installed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while feeds().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the host never reported its feed"
+        );
+        thread::sleep(Duration::from_millis(20)); // poll interval
+    }
+    let reported = feeds();
+    assert_eq!(reported.len(), 1);
+    assert_eq!(reported[0].host, HOST_NAME);
+    assert_eq!(reported[0].subject, HOST_SUBJECT);
+
+    let issued = w.issue("acknowledged");
+    let report = writ_admin_revoke(&w, &issued.task_id, "20s");
+    let acks = &report["acknowledgements"];
+    assert_eq!(report["state"], "revoked", "{report}");
+    assert_eq!(acks["reporting"], 1, "{report}");
+    assert_eq!(acks["acknowledged"], json!([HOST_NAME]), "{report}");
+    assert_eq!(acks["pending"], json!([]), "{report}");
+    assert!(acks["waited_seconds"].as_f64().expect("seconds") < 20.0);
+    // The host acknowledged because it had installed the feed that lists the task.
+    assert!(
+        fs::read_to_string(revocations_path(&w.host)).is_ok_and(|f| f.contains(&issued.task_id))
+    );
+
+    // A host that no longer syncs does not acknowledge: named as pending.
+    drop(watch);
+    let unwatched = w.issue("unwatched");
+    let report = writ_admin_revoke(&w, &unwatched.task_id, "1s");
+    let acks = &report["acknowledgements"];
+    assert_eq!(acks["acknowledged"], json!([]), "{report}");
+    assert_eq!(acks["pending"], json!([HOST_NAME]), "{report}");
+
+    // Speaking for another host's name is refused, recorded, and changes nothing.
+    let token = fs::read_to_string(w.host.dir().join("host-token")).expect("token");
+    let refused = http::post(
+        &format!("{}/v1/revocations/applied", w.ca().url),
+        Some(token.trim()),
+        &json!({"host": "db-1.corp.example.org", "sequence": 1_000_000}),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert_eq!(refused.json()["error"]["code"], "host_not_authorized");
+    let denied = w.ca().audit_events(event::HOST_FEED_DENIED);
+    assert_eq!(denied.len(), 1);
+    assert_eq!(
+        denied[0].entry.host.as_deref(),
+        Some("db-1.corp.example.org")
+    );
+    assert_eq!(feeds().len(), 1);
+}

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::io::Write;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -38,10 +39,35 @@ pub enum TaskCommand {
         /// Why (recorded in the audit log).
         #[arg(long)]
         reason: String,
+        /// How long to wait for hosts to acknowledge the revocation (hosts with a
+        /// `token_file` report each revocation feed they apply): the answer says how many
+        /// of the hosts that reported in the last hour have it in force. `0s`: do not
+        /// wait.
+        #[arg(long, default_value = "5s", value_parser = parse_wait)]
+        wait_acks: Duration,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Longest `--wait-acks`.
+const MAX_ACK_WAIT: Duration = Duration::from_secs(600);
+/// Hosts that reported an applied feed this recently are expected to acknowledge (four
+/// of `writ-principals sync --watch`'s heartbeats).
+pub const REPORTING_WINDOW: Duration = Duration::from_secs(60 * 60);
+/// How often the store is read while waiting for acknowledgements.
+const ACK_POLL: Duration = Duration::from_millis(200);
+
+fn parse_wait(text: &str) -> Result<Duration, String> {
+    let wait = writ_formats::duration::parse(text).map_err(|e| e.to_string())?;
+    if wait > MAX_ACK_WAIT {
+        return Err(format!(
+            "at most {}",
+            writ_formats::duration::format(MAX_ACK_WAIT)
+        ));
+    }
+    Ok(wait)
 }
 
 /// Run `writ admin task …`, writing the task (as it is after the command) to `out`.
@@ -56,8 +82,17 @@ pub async fn run(
             show(&context.config, &id, now.unix_timestamp()).await?,
             json,
         ),
-        TaskCommand::Revoke { id, reason, json } => {
-            let report = revoke(&context.config, &id, &reason, &context.operator, now).await?;
+        TaskCommand::Revoke {
+            id,
+            reason,
+            wait_acks,
+            json,
+        } => {
+            let mut report = revoke(&context.config, &id, &reason, &context.operator, now).await?;
+            if !wait_acks.is_zero() {
+                report.acknowledgements =
+                    Some(wait_for_acknowledgements(&context.config, wait_acks).await?);
+            }
             (report, json)
         }
     };
@@ -106,9 +141,84 @@ pub struct TaskReport {
     pub expires_at: i64,
     /// Serials, with whether each is revoked.
     pub certificates: Vec<(String, bool)>,
+    /// After a revocation: which hosts have it in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acknowledgements: Option<Acknowledgements>,
     /// When the report was made (Unix seconds), so text can say how far away the expiry is.
     #[serde(skip)]
     pub now: i64,
+}
+
+/// Which hosts applied a revocation feed at least as new as the one that carries it.
+#[derive(Debug, Serialize)]
+pub struct Acknowledgements {
+    /// The feed sequence that carries the revocation.
+    pub sequence: i64,
+    /// Hosts that reported an applied feed within [`REPORTING_WINDOW`].
+    pub reporting: usize,
+    /// Of those, the ones whose applied feed is at least `sequence`.
+    pub acknowledged: Vec<String>,
+    /// Of those, the ones that had not acknowledged when the wait ended.
+    pub pending: Vec<String>,
+    /// How long it took (all acknowledged) or how long was waited, in seconds.
+    pub waited_seconds: f64,
+}
+
+/// Wait up to `wait` for every host reporting applied feeds to have the store's current
+/// feed (which carries what was just revoked).
+pub async fn wait_for_acknowledgements(
+    config: &Config,
+    wait: Duration,
+) -> Result<Acknowledgements, TaskCommandError> {
+    let store = super::open_store(config).await?;
+    let started = Instant::now();
+    let now_unix = OffsetDateTime::now_utc().unix_timestamp();
+    let sequence = store.revocations(now_unix).await?.sequence;
+    let window = i64::try_from(REPORTING_WINDOW.as_secs()).unwrap_or(i64::MAX);
+    loop {
+        let reporting: Vec<_> = store
+            .feeds_applied()
+            .await?
+            .into_iter()
+            .filter(|f| f.reported_at >= now_unix.saturating_sub(window))
+            .collect();
+        let (acknowledged, pending): (Vec<_>, Vec<_>) =
+            reporting.iter().partition(|f| f.sequence >= sequence);
+        if pending.is_empty() || started.elapsed() >= wait {
+            return Ok(Acknowledgements {
+                sequence,
+                reporting: reporting.len(),
+                acknowledged: acknowledged.iter().map(|f| f.host.clone()).collect(),
+                pending: pending.iter().map(|f| f.host.clone()).collect(),
+                waited_seconds: started.elapsed().as_secs_f64(),
+            });
+        }
+        tokio::time::sleep(ACK_POLL).await;
+    }
+}
+
+impl fmt::Display for Acknowledgements {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.reporting == 0 {
+            return writeln!(
+                f,
+                "hosts     none report applied feeds (hosts with a token_file do; README \
+                 \"How hosts learn\")"
+            );
+        }
+        writeln!(
+            f,
+            "hosts     {} of {} reporting host(s) have it in force (feed {}, {:.1} s)",
+            self.acknowledged.len(),
+            self.reporting,
+            self.sequence,
+            self.waited_seconds
+        )?;
+        if !self.pending.is_empty() {
+            writeln!(f, "pending   {}", self.pending.join(", "))?;
+        }
+        Ok(())
+    }
 }
 
 impl TaskReport {
@@ -125,6 +235,7 @@ impl TaskReport {
                 .iter()
                 .map(|c| (c.serial.to_string(), c.revoked_at.is_some()))
                 .collect(),
+            acknowledgements: None,
             now: now_unix,
         }
     }
@@ -149,6 +260,9 @@ impl fmt::Display for TaskReport {
                 "cert      {serial}{}",
                 if *revoked { " (revoked)" } else { "" }
             )?;
+        }
+        if let Some(acknowledgements) = &self.acknowledgements {
+            write!(f, "{acknowledgements}")?;
         }
         Ok(())
     }

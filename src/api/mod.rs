@@ -10,6 +10,7 @@ pub mod certificates;
 pub mod error;
 pub mod health;
 pub mod host_certificates;
+pub mod host_reports;
 pub mod metrics;
 pub mod observe;
 pub mod rate;
@@ -103,6 +104,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, metrics: MetricsR
             post(tasks::revoke_certificate),
         ),
         ("/v1/revocations", get(revocation::feed)),
+        ("/v1/revocations/applied", post(host_reports::feed_applied)),
         ("/v1/krl", get(revocation::krl)),
         ("/v1/authorize", post(authorize::authorize)),
         ("/healthz", get(health::healthz)),

@@ -11,9 +11,9 @@ use ssh_key::{Certificate, HashAlg};
 use super::lifecycle::task_state;
 use super::{IssueError, Issuer, Refused, RequestContext};
 use crate::audit::{AuditEntry, Outcome, event};
-use crate::config::Role;
+
 use crate::identity::Identity;
-use crate::{glob, profile};
+use crate::profile;
 
 /// Why the request is made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,12 +65,7 @@ impl Issuer {
     ) -> Result<Decision, Refused> {
         let now = context.now;
         let host = request.host.to_ascii_lowercase();
-        let allowed_host = self.policies.matching(host_identity, Role::Host).any(|p| {
-            crate::policy::host_patterns(p, host_identity)
-                .iter()
-                .any(|pattern| glob::matches(pattern, &host))
-        });
-        if !allowed_host {
+        if !self.speaks_for_host(host_identity, &host) {
             let error = IssueError::Forbidden {
                 code: "host_not_authorized",
                 message: format!(

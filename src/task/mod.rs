@@ -293,6 +293,18 @@ impl Issuer {
         self
     }
 
+    /// Whether `identity` matches a `role = "host"` policy whose `hosts` cover `host`
+    /// (lowercase): what lets a host's workload identity speak for that host name.
+    pub fn speaks_for_host(&self, identity: &Identity, host: &str) -> bool {
+        self.policies
+            .matching(identity, crate::config::Role::Host)
+            .any(|p| {
+                crate::policy::host_patterns(p, identity)
+                    .iter()
+                    .any(|pattern| crate::glob::matches(pattern, host))
+            })
+    }
+
     /// The store, for audit records of requests refused before issuance.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

@@ -33,6 +33,7 @@
 //! anything else; `cargo tree -p writ-principals -e normal` shows the whole list. Network
 //! access is blocking (ureq) and always bounded by the configured timeout.
 
+pub mod acknowledge;
 pub mod check;
 pub mod config;
 pub mod host_cert;

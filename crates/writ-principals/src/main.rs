@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use writ_formats::duration;
+use writ_principals::acknowledge::Acknowledgement;
 use writ_principals::config::HostConfig;
 use writ_principals::session::{self, Report, SessionEnv, SessionOutcome};
 use writ_principals::sessions;
@@ -291,6 +292,11 @@ fn run_sync(config_path: &Path) -> ExitCode {
             let mut stdout = io::stdout().lock();
             let _ = writeln!(stdout, "writ-principals: {}", report_line(&report))
                 .and_then(|()| stdout.flush());
+            if let Acknowledgement::Failed(why) = &report.acknowledged {
+                eprintln!(
+                    "writ-principals: warning: could not tell the CA the feed applied: {why}"
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -362,6 +368,11 @@ fn run_watch(config_path: &Path, interval: Duration) -> ExitCode {
                         "writ-principals: ended {} SSH connection(s) whose task ended or whose \
                          certificate was revoked",
                         report.sessions_ended
+                    );
+                }
+                if let Acknowledgement::Failed(why) = &report.acknowledged {
+                    eprintln!(
+                        "writ-principals: warning: could not tell the CA the feed applied: {why}"
                     );
                 }
             }

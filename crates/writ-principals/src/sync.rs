@@ -37,7 +37,7 @@ use std::io::{self, Write};
 use std::ops::ControlFlow;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ssh_key::PublicKey;
 use writ_formats::duration;
@@ -45,6 +45,7 @@ use writ_formats::revocation::bundle::{self, BundleError};
 use writ_formats::revocation::feed::{self, Feed, FeedError};
 use writ_formats::revocation::krl::{KRL_FORMAT_VERSION, KRL_MAGIC};
 
+use crate::acknowledge::{Acknowledgement, acknowledge};
 use crate::config::{FEED_CLOCK_SKEW, HostConfig, KRL_FILE, REVOCATIONS_FILE, TRUSTED_KEYS_FILE};
 use crate::online::http_agent;
 use crate::state::{self, InsecureState, Owners};
@@ -70,6 +71,10 @@ pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(10);
 pub const PUSH_WAIT: Duration = Duration::from_secs(60);
 /// The answer header of a CA that held the feed request (push).
 pub const PUSH_HEADER: &str = "writ-feed-wait";
+/// How often `sync --watch` makes a plain round (not held) even when the CA pushes: it
+/// re-reads everything and tells the CA again which feed this host has, so `writ admin
+/// task revoke` knows the host is still there.
+pub const HEARTBEAT: Duration = Duration::from_secs(15 * 60);
 /// Rounds one `sync` makes when the bundle or KRL does not match the feed's binding. A
 /// rotation or revocation between the requests of a round changes one document; the
 /// next round sees the new state throughout. A cache serving an old copy fails every
@@ -105,6 +110,9 @@ pub struct SyncReport {
     /// SSH connections this round ended because the new feed ended their task or
     /// certificate ([`crate::sessions`]).
     pub sessions_ended: usize,
+    /// Whether the CA was told which feed this host now has ([`crate::acknowledge`]):
+    /// after a plain round, and after a held one that brought a new feed.
+    pub acknowledged: Acknowledgement,
 }
 
 /// The feed that was installed before this sync, as far as rollback protection goes.
@@ -301,6 +309,7 @@ fn sync_round(
     now_unix: i64,
     mut after: Option<i64>,
 ) -> Result<SyncReport, SyncError> {
+    let held = after.is_some();
     let owners = Owners::new(config.sync_user.as_ref());
     check_state(config, &owners)?;
     let agent = http_agent(config)?;
@@ -363,6 +372,15 @@ fn sync_round(
     commit(&config.state_dir, staged).map_err(write_error)?;
     // Connections of what the new feed ends go now ([`crate::sessions`]).
     let sessions_ended = crate::sessions::enforce(config, &fetched.feed, unix_now()?).len();
+    let news = !matches!(
+        fetched.previous_feed,
+        PreviousFeed::Verified { sequence } if sequence == fetched.feed.sequence
+    );
+    let acknowledged = if !held || news {
+        acknowledge(config, fetched.feed.sequence)
+    } else {
+        Acknowledgement::NotSent
+    };
 
     Ok(SyncReport {
         trusted_keys: fetched.keys,
@@ -377,6 +395,7 @@ fn sync_round(
         previous_feed: fetched.previous_feed,
         pushed: fetched.pushed,
         sessions_ended,
+        acknowledged,
     })
 }
 
@@ -551,7 +570,14 @@ pub fn watch(
     mut after_round: impl FnMut(&Result<SyncReport, SyncError>) -> ControlFlow<()>,
 ) {
     let mut after: Option<i64> = None;
+    let mut last_plain = Instant::now();
     loop {
+        if last_plain.elapsed() >= HEARTBEAT {
+            after = None;
+        }
+        if after.is_none() {
+            last_plain = Instant::now();
+        }
         let round = || match after {
             Some(after) => sync_after(config, after),
             None => sync(config),
