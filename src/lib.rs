@@ -28,6 +28,8 @@
 //!   `revocation::publisher`, which builds them from the store and the keyring.
 //! - [`policy`] — which identities may get which logins, hosts and TTLs.
 //! - [`identity`] — JWKS fetching and workload-token (JWT) verification.
+//! - [`inventory`] — hosts' standing-access inventories as the CA checks and keeps them
+//!   (the document is `writ_principals::inventory::model`).
 //! - [`authority`] — the CA keyring (encrypted at rest), its rotation (next → active →
 //!   retiring → retired, revoked) and certificate signing behind the `Signer` trait.
 //! - [`audit`] — audit records and their hash chain, signed checkpoints, chain
@@ -62,6 +64,7 @@ pub mod client;
 pub mod config;
 pub mod dev;
 pub mod identity;
+pub mod inventory;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;

@@ -23,6 +23,8 @@
 //! - [`audit`] — `writ admin audit export|verify|trail|checkpoint|prune`: the audit log.
 //! - [`store`] — `writ admin store migrate|copy`: the store's schema, and moving a SQLite
 //!   store to PostgreSQL.
+//! - [`inventory`] — `writ admin inventory`: the fleet's standing access, from the
+//!   inventories hosts report (read only).
 //! - [`defaults`] — `writ admin default-config`: the complete commented example
 //!   configuration (it needs no `--config`).
 //! - [`check`] — `writ check-config` (top level, SPEC §9, as it runs before a
@@ -40,6 +42,7 @@ pub mod check;
 pub mod defaults;
 pub mod explain;
 pub mod host_cert;
+pub mod inventory;
 pub mod store;
 pub mod task;
 
@@ -120,6 +123,19 @@ Examples:
         #[command(subcommand)]
         command: store::StoreCommand,
     },
+    /// The fleet's standing access, from the inventories hosts report.
+    ///
+    /// Hosts run `writ-principals inventory --report` (README "Finding standing access"):
+    /// this shows which enforce writ, the logins that still take static keys and since
+    /// when, keys in the authorized_keys of several hosts, unencrypted private keys (and
+    /// which logins they open), hosts that stopped reporting, and with --since what
+    /// appeared and went.
+    #[command(after_help = "\
+Examples:
+  writ admin --config /etc/writ/writ.toml inventory
+  writ admin --config /etc/writ/writ.toml inventory --host '*.prod.example.com' --since 24h
+  writ admin --config /etc/writ/writ.toml inventory --json")]
+    Inventory(inventory::InventoryArgs),
     /// Print a complete, commented example CA configuration (needs no --config).
     ///
     /// Every key of writ.toml, set to a safe example or commented out at its default.
@@ -159,6 +175,9 @@ pub enum AdminError {
     /// `writ admin audit` failed.
     #[error(transparent)]
     Audit(#[from] audit::AuditCommandError),
+    /// `writ admin inventory` failed.
+    #[error(transparent)]
+    Inventory(#[from] inventory::InventoryCommandError),
     /// `writ admin store` failed.
     #[error(transparent)]
     StoreCommand(#[from] store::StoreCommandError),
@@ -289,6 +308,7 @@ pub async fn run(
         AdminCommand::HostCert { command } => host_cert::run(context, command, out).await,
         AdminCommand::Audit { command } => audit::run(context, command, out).await,
         AdminCommand::Store { command } => store::run(context, command, out).await,
+        AdminCommand::Inventory(args) => inventory::run(context, args, out).await,
         AdminCommand::DefaultConfig => {
             write(out, defaults::DEFAULT_CONFIG)?;
             Ok(Status::Success)

@@ -107,6 +107,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, metrics: MetricsR
         ("/v1/revocations/applied", post(host_reports::feed_applied)),
         ("/v1/krl", get(revocation::krl)),
         ("/v1/authorize", post(authorize::authorize)),
+        ("/v1/inventory", post(host_reports::inventory)),
         ("/healthz", get(health::healthz)),
         ("/readyz", get(health::readyz)),
     ];

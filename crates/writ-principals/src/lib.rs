@@ -10,6 +10,10 @@
 //! - [`host_cert`] — keeps an SSH host certificate next to each host key
 //!   (`writ-principals host-cert`, and each `sync --watch` round), so clients verify this
 //!   host by the CA.
+//! - [`inventory`] — `writ-principals inventory`: every way into this host besides writ
+//!   certificates (static keys, passwords, keys writ cannot see), whether writ's
+//!   enforcement is in place, and unencrypted private keys in home directories; read-only,
+//!   as text, JSON, a report to the CA or the steps that make a login writ-only.
 //! - [`metrics_file`] — after each sync round, node_exporter textfile-collector metrics
 //!   about what is installed (`metrics_file`).
 //! - [`online`] — the one network call of `check` and `session`: `POST /v1/authorize`.
@@ -37,6 +41,7 @@ pub mod acknowledge;
 pub mod check;
 pub mod config;
 pub mod host_cert;
+pub mod inventory;
 pub mod metrics_file;
 pub mod online;
 pub mod session;

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use writ_formats::duration;
 use writ_principals::acknowledge::Acknowledgement;
 use writ_principals::config::HostConfig;
+use writ_principals::inventory::{self, plan, render, report};
 use writ_principals::session::{self, Report, SessionEnv, SessionOutcome};
 use writ_principals::sessions;
 use writ_principals::syslog::{self, Severity};
@@ -136,7 +137,85 @@ enum Command {
     /// CA refuses or cannot be reached. `sync --watch` does the same every round.
     #[command(name = "host-cert", after_help = HOST_CERT_AFTER_HELP)]
     HostCert,
+    /// List every way into this host other than a writ certificate, account by account:
+    /// static authorized_keys entries, passwords, keys writ cannot see; whether writ's
+    /// enforcement is in place; and unencrypted private keys in home directories.
+    ///
+    /// Read-only and local: it runs `sshd -T` (once, plus once per distinct set of
+    /// `Match User`/`Match Group` blocks), reads /etc/passwd, /etc/group, /etc/shadow,
+    /// the authorized_keys files sshd reads and the home directories (bounded), and uses
+    /// the network only with --report. Key material is never printed: keys appear as
+    /// type, size and SHA256 fingerprint.
+    #[command(after_help = INVENTORY_AFTER_HELP)]
+    Inventory(InventoryArgs),
 }
+
+#[derive(Debug, clap::Args)]
+struct InventoryArgs {
+    /// Print one JSON document (format version 1) instead of the text report.
+    #[arg(long)]
+    json: bool,
+    /// Also look for private keys in PATH (a directory, walked 12 levels deep, or a
+    /// file), read under --root like everything else. Repeatable.
+    #[arg(long, value_name = "PATH")]
+    scan: Vec<PathBuf>,
+    /// Send the inventory to the CA (POST {ca_url}/v1/inventory, with the host's token
+    /// from host.toml's token_file) and print the CA's one-line answer; with --json the
+    /// document goes to stdout and the answer to stderr. Exit 1 if the CA is unreachable
+    /// or refuses it.
+    #[arg(long)]
+    report: bool,
+    /// Instead of the inventory, print the steps that make LOGIN writ-only: the fixes
+    /// to writ enforcement that must come first, a writ.toml policy, the keys that go,
+    /// and the `Match User` block for sshd_config, tested without locking you out.
+    #[arg(long, value_name = "LOGIN", conflicts_with_all = ["json", "report"])]
+    plan: Option<String>,
+    /// Read the host's files (/etc/passwd, /etc/shadow, /etc/group, home directories,
+    /// authorized_keys files, TrustedUserCAKeys, --scan paths) under DIR, e.g. a mounted
+    /// disk image. Paths are reported as the host sees them, without DIR. Symlinks are
+    /// followed only inside DIR.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// The sshd configuration sshd is asked about (`sshd -T -f FILE`); a path on this
+    /// machine, not under --root. Relative Includes are read from /etc/ssh, as sshd does.
+    #[arg(long = "sshd-config", value_name = "FILE", default_value = inventory::DEFAULT_SSHD_CONFIG)]
+    sshd_config: PathBuf,
+    /// The sshd binary to run for `sshd -T` (it needs a readable host key; if it fails,
+    /// its first error line is reported and the settings are read from the file).
+    #[arg(long, value_name = "PATH", default_value = inventory::DEFAULT_SSHD)]
+    sshd: PathBuf,
+}
+
+const INVENTORY_AFTER_HELP: &str = "\
+Verdicts (the first that applies):
+  static-keys  an authorized_keys entry sshd would use (cert-authority lines included)
+  no-login     the shell is nologin/false/… and there are no static keys
+  password     password or keyboard-interactive login is possible (or /etc/shadow is
+               unreadable, so it cannot be ruled out)
+  unmanaged    writ enforcement is not fully configured for the account, or keys it may
+               use cannot be seen (a foreign AuthorizedKeysCommand, an unreadable file)
+  writ-only    only writ certificates can log in
+
+writ enforcement is fully configured when TrustedUserCAKeys names an existing file (the
+one `sync` keeps), AuthorizedPrincipalsCommand runs `writ-principals check`,
+PubkeyAuthentication is on and the host config (--config) loads.
+
+Match blocks that depend on the connection (Address, Host, LocalAddress, LocalPort,
+RDomain) are listed, not evaluated. Match Group is evaluated by sshd against this
+machine's group database.
+
+Bounds: 1 MiB per authorized_keys file, 100,000 entries, home directories 6 levels deep,
+200,000 files, private key files up to 64 KiB; `limits_hit` and `skipped` say what a
+bound cut short.
+
+Exit status: 0 when the inventory was taken (whatever it found), 2 on bad usage (or an
+unknown --plan login), 1 on errors (/etc/passwd unreadable, --report failed).
+
+Examples:
+  writ-principals inventory
+  writ-principals inventory --json --scan /srv/deploy
+  writ-principals inventory --plan deploy
+  writ-principals inventory --report";
 
 const HOST_CERT_AFTER_HELP: &str = "\
 host.toml:
@@ -178,6 +257,7 @@ fn main() -> ExitCode {
         ),
         Command::Session => run_session(&cli.config, now),
         Command::HostCert => run_host_cert(&cli.config, now),
+        Command::Inventory(args) => run_inventory(&cli.config, args, now),
     }
 }
 
@@ -467,6 +547,89 @@ fn host_cert_lines(report: &host_cert::Report, all: bool) -> Vec<String> {
 
 fn timestamp(unix: u64) -> String {
     writ_formats::text::rfc3339(i64::try_from(unix).unwrap_or(i64::MAX))
+}
+
+/// Exit 0 when the inventory was taken, whatever it found; 2 on bad usage; 1 on errors.
+fn run_inventory(config_path: &Path, args: InventoryArgs, now: SystemTime) -> ExitCode {
+    let Some(now_unix) = unix_seconds(now) else {
+        eprintln!("writ-principals: inventory: the system clock is before 1970");
+        return ExitCode::FAILURE;
+    };
+    // --report needs the host config: fail before the work, not after.
+    let report_config = if args.report {
+        match HostConfig::load(config_path) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("writ-principals: inventory --report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let options = inventory::Options {
+        root: args.root,
+        sshd: args.sshd,
+        sshd_config: args.sshd_config,
+        scan: args.scan,
+        host_config: config_path.to_owned(),
+    };
+    let findings = match inventory::run(&options, now_unix) {
+        Ok(findings) => findings,
+        Err(e) => {
+            eprintln!("writ-principals: inventory: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(login) = &args.plan {
+        return match plan::plan(&findings, login) {
+            Ok(text) => {
+                print_ignoring_closed_pipe(&text);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("writ-principals: inventory --plan: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if args.json {
+        match serde_json::to_string_pretty(&findings.inventory) {
+            Ok(json) => print_ignoring_closed_pipe(&format!("{json}\n")),
+            Err(e) => {
+                eprintln!("writ-principals: inventory: cannot encode JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else if !args.report {
+        print_ignoring_closed_pipe(&render::text(&findings.inventory));
+    }
+    let Some(config) = report_config else {
+        return ExitCode::SUCCESS;
+    };
+    match report::send(&config, &findings.inventory) {
+        Ok(recorded) => {
+            let line = format!("writ-principals: {}", report::result_line(&recorded));
+            if args.json {
+                eprintln!("{line}");
+            } else {
+                print_ignoring_closed_pipe(&format!("{line}\n"));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("writ-principals: inventory --report failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Write `text` to stdout; a closed pipe (`inventory | head`) is not an error.
+fn print_ignoring_closed_pipe(text: &str) {
+    let mut stdout = io::stdout().lock();
+    let _ = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush());
 }
 
 /// Never fails a login: exit 0 whatever happens, logging what could not be done.
