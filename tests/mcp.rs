@@ -5,7 +5,9 @@
 //! outside `--allowed-hosts` and a login outside the policy are refused with text the
 //! model can act on; completing the task ends it at the CA (in the revocation feed hosts
 //! enforce) and for `run`; the task's certificate is renewed when a `run` comes after it
-//! expired; and the task left open is completed when the client goes away.
+//! expired; and the task left open is completed when the client goes away. A task
+//! completed at the CA behind the server's back: the next login with its certificate is
+//! refused by the host, and the key leaves the server's agent.
 //! The host is reached through the ssh_config given with `--ssh-config` (`HostName`,
 //! `Port`, `HostKeyAlias`), verified by the CA's host certificate. Needs root, openssh-server and
 //! python3 with `mcp`; fails (never skips) otherwise.
@@ -13,6 +15,7 @@
 mod common;
 
 use std::fs;
+use std::path::PathBuf;
 use std::process::Command;
 
 use common::enrolled::{ALICE, HOST_NAME, world};
@@ -21,52 +24,81 @@ use serde_json::{Value, json};
 
 const CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/mcp_client.py");
 
-#[test]
-fn an_mcp_client_opens_a_task_runs_a_command_and_ends_the_task() {
-    // Three-second certificates: the first one expires during the first `run` (which
-    // takes four), so the second `run` works only if the server renews it.
-    let (idp, ca, enrolled) = world("default_cert_ttl = \"3s\"\n", true);
-    let sshd = enrolled.start_sshd(true);
+/// The agent's side of a test: a home with an ssh_config saying where the host is, and a
+/// supply of single-use tokens the `command:` source hands out one per task.
+struct AgentHome {
+    home: tempfile::TempDir,
+    tokens: tempfile::TempDir,
+}
 
-    // The agent's environment: an ssh_config saying where the host is, and a supply of
-    // single-use tokens the `command:` source hands out one per task.
-    let home = tempfile::tempdir().expect("home");
-    let ssh_dir = home.path().join(".ssh");
-    fs::create_dir(&ssh_dir).expect("mkdir .ssh");
-    let ssh_config = ssh_dir.join("config");
-    fs::write(
-        &ssh_config,
-        format!(
-            "Host {HOST_NAME}\n  HostName 127.0.0.1\n  Port {}\n  HostKeyAlias {HOST_NAME}\n",
-            sshd.port()
-        ),
-    )
-    .expect("ssh_config");
-    let tokens = tempfile::tempdir().expect("tokens");
-    for n in 0..20 {
+impl AgentHome {
+    fn new(idp: &common::idp::TestIdp, sshd_port: u16) -> AgentHome {
+        let home = tempfile::tempdir().expect("home");
+        let ssh_dir = home.path().join(".ssh");
+        fs::create_dir(&ssh_dir).expect("mkdir .ssh");
         fs::write(
-            tokens.path().join(format!("{n}.jwt")),
-            idp.token(Key::Rsa, "agent-1"),
+            ssh_dir.join("config"),
+            format!(
+                "Host {HOST_NAME}\n  HostName 127.0.0.1\n  Port {sshd_port}\n  HostKeyAlias {HOST_NAME}\n"
+            ),
         )
-        .expect("token");
+        .expect("ssh_config");
+        let tokens = tempfile::tempdir().expect("tokens");
+        for n in 0..20 {
+            fs::write(
+                tokens.path().join(format!("{n:02}.jwt")),
+                idp.token(Key::Rsa, "agent-1"),
+            )
+            .expect("token");
+        }
+        AgentHome { home, tokens }
     }
-    let pop = format!(
-        "command:f=$(ls {dir} | sort | head -n 1); cat {dir}/$f && rm {dir}/$f",
-        dir = tokens.path().display()
-    );
-    let config = json!({
-        "command": env!("CARGO_BIN_EXE_writ"),
-        "args": ["mcp", "--ca-url", ca.url, "--token-source", pop,
-                 "--allowed-hosts", "*.prod.example.com", "--ssh-config", ssh_config],
-        "env": {
-            "HOME": home.path(),
-            "PATH": std::env::var("PATH").unwrap_or_default(),
-            "XDG_CONFIG_HOME": home.path().join(".config"),
-        },
-        "login": ALICE,
-        "host": HOST_NAME,
-        "outside_host": "db-01.staging.example.com",
-    });
+
+    fn ssh_dir(&self) -> PathBuf {
+        self.home.path().join(".ssh")
+    }
+
+    /// The `--token-source` handing out the next token.
+    fn token_source(&self) -> String {
+        format!(
+            "command:f=$(ls {dir} | sort | head -n 1); cat {dir}/$f && rm {dir}/$f",
+            dir = self.tokens.path().display()
+        )
+    }
+
+    /// The client's configuration: `writ mcp` for `ca` with `args` after the common ones,
+    /// plus `extra` keys.
+    fn client_config(&self, ca: &common::ca::TestCa, args: &[&str], extra: Value) -> Value {
+        let mut argv = vec![
+            "mcp".to_owned(),
+            "--ca-url".to_owned(),
+            ca.url.clone(),
+            "--token-source".to_owned(),
+            self.token_source(),
+            "--ssh-config".to_owned(),
+            self.ssh_dir().join("config").display().to_string(),
+        ];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        let mut config = json!({
+            "command": env!("CARGO_BIN_EXE_writ"),
+            "args": argv,
+            "env": {
+                "HOME": self.home.path(),
+                "PATH": std::env::var("PATH").unwrap_or_default(),
+                "XDG_CONFIG_HOME": self.home.path().join(".config"),
+            },
+            "login": ALICE,
+            "host": HOST_NAME,
+        });
+        if let (Some(config), Value::Object(extra)) = (config.as_object_mut(), extra) {
+            config.extend(extra);
+        }
+        config
+    }
+}
+
+/// Run the Python client with `config`; what it saw.
+fn run_client(config: &Value, sshd: &common::sshd::Sshd) -> Value {
     // `.ci/run` names the interpreter that has the SDK.
     let python = std::env::var("WRIT_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned());
     let out = Command::new(&python)
@@ -80,7 +112,27 @@ fn an_mcp_client_opens_a_task_runs_a_command_and_ends_the_task() {
         "MCP client failed: {stderr}\n{}",
         sshd.log()
     );
-    let seen: Value = serde_json::from_slice(&out.stdout).expect("the client's JSON");
+    serde_json::from_slice(&out.stdout).expect("the client's JSON")
+}
+
+fn text(result: &Value) -> &str {
+    result["text"].as_str().unwrap_or_default()
+}
+
+#[test]
+fn an_mcp_client_opens_a_task_runs_a_command_and_ends_the_task() {
+    // Three-second certificates: the first one expires during the first `run` (which
+    // takes four), so the second `run` works only if the server renews it.
+    let (idp, ca, enrolled) = world("default_cert_ttl = \"3s\"\n", true);
+    let sshd = enrolled.start_sshd(true);
+
+    let agent = AgentHome::new(&idp, sshd.port());
+    let config = agent.client_config(
+        &ca,
+        &["--allowed-hosts", "*.prod.example.com"],
+        json!({"scenario": "tour", "outside_host": "db-01.staging.example.com"}),
+    );
+    let seen = run_client(&config, &sshd);
 
     let tools = [
         "complete_task",
@@ -182,9 +234,86 @@ fn an_mcp_client_opens_a_task_runs_a_command_and_ends_the_task() {
         assert!(!everything.contains(secret), "{secret} reached the model");
     }
     // And the ssh directory holds only the ssh_config the test wrote.
-    let names: Vec<_> = fs::read_dir(&ssh_dir)
+    let names: Vec<_> = fs::read_dir(agent.ssh_dir())
         .expect("ssh dir")
         .filter_map(|e| e.ok().map(|e| e.file_name()))
         .collect();
     assert_eq!(names, ["config"], "writ mcp wrote into ~/.ssh");
+}
+
+/// The done-means of issue 18: once a task is completed, a login with its certificate
+/// fails. Here the task is completed at the CA behind the server's back (by `writ task
+/// complete` with the agent's token), and the host has applied the revocation feed: the
+/// next `run` does reach sshd with the task's key and certificate, sshd's
+/// `writ-principals` refuses them, and the server tells the model the task has ended and
+/// takes the key out of its agent. A task completed through `complete_task` leaves the
+/// agent at once too.
+#[test]
+fn a_login_with_a_completed_task_s_certificate_fails_at_the_host() {
+    let (idp, ca, enrolled) = world("", true);
+    let sshd = enrolled.start_sshd(true);
+    let agent = AgentHome::new(&idp, sshd.port());
+    let token = tempfile::NamedTempFile::new().expect("token file");
+    fs::write(token.path(), idp.token(Key::Rsa, "agent-1")).expect("token");
+    let principals = enrolled.host.principals_bin().display().to_string();
+    let host_config = enrolled.host.host_config_path().display().to_string();
+    let config = agent.client_config(
+        &ca,
+        &[],
+        json!({
+            "scenario": "ended_elsewhere",
+            "complete_elsewhere": [env!("CARGO_BIN_EXE_writ"), "task", "complete", "{task}",
+                "--ca-url", ca.url, "--token-source", format!("file:{}", token.path().display())],
+            "sync": [principals, "sync", "--config", host_config],
+        }),
+    );
+    let seen = run_client(&config, &sshd);
+
+    let before = &seen["run_before"];
+    assert_eq!(
+        before["structured"]["exit_code"],
+        0,
+        "{before}\n{}",
+        sshd.log()
+    );
+    assert!(text(before).contains("still-open"));
+    assert_eq!(
+        seen["agent_before"], 1,
+        "the task's certificate is in the agent"
+    );
+
+    let after = &seen["run_after"];
+    assert_eq!(after["is_error"], true, "{after}");
+    assert_eq!(after["structured"]["exit_code"], 255, "{after}");
+    assert_eq!(after["structured"]["host_refused"], false, "{after}");
+    assert!(
+        after["structured"]["stderr"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Permission denied"),
+        "sshd refused the login: {after}"
+    );
+    assert!(!text(after).contains("must-not-run"), "{after}");
+    assert!(text(after).contains("has ended at the CA"), "{after}");
+    assert_eq!(
+        seen["agent_after_refusal"], 0,
+        "the ended task's key left the agent"
+    );
+    assert_eq!(seen["run_again"]["is_error"], true);
+    assert!(text(&seen["run_again"]).contains("open a new one"));
+
+    assert_eq!(seen["second_run"]["structured"]["exit_code"], 0);
+    assert_eq!(seen["second_complete"]["structured"]["state"], "completed");
+    assert_eq!(
+        seen["agent_after_complete"], 0,
+        "complete_task empties the agent"
+    );
+    let states: Vec<&str> = seen["list"]["structured"]["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .filter_map(|t| t["state"].as_str())
+        .collect();
+    assert_eq!(states.len(), 2);
+    assert!(states.iter().all(|s| *s == "completed"), "{states:?}");
 }

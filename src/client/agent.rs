@@ -193,6 +193,24 @@ impl Agent {
             .collect())
     }
 
+    /// Take every certificate this session added for `key` (and so the key) out of the
+    /// agent now: its task has ended, nothing may sign with it any more.
+    pub fn forget_key(&mut self, key: &ssh_key::PublicKey) {
+        let (theirs, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.added)
+            .into_iter()
+            .partition(|certificate| certificate.public_key() == key.key_data());
+        self.added = others;
+        let Ok(mut client) = self.client() else {
+            return;
+        };
+        for certificate in theirs {
+            // An identity the agent already dropped (its lifetime passed) is not an error.
+            let _ = client.remove_identity(RemoveIdentity {
+                credential: PublicCredential::Cert(Box::new(certificate)),
+            });
+        }
+    }
+
     /// Take this session's identities out of the agent now (a private agent is also
     /// stopped when dropped).
     pub fn forget(&mut self) {

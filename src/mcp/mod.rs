@@ -66,7 +66,9 @@ struct SessionTask {
     hosts: Vec<String>,
     expires_at: String,
     purpose: String,
-    completed: bool,
+    /// How it ended as far as this session knows (`completed`, `revoked`, `expired`);
+    /// `None` while it is open. Once set, its key is out of the agent.
+    ended: Option<String>,
 }
 
 /// The MCP server.
@@ -167,8 +169,9 @@ pub struct TaskList {
 pub struct ListedTask {
     /// The task's id.
     pub task_id: String,
-    /// Whether this session completed it.
-    pub completed: bool,
+    /// `open`, or how it ended as far as this session knows (`completed`, `revoked`,
+    /// `expired`).
+    pub state: String,
     /// Logins.
     pub logins: Vec<String>,
     /// Hosts.
@@ -294,7 +297,7 @@ impl WritMcp {
                 hosts: request.hosts,
                 expires_at: issued.task_expires_at,
                 purpose: request.purpose,
-                completed: false,
+                ended: None,
             },
         );
         Ok(answer(
@@ -327,9 +330,11 @@ impl WritMcp {
                         request.task_id
                     )));
                 }
-                Some(task) if task.completed => {
+                Some(SessionTask {
+                    ended: Some(state), ..
+                }) => {
                     return Ok(refusal(format!(
-                        "task {} is completed; open a new one",
+                        "task {} is {state}; open a new one",
                         request.task_id
                     )));
                 }
@@ -439,8 +444,23 @@ impl WritMcp {
             cut(outcome.stderr_truncated),
             outcome.stderr
         ));
+        let mut ended = None;
+        if outcome.exit_code == Some(client::SSH_FAILED) && !outcome.host_refused {
+            ended = self.ended_at_the_ca(&request.task_id).await?;
+        }
+        if let Some(state) = &ended {
+            self.end_task(&request.task_id, state).await?;
+            text.insert_str(
+                0,
+                &format!(
+                    "The login was refused: task {} has ended at the CA ({state}), so hosts no \
+                     longer accept its certificate. Open a new task if the work is not done.\n",
+                    request.task_id
+                ),
+            );
+        }
         let mut result = answer(text, &outcome);
-        if outcome.host_refused || outcome.timed_out {
+        if outcome.host_refused || outcome.timed_out || ended.is_some() {
             result.is_error = Some(true);
         }
         Ok(result)
@@ -483,7 +503,7 @@ impl WritMcp {
                 .iter()
                 .map(|(id, task)| ListedTask {
                     task_id: id.clone(),
-                    completed: task.completed,
+                    state: task.ended.clone().unwrap_or_else(|| "open".into()),
                     logins: task.logins.clone(),
                     hosts: task.hosts.clone(),
                     expires_at: task.expires_at.clone(),
@@ -500,7 +520,7 @@ impl WritMcp {
                     format!(
                         "{} ({}, until {}): {} on {} — {}",
                         t.task_id,
-                        if t.completed { "completed" } else { "open" },
+                        t.state,
                         t.expires_at,
                         t.logins.join(","),
                         t.hosts.join(","),
@@ -584,6 +604,68 @@ impl WritMcp {
         }
     }
 
+    /// Record that `task_id` ended (`state`) and take its key out of the agent: nothing
+    /// signs with it again, whatever the model asks.
+    async fn end_task(&self, task_id: &str, state: &str) -> Result<(), ErrorData> {
+        let key = {
+            let mut tasks = self.tasks.lock().expect("tasks");
+            let Some(task) = tasks.get_mut(task_id) else {
+                return Ok(());
+            };
+            task.ended = Some(state.to_owned());
+            task.key.public_key().clone()
+        };
+        tracing::info!(task_id, state, "mcp: task ended; its key left the agent");
+        let keys = Arc::clone(&self.keys);
+        blocking(move || {
+            if let Some(keys) = keys.lock().expect("keys").as_mut() {
+                keys.agent.forget_key(&key);
+            }
+        })
+        .await
+    }
+
+    /// After ssh failed on its own (255): whether the CA still takes the task's
+    /// certificate. `Some(state)` when the task has ended (`completed`, `revoked`,
+    /// `expired`, or `ended` when the CA refused the certificate and no token says more),
+    /// so the failure was the host enforcing that.
+    async fn ended_at_the_ca(&self, task_id: &str) -> Result<Option<String>, ErrorData> {
+        let Some((key, certificate)) = self
+            .tasks
+            .lock()
+            .expect("tasks")
+            .get(task_id)
+            .map(|t| (t.key.clone(), t.held.certificate.clone()))
+        else {
+            return Ok(None);
+        };
+        let (ca, tokens, id) = (
+            Arc::clone(&self.ca),
+            Arc::clone(&self.tokens),
+            task_id.to_owned(),
+        );
+        let answered = blocking(move || {
+            let credential = Credential::Possession {
+                certificate: &certificate,
+                key: &key,
+            };
+            match client::task_status(&ca, &id, &credential, now_unix()) {
+                // The certificate proves nothing once its task ended: the owner's token
+                // says how it ended (an admin's revocation is not worth retrying).
+                Err(ClientError::PossessionRefused(_)) => Ok(tokens()
+                    .and_then(|token| {
+                        client::task_status(&ca, &id, &Credential::Token(&token), now_unix())
+                    })
+                    .map(|task| task.state)
+                    .unwrap_or_else(|_| "ended".to_owned())),
+                Ok(task) => Ok(task.state),
+                Err(e) => Err(e),
+            }
+        })
+        .await?;
+        Ok(answered.ok().filter(|state| state != "active"))
+    }
+
     fn host_allowed(&self, host: &str) -> bool {
         self.limits.allowed_hosts.is_empty()
             || self
@@ -630,8 +712,8 @@ impl WritMcp {
             Ok(task) => task,
             Err(e) => return Ok(refusal(format!("task {task_id}: {e}"))),
         };
-        if complete && let Some(held) = self.tasks.lock().expect("tasks").get_mut(&task_id) {
-            held.completed = true;
+        if task.state != "active" {
+            self.end_task(&task_id, &task.state).await?;
         }
         let state = TaskState {
             task_id: task.task_id,
@@ -667,7 +749,7 @@ impl WritMcp {
             .lock()
             .expect("tasks")
             .iter()
-            .filter(|(_, t)| !t.completed)
+            .filter(|(_, t)| t.ended.is_none())
             .map(|(id, _)| id.clone())
             .collect();
         let mut failed = 0;
