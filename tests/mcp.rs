@@ -7,7 +7,10 @@
 //! enforce) and for `run`; the task's certificate is renewed when a `run` comes after it
 //! expired; and the task left open is completed when the client goes away. A task
 //! completed at the CA behind the server's back: the next login with its certificate is
-//! refused by the host, and the key leaves the server's agent.
+//! refused by the host, and the key leaves the server's agent. Over `--http` (streamable
+//! HTTP on loopback): no request without the bearer key or with an Origin; each session
+//! has its own tasks, completed when the client ends the session, and at SIGTERM those of
+//! sessions still open.
 //! The host is reached through the ssh_config given with `--ssh-config` (`HostName`,
 //! `Port`, `HostKeyAlias`), verified by the CA's host certificate. Needs root, openssh-server and
 //! python3 with `mcp`; fails (never skips) otherwise.
@@ -316,4 +319,216 @@ fn a_login_with_a_completed_task_s_certificate_fails_at_the_host() {
         .collect();
     assert_eq!(states.len(), 2);
     assert!(states.iter().all(|s| *s == "completed"), "{states:?}");
+}
+
+/// `writ mcp --http` as a child process: its URL once it listens, and its stderr so far.
+struct HttpServer {
+    child: std::process::Child,
+    url: String,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl HttpServer {
+    fn start(agent: &AgentHome, ca: &common::ca::TestCa, key_file: &std::path::Path) -> HttpServer {
+        let config = agent.client_config(ca, &[], json!({}));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_writ"));
+        command
+            .args(
+                config["args"]
+                    .as_array()
+                    .expect("args")
+                    .iter()
+                    .filter_map(Value::as_str),
+            )
+            .args(["--http", "127.0.0.1:0", "--http-key-file"])
+            .arg(key_file)
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (name, value) in config["env"].as_object().expect("env") {
+            command.env(name, value.as_str().expect("env value"));
+        }
+        let mut child = command.spawn().expect("start writ mcp --http");
+        let output = child.stderr.take().expect("stderr");
+        let (lines, stderr) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(output)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Ready when it says where it listens.
+        let mut seen = Vec::new();
+        let url = loop {
+            let line = stderr
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("writ mcp --http never listened: {seen:?}"));
+            if let Some(rest) = line.split("serving MCP at ").nth(1) {
+                break rest.split(';').next().expect("url").to_owned();
+            }
+            seen.push(line);
+        };
+        HttpServer { child, url, stderr }
+    }
+
+    fn stderr_so_far(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn completed_tasks(ca: &common::ca::TestCa) -> Vec<String> {
+    ca.audit_events(writ::audit::event::TASK_COMPLETED)
+        .into_iter()
+        .filter_map(|r| r.entry.task_id)
+        .collect()
+}
+
+#[test]
+fn over_http_only_the_key_holder_gets_in_and_every_session_s_tasks_end() {
+    let (idp, ca, enrolled) = world("", true);
+    let sshd = enrolled.start_sshd(true);
+    let agent = AgentHome::new(&idp, sshd.port());
+    let key_file = agent.home.path().join("mcp.key");
+    let mut server = HttpServer::start(&agent, &ca, &key_file);
+
+    // The key was made for it, readable by its owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&key_file)
+        .expect("key file")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let key = fs::read_to_string(&key_file)
+        .expect("key")
+        .trim()
+        .to_owned();
+
+    // No key, a wrong key, a web page's Origin or another Host: refused before MCP sees
+    // the request.
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "probe", "version": "0"}}})
+    .to_string();
+    let accept = ("accept", "application/json, text/event-stream");
+    let refused = common::http::post_with_headers(&server.url, &[accept], &initialize);
+    assert_eq!(refused.status, 401, "{}", refused.text);
+    assert_eq!(refused.error_code(), "unauthorized");
+    assert_eq!(refused.www_authenticate.as_deref(), Some("Bearer"));
+    let wrong = "0".repeat(64);
+    let wrong_key = format!("Bearer {wrong}");
+    let refused = common::http::post_with_headers(
+        &server.url,
+        &[accept, ("authorization", &wrong_key)],
+        &initialize,
+    );
+    assert_eq!(refused.status, 401, "{}", refused.text);
+    let bearer = format!("Bearer {key}");
+    let refused = common::http::post_with_headers(
+        &server.url,
+        &[
+            accept,
+            ("authorization", &bearer),
+            ("origin", "http://evil.example"),
+        ],
+        &initialize,
+    );
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    let refused = common::http::post_with_headers(
+        &server.url,
+        &[
+            accept,
+            ("authorization", &bearer),
+            ("host", "rebound.example:80"),
+        ],
+        &initialize,
+    );
+    assert_eq!(refused.status, 403, "a DNS-rebound Host: {}", refused.text);
+
+    let config = json!({
+        "scenario": "http", "url": server.url, "key": key, "login": ALICE, "host": HOST_NAME,
+    });
+    let seen = run_client(&config, &sshd);
+    let ended = &seen["ended"];
+    assert_eq!(ended["tools"].as_array().map(Vec::len), Some(5), "{ended}");
+    let run = &ended["run"]["structured"];
+    assert_eq!(run["exit_code"], 4, "{run}\n{}", sshd.log());
+    assert!(
+        run["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("over-http")
+    );
+    let ended_task = ended["open"]["structured"]["task_id"]
+        .as_str()
+        .expect("task id")
+        .to_owned();
+    let left_task = seen["left"]["open"]["structured"]["task_id"]
+        .as_str()
+        .expect("task id")
+        .to_owned();
+
+    // The session the client ended (DELETE) has its task completed; the server does that
+    // after answering, so wait for the record.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !completed_tasks(&ca).contains(&ended_task) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended session's task was not completed: {}",
+            server.stderr_so_far()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !completed_tasks(&ca).contains(&left_task),
+        "a session still open keeps its task"
+    );
+
+    // SIGTERM: the server completes the task of the session left open, then exits 0.
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = server.child.wait().expect("wait");
+    let stderr = server.stderr_so_far();
+    assert!(exit.success(), "{exit:?}: {stderr}");
+    assert!(completed_tasks(&ca).contains(&left_task), "{stderr}");
+    assert!(!stderr.contains(&key), "the key reached the log");
+}
+
+#[test]
+fn http_is_served_on_loopback_only() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args([
+            "mcp",
+            "--ca-url",
+            "http://127.0.0.1:9",
+            "--token-source",
+            "env:NONE",
+        ])
+        .args(["--http", "0.0.0.0:0", "--http-key-file"])
+        .arg(dir.path().join("mcp.key"))
+        .output()
+        .expect("writ mcp");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("only a loopback address"), "{stderr}");
+    assert!(
+        !dir.path().join("mcp.key").exists(),
+        "nothing made for a refused address"
+    );
 }

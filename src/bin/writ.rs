@@ -118,16 +118,22 @@ Example:
         #[arg(last = true)]
         command: Vec<String>,
     },
-    /// Serve the Model Context Protocol on stdin/stdout: SSH access for an agent, one task
-    /// at a time (tools open_task, run, task_status, complete_task, list_tasks).
+    /// Serve the Model Context Protocol on stdin/stdout (or --http on loopback): SSH
+    /// access for an agent, one task at a time (tools open_task, run, task_status,
+    /// complete_task, list_tasks).
     ///
     /// Each task gets a key made in memory for it; the model sees task ids, never a token,
     /// key or certificate. Hosts are verified by the CA's host certificates. When the
-    /// session ends (stdin closes, SIGTERM, Ctrl-C) every task it opened is completed.
+    /// session ends (stdin closes, SIGTERM, Ctrl-C; with --http the client's DELETE or
+    /// --http-idle) every task it opened is completed.
     #[command(after_help = "\
 MCP client configuration (e.g. an agent host's mcpServers):
   {\"writ\": {\"command\": \"writ\", \"args\": [\"mcp\", \"--ca-url\", \"https://ca.example.com\",
-            \"--token\", \"@/var/run/secrets/writ/token\", \"--allowed-hosts\", \"*.staging.example.com\"]}}")]
+            \"--token\", \"@/var/run/secrets/writ/token\", \"--allowed-hosts\", \"*.staging.example.com\"]}}
+Over HTTP:
+  writ mcp --http 127.0.0.1:8765 --http-key-file ~/.config/writ/mcp.key --token-source file:/run/token
+  then {\"writ\": {\"type\": \"http\", \"url\": \"http://127.0.0.1:8765/mcp\",
+                  \"headers\": {\"Authorization\": \"Bearer <the key in that file>\"}}}")]
     Mcp {
         /// The CA's base URL (default: ca_url of the client config).
         #[arg(long, env = "WRIT_CA_URL", value_name = "URL")]
@@ -146,6 +152,20 @@ MCP client configuration (e.g. an agent host's mcpServers):
         /// for the agent's hosts (default: ssh's own ~/.ssh/config and /etc/ssh/ssh_config).
         #[arg(long, value_name = "FILE")]
         ssh_config: Option<PathBuf>,
+        /// Serve MCP over streamable HTTP at http://ADDR/mcp instead of stdin/stdout.
+        /// ADDR must be loopback (127.0.0.1:PORT, [::1]:PORT; port 0 picks one, printed
+        /// on stderr). Each MCP session has its own tasks, completed when it ends.
+        #[arg(long, value_name = "ADDR", requires = "http_key_file")]
+        http: Option<SocketAddr>,
+        /// With --http: the file holding the key clients send as `Authorization: Bearer
+        /// KEY`; made (random, mode 0600) if it does not exist, else it must be
+        /// owner-only.
+        #[arg(long, value_name = "FILE", requires = "http")]
+        http_key_file: Option<PathBuf>,
+        /// With --http: a session without a request for this long ends, and its tasks
+        /// are completed.
+        #[arg(long, value_parser = duration::parse, default_value = "30m", value_name = "DURATION")]
+        http_idle: Duration,
         #[command(flatten)]
         tls: TlsArgs,
     },
@@ -583,6 +603,9 @@ fn main() -> ExitCode {
             allowed_hosts,
             max_task_ttl,
             ssh_config,
+            http,
+            http_key_file,
+            http_idle,
             tls,
         } => {
             if let Err(code) = config.refuse("mcp", over_http) {
@@ -593,7 +616,15 @@ fn main() -> ExitCode {
                 max_task_ttl,
                 ssh_config,
             };
-            match mcp_command(ca_url.as_deref(), &credential, limits, &tls) {
+            let transport = match (http, http_key_file) {
+                (Some(listen), Some(key_file)) => McpTransport::Http {
+                    listen,
+                    key_file,
+                    idle: http_idle,
+                },
+                _ => McpTransport::Stdio,
+            };
+            match mcp_command(ca_url.as_deref(), &credential, limits, &tls, transport) {
                 Ok(code) => code,
                 Err(exit) => fail_with(&exit),
             }
@@ -790,17 +821,33 @@ fn certify(agent: &AgentArgs, key: &Path, known_hosts: Option<&Path>) -> Result<
     Ok(summary)
 }
 
+/// How `writ mcp` is reached.
+enum McpTransport {
+    /// stdin/stdout, one session.
+    Stdio,
+    /// `--http`: streamable HTTP on a loopback address, a bearer key in `key_file`.
+    Http {
+        listen: SocketAddr,
+        key_file: PathBuf,
+        idle: Duration,
+    },
+}
+
 /// `writ mcp`: where tokens come from (one fresh token per task), then the server.
 fn mcp_command(
     ca_url: Option<&str>,
     credential: &TokenArgs,
     limits: writ::mcp::Limits,
     tls: &TlsArgs,
+    transport: McpTransport,
 ) -> Result<ExitCode, Exit> {
     let other = |message: String| Exit {
         failure: Failure::Other,
         message,
     };
+    if let McpTransport::Http { listen, .. } = &transport {
+        writ::mcp::http::check_listen(listen).map_err(|e| other(format!("writ mcp: {e}")))?;
+    }
     let (config, ca) = tls.ca(ca_url)?;
     let env = &token_source::process_environment;
     let source = match (&credential.token, &credential.token_source) {
@@ -832,8 +879,34 @@ fn mcp_command(
     });
     let server = writ::mcp::WritMcp::new(ca, tokens, limits);
     let runtime = writ::cli::runtime().map_err(|e| other(e.to_string()))?;
-    runtime
-        .block_on(writ::mcp::serve_stdio(server))
+    let served = match transport {
+        McpTransport::Stdio => runtime.block_on(writ::mcp::serve_stdio(server)),
+        McpTransport::Http {
+            listen,
+            key_file,
+            idle,
+        } => {
+            let (key, made) = writ::mcp::http::load_or_create_key(&key_file)
+                .map_err(|e| other(format!("writ mcp: {e}")))?;
+            if made {
+                eprintln!(
+                    "writ mcp: made a new key in {} (mode 0600)",
+                    key_file.display()
+                );
+            }
+            let options = writ::mcp::http::HttpOptions { listen, key, idle };
+            let ready = |bound: SocketAddr| {
+                eprintln!(
+                    "writ mcp: serving MCP at http://{bound}{}; clients send \
+                     Authorization: Bearer <the key in {}>",
+                    writ::mcp::http::PATH,
+                    key_file.display()
+                );
+            };
+            runtime.block_on(writ::mcp::http::serve_http(server, options, ready))
+        }
+    };
+    served
         .map(|()| ExitCode::SUCCESS)
         .map_err(|e| other(format!("writ mcp: {e}")))
 }

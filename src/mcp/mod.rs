@@ -12,10 +12,11 @@
 //! more than `--allowed-hosts`/`--max-task-ttl` allow (the CA's policy still decides the
 //! rest), or prompt (ssh runs with `BatchMode=yes`).
 
+pub mod http;
 pub mod runner;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rmcp::handler::server::common::schema_for_output;
@@ -79,7 +80,84 @@ pub struct WritMcp {
     limits: Limits,
     tasks: Arc<Mutex<BTreeMap<String, SessionTask>>>,
     keys: Arc<Mutex<Option<Keys>>>,
+    /// Held while the session's tasks are being completed, so two endings (the session's
+    /// own and the server's shutdown) never complete the same task twice.
+    completing: Arc<tokio::sync::Mutex<()>>,
+    /// For a session of `--http`: its tasks are completed when the last handle goes
+    /// (held, never read).
+    _life: Option<Arc<SessionLife>>,
     tool_router: ToolRouter<WritMcp>,
+}
+
+/// Sessions of one `--http` server: each session's tasks are completed when the session
+/// ends (the client's DELETE, the idle timeout), and every session's at shutdown.
+#[derive(Clone, Default)]
+pub struct Sessions {
+    inner: Arc<Mutex<SessionsInner>>,
+}
+
+#[derive(Default)]
+struct SessionsInner {
+    live: Vec<Weak<SessionLife>>,
+    ending: Vec<tokio::task::JoinHandle<usize>>,
+}
+
+/// Ends a session: dropped with the session's last handle, it completes the session's
+/// open tasks on the runtime and leaves the work for [`Sessions::end_all`] to wait on.
+struct SessionLife {
+    core: WritMcp,
+    sessions: Sessions,
+}
+
+impl Drop for SessionLife {
+    fn drop(&mut self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let core = self.core.clone();
+        let ending = runtime.spawn(async move { core.complete_all().await });
+        let mut inner = self.sessions.inner.lock().expect("sessions");
+        inner.ending.retain(|handle| !handle.is_finished());
+        inner.ending.push(ending);
+    }
+}
+
+impl Sessions {
+    /// A new session of `template`'s server: no tasks, its own agent.
+    pub fn open(&self, template: &WritMcp) -> WritMcp {
+        let core = template.fresh();
+        let life = Arc::new(SessionLife {
+            core: core.clone(),
+            sessions: self.clone(),
+        });
+        let mut inner = self.inner.lock().expect("sessions");
+        inner.live.retain(|session| session.strong_count() > 0);
+        inner.live.push(Arc::downgrade(&life));
+        WritMcp {
+            _life: Some(life),
+            ..core
+        }
+    }
+
+    /// Complete every task of every session, those still open and those ending now;
+    /// how many could not be completed.
+    pub async fn end_all(&self) -> usize {
+        let (live, ending): (Vec<_>, Vec<_>) = {
+            let mut inner = self.inner.lock().expect("sessions");
+            (
+                inner.live.iter().filter_map(Weak::upgrade).collect(),
+                inner.ending.drain(..).collect(),
+            )
+        };
+        let mut failed = 0;
+        for handle in ending {
+            failed += handle.await.unwrap_or(1);
+        }
+        for session in live {
+            failed += session.core.complete_all().await;
+        }
+        failed
+    }
 }
 
 /// `open_task`'s arguments.
@@ -217,6 +295,22 @@ impl WritMcp {
             limits,
             tasks: Arc::default(),
             keys: Arc::default(),
+            completing: Arc::default(),
+            _life: None,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// A server like this one with no tasks and no agent yet: a new session.
+    fn fresh(&self) -> WritMcp {
+        WritMcp {
+            ca: Arc::clone(&self.ca),
+            tokens: Arc::clone(&self.tokens),
+            limits: self.limits.clone(),
+            tasks: Arc::default(),
+            keys: Arc::default(),
+            completing: Arc::default(),
+            _life: None,
             tool_router: Self::tool_router(),
         }
     }
@@ -744,6 +838,7 @@ impl WritMcp {
     /// Complete every task this session opened and did not complete; returns how many
     /// could not be completed (each logged).
     pub async fn complete_all(&self) -> usize {
+        let _completing = self.completing.lock().await;
         let open: Vec<String> = self
             .tasks
             .lock()

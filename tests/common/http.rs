@@ -106,6 +106,15 @@ pub fn post_raw(url: &str, token: Option<&str>, body: &str) -> Response {
     finish(request.send(body))
 }
 
+/// POST raw `body` to `url` with these extra headers (name, value).
+pub fn post_with_headers(url: &str, headers: &[(&str, &str)], body: &str) -> Response {
+    let mut request = agent().post(url).header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    finish(request.send(body))
+}
+
 /// POST JSON to `url`; `Err` when no answer came (connection refused or reset).
 pub fn try_post(url: &str, token: Option<&str>, body: &Value) -> Result<Response, String> {
     let mut request = agent().post(url).header("content-type", "application/json");
