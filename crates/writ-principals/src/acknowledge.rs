@@ -10,8 +10,9 @@
 
 use serde::Serialize;
 
+use crate::ca_post::{self, PostError};
 use crate::config::HostConfig;
-use crate::online::{ErrorEnvelope, MAX_RESPONSE_BYTES, http_agent, read_token, transport_error};
+use crate::online::{ErrorEnvelope, MAX_RESPONSE_BYTES, read_token};
 
 /// Path of the acknowledgement endpoint below `ca_url`.
 pub const APPLIED_PATH: &str = "/v1/revocations/applied";
@@ -38,7 +39,7 @@ pub fn acknowledge(config: &HostConfig, sequence: i64) -> Acknowledgement {
     if config.token_file.is_none() {
         return Acknowledgement::NotSent;
     }
-    let url = format!("{}{APPLIED_PATH}", config.ca_base_url());
+    let url = ca_post::url(config, APPLIED_PATH);
     let failed = |detail: String| Acknowledgement::Failed(format!("POST {url}: {detail}"));
     let token = match read_token(config) {
         Ok(token) => token,
@@ -47,32 +48,18 @@ pub fn acknowledge(config: &HostConfig, sequence: i64) -> Acknowledgement {
     let Some(host) = config.host_name.as_deref() else {
         return failed("this host has no name (host_name)".into());
     };
-    let body = match serde_json::to_vec(&Applied { host, sequence }) {
-        Ok(body) => body,
-        Err(e) => return failed(format!("cannot encode the report: {e}")),
-    };
-    let agent = match http_agent(config) {
-        Ok(agent) => agent,
+    let applied = Applied { host, sequence };
+    let reply = match ca_post::post_json(config, &token, APPLIED_PATH, &applied) {
+        Ok(reply) => reply,
+        Err(PostError::Encode(e)) => return failed(format!("cannot encode the report: {e}")),
         Err(e) => return failed(e.to_string()),
     };
-    let mut response = match agent
-        .post(&url)
-        .header("Authorization", format!("Bearer {token}"))
-        .content_type("application/json")
-        .send(&body[..])
-    {
-        Ok(response) => response,
-        Err(e) => return failed(transport_error(config, &e)),
-    };
-    let status = response.status().as_u16();
+    let status = reply.status();
     if status == 200 {
         return Acknowledgement::Recorded;
     }
-    let code = response
-        .body_mut()
-        .with_config()
-        .limit(MAX_RESPONSE_BYTES)
-        .read_to_vec()
+    let code = reply
+        .body(MAX_RESPONSE_BYTES)
         .ok()
         .and_then(|b| serde_json::from_slice::<ErrorEnvelope>(&b).ok())
         .map(|e| e.error.code)

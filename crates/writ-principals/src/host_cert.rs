@@ -15,7 +15,7 @@
 //! installed certificates as they were.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,8 +23,9 @@ use serde::Deserialize;
 use ssh_key::certificate::CertType;
 use ssh_key::{Certificate, PublicKey};
 
+use crate::ca_post;
 use crate::config::{HostCertificates, HostConfig};
-use crate::online::{ErrorEnvelope, http_agent, read_token, transport_error};
+use crate::online::{ErrorEnvelope, read_token};
 use crate::sync::{commit, stage};
 
 /// The CA's endpoint for host certificates.
@@ -307,7 +308,7 @@ fn request(
     keys: &[(usize, PublicKey)],
     names: &[String],
 ) -> Result<Vec<String>, HostCertError> {
-    let url = format!("{}{HOST_CERTIFICATES_PATH}", config.ca_base_url());
+    let url = ca_post::url(config, HOST_CERTIFICATES_PATH);
     let failed = |detail: String| HostCertError::Ca {
         url: url.clone(),
         detail,
@@ -317,30 +318,28 @@ fn request(
         .map(|(_, key)| key.to_openssh().map_err(|e| failed(e.to_string())))
         .collect::<Result<Vec<String>, _>>()?;
     let body = serde_json::json!({ "public_keys": public_keys, "names": names });
-    let agent = http_agent(config).map_err(|e| failed(e.to_string()))?;
-    let mut response = agent
-        .post(&url)
-        .header("Authorization", format!("Bearer {token}"))
-        .content_type("application/json")
-        .send(body.to_string().as_bytes())
-        .map_err(|e| failed(transport_error(config, &e)))?;
-    let status = response.status();
-    let mut text = String::new();
-    response
-        .body_mut()
-        .as_reader()
-        .take(MAX_ANSWER_BYTES)
-        .read_to_string(&mut text)
+    let reply = ca_post::post_json(config, token, HOST_CERTIFICATES_PATH, &body)
+        .map_err(|e| failed(e.to_string()))?;
+    let status = reply.status();
+    let text = reply
+        .body_prefix(MAX_ANSWER_BYTES)
+        .and_then(|bytes| {
+            // Not UTF-8: refused in the words of `Read::read_to_string`.
+            String::from_utf8(bytes).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                )
+            })
+        })
         .map_err(|e| failed(format!("reading the answer: {e}")))?;
-    if !status.is_success() {
+    if !(200..300).contains(&status) {
         return Err(failed(match serde_json::from_str::<ErrorEnvelope>(&text) {
             Ok(envelope) => format!(
-                "{} {}: {}",
-                status.as_u16(),
-                envelope.error.code,
-                envelope.error.message
+                "{status} {}: {}",
+                envelope.error.code, envelope.error.message
             ),
-            Err(_) => format!("HTTP {}", status.as_u16()),
+            Err(_) => format!("HTTP {status}"),
         }));
     }
     let answer: Answer = serde_json::from_str(&text)

@@ -3,6 +3,8 @@
 //! `writ` re-exports it as `writ::host` (its `writ bench check` runs [`check`] in
 //! process).
 //!
+//! - `ca_post` — the host's authenticated `POST`s to the CA (bearer token, JSON body),
+//!   shared by [`online`], [`acknowledge`], [`host_cert`] and `inventory --report`.
 //! - [`config`] — the host's TOML configuration (`/etc/writ/host.toml`).
 //! - [`check`] — sshd's `AuthorizedPrincipalsCommand`: decides whether a certificate may
 //!   log in as a login on this host and, if so, names the principal that lets it in;
@@ -38,6 +40,7 @@
 //! access is blocking (ureq) and always bounded by the configured timeout.
 
 pub mod acknowledge;
+mod ca_post;
 pub mod check;
 pub mod config;
 pub mod host_cert;

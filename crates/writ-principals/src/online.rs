@@ -7,7 +7,7 @@
 //! connect, TLS, request, response and body — so a hung CA holds sshd's pre-auth slot
 //! for at most that long. [`authorize`] never fails: every outcome is an [`Answer`], and
 //! the caller decides what each means (`check` falls back to the local revocation feed
-//! only on [`Answer::Unavailable`]).
+//! only on [`Answer::Unavailable`]). The request itself is `ca_post::post_json`.
 
 use std::fs::File;
 use std::io::Read;
@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::ca_post::{self, PostError};
 use crate::config::HostConfig;
 use crate::tls::TlsFileError;
 
@@ -149,23 +150,6 @@ pub(crate) fn http_agent(config: &HostConfig) -> Result<ureq::Agent, TlsFileErro
         .into())
 }
 
-/// A transport error in words; an untrusted CA certificate says what it must chain to.
-pub(crate) fn transport_error(config: &HostConfig, error: &ureq::Error) -> String {
-    if crate::tls::is_untrusted_certificate(error) {
-        format!(
-            "the CA's TLS certificate is not trusted ({error}): it does not chain to {}",
-            crate::tls::trust_source(config)
-        )
-    } else if crate::tls::may_need_client_certificate(config, error) {
-        format!(
-            "{error}; if the CA requires client certificates (mutual TLS), set client_cert \
-             and client_key in the host config"
-        )
-    } else {
-        error.to_string()
-    }
-}
-
 #[derive(Deserialize)]
 struct AuthorizeResponse {
     allow: bool,
@@ -191,31 +175,15 @@ pub(crate) struct ErrorBody {
 
 /// Ask the CA (see the module documentation). Bounded by `config.timeout`.
 pub fn authorize(config: &HostConfig, token: &str, request: &AuthorizeRequest<'_>) -> Answer {
-    let url = format!("{}{AUTHORIZE_PATH}", config.ca_base_url());
+    let url = ca_post::url(config, AUTHORIZE_PATH);
     let unavailable = |detail: String| Answer::Unavailable { detail };
-    let body = match serde_json::to_vec(request) {
-        Ok(body) => body,
-        Err(e) => return unavailable(format!("cannot encode the request: {e}")),
-    };
-    let agent = match http_agent(config) {
-        Ok(agent) => agent,
+    let reply = match ca_post::post_json(config, token, AUTHORIZE_PATH, request) {
+        Ok(reply) => reply,
+        Err(e @ PostError::Transport(_)) => return unavailable(format!("POST {url}: {e}")),
         Err(e) => return unavailable(e.to_string()),
     };
-    let mut response = match agent
-        .post(&url)
-        .header("Authorization", format!("Bearer {token}"))
-        .content_type("application/json")
-        .send(&body[..])
-    {
-        Ok(response) => response,
-        Err(e) => return unavailable(format!("POST {url}: {}", transport_error(config, &e))),
-    };
-    let status = response.status().as_u16();
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(MAX_RESPONSE_BYTES)
-        .read_to_vec();
+    let status = reply.status();
+    let body = reply.body(MAX_RESPONSE_BYTES);
     match status {
         200 => {
             let body = match body {

@@ -1,19 +1,18 @@
 //! `inventory --report`: `POST {ca_url}/v1/inventory` with the inventory document,
 //! authenticated with this host's own workload token exactly as `host-cert` and online
-//! `check` are ([`crate::online::read_token`], [`crate::online`]'s HTTP agent: TLS from
+//! `check` are ([`crate::online::read_token`], `ca_post::post_json`: TLS from
 //! the host config, every call bounded by its `timeout`). The CA answers
 //! `{"host", "recorded_at", "new_findings"}`.
 //!
 //! It never logs the token, reads at most [`MAX_ANSWER_BYTES`] of the answer, and repeats
 //! only a code-shaped error code and a bounded, escaped message from the CA.
 
-use std::io::Read;
-
 use serde::Deserialize;
 
 use super::model::Inventory;
+use crate::ca_post::{self, PostError};
 use crate::config::HostConfig;
-use crate::online::{TokenError, http_agent, read_token, transport_error};
+use crate::online::{TokenError, read_token};
 
 /// The CA's endpoint for host inventories.
 pub const INVENTORY_PATH: &str = "/v1/inventory";
@@ -64,27 +63,20 @@ pub struct Recorded {
 /// Send `inventory` to the CA named by `config`.
 pub fn send(config: &HostConfig, inventory: &Inventory) -> Result<Recorded, ReportError> {
     let token = read_token(config)?;
-    let url = format!("{}{INVENTORY_PATH}", config.ca_base_url());
+    let url = ca_post::url(config, INVENTORY_PATH);
     let unreachable = |detail: String| ReportError::Unreachable {
         url: url.clone(),
         detail,
     };
-    let body = serde_json::to_vec(inventory)
-        .map_err(|e| unreachable(format!("cannot encode the inventory: {e}")))?;
-    let agent = http_agent(config).map_err(|e| unreachable(e.to_string()))?;
-    let mut response = agent
-        .post(&url)
-        .header("Authorization", format!("Bearer {token}"))
-        .content_type("application/json")
-        .send(&body[..])
-        .map_err(|e| unreachable(transport_error(config, &e)))?;
-    let status = response.status().as_u16();
-    let mut text = Vec::new();
-    response
-        .body_mut()
-        .as_reader()
-        .take(MAX_ANSWER_BYTES)
-        .read_to_end(&mut text)
+    let reply = ca_post::post_json(config, &token, INVENTORY_PATH, inventory).map_err(|e| {
+        unreachable(match e {
+            PostError::Encode(e) => format!("cannot encode the inventory: {e}"),
+            e => e.to_string(),
+        })
+    })?;
+    let status = reply.status();
+    let text = reply
+        .body_prefix(MAX_ANSWER_BYTES)
         .map_err(|e| unreachable(format!("reading the answer: {e}")))?;
     if status != 200 {
         let (code, message) = error_of(&text);
