@@ -3,7 +3,8 @@
 //! host certificate: the five tools are listed with output schemas; a task opens, a
 //! command runs with its output and exit code (bounded output marked as cut); a host
 //! outside `--allowed-hosts` and a login outside the policy are refused with text the
-//! model can act on; completing the task ends it at the CA (in the revocation feed hosts
+//! model can act on; every command is in the audit log (`task.run`, with its purpose)
+//! before it runs; completing the task ends it at the CA (in the revocation feed hosts
 //! enforce) and for `run`; the task's certificate is renewed when a `run` comes after it
 //! expired; and the task left open is completed when the client goes away. A task
 //! completed at the CA behind the server's back: the next login with its certificate is
@@ -198,6 +199,26 @@ fn an_mcp_client_opens_a_task_runs_a_command_and_ends_the_task() {
     );
     assert_eq!(bounded["stdout_truncated"], true);
 
+    // Each command was recorded with the task before it ran (the refused one was not).
+    let runs: Vec<_> = ca
+        .audit_events(writ::audit::event::TASK_RUN)
+        .into_iter()
+        .filter(|r| r.entry.task_id.as_deref() == Some(task_id))
+        .map(|r| r.entry)
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(
+        runs[0]
+            .command
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("echo hello-from-mcp")
+    );
+    assert_eq!(runs[0].purpose.as_deref(), Some("say hello"));
+    assert_eq!(runs[0].host.as_deref(), Some(HOST_NAME));
+    assert_eq!(runs[0].logins, [ALICE]);
+    assert_eq!(runs[1].purpose, None);
+
     let outside = &seen["outside_allowed"];
     assert_eq!(outside["is_error"], true);
     assert!(
@@ -246,10 +267,11 @@ fn an_mcp_client_opens_a_task_runs_a_command_and_ends_the_task() {
 
 /// The done-means of issue 18: once a task is completed, a login with its certificate
 /// fails. Here the task is completed at the CA behind the server's back (by `writ task
-/// complete` with the agent's token), and the host has applied the revocation feed: the
-/// next `run` does reach sshd with the task's key and certificate, sshd's
-/// `writ-principals` refuses them, and the server tells the model the task has ended and
-/// takes the key out of its agent. A task completed through `complete_task` leaves the
+/// complete` with the agent's token), and the host has applied the revocation feed: a
+/// login with the task's key and certificate, taken straight from the server's agent,
+/// is refused by sshd's `writ-principals`; the next `run` is refused before ssh (the CA
+/// will not record a command for an ended task), the model is told the task has ended,
+/// and the key leaves the agent. A task completed through `complete_task` leaves the
 /// agent at once too.
 #[test]
 fn a_login_with_a_completed_task_s_certificate_fails_at_the_host() {
@@ -268,6 +290,7 @@ fn a_login_with_a_completed_task_s_certificate_fails_at_the_host() {
             "complete_elsewhere": [env!("CARGO_BIN_EXE_writ"), "task", "complete", "{task}",
                 "--ca-url", ca.url, "--token-source", format!("file:{}", token.path().display())],
             "sync": [principals, "sync", "--config", host_config],
+            "ssh_config": agent.ssh_dir().join("config"),
         }),
     );
     let seen = run_client(&config, &sshd);
@@ -285,19 +308,39 @@ fn a_login_with_a_completed_task_s_certificate_fails_at_the_host() {
         "the task's certificate is in the agent"
     );
 
-    let after = &seen["run_after"];
-    assert_eq!(after["is_error"], true, "{after}");
-    assert_eq!(after["structured"]["exit_code"], 255, "{after}");
-    assert_eq!(after["structured"]["host_refused"], false, "{after}");
+    // The same key and certificate, straight from the agent: in while the task is active,
+    // refused by the host once it is completed there and the host has the feed.
+    let login = &seen["login_before"];
+    assert_eq!(login["status"], 0, "{login}\n{}", sshd.log());
     assert!(
-        after["structured"]["stderr"]
+        login["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("login-while-active")
+    );
+    let login = &seen["login_after"];
+    assert_eq!(login["status"], 255, "{login}");
+    assert!(
+        login["stderr"]
             .as_str()
             .unwrap_or_default()
             .contains("Permission denied"),
-        "sshd refused the login: {after}"
+        "sshd refused the completed task's certificate: {login}"
+    );
+    assert!(
+        !login["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("login-after")
+    );
+
+    let after = &seen["run_after"];
+    assert_eq!(after["is_error"], true, "{after}");
+    assert!(
+        text(after).contains("has ended at the CA (completed)"),
+        "{after}"
     );
     assert!(!text(after).contains("must-not-run"), "{after}");
-    assert!(text(after).contains("has ended at the CA"), "{after}");
     assert_eq!(
         seen["agent_after_refusal"], 0,
         "the ended task's key left the agent"

@@ -1005,3 +1005,104 @@ fn revoking_a_certificate_revokes_its_renewals_and_no_renewal_outruns_it() {
     );
     assert_eq!(late.status, 401, "{}", late.text);
 }
+
+#[test]
+fn only_the_owner_records_runs_and_only_what_the_task_covers_while_it_is_active() {
+    let w = World::start("");
+    let task = w.open_task();
+    let task_id = task["task_id"].as_str().expect("task_id");
+    let cert_line = task["certificate"].as_str().expect("cert");
+    let path = format!("/v1/tasks/{task_id}/runs");
+    let run = |host: &str, login: &str, command: &str| json!({"host": host, "login": login, "command": command, "purpose": "check disk"});
+    let denied = || w.ca.audit_events(event::TASK_DENIED).len();
+
+    // By proof of possession (as `writ mcp` does): recorded, durable before the answer.
+    let body = run("web-01.prod.example.com", "deploy", "df -h\nuptime").to_string();
+    let header = pop_header(cert_line, &w.key, &path, &body);
+    let recorded = post_authorized(&format!("{}{path}", w.ca.url), &header, &body);
+    assert_eq!(recorded.status, 201, "{}", recorded.text);
+    let records = w.ca.audit_events(event::TASK_RUN);
+    assert_eq!(records.len(), 1);
+    let record = &records[0].entry;
+    assert_eq!(record.task_id.as_deref(), Some(task_id));
+    assert_eq!(record.subject.as_deref(), Some("agent-1"));
+    assert_eq!(record.host.as_deref(), Some("web-01.prod.example.com"));
+    assert_eq!(record.logins, ["deploy"]);
+    assert_eq!(record.command.as_deref(), Some("df -h\nuptime"));
+    assert_eq!(record.purpose.as_deref(), Some("check disk"));
+    assert_eq!(record.serial.as_deref(), task["serial"].as_str());
+
+    // Each refusal is a task.denied record and records no run.
+    let refusals: [(&str, Value, u16, &str); 6] = [
+        (
+            "agent-2",
+            run("web-01.prod.example.com", "deploy", "id"),
+            404,
+            "task_not_found",
+        ),
+        (
+            "admin-1",
+            run("web-01.prod.example.com", "deploy", "id"),
+            403,
+            "owner_required",
+        ),
+        (
+            "agent-1",
+            run("db-01.prod.example.com", "deploy", "id"),
+            403,
+            "host_not_in_task",
+        ),
+        (
+            "agent-1",
+            run("web-01.prod.example.com", "root", "id"),
+            403,
+            "login_not_in_task",
+        ),
+        (
+            "agent-1",
+            run("web-01.prod.example.com", "deploy", "a\0b"),
+            400,
+            "invalid_command",
+        ),
+        (
+            "agent-1",
+            run("web-01.prod.example.com", "deploy", &"x".repeat(5000)),
+            400,
+            "invalid_command",
+        ),
+    ];
+    for (n, (subject, body, status, code)) in refusals.into_iter().enumerate() {
+        let before = denied();
+        let refused = w.post(&path, &w.token(subject), body);
+        assert_eq!(refused.status, status, "{n}: {}", refused.text);
+        assert_eq!(refused.error_code(), code, "{n}");
+        assert_eq!(denied(), before + 1, "{n}: the refusal is recorded");
+    }
+    let unknown_field = w.post(
+        &path,
+        &w.token("agent-1"),
+        json!({"host": "web-01.prod.example.com", "login": "deploy", "command": "id", "tool": "x"}),
+    );
+    assert_eq!(unknown_field.status, 400, "{}", unknown_field.text);
+
+    // The owner's token records too; once the task is completed nothing is recorded.
+    let by_token = w.post(
+        &path,
+        &w.token("agent-1"),
+        run("web-01.prod.example.com", "deploy", "id"),
+    );
+    assert_eq!(by_token.status, 201, "{}", by_token.text);
+    let done = w.post(
+        &format!("/v1/tasks/{task_id}/complete"),
+        &w.token("agent-1"),
+        json!({}),
+    );
+    assert_eq!(done.status, 200, "{}", done.text);
+    let late = w.post(
+        &path,
+        &w.token("agent-1"),
+        run("web-01.prod.example.com", "deploy", "id"),
+    );
+    assert_eq!(late.status, 409, "{}", late.text);
+    assert_eq!(w.ca.audit_events(event::TASK_RUN).len(), 2);
+}

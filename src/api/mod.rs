@@ -99,6 +99,7 @@ pub fn router(state: Arc<AppState>, request_timeout: Duration, metrics: MetricsR
         ("/v1/tasks/{task_id}/certificates", post(tasks::renew)),
         ("/v1/tasks/{task_id}/complete", post(tasks::complete)),
         ("/v1/tasks/{task_id}/revoke", post(tasks::revoke)),
+        ("/v1/tasks/{task_id}/runs", post(tasks::record_run)),
         (
             "/v1/certificates/{serial}/revoke",
             post(tasks::revoke_certificate),

@@ -1,9 +1,10 @@
 //! Task endpoints: `GET /v1/tasks/{id}`, `POST /v1/tasks/{id}/certificates` (another
 //! certificate, owner only), `POST /v1/tasks/{id}/complete` (owner or admin),
-//! `POST /v1/tasks/{id}/revoke` (admin) and `POST /v1/certificates/{serial}/revoke`.
+//! `POST /v1/tasks/{id}/revoke` (admin), `POST /v1/tasks/{id}/runs` (owner: a command
+//! about to run, kept as a `task.run` record) and `POST /v1/certificates/{serial}/revoke`.
 //! Callers authenticate with a fresh workload token or a proof of possession. Every
 //! refusal leaves one audit record: `cert.denied` for certificate requests, `task.denied`
-//! for reads, completions and revocations.
+//! for reads, runs, completions and revocations.
 
 use std::sync::Arc;
 
@@ -263,6 +264,72 @@ async fn end(
     // Hosts waiting for the feed hear of it now.
     state.revocation_watch.poke();
     Ok(Json(render_task(view)))
+}
+
+/// `POST /v1/tasks/{task_id}/runs` body: a command about to run with the task.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// The host it runs on.
+    pub host: String,
+    /// The login it runs as.
+    pub login: String,
+    /// The command.
+    pub command: String,
+    /// Why (optional).
+    pub purpose: Option<String>,
+}
+
+/// `POST /v1/tasks/{task_id}/runs` answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RunRecorded {
+    /// The task.
+    pub task_id: String,
+    /// Always true: the `task.run` record is durable.
+    pub recorded: bool,
+}
+
+/// `POST /v1/tasks/{task_id}/runs`: record what the owner's agent is about to run
+/// ([`crate::task::runs`]); 201 once the record is durable.
+pub async fn record_run(
+    State(state): State<Arc<AppState>>,
+    context: RequestContext,
+    Path(task_id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<RunRecorded>), ApiError> {
+    let refused = |who: Who<'_>, error| Refusal::of(event::TASK_DENIED, who, Some(&task_id), error);
+    let bytes = match body_bytes(body) {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
+    };
+    let caller = caller(&state, &headers, &method, uri.path(), &bytes, &context).await?;
+    let request: RunRequest = match super::decode_json(Ok(bytes)) {
+        Ok(request) => request,
+        Err(e) => {
+            return Err(refusal::record(&state, refused(Who::Caller(&caller), e), &context).await);
+        }
+    };
+    let run = crate::task::runs::Run {
+        host: request.host,
+        login: request.login,
+        command: request.command,
+        purpose: request.purpose.filter(|p| !p.trim().is_empty()),
+    };
+    let recorded = state
+        .issuer
+        .record_run(&caller, &task_id, &run, &context)
+        .await;
+    refusal::settle(&state, &context, recorded).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RunRecorded {
+            task_id,
+            recorded: true,
+        }),
+    ))
 }
 
 /// `POST /v1/tasks/{task_id}/complete`

@@ -612,6 +612,7 @@ pub fn task_status(
         task_id,
         credential,
         now_unix,
+        "",
     )
 }
 
@@ -624,27 +625,92 @@ pub fn finish_task(
     now_unix: i64,
 ) -> Result<TaskStatus, ClientError> {
     let path = format!("/v1/tasks/{task_id}/complete");
-    task_call("POST", ca, &path, task_id, credential, now_unix)
+    task_call("POST", ca, &path, task_id, credential, now_unix, "{}")
 }
 
-/// One authenticated task call: `GET` has no body, `POST` sends `{}`.
-fn task_call(
+/// A command about to run with a task, for the CA's audit log (`task.run`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunNotice {
+    /// The host.
+    pub host: String,
+    /// The login.
+    pub login: String,
+    /// The command, cut to the CA's bound by [`RunNotice::new`].
+    pub command: String,
+    /// Why, if the agent said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+}
+
+impl RunNotice {
+    /// A notice for `command`: a command longer than the CA keeps is cut on a character
+    /// boundary and ends with how long it was and its SHA-256, so the record still
+    /// identifies it.
+    pub fn new(host: &str, login: &str, command: &str, purpose: Option<&str>) -> RunNotice {
+        use sha2::Digest;
+        let max = crate::task::runs::MAX_COMMAND_BYTES;
+        let command = if command.len() <= max {
+            command.to_owned()
+        } else {
+            let digest = sha2::Sha256::digest(command.as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            let tail = format!(" … [cut: {} bytes in all, sha256 {hex}]", command.len());
+            let mut end = max.saturating_sub(tail.len());
+            while !command.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}{tail}", &command[..end])
+        };
+        let purpose = purpose
+            .map(|p| {
+                p.chars()
+                    .filter(|c| !c.is_control())
+                    .take(crate::task::runs::MAX_PURPOSE_BYTES / 4)
+                    .collect::<String>()
+            })
+            .filter(|p| !p.trim().is_empty());
+        RunNotice {
+            host: host.to_owned(),
+            login: login.to_owned(),
+            command,
+            purpose,
+        }
+    }
+}
+
+/// Tell the CA `notice` is about to run with `task_id`; `Ok` once its record is durable.
+pub fn record_run(
+    ca: &CaClient,
+    task_id: &str,
+    credential: &Credential<'_>,
+    notice: &RunNotice,
+    now_unix: i64,
+) -> Result<(), ClientError> {
+    let path = format!("/v1/tasks/{task_id}/runs");
+    let body = serde_json::to_string(notice).map_err(|e| ClientError::BadAnswer(e.to_string()))?;
+    let _: crate::api::tasks::RunRecorded =
+        task_call("POST", ca, &path, task_id, credential, now_unix, &body)?;
+    Ok(())
+}
+
+/// One authenticated task call: `GET` has no body, a `POST` sends `body`.
+fn task_call<T: serde::de::DeserializeOwned>(
     method: &str,
     ca: &CaClient,
     path: &str,
     task_id: &str,
     credential: &Credential<'_>,
     now_unix: i64,
-) -> Result<TaskStatus, ClientError> {
+    body: &str,
+) -> Result<T, ClientError> {
     if !crate::profile::is_valid_task_id(task_id) {
         return Err(ClientError::BadTaskId(task_id.chars().take(64).collect()));
     }
-    let body: &[u8] = if method == "GET" { b"" } else { b"{}" };
-    let authorization = credential.authorization(method, path, now_unix, body)?;
+    let authorization = credential.authorization(method, path, now_unix, body.as_bytes())?;
     credential.decode(if method == "GET" {
         ca.get(path, &authorization)
     } else {
-        ca.post(path, &authorization, "{}")
+        ca.post(path, &authorization, body)
     })
 }
 
@@ -732,6 +798,19 @@ pub fn describe_task(task: &TaskStatus, now_unix: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_command_is_cut_on_a_character_boundary_and_still_identified() {
+        let short = RunNotice::new("h", "l", "df -h", Some("why\u{7}"));
+        assert_eq!(short.command, "df -h");
+        assert_eq!(short.purpose.as_deref(), Some("why"));
+        let long = "é".repeat(3000);
+        let cut = RunNotice::new("h", "l", &long, None);
+        assert!(cut.command.len() <= crate::task::runs::MAX_COMMAND_BYTES);
+        assert!(cut.command.starts_with("éé"));
+        assert!(cut.command.contains("[cut: 6000 bytes in all, sha256 "));
+        assert_eq!(RunNotice::new("h", "l", "x", Some("  ")).purpose, None);
+    }
 
     #[test]
     fn a_password_in_the_ca_url_never_reaches_an_error() {

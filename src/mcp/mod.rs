@@ -3,6 +3,9 @@
 //! Each result is text for the model and the same as JSON `structuredContent` (with an
 //! `outputSchema`) for programs.
 //!
+//! Every `run` is recorded at the CA with its task (`task.run`: host, login, command,
+//! purpose) before ssh starts; what the CA does not record does not run.
+//!
 //! It owns the session's tasks: each has a key made in memory for it, and the certificate
 //! the CA issued for that key, renewed before a `run` once two thirds of its life have
 //! passed. The keys live in a private ssh-agent started with the first task
@@ -209,6 +212,9 @@ pub struct Run {
     /// SSH port, if not 22 (or what ssh_config says).
     #[serde(default)]
     pub port: Option<u16>,
+    /// Why this command, in a sentence; recorded with the command in the CA's audit log.
+    #[serde(default)]
+    pub purpose: Option<String>,
 }
 
 /// A task id argument.
@@ -409,8 +415,9 @@ impl WritMcp {
 
     #[tool(
         description = "Run a shell command on a host with a task's certificate (ssh; the host is \
-                       verified by the CA's host certificates). Returns exit code, stdout and \
-                       stderr (bounded; truncation is marked)."
+                       verified by the CA's host certificates). The command and its purpose are \
+                       recorded in the CA's audit log with the task before it runs. Returns exit \
+                       code, stdout and stderr (bounded; truncation is marked)."
     ,
         output_schema = schema_for_output::<runner::RunOutcome>()
     )]
@@ -476,6 +483,27 @@ impl WritMcp {
                 request.task_id
             )));
         };
+        // Nothing runs unless the CA has recorded it with the task.
+        let notice = client::RunNotice::new(
+            &request.host,
+            &request.login,
+            &request.command,
+            request.purpose.as_deref(),
+        );
+        if let Err(e) = self.record_run(&request.task_id, notice).await? {
+            if let Some(state) = self.ended_at_the_ca(&request.task_id).await? {
+                self.end_task(&request.task_id, &state).await?;
+                return Ok(refusal(format!(
+                    "task {} has ended at the CA ({state}): hosts no longer accept its \
+                     certificate. Nothing ran; open a new task if the work is not done.",
+                    request.task_id
+                )));
+            }
+            return Ok(refusal(format!(
+                "the command was not run: the CA did not record it with task {} ({e})",
+                request.task_id
+            )));
+        }
         let ca = Arc::clone(&self.ca);
         let trust = blocking(move || -> Result<_, ClientError> {
             Ok((
@@ -538,23 +566,8 @@ impl WritMcp {
             cut(outcome.stderr_truncated),
             outcome.stderr
         ));
-        let mut ended = None;
-        if outcome.exit_code == Some(client::SSH_FAILED) && !outcome.host_refused {
-            ended = self.ended_at_the_ca(&request.task_id).await?;
-        }
-        if let Some(state) = &ended {
-            self.end_task(&request.task_id, state).await?;
-            text.insert_str(
-                0,
-                &format!(
-                    "The login was refused: task {} has ended at the CA ({state}), so hosts no \
-                     longer accept its certificate. Open a new task if the work is not done.\n",
-                    request.task_id
-                ),
-            );
-        }
         let mut result = answer(text, &outcome);
-        if outcome.host_refused || outcome.timed_out || ended.is_some() {
+        if outcome.host_refused || outcome.timed_out {
             result.is_error = Some(true);
         }
         Ok(result)
@@ -719,10 +732,36 @@ impl WritMcp {
         .await
     }
 
-    /// After ssh failed on its own (255): whether the CA still takes the task's
-    /// certificate. `Some(state)` when the task has ended (`completed`, `revoked`,
-    /// `expired`, or `ended` when the CA refused the certificate and no token says more),
-    /// so the failure was the host enforcing that.
+    /// Tell the CA what is about to run with `task_id` (proof of possession); `Ok(Err(_))`
+    /// when it did not record it.
+    async fn record_run(
+        &self,
+        task_id: &str,
+        notice: client::RunNotice,
+    ) -> Result<Result<(), ClientError>, ErrorData> {
+        let Some((key, certificate)) = self
+            .tasks
+            .lock()
+            .expect("tasks")
+            .get(task_id)
+            .map(|t| (t.key.clone(), t.held.certificate.clone()))
+        else {
+            return Ok(Err(ClientError::BadTaskId(task_id.to_owned())));
+        };
+        let (ca, id) = (Arc::clone(&self.ca), task_id.to_owned());
+        blocking(move || {
+            let credential = Credential::Possession {
+                certificate: &certificate,
+                key: &key,
+            };
+            client::record_run(&ca, &id, &credential, &notice, now_unix())
+        })
+        .await
+    }
+
+    /// After the CA refused a task call: whether the task has ended. `Some(state)`
+    /// (`completed`, `revoked`, `expired`, or `ended` when the CA refused the certificate
+    /// and no token says more) when it has.
     async fn ended_at_the_ca(&self, task_id: &str) -> Result<Option<String>, ErrorData> {
         let Some((key, certificate)) = self
             .tasks

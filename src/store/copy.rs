@@ -288,6 +288,7 @@ pub(crate) const TABLES: &[Table] = &[
             same("prev_hash", Text),
             same("hash", Text),
             same("purpose", Text),
+            same("command", Text),
         ],
     },
     Table {
@@ -1149,13 +1150,13 @@ mod tests {
             let behind = ScratchDatabase::create().await;
             Connection::open(&path)
                 .expect("open")
-                .execute_batch("DELETE FROM _sqlx_migrations WHERE version = 14")
-                .expect("as if migration 14 never ran");
+                .execute_batch("DELETE FROM _sqlx_migrations WHERE version = 15")
+                .expect("as if migration 15 never ran");
             let refused = sqlite_to_postgres(&path, &behind.options, 2_000).await;
             let Err(CopyError::SourceBehind(pending)) = refused else {
                 panic!("{refused:?}");
             };
-            assert_eq!(pending.iter().map(|m| m.version).collect::<Vec<_>>(), [14]);
+            assert_eq!(pending.iter().map(|m| m.version).collect::<Vec<_>>(), [15]);
             let mut db = connect(&behind.options).await;
             let migrated: bool =
                 sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
@@ -1167,7 +1168,7 @@ mod tests {
                 .expect("open")
                 .query_row("SELECT COUNT(*) FROM _sqlx_migrations", [], |r| r.get(0))
                 .expect("count");
-            assert_eq!(still, 13, "the source was migrated");
+            assert_eq!(still, 14, "the source was migrated");
         }
     }
 }

@@ -200,10 +200,26 @@ impl Issuer {
         Ok((task, relation))
     }
 
+    /// A task `caller` owns (an admin is refused: only the owner speaks for what its
+    /// agent does), or `TaskNotFound` / `Forbidden`.
+    pub(super) async fn owned_task(
+        &self,
+        caller: &Caller,
+        task_id: &str,
+    ) -> Result<TaskRecord, IssueError> {
+        match self.visible_task(caller, task_id).await? {
+            (task, Relation::Owner) => Ok(task),
+            (_, Relation::Admin) => Err(IssueError::Forbidden {
+                code: "owner_required",
+                message: "only the task's owner records what it runs".into(),
+            }),
+        }
+    }
+
     /// `error`, refused to `caller` about `task_id`: a record of `event_name` naming the
     /// caller (for a proof of possession, the owner of the task and the proving serial)
     /// and the task.
-    async fn refusal(
+    pub(super) async fn refusal(
         &self,
         event_name: &str,
         caller: &Caller,

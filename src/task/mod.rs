@@ -13,6 +13,7 @@ pub mod authorize;
 pub mod host_certificates;
 pub mod lifecycle;
 pub mod possession;
+pub mod runs;
 pub mod subject_key;
 
 use std::sync::Arc;

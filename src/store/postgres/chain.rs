@@ -36,7 +36,7 @@ const SQL_HEAD: &str = "SELECT seq, hash, time FROM audit_events ORDER BY seq DE
 /// text (PostgreSQL arrays cannot nest lists of different lengths), unpacked in order.
 const SQL_INSERT: &str = "INSERT INTO audit_events (seq, time, event, outcome, issuer, \
      subject, policy, task_id, serial, key_fingerprint, logins, hosts, host, ca_fingerprint, \
-     source_ip, reason, request_id, prev_hash, hash, purpose) \
+     source_ip, reason, request_id, prev_hash, hash, purpose, command) \
      SELECT r.seq, r.time, r.event, r.outcome, r.issuer, r.subject, r.policy, r.task_id, \
      r.serial, r.key_fingerprint, \
      ARRAY(SELECT e FROM jsonb_array_elements_text(r.logins::jsonb) WITH ORDINALITY AS l(e, n) \
@@ -44,13 +44,13 @@ const SQL_INSERT: &str = "INSERT INTO audit_events (seq, time, event, outcome, i
      ARRAY(SELECT e FROM jsonb_array_elements_text(r.hosts::jsonb) WITH ORDINALITY AS h(e, n) \
        ORDER BY n), \
      r.host, r.ca_fingerprint, r.source_ip, r.reason, r.request_id, r.prev_hash, r.hash, \
-     r.purpose \
+     r.purpose, r.command \
      FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
      $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
      $14::text[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], \
-     $20::text[]) AS r(seq, time, event, outcome, issuer, subject, policy, task_id, serial, \
+     $20::text[], $21::text[]) AS r(seq, time, event, outcome, issuer, subject, policy, task_id, serial, \
      key_fingerprint, logins, hosts, host, ca_fingerprint, source_ip, reason, request_id, \
-     prev_hash, hash, purpose)";
+     prev_hash, hash, purpose, command)";
 
 /// The head of the chain inside one transaction that holds [`CHAIN_LOCK`], and the
 /// records chained after it that are not inserted yet.
@@ -85,6 +85,7 @@ struct Columns {
     prev_hash: Vec<String>,
     hash: Vec<String>,
     purpose: Vec<Option<String>>,
+    command: Vec<Option<String>>,
 }
 
 fn to_json(values: &[String]) -> String {
@@ -144,6 +145,7 @@ impl Chain {
             .push(std::mem::replace(&mut self.hash, hash.clone()));
         p.hash.push(hash);
         p.purpose.push(entry.purpose.clone());
+        p.command.push(entry.command.clone());
         self.seq = seq;
         self.time = time;
         Ok(())
@@ -176,6 +178,7 @@ impl Chain {
             .bind(p.prev_hash)
             .bind(p.hash)
             .bind(p.purpose)
+            .bind(p.command)
             .execute(&mut *conn)
             .await?;
         Ok(())

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "host reports",
         include_str!("../../../migrations/postgres/0004_host_reports.sql"),
     ),
+    (
+        5,
+        "audit command",
+        include_str!("../../../migrations/postgres/0005_audit_command.sql"),
+    ),
 ];
 
 /// How many migrations there are (each recorded once when applied).

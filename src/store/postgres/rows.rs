@@ -133,6 +133,7 @@ pub(super) fn audit_record(row: &PgRow) -> Result<AuditRecord, StoreError> {
             reason: row.try_get("reason")?,
             request_id: row.try_get("request_id")?,
             purpose: row.try_get("purpose")?,
+            command: row.try_get("command")?,
         },
         prev_hash: row.try_get("prev_hash")?,
         hash: row.try_get("hash")?,

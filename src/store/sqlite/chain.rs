@@ -20,9 +20,9 @@ const SQL_CHAIN_HEAD: &str = "SELECT seq, hash, time FROM audit_events ORDER BY 
 /// One audit record; parameters in [`AuditEntry`] order, see [`Chain::append`].
 const SQL_INSERT_AUDIT: &str = "INSERT INTO audit_events (seq, time, event, outcome, issuer, \
      subject, policy, task_id, serial, key_fingerprint, logins, hosts, host, ca_fingerprint, \
-     source_ip, reason, request_id, prev_hash, hash, purpose) \
+     source_ip, reason, request_id, prev_hash, hash, purpose, command) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, \
-     ?19, ?20)";
+     ?19, ?20, ?21)";
 
 /// The head of the chain inside one write transaction.
 pub(super) struct Chain {
@@ -82,6 +82,7 @@ impl Chain {
             self.hash,
             hash,
             entry.purpose,
+            entry.command,
         ])?;
         *self = Chain { seq, hash, time };
         Ok(())

@@ -68,6 +68,7 @@ const MIGRATIONS: &[Migration] = migrations![
     (12, "leases", "0012_leases.sql"),
     (13, "host certificates", "0013_host_certificates.sql"),
     (14, "host reports", "0014_host_reports.sql"),
+    (15, "audit command", "0015_audit_command.sql"),
 ];
 
 const SQL_CREATE_BOOKKEEPING: &str = "CREATE TABLE IF NOT EXISTS _sqlx_migrations (
@@ -232,7 +233,7 @@ mod tests {
         assert_eq!(pending(&db).expect("nothing yet").len(), MIGRATIONS.len());
         let first = migrate(&mut db).expect("first");
         assert_eq!(first.len(), MIGRATIONS.len());
-        assert_eq!(first.last().map(|m| m.version), Some(14));
+        assert_eq!(first.last().map(|m| m.version), Some(15));
         assert_eq!(migrate(&mut db).expect("second"), []);
         assert_eq!(pending(&db).expect("all applied"), []);
         let count: i64 = db

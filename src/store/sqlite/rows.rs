@@ -165,6 +165,7 @@ pub(super) fn audit_record(row: &Row<'_>) -> Decoded<AuditRecord> {
             reason: row.get("reason")?,
             request_id: row.get("request_id")?,
             purpose: row.get("purpose")?,
+            command: row.get("command")?,
         },
         prev_hash: row.get("prev_hash")?,
         hash: row.get("hash")?,

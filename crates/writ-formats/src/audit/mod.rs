@@ -81,6 +81,10 @@ pub mod event {
     /// /v1/revocations/applied`) was refused. Accepted reports are bookkeeping, not audit
     /// records (`writ admin task revoke` reads them).
     pub const HOST_FEED_DENIED: &str = "host.feed_denied";
+    /// An agent ran a command with a task (`writ mcp`'s `run`): recorded before the
+    /// command starts, with the host, the login, the command and why; or the record was
+    /// refused (outcome failure as `task.denied`), and nothing ran.
+    pub const TASK_RUN: &str = "task.run";
     /// Old audit records were deleted up to a signed checkpoint (`writ admin audit prune`).
     pub const AUDIT_PRUNED: &str = "audit.pruned";
 }
@@ -151,6 +155,10 @@ pub struct AuditEntry {
     /// left out of the canonical JSON, so records of format 1 hash as they always did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
+    /// The command run with a task (`task.run`; audit record format 3). Absent, it is left
+    /// out of the canonical JSON, so older records hash as they always did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 impl AuditEntry {
@@ -323,6 +331,19 @@ mod tests {
             chain_hash(1, "2026-01-01T00:00:01.000Z", &entry, GENESIS_HASH),
             FORMAT_1_HASH,
             "the purpose is covered by the hash"
+        );
+        let format_2 = chain_hash(1, "2026-01-01T00:00:01.000Z", &entry, GENESIS_HASH);
+        entry.command = Some("df -h".into());
+        assert_ne!(
+            chain_hash(1, "2026-01-01T00:00:01.000Z", &entry, GENESIS_HASH),
+            format_2,
+            "the command is covered by the hash"
+        );
+        entry.command = None;
+        assert_eq!(
+            chain_hash(1, "2026-01-01T00:00:01.000Z", &entry, GENESIS_HASH),
+            format_2,
+            "a record without a command hashes as format 2 did"
         );
     }
 

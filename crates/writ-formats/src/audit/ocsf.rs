@@ -15,6 +15,7 @@
 //! | `ca.key.created` | Account Change (3001) | Create (1), the CA key as a system account |
 //! | `ca.key.revoked` / `ca.key.retired` | Account Change (3001) | Disable (5) / Delete (6) |
 //! | other `ca.key.*` (`rotated`, `scheduled`, …) | Account Change (3001) | Other (99), named after the event |
+//! | `task.run` | Process Activity (1007) | Launch (1): an agent ran a command with a task (`process.cmd_line`, `dst_endpoint.hostname`) |
 //! | `audit.pruned` | Event Log Activity (1008) | Delete (2): old audit records were deleted |
 //!
 //! Every event carries the writ record unchanged under `unmapped.writ` (including `seq`,
@@ -76,6 +77,14 @@ pub fn classify(event_name: &str) -> (u32, &'static str, u32, &'static str, u32,
             "Discovery",
             1,
             "Log".into(),
+        ),
+        event::TASK_RUN => (
+            1007,
+            "Process Activity",
+            1,
+            "System Activity",
+            1,
+            "Launch".into(),
         ),
         event::AUDIT_PRUNED => (
             1008,
@@ -244,6 +253,19 @@ pub fn event(record: &AuditRecord) -> Value {
                 out.insert("policy".into(), json!({ "name": policy }));
             }
         }
+        1007 => {
+            // The process an agent started on a host, as the login the task granted.
+            let mut process = Map::new();
+            put(&mut process, "cmd_line", e.command.as_ref());
+            if let Some(login) = e.logins.first() {
+                process.insert("user".into(), json!({ "name": login }));
+            }
+            out.insert("process".into(), Value::Object(process));
+            if let Some(host) = &e.host {
+                out.insert("dst_endpoint".into(), json!({ "hostname": host }));
+                out.insert("device".into(), json!({ "hostname": host, "type_id": 0 }));
+            }
+        }
         _ => {}
     }
     out.insert(
@@ -277,6 +299,9 @@ fn message(record: &AuditRecord) -> String {
     }
     if let Some(purpose) = &e.purpose {
         text.push_str(&format!(" (purpose: {purpose})"));
+    }
+    if let Some(command) = &e.command {
+        text.push_str(&format!(": {}", command.escape_debug()));
     }
     text
 }
@@ -346,6 +371,16 @@ mod tests {
 
         assert_eq!(classify(event::TASK_REVOKED).4, 5);
         assert_eq!(classify(event::TASK_COMPLETED).4, 6);
+        let mut run = AuditEntry::new(event::TASK_RUN, Outcome::Success);
+        run.host = Some("web-01".into());
+        run.logins = vec!["deploy".into()];
+        run.command = Some("df -h".into());
+        let ocsf = event(&record(run));
+        assert_eq!(ocsf["class_uid"], 1007);
+        assert_eq!(ocsf["activity_id"], 1);
+        assert_eq!(ocsf["process"]["cmd_line"], "df -h");
+        assert_eq!(ocsf["process"]["user"]["name"], "deploy");
+        assert_eq!(ocsf["dst_endpoint"]["hostname"], "web-01");
         assert_eq!(classify(event::AUDIT_PRUNED).0, 1008);
         assert_eq!(classify("ca.key.rotated").5, "ca.key.rotated");
         assert_eq!(classify("ca.key.revoked").4, 5);
