@@ -308,6 +308,13 @@ fn writ_ssh_runs_a_task_scoped_session_and_completes_the_task() {
     let feed = common::http::get(&format!("{}/v1/revocations", ca.url)).text;
     let task_id = completed[0].entry.task_id.clone().expect("task id");
     assert!(feed.contains(&task_id));
+    // The remote command was recorded with the task before it ran.
+    let runs = ca.audit_events(writ::audit::event::TASK_RUN);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].entry.task_id.as_deref(), Some(task_id.as_str()));
+    assert_eq!(runs[0].entry.command.as_deref(), Some("echo hello-from-task"));
+    assert_eq!(runs[0].entry.host.as_deref(), Some(HOST_NAME));
+    assert!(runs[0].seq < completed[0].seq);
 }
 
 #[test]

@@ -73,7 +73,8 @@ pub fn ssh_arguments(
 pub const CERTIFICATE_FILE: &str = "task-cert.pub";
 
 /// `writ ssh`: fetch the CA's host trust (unless `host_trust` is trust on first use), open
-/// a task with a key made in memory, put key and certificate into the `agent`, run `ssh`
+/// a task with a key made in memory, put key and certificate into the `agent`, record the
+/// remote command with the task (`task.run`), run `ssh`
 /// (renewing the certificate while it runs), then complete the task (unless `keep_task`).
 /// Returns the remote command's exit code (ssh's); a host ssh refused for its host key is
 /// [`ClientError::HostUntrusted`], ssh's own failure (status [`SSH_FAILED`])
@@ -119,25 +120,27 @@ pub fn ssh(
         issued.task_id, issued.task_expires_at, issued.serial
     );
     let held = Mutex::new(HeldCertificate::new(&issued, now_unix()));
-    let ran = hold(&mut agent, &key, &issued.certificate, &certificate_path).and_then(|()| {
-        let renewal = Renewal {
-            ca,
-            task_id: &issued.task_id,
-            key: &key,
-            ttl: request.cert_ttl,
-            task_ends: parse_unix(&issued.task_expires_at),
-            agent: Mutex::new(&mut agent),
-            certificate_path: &certificate_path,
-            held: &held,
-        };
-        std::thread::scope(|scope| {
-            let (stop, stopped) = mpsc::channel::<()>();
-            scope.spawn(|| renewal.run(stopped));
-            let ran = run_ssh(arguments);
-            drop(stop);
-            ran
-        })
-    });
+    let ran = hold(&mut agent, &key, &issued.certificate, &certificate_path)
+        .and_then(|()| record_command(ca, &issued, &key, invocation))
+        .and_then(|()| {
+            let renewal = Renewal {
+                ca,
+                task_id: &issued.task_id,
+                key: &key,
+                ttl: request.cert_ttl,
+                task_ends: parse_unix(&issued.task_expires_at),
+                agent: Mutex::new(&mut agent),
+                certificate_path: &certificate_path,
+                held: &held,
+            };
+            std::thread::scope(|scope| {
+                let (stop, stopped) = mpsc::channel::<()>();
+                scope.spawn(|| renewal.run(stopped));
+                let ran = run_ssh(arguments);
+                drop(stop);
+                ran
+            })
+        });
     let certificate = held
         .into_inner()
         .map_or(issued.certificate, |h| h.certificate);
@@ -164,6 +167,31 @@ pub fn ssh(
         )));
     }
     Ok(code)
+}
+
+/// The remote command, if there is one, recorded with the task at the CA (`task.run`, by
+/// proof of possession) before ssh starts: what the CA does not record does not run. An
+/// interactive session has no command to record (its login is `cert.used` on the host).
+fn record_command(
+    ca: &CaClient,
+    issued: &Issued,
+    key: &PrivateKey,
+    invocation: &SshInvocation,
+) -> Result<(), ClientError> {
+    if invocation.command.is_empty() {
+        return Ok(());
+    }
+    let notice = super::RunNotice::new(
+        &invocation.host,
+        &invocation.login,
+        &invocation.command.join(" "),
+        None,
+    );
+    let credential = super::Credential::Possession {
+        certificate: &issued.certificate,
+        key,
+    };
+    super::record_run(ca, &issued.task_id, &credential, &notice, now_unix())
 }
 
 /// Put `key` with `certificate` into `agent` and `certificate` into its file (atomically:
