@@ -312,7 +312,10 @@ fn writ_ssh_runs_a_task_scoped_session_and_completes_the_task() {
     let runs = ca.audit_events(writ::audit::event::TASK_RUN);
     assert_eq!(runs.len(), 1, "{runs:?}");
     assert_eq!(runs[0].entry.task_id.as_deref(), Some(task_id.as_str()));
-    assert_eq!(runs[0].entry.command.as_deref(), Some("echo hello-from-task"));
+    assert_eq!(
+        runs[0].entry.command.as_deref(),
+        Some("echo hello-from-task")
+    );
     assert_eq!(runs[0].entry.host.as_deref(), Some(HOST_NAME));
     assert!(runs[0].seq < completed[0].seq);
 }

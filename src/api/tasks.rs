@@ -158,6 +158,23 @@ fn reason(request: ReasonRequest, required: bool) -> Result<Option<String>, ApiE
     }
 }
 
+/// A task call's body and who sent it: a body that cannot be read is refused (recorded as
+/// `refused` says, nobody named) before the caller is authenticated over it.
+async fn body_and_caller(
+    state: &Arc<AppState>,
+    context: &RequestContext,
+    (method, uri, headers): (&Method, &Uri, &HeaderMap),
+    body: Result<Bytes, BytesRejection>,
+    refused: &impl Fn(Who<'_>, ApiError) -> Refusal,
+) -> Result<(Bytes, Caller), ApiError> {
+    let bytes = match body_bytes(body) {
+        Ok(bytes) => bytes,
+        Err(e) => return Err(refusal::record(state, refused(Who::Nobody, e), context).await),
+    };
+    let caller = caller(state, headers, method, uri.path(), &bytes, context).await?;
+    Ok((bytes, caller))
+}
+
 /// Optional JSON body: empty means defaults.
 fn optional_json<T: serde::de::DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -199,11 +216,8 @@ pub async fn renew(
         let answer = limited.answer("too many certificates requested from this address");
         return Err(refusal::record(&state, refused(Who::Nobody, answer), &context).await);
     }
-    let bytes = match body_bytes(body) {
-        Ok(bytes) => bytes,
-        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
-    };
-    let caller = caller(&state, &headers, &method, uri.path(), &bytes, &context).await?;
+    let (bytes, caller) =
+        body_and_caller(&state, &context, (&method, &uri, &headers), body, &refused).await?;
     if let Caller::Token(identity) = &caller
         && let Err(limited) = state
             .rate
@@ -245,11 +259,8 @@ async fn end(
     ending: Ending,
 ) -> Result<Json<TaskResponse>, ApiError> {
     let refused = |who: Who<'_>, error| Refusal::of(event::TASK_DENIED, who, Some(&task_id), error);
-    let bytes = match body_bytes(body) {
-        Ok(bytes) => bytes,
-        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
-    };
-    let caller = caller(&state, &headers, &method, uri.path(), &bytes, &context).await?;
+    let (bytes, caller) =
+        body_and_caller(&state, &context, (&method, &uri, &headers), body, &refused).await?;
     let why = match optional_json(&bytes).and_then(|r| reason(r, ending == Ending::Revoke)) {
         Ok(why) => why,
         Err(e) => {
@@ -301,11 +312,8 @@ pub async fn record_run(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<RunRecorded>), ApiError> {
     let refused = |who: Who<'_>, error| Refusal::of(event::TASK_DENIED, who, Some(&task_id), error);
-    let bytes = match body_bytes(body) {
-        Ok(bytes) => bytes,
-        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
-    };
-    let caller = caller(&state, &headers, &method, uri.path(), &bytes, &context).await?;
+    let (bytes, caller) =
+        body_and_caller(&state, &context, (&method, &uri, &headers), body, &refused).await?;
     let request: RunRequest = match super::decode_json(Ok(bytes)) {
         Ok(request) => request,
         Err(e) => {
@@ -393,11 +401,8 @@ pub async fn revoke_certificate(
         entry.serial = serial.parse::<u64>().ok().map(|s| s.to_string());
         Refusal::new(entry, error)
     };
-    let bytes = match body_bytes(body) {
-        Ok(bytes) => bytes,
-        Err(e) => return Err(refusal::record(&state, refused(Who::Nobody, e), &context).await),
-    };
-    let caller = caller(&state, &headers, &method, uri.path(), &bytes, &context).await?;
+    let (bytes, caller) =
+        body_and_caller(&state, &context, (&method, &uri, &headers), body, &refused).await?;
     let why = match optional_json(&bytes).and_then(|r| reason(r, false)) {
         Ok(why) => why,
         Err(e) => {

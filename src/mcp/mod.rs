@@ -732,6 +732,15 @@ impl WritMcp {
         .await
     }
 
+    /// The key and current certificate of `task_id`, to prove possession with.
+    fn possession(&self, task_id: &str) -> Option<(PrivateKey, String)> {
+        self.tasks
+            .lock()
+            .expect("tasks")
+            .get(task_id)
+            .map(|t| (t.key.clone(), t.held.certificate.clone()))
+    }
+
     /// Tell the CA what is about to run with `task_id` (proof of possession); `Ok(Err(_))`
     /// when it did not record it.
     async fn record_run(
@@ -739,13 +748,7 @@ impl WritMcp {
         task_id: &str,
         notice: client::RunNotice,
     ) -> Result<Result<(), ClientError>, ErrorData> {
-        let Some((key, certificate)) = self
-            .tasks
-            .lock()
-            .expect("tasks")
-            .get(task_id)
-            .map(|t| (t.key.clone(), t.held.certificate.clone()))
-        else {
+        let Some((key, certificate)) = self.possession(task_id) else {
             return Ok(Err(ClientError::BadTaskId(task_id.to_owned())));
         };
         let (ca, id) = (Arc::clone(&self.ca), task_id.to_owned());
@@ -763,13 +766,7 @@ impl WritMcp {
     /// (`completed`, `revoked`, `expired`, or `ended` when the CA refused the certificate
     /// and no token says more) when it has.
     async fn ended_at_the_ca(&self, task_id: &str) -> Result<Option<String>, ErrorData> {
-        let Some((key, certificate)) = self
-            .tasks
-            .lock()
-            .expect("tasks")
-            .get(task_id)
-            .map(|t| (t.key.clone(), t.held.certificate.clone()))
-        else {
+        let Some((key, certificate)) = self.possession(task_id) else {
             return Ok(None);
         };
         let (ca, tokens, id) = (
@@ -816,12 +813,7 @@ impl WritMcp {
     ) -> Result<CallToolResult, ErrorData> {
         // A failed renewal is the CA's answer to the call below as well.
         let _ = self.renew_if_due(&task_id).await?;
-        let held = self
-            .tasks
-            .lock()
-            .expect("tasks")
-            .get(&task_id)
-            .map(|t| (t.key.clone(), t.held.certificate.clone()));
+        let held = self.possession(&task_id);
         let Some((key, certificate)) = held else {
             return Ok(refusal(format!(
                 "no task {task_id:?} in this session (list_tasks shows them)"
