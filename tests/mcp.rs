@@ -531,7 +531,7 @@ fn over_http_only_the_key_holder_gets_in_and_every_session_s_tasks_end() {
             "the ended session's task was not completed: {}",
             server.stderr_so_far()
         );
-        std::thread::sleep(std::time::Duration::from_millis(100));
+        std::thread::sleep(std::time::Duration::from_millis(100)); // poll the audit log
     }
     assert!(
         !completed_tasks(&ca).contains(&left_task),
