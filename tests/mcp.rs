@@ -575,3 +575,20 @@ fn http_is_served_on_loopback_only() {
         "nothing made for a refused address"
     );
 }
+
+/// SIGTERM while a task is open over stdio: the server completes the task, then exits.
+#[test]
+fn sigterm_completes_the_open_tasks_before_the_server_exits() {
+    let (idp, ca, enrolled) = world("", true);
+    let sshd = enrolled.start_sshd(true);
+    let agent = AgentHome::new(&idp, sshd.port());
+    let config = agent.client_config(&ca, &[], json!({"scenario": "sigterm"}));
+    let seen = run_client(&config, &sshd);
+    assert_eq!(seen["exited"], true, "{seen}");
+    let task = seen["open"]["structured"]["task_id"]
+        .as_str()
+        .expect("task id")
+        .to_owned();
+    // It exited after completing: the record is there already, no waiting.
+    assert!(completed_tasks(&ca).contains(&task), "{seen}");
+}

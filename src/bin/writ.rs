@@ -906,6 +906,9 @@ fn mcp_command(
             runtime.block_on(writ::mcp::http::serve_http(server, options, ready))
         }
     };
+    // Every task is completed by now; a read of stdin still blocked on its thread (the
+    // client keeps stdin open after a SIGTERM) must not keep the process alive.
+    runtime.shutdown_background();
     served
         .map(|()| ExitCode::SUCCESS)
         .map_err(|e| other(format!("writ mcp: {e}")))
