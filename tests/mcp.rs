@@ -22,7 +22,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::enrolled::{ALICE, HOST_NAME, world};
+use common::enrolled::{ALICE, HOST_NAME, policies, world, world_with_policies};
 use common::idp::Key;
 use serde_json::{Value, json};
 
@@ -591,4 +591,47 @@ fn sigterm_completes_the_open_tasks_before_the_server_exits() {
         .to_owned();
     // It exited after completing: the record is there already, no waiting.
     assert!(completed_tasks(&ca).contains(&task), "{seen}");
+}
+
+/// `run` honours a `ProxyJump` in the user's ssh_config: the jump hop (another ssh, which
+/// ssh gives only `-F`) logs in with the same agent and certificate and checks the jump
+/// host against the CA's host certificates too. Here the jump host is the same sshd under
+/// another name, and the policy grants `permit-port-forwarding` for the hop's `-W`.
+#[test]
+fn run_goes_through_a_proxy_jump_of_the_ssh_config() {
+    let with_forwarding = policies().replacen(
+        "hosts = [\"*.prod.example.com\"]\n",
+        "hosts = [\"*.prod.example.com\"]\nextensions = [\"permit-port-forwarding\"]\n",
+        1,
+    );
+    let (idp, ca, enrolled) = world_with_policies("", &with_forwarding, true);
+    let sshd = enrolled.start_sshd(true);
+    let agent = AgentHome::new(&idp, sshd.port());
+    fs::write(
+        agent.ssh_dir().join("config"),
+        format!(
+            "Host {HOST_NAME}\n  HostName 127.0.0.1\n  Port {port}\n  HostKeyAlias {HOST_NAME}\n  \
+             ProxyJump {ALICE}@jump.prod.example.com\n\
+             Host jump.prod.example.com\n  HostName 127.0.0.1\n  Port {port}\n  HostKeyAlias {HOST_NAME}\n",
+            port = sshd.port()
+        ),
+    )
+    .expect("ssh_config");
+    let config = agent.client_config(
+        &ca,
+        &[],
+        json!({"scenario": "one_run", "command_line": "echo through-the-jump"}),
+    );
+    let seen = run_client(&config, &sshd);
+    let run = &seen["run"]["structured"];
+    assert_eq!(run["exit_code"], 0, "{seen}\n{}", sshd.log());
+    assert!(
+        run["stdout"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("through-the-jump")
+    );
+    // Two logins: the hop and the destination, both with the task's certificate.
+    let accepted = sshd.log().matches("Accepted publickey").count();
+    assert_eq!(accepted, 2, "{}", sshd.log());
 }

@@ -614,7 +614,8 @@ fn main() -> ExitCode {
             let limits = writ::mcp::Limits {
                 allowed_hosts,
                 max_task_ttl,
-                ssh_config,
+                // Included from a file in another directory: made absolute here.
+                ssh_config: ssh_config.map(|p| std::path::absolute(&p).unwrap_or(p)),
             };
             let transport = match (http, http_key_file) {
                 (Some(listen), Some(key_file)) => McpTransport::Http {

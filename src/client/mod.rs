@@ -26,7 +26,7 @@ pub mod token_source;
 pub use agent::AgentChoice;
 pub use known_hosts::HostTrust;
 pub use session::{
-    CERTIFICATE_FILE, HeldCertificate, SSH_FAILED, SshInvocation, ssh, ssh_arguments,
+    CERTIFICATE_FILE, HeldCertificate, SSH_FAILED, SshInvocation, hop_config, ssh, ssh_arguments,
 };
 
 /// Hard timeout on each call to the CA.

@@ -69,6 +69,50 @@ pub fn ssh_arguments(
     Ok(arguments)
 }
 
+/// The ssh_config for every hop (`ssh -F`): each `-o Key=Value` of `arguments` (writ's own
+/// options, which come first) as a line, then the user's configuration included
+/// (`user_config`, or ssh's own `~/.ssh/config` and `/etc/ssh/ssh_config`, which ssh no
+/// longer reads by itself once given `-F`). ssh hands a `ProxyJump` hop only `-F`, not the
+/// command line's `-o`: this file is how the hop gets the same agent, certificate and host
+/// trust. A value that cannot be written into ssh_config (a quote, a line break) is
+/// refused.
+pub fn hop_config(
+    arguments: &[std::ffi::OsString],
+    user_config: Option<&Path>,
+) -> Result<String, ClientError> {
+    let quoted = |value: &str| -> Result<String, ClientError> {
+        if value.contains(['"', '\n', '\r']) {
+            return Err(ClientError::Ssh(format!(
+                "cannot put {value:?} into an ssh_config (a quote or a line break)"
+            )));
+        }
+        Ok(format!("\"{value}\""))
+    };
+    let mut text = String::from("# Written by writ for one ssh; removed after it.\n");
+    let mut options = arguments.iter();
+    while let Some(argument) = options.next() {
+        if argument != "-o" {
+            continue;
+        }
+        let Some(option) = options.next().and_then(|o| o.to_str()) else {
+            continue;
+        };
+        if let Some((key, value)) = option.split_once('=') {
+            text.push_str(&format!("{key} {}\n", quoted(value)?));
+        }
+    }
+    match user_config {
+        Some(path) => {
+            let path = path.to_str().ok_or_else(|| {
+                ClientError::Ssh(format!("--ssh-config {} is not UTF-8", path.display()))
+            })?;
+            text.push_str(&format!("Include {}\n", quoted(path)?));
+        }
+        None => text.push_str("Include ~/.ssh/config\nInclude /etc/ssh/ssh_config\n"),
+    }
+    Ok(text)
+}
+
 /// The session's certificate file: ssh's `IdentityFile`, public.
 pub const CERTIFICATE_FILE: &str = "task-cert.pub";
 
@@ -93,12 +137,15 @@ pub fn ssh(
     let revoked_path = dir.path().join("revoked_host_keys.krl");
     let certificate_path = dir.path().join(CERTIFICATE_FILE);
     let mut agent = Agent::open(agent, dir.path())?;
-    let arguments = ssh_arguments(
+    let mut arguments = ssh_arguments(
         invocation,
         agent.socket(),
         &certificate_path,
         &known_hosts::ssh_options(host_trust, &known_hosts_path, &revoked_path),
     )?;
+    let config_path = dir.path().join("ssh_config");
+    known_hosts::write(&config_path, hop_config(&arguments, None)?.as_bytes(), true)?;
+    arguments.splice(0..0, ["-F".into(), config_path.into_os_string()]);
     // Before the task is opened: a CA without host keys leaves nothing behind.
     known_hosts::write(&revoked_path, &known_hosts::fetch_revoked(ca)?, true)?;
     let lines = match host_trust {
@@ -418,6 +465,40 @@ mod tests {
                 "{host:?}"
             );
         }
+    }
+
+    #[test]
+    fn every_hop_reads_writ_s_options_before_the_user_s_configuration() {
+        let arguments: Vec<std::ffi::OsString> = [
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentityAgent=/run/a b/agent.sock",
+            "-l",
+            "deploy",
+            "-p",
+            "2222",
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+        let text = hop_config(&arguments, Some(Path::new("/home/a/.ssh/config"))).expect("config");
+        let lines: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(
+            lines,
+            [
+                "BatchMode \"yes\"",
+                "IdentityAgent \"/run/a b/agent.sock\"",
+                "Include \"/home/a/.ssh/config\"",
+            ]
+        );
+        let default = hop_config(&arguments, None).expect("config");
+        assert!(default.ends_with("Include ~/.ssh/config\nInclude /etc/ssh/ssh_config\n"));
+        let injected: Vec<std::ffi::OsString> = ["-o", "IdentityFile=/x\nProxyCommand evil"]
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        assert!(hop_config(&injected, None).is_err());
     }
 
     #[test]

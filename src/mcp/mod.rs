@@ -47,8 +47,8 @@ pub struct Limits {
     pub allowed_hosts: Vec<String>,
     /// Longest task; `None`: the CA's default and maximum.
     pub max_task_ttl: Option<Duration>,
-    /// The ssh_config `run` uses (`ssh -F`); `None`: ssh's own (`~/.ssh/config` of the
-    /// user, by the password database, and `/etc/ssh/ssh_config`).
+    /// The ssh_config `run` includes after writ's options; `None`: ssh's own
+    /// (`~/.ssh/config` of the user, by the password database, and `/etc/ssh/ssh_config`).
     pub ssh_config: Option<std::path::PathBuf>,
 }
 
@@ -517,9 +517,6 @@ impl WritMcp {
             Err(e) => return Ok(refusal(format!("cannot verify hosts: {e}"))),
         };
         let mut options = Vec::new();
-        if let Some(config) = &self.limits.ssh_config {
-            options.extend(["-F".to_owned(), config.display().to_string()]);
-        }
         if let Some(port) = request.port {
             options.extend(["-p".to_owned(), port.to_string()]);
         }
@@ -532,6 +529,7 @@ impl WritMcp {
             certificate: &certificate,
             known_hosts: &known_hosts,
             revoked: &revoked,
+            user_config: self.limits.ssh_config.as_deref(),
             invocation: SshInvocation {
                 login: request.login.clone(),
                 host: request.host.clone(),

@@ -3,8 +3,12 @@
 //! verified by the CA's host certificates only ([`crate::client::known_hosts`]), no stdin,
 //! a deadline, and stdout/stderr each kept to a bound with the cut marked.
 //!
-//! The certificate and host-trust files (all public) live in a private directory (0700)
-//! only for the command's duration and are removed afterwards, also on a timeout. It never
+//! ssh gets writ's options twice ([`client::hop_config`]): on the command line, and in an
+//! ssh_config that includes the user's (`--ssh-config`, or ssh's own two), so a
+//! `ProxyJump` hop is reached with the same agent, certificate and host trust.
+//!
+//! The certificate, host-trust and config files (all public) live in a private directory
+//! (0700) only for the command's duration and are removed afterwards, also on a timeout. It never
 //! sees the private key, never returns or logs the certificate, and never lets the remote
 //! output grow the process's memory past the bound.
 
@@ -48,6 +52,8 @@ pub struct RunRequest<'a> {
     pub revoked: &'a [u8],
     /// Login, host, port option and command.
     pub invocation: SshInvocation,
+    /// The user's ssh_config to include; `None`: ssh's own two.
+    pub user_config: Option<&'a Path>,
     /// Deadline.
     pub timeout: Duration,
     /// Bound on each of stdout and stderr.
@@ -72,6 +78,13 @@ pub async fn run(request: RunRequest<'_>) -> Result<RunOutcome, ClientError> {
     )?;
     // Never a prompt: the model cannot answer one.
     arguments.splice(0..0, ["-o".into(), "BatchMode=yes".into()]);
+    let config = dir.join("ssh_config");
+    known_hosts::write(
+        &config,
+        client::hop_config(&arguments, request.user_config)?.as_bytes(),
+        true,
+    )?;
+    arguments.splice(0..0, ["-F".into(), config.into_os_string()]);
     let mut child = tokio::process::Command::new("ssh")
         .args(arguments)
         .stdin(Stdio::null())

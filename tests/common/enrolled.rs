@@ -26,8 +26,13 @@ pub fn policies() -> String {
 /// A CA with the policies above, vouching for hosts under `prod.example.com` (and
 /// `ca_extra` in `[ca]`).
 pub fn ca_with(idp: &TestIdp, ca_extra: &str) -> TestCa {
+    ca_with_policies(idp, ca_extra, &policies())
+}
+
+/// A CA vouching for hosts under `prod.example.com` with `policies` (see [`policies`]).
+pub fn ca_with_policies(idp: &TestIdp, ca_extra: &str, policies: &str) -> TestCa {
     let ca_extra = format!("host_patterns = [\"*.prod.example.com\"]\n{ca_extra}");
-    TestCa::with_policy(idp, &ca_extra, &policies())
+    TestCa::with_policy(idp, &ca_extra, policies)
 }
 
 /// A host whose sshd host key is generated now (so a certificate can be asked for before
@@ -121,10 +126,19 @@ fn stderr(out: &Output) -> String {
 /// An IdP, a CA (`ca_extra` in `[ca]`) and a host enrolled for HOST_NAME that has synced;
 /// with `certify`, its first certificate is written too.
 pub fn world(ca_extra: &str, certify: bool) -> (TestIdp, TestCa, EnrolledHost) {
+    world_with_policies(ca_extra, &policies(), certify)
+}
+
+/// [`world`] with other `policies`.
+pub fn world_with_policies(
+    ca_extra: &str,
+    policies: &str,
+    certify: bool,
+) -> (TestIdp, TestCa, EnrolledHost) {
     require_root_and_sshd();
     ensure_user(ALICE);
     let idp = TestIdp::start(&[Key::Rsa]);
-    let ca = ca_with(&idp, ca_extra);
+    let ca = ca_with_policies(&idp, ca_extra, policies);
     let enrolled = EnrolledHost::new(&ca, &idp, &[HOST_NAME]);
     enrolled.sync();
     if certify {
