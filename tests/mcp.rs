@@ -574,6 +574,18 @@ fn http_is_served_on_loopback_only() {
         !dir.path().join("mcp.key").exists(),
         "nothing made for a refused address"
     );
+
+    // `--token -` is one token read once: refused over HTTP too, saying why.
+    let out = Command::new(env!("CARGO_BIN_EXE_writ"))
+        .args(["mcp", "--ca-url", "http://127.0.0.1:9", "--token", "-"])
+        .args(["--http", "127.0.0.1:0", "--http-key-file"])
+        .arg(dir.path().join("mcp.key"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("writ mcp");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("reads one token once"), "{stderr}");
 }
 
 /// SIGTERM while a task is open over stdio: the server completes the task, then exits.

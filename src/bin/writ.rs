@@ -139,7 +139,8 @@ Over HTTP:
         #[arg(long, env = "WRIT_CA_URL", value_name = "URL")]
         ca_url: Option<String>,
         /// A fresh token is fetched for every task (`--token @FILE` is read again each time);
-        /// `--token -` is refused: stdin carries the protocol.
+        /// `--token -` is refused: it reads one token once (and over stdio, stdin carries
+        /// the protocol).
         #[command(flatten)]
         credential: TokenArgs,
         /// Host patterns tasks may name (repeat or comma-separate), narrower than the policy.
@@ -854,7 +855,8 @@ fn mcp_command(
     let source = match (&credential.token, &credential.token_source) {
         (Some(token), _) if token == "-" => {
             return Err(other(
-                "writ mcp: --token - is not possible (stdin carries MCP): use --token-source"
+                "writ mcp: --token - is not possible (it reads one token once; every task needs \
+                 a fresh one, and over stdio stdin carries MCP): use --token-source or --token @FILE"
                     .to_owned(),
             ));
         }
